@@ -1,0 +1,36 @@
+"""A finished model on disk: model.safetensors + config.json + tokenizer.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import CONFIG_FILE, MODEL_FILE, load_tensors, read_json, save_tensors, write_json
+from models.gpt import GPT, GPTConfig
+from models.tokenizer import Tokenizer
+
+
+def save_model(directory: Path, model: GPT, tok: Tokenizer, info: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tensors(directory / MODEL_FILE, model.state_dict())
+    tok.save(directory)
+    write_json(directory / CONFIG_FILE, {"format": "stagecraft-gpt", "gpt": model.config.to_dict(), **info})
+
+
+def load_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a model directory (no {CONFIG_FILE})")
+    config: dict[str, Any] = read_json(path)
+    return config
+
+
+def load_model(directory: Path, device: torch.device | str = "cpu", dropout: float | None = None) -> tuple[GPT, Tokenizer]:
+    fields = dict(load_config(directory)["gpt"])
+    if dropout is not None:
+        fields["dropout"] = dropout
+    model = GPT(GPTConfig(**fields))
+    model.load_state_dict(load_tensors(directory / MODEL_FILE))
+    return model.to(device), Tokenizer.load(directory)

@@ -1,0 +1,118 @@
+"""Checkpoints and model directories: safetensors for tensors, JSON for everything else.
+
+Every file is written atomically (temporary file, fsync, rename), and a checkpoint
+directory appears under its final name only once all its files are complete, so a crash
+at any moment leaves either the previous checkpoint or the new one, never half of one.
+No pickle anywhere: optimizer states are split into their tensors and their plain values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    write_atomic(path, st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in st_load(path.read_bytes()).items()}
+
+
+# --- optimizer state without pickle -----------------------------------------------------
+
+
+def split_optimizer_state(prefix: str, state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer state_dict as (tensors keyed '<prefix>/<param>/<name>', JSON-able rest)."""
+    tensors: dict[str, Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for pid, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}/{pid}/{name}"] = value
+            else:
+                plain.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "plain": plain}
+
+
+def join_optimizer_state(prefix: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        head, pid, name = key.rsplit("/", 2)
+        if head == prefix:
+            state.setdefault(int(pid), {})[name] = value
+    for pid, entries in meta["plain"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# --- checkpoint directories -------------------------------------------------------------
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:09d}"
+
+
+def save_checkpoint(root: Path, step: int, tensors: dict[str, Tensor], state: dict[str, Any], keep_last: int) -> Path:
+    """Write tensors + state.json as checkpoint `step` under root; keep the newest keep_last."""
+    final = checkpoint_dir(root, step)
+    tmp = root / f".{final.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_tensors(tmp / "tensors.safetensors", tensors)
+    write_json(tmp / "state.json", state)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    return load_tensors(path / "tensors.safetensors"), read_json(path / "state.json")

@@ -1,0 +1,198 @@
+"""Token streams for training: packed corpus blocks and length-bucketed supervised batches.
+
+Both streams are deterministic functions of (seed, key, epoch) plus a cursor, so their
+whole state is two integers: a checkpoint stores them and a resumed run sees the very
+same batches.
+
+A supervised sequence is `prompt <|completion|> completion <|endoftext|>`. Batches hold
+records of similar length (bucketing), padded on the right only to the longest of the
+batch, so little compute goes to padding and causal attention never sees a pad token.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+from models.records import Dataset, Example
+from models.tokenizer import Tokenizer
+
+IGNORE = -100
+BUCKET_BATCHES = 50  # records are sorted by length within windows of this many batches
+T = TypeVar("T")
+
+
+def stable_seed(*parts: object) -> int:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Deterministic train/validation split; validation gets round(n * fraction) items."""
+    n_val = round(len(items) * fraction)
+    if fraction > 0 and len(items) >= 2:
+        n_val = min(max(n_val, 1), len(items) - 1)
+    g = torch.Generator().manual_seed(stable_seed(seed, "split"))
+    order = torch.randperm(len(items), generator=g).tolist()
+    val = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
+
+
+@dataclass
+class Batch:
+    idx: Tensor  # (B, T) input ids
+    targets: Tensor  # (B, T) next-token ids, IGNORE at padding: what causal_lm scores
+    completion_targets: Tensor  # same, IGNORE also on prompt tokens: what cross_entropy scores
+    tokens: int  # real (non-padding) input tokens
+
+
+def encode_example(tok: Tokenizer, ex: Example, max_len: int) -> tuple[list[int], int]:
+    """Token ids of a supervised sequence (at most max_len) and the index of its separator."""
+    prompt, completion = tok.encode(ex.prompt), tok.encode(ex.completion) + [tok.eos_id]
+    completion = completion[: max(1, max_len // 2)] if len(prompt) + 1 + len(completion) > max_len else completion
+    keep = max_len - 1 - len(completion)
+    prompt = prompt[-keep:] if keep > 0 else []  # long prompts lose their beginning
+    return prompt + [tok.sep_id] + completion, len(prompt)
+
+
+class TextStream:
+    """A corpus as one token stream cut into block_size windows, shuffled each epoch."""
+
+    def __init__(self, texts: list[str], tok: Tokenizer, block_size: int, seed: int, key: str):
+        ids: list[int] = []
+        for doc in tok.encode_batch(texts):
+            ids.extend(doc)
+            ids.append(tok.eos_id)
+        self.tokens = torch.tensor(ids, dtype=torch.long)
+        self.block = max(1, min(block_size, len(ids) - 1))
+        self.seed, self.key = seed, key
+        self.epoch, self.cursor = 0, 0
+        self._order: Tensor | None = None
+        self._offset = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.numel())
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor, self._order = state["epoch"], state["cursor"], None
+
+    def _windows(self) -> Tensor:
+        if self._order is None:
+            g = torch.Generator().manual_seed(stable_seed(self.seed, self.key, self.epoch))
+            spare = self.num_tokens - 1 - self.block
+            self._offset = int(torch.randint(0, spare + 1, (1,), generator=g)) % self.block if spare > 0 else 0
+            n = max(1, (self.num_tokens - 1 - self._offset) // self.block)
+            self._order = torch.randperm(n, generator=g)
+        return self._order
+
+    def next_batch(self, batch_size: int) -> Batch:
+        rows = []
+        for _ in range(batch_size):
+            order = self._windows()
+            if self.cursor >= len(order):
+                self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
+                order = self._windows()
+            start = self._offset + int(order[self.cursor]) * self.block
+            rows.append(self.tokens[start : start + self.block + 1])
+            self.cursor += 1
+        chunk = torch.stack(rows)
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+        return Batch(x, y, y, x.numel())
+
+    def eval_batches(self, batch_size: int, max_batches: int) -> Iterator[Batch]:
+        n = (self.num_tokens - 1) // self.block
+        for b in range(0, min(n, batch_size * max_batches), batch_size):
+            starts = range(b * self.block, min(b + batch_size, n) * self.block, self.block)
+            chunk = torch.stack([self.tokens[s : s + self.block + 1] for s in starts])
+            yield Batch(chunk[:, :-1], chunk[:, 1:], chunk[:, 1:], chunk[:, :-1].numel())
+
+
+def collate(seqs: list[tuple[list[int], int]], pad_id: int) -> Batch:
+    width = max(len(ids) for ids, _ in seqs) - 1
+    idx = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    completion = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    tokens = 0
+    for r, (ids, sep) in enumerate(seqs):
+        n = len(ids) - 1
+        row = torch.tensor(ids, dtype=torch.long)
+        idx[r, :n], targets[r, :n] = row[:-1], row[1:]
+        completion[r, sep:n] = row[sep + 1 :]
+        tokens += n
+    return Batch(idx, targets, completion, tokens)
+
+
+class RecordStream:
+    """Supervised records, length-bucketed into batches; a new shuffle each epoch."""
+
+    def __init__(self, examples: list[Example], tok: Tokenizer, block_size: int, seed: int, key: str):
+        self.seqs = [encode_example(tok, ex, block_size + 1) for ex in examples]
+        self.pad_id = tok.pad_id
+        self.seed, self.key = seed, key
+        self.epoch, self.cursor = 0, 0
+        self._batches: list[list[int]] | None = None
+        self._batch_size = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) - 1 for ids, _ in self.seqs)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor, self._batches = state["epoch"], state["cursor"], None
+
+    def _epoch_batches(self, batch_size: int) -> list[list[int]]:
+        if self._batches is None or self._batch_size != batch_size:
+            g = torch.Generator().manual_seed(stable_seed(self.seed, self.key, self.epoch, batch_size))
+            order = torch.randperm(len(self.seqs), generator=g).tolist()
+            window = batch_size * BUCKET_BATCHES
+            batches: list[list[int]] = []
+            for w in range(0, len(order), window):
+                chunk = sorted(order[w : w + window], key=lambda i: len(self.seqs[i][0]))
+                batches.extend(chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size))
+            shuffle = torch.randperm(len(batches), generator=g).tolist()
+            self._batches, self._batch_size = [batches[i] for i in shuffle], batch_size
+        return self._batches
+
+    def next_batch(self, batch_size: int) -> Batch:
+        batches = self._epoch_batches(batch_size)
+        if self.cursor >= len(batches):
+            self.epoch, self.cursor, self._batches = self.epoch + 1, 0, None
+            batches = self._epoch_batches(batch_size)
+        rows = batches[self.cursor]
+        self.cursor += 1
+        return collate([self.seqs[i] for i in rows], self.pad_id)
+
+    def eval_batches(self, batch_size: int, max_batches: int) -> Iterator[Batch]:
+        ordered = sorted(range(len(self.seqs)), key=lambda i: len(self.seqs[i][0]))
+        for b in range(0, min(len(ordered), batch_size * max_batches), batch_size):
+            yield collate([self.seqs[i] for i in ordered[b : b + batch_size]], self.pad_id)
+
+
+Stream = TextStream | RecordStream
+
+
+def fork(stream: Stream, key: str) -> Stream:
+    """A stream over the same tokens with its own key (hence its own order) and position."""
+    other = copy.copy(stream)
+    other.key = key
+    other.load_state({"epoch": 0, "cursor": 0})
+    return other
+
+
+def make_stream(dataset: Dataset, tok: Tokenizer, block_size: int, seed: int, key: str) -> Stream:
+    if dataset.kind == "text":
+        return TextStream(dataset.texts, tok, block_size, seed, key)
+    return RecordStream(dataset.examples, tok, block_size, seed, key)

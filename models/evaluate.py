@@ -1,0 +1,117 @@
+"""Validation loss, perplexity, and task metrics computed by generating from held-out prompts.
+
+Task metrics by record task: translate → BLEU and chrF (sacrebleu), summarize → ROUGE-L
+F1 (rouge-score), qa → exact match and token F1 (SQuAD normalisation). Scores are on a
+0-100 scale for BLEU/chrF/ROUGE-L and 0-1 for exact match and F1.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+import sacrebleu
+import torch
+from rouge_score import rouge_scorer
+
+from models.data import Batch
+from models.generate import Sampling, complete
+from models.gpt import GPT
+from models.records import Example
+from models.tokenizer import Tokenizer
+
+TASK_METRICS = {"translate": ("bleu", "chrf"), "summarize": ("rouge_l",), "qa": ("exact_match", "f1")}
+
+
+@torch.no_grad()
+def validation_loss(model: GPT, batches: Iterable[Batch], loss_fn: Callable[[Batch], torch.Tensor]) -> float:
+    """Token-weighted mean loss over the batches."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        n = int((batch.completion_targets != -100).sum())
+        total += float(loss_fn(batch)) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def _normalize(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(_normalize(prediction) == _normalize(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = _normalize(prediction).split(), _normalize(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(task: str, predictions: list[str], references: list[str]) -> dict[str, float]:
+    if task == "translate":
+        return {
+            "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+            "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        }
+    if task == "summarize":
+        scorer = rouge_scorer.RougeScorer(["rougeL"])
+        f = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+        return {"rouge_l": 100.0 * sum(f) / len(f)}
+    n = len(predictions)
+    return {
+        "exact_match": sum(exact_match(p, r) for p, r in zip(predictions, references)) / n,
+        "f1": sum(token_f1(p, r) for p, r in zip(predictions, references)) / n,
+    }
+
+
+def task_metrics(
+    model: GPT,
+    tok: Tokenizer,
+    examples: list[Example],
+    metrics: list[str],
+    max_samples: int,
+    batch_size: int = 32,
+    max_new_tokens: int = 48,
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Greedy-generate completions for up to max_samples records per task and score them.
+
+    Returns ({"translate.chrf": ..., ...}, a few sample generations).
+    """
+    results: dict[str, float] = {}
+    samples: list[dict[str, str]] = []
+    for task, names in TASK_METRICS.items():
+        wanted = [m for m in names if m in metrics]
+        chosen = [e for e in examples if e.task == task][:max_samples]
+        if not wanted or not chosen:
+            continue
+        predictions: list[str] = []
+        for b in range(0, len(chosen), batch_size):
+            part = chosen[b : b + batch_size]
+            predictions += complete(model, tok, [e.prompt for e in part], Sampling(max_new_tokens), supervised=True)
+        references = [e.completion for e in chosen]
+        for name, value in score(task, [p.strip() for p in predictions], references).items():
+            if name in wanted:
+                results[f"{task}.{name}"] = round(value, 4)
+        samples += [
+            {"task": task, "prompt": e.prompt, "reference": e.completion, "prediction": p}
+            for e, p in zip(chosen[:2], predictions[:2])
+        ]
+    return results, samples

@@ -1,0 +1,90 @@
+"""Optimizers, learning-rate schedules and the `trainable` selection.
+
+Frozen parameters get `requires_grad=False` and are left out of the optimizer, so they
+neither change nor hold optimizer state.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from models.spec import SGD, Adam, Schedule
+
+PARTS: dict[str, Callable[[str], bool]] = {
+    "all": lambda n: True,
+    "embeddings": lambda n: n in ("transformer.wte.weight", "transformer.wpe.weight"),
+    # The output projection is tied to the token embedding, so `head` trains it too.
+    "head": lambda n: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
+    "attention": lambda n: ".attn." in n,
+    "mlp": lambda n: ".mlp." in n,
+    "norms": lambda n: ".ln_" in n,
+}
+
+
+def _matches(selector: str, name: str) -> bool:
+    m = re.fullmatch(r"blocks\.(\d+)(?:-(\d+))?", selector)
+    if m:
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        b = re.match(r"transformer\.h\.(\d+)\.", name)
+        return b is not None and lo <= int(b.group(1)) <= hi
+    return PARTS[selector](name)
+
+
+def select_trainable(model: nn.Module, selectors: list[str]) -> list[nn.Parameter]:
+    """Unfreeze exactly the parameters the selectors name; return them."""
+    chosen = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(_matches(s, name) for s in selectors))
+        if p.requires_grad:
+            chosen.append(p)
+    return chosen
+
+
+def _impl_kwargs(device: torch.device) -> dict[str, bool]:
+    # The fused kernels run one pass over all tensors (CPU and CUDA); foreach elsewhere.
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
+def build_optimizer(spec: SGD | Adam, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """Weight decay applies to matrices and embeddings only, never to biases and norms."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": spec.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    kw = _impl_kwargs(params[0].device)
+    if isinstance(spec, SGD):
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, **kw)
+    cls = torch.optim.AdamW if spec.type == "adamw" else torch.optim.Adam
+    return cls(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, **kw)
+
+
+def lr_factor(schedule: Schedule, step: int, total: int) -> float:
+    """Multiplier of the base learning rate for 0-based `step` of `total` steps.
+
+    Linear warmup (step + 1) / warmup_steps, then constant 1, or a linear or cosine decay
+    from 1 to min_lr_ratio over the remaining steps.
+    """
+    warmup = schedule.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule.type == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    floor = schedule.min_lr_ratio
+    if schedule.type == "linear":
+        return 1.0 - (1.0 - floor) * progress
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

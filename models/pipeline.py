@@ -1,0 +1,335 @@
+"""`run(spec, workdir, ...)`: tokenizer → stages → final model, with exact resume.
+
+Workdir layout: `spec.json`, `tokenizer/`, `checkpoints/step-NNNNNNNNN/`, `model/`.
+A checkpoint holds the model, every live optimizer, the RNG states and each data
+stream's position, so a resumed run produces the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import artifact, checkpoint, data, records
+from models.evaluate import perplexity, task_metrics, validation_loss
+from models.gpt import GPT, GPTConfig
+from models.losses import causal_lm, cross_entropy
+from models.optim import build_optimizer, lr_factor, select_trainable
+from models.spec import JobSpec
+from models.stages import Segment, TrainingError, plan, train_step
+from models.tokenizer import Tokenizer
+
+EventSink = Callable[[dict[str, Any]], None]
+EVAL_TOKENS = 16384  # validation loss is measured on about this many tokens
+
+
+class Stopped(Exception):
+    """should_stop() answered True; the run was checkpointed at `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"stopped at step {step}")
+
+
+@dataclass
+class RunResult:
+    model_dir: Path
+    steps: int
+    evaluation: dict[str, dict[str, float]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("user_error", "device: cuda requested but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. auto: bf16 on CUDA and on CPUs with bf16 kernels."""
+    if name == "fp32":
+        return None
+    if name == "fp16":
+        if device.type != "cuda":
+            raise TrainingError("user_error", "precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Pipeline:
+    def __init__(self, spec: JobSpec, workdir: Path, on_event: EventSink | None,
+                 should_stop: Callable[[], bool] | None, resolve: Callable[[str], Path]):
+        self.spec, self.workdir = spec, workdir
+        self.on_event = on_event or (lambda e: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.resolve = resolve
+        self.device = resolve_device(spec.device)
+        self.dtype = resolve_precision(spec.precision, self.device)
+        if self.dtype == torch.float16:
+            raise TrainingError("user_error", "precision: fp16 training is not supported yet; use bf16")
+        self.segments = plan(spec.stages)
+        self.ckpt_root = workdir / "checkpoints"
+        self.global_step, self.elapsed = 0, 0.0
+        self.position = (0, 0)  # (segment index, steps done in it)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.evaluations: list[dict[str, Any]] = []
+
+    # --- events ----------------------------------------------------------------------------
+
+    def emit(self, type_: str, seg: Segment | None, payload: dict[str, Any]) -> None:
+        stage = None if seg is None else {"index": seg.stage_index, "name": seg.stage.name}
+        self.on_event({"type": type_, "time": _now(), "stage": stage, "step": self.global_step, "data": payload})
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def to_device(self, b: data.Batch) -> data.Batch:
+        if self.device.type == "cpu":
+            return b
+        d = self.device
+        return data.Batch(b.idx.to(d), b.targets.to(d), b.completion_targets.to(d), b.tokens)
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def load_data(self) -> None:
+        self.train_sets: dict[str, records.Dataset] = {}
+        self.val_sets: dict[str, records.Dataset] = {}
+        problems = []
+        for name, ref in self.spec.data.items():
+            try:
+                ds = records.load_file(self.resolve(ref.dataset))
+            except records.DataError as exc:
+                problems.append(f"data.{name}: {exc}")
+                continue
+            items: list[Any] = ds.texts if ds.kind == "text" else ds.examples
+            train, val = data.split(items, ref.validation_fraction, data.stable_seed(self.spec.seed, name))
+            field = "texts" if ds.kind == "text" else "examples"
+            self.train_sets[name] = records.Dataset(ds.kind, ds.format, **{field: train})
+            self.val_sets[name] = records.Dataset(ds.kind, ds.format, **{field: val})
+        if problems:
+            raise TrainingError("user_error", "; ".join(problems))
+        for i, seg in enumerate(self.segments):
+            if seg.objective == "finetune" and self.train_sets[seg.part.data].kind == "text":
+                raise TrainingError(
+                    "user_error",
+                    f"stages.{i}: a finetune objective needs supervised records, "
+                    f"but data '{seg.part.data}' is a text corpus",
+                )
+
+    def build_model(self) -> None:
+        init = self.spec.model.init_from
+        tok_dir = self.workdir / "tokenizer"
+        torch.manual_seed(self.spec.seed)
+        if init is not None:
+            self.model, self.tok = artifact.load_model(self.resolve(init.model), dropout=self.spec.model.dropout)
+        else:
+            if (tok_dir / "tokenizer.json").exists():
+                self.tok = Tokenizer.load(tok_dir)
+            else:
+                assert self.spec.tokenizer is not None
+                texts = [t for n in self.spec.tokenizer.train_on for t in self.train_sets[n].as_texts()]
+                self.tok = Tokenizer.train(texts, self.spec.tokenizer.vocab_size)
+                self.tok.save(tok_dir)
+            m = self.spec.model
+            cfg = GPTConfig(self.tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
+            self.model = GPT(cfg)
+        self.model.to(self.device).train()
+        block = self.model.config.block_size
+        self.streams: dict[str, data.Stream] = {}
+        protos: dict[str, data.Stream] = {}
+        for seg in self.segments:
+            if seg.key not in self.streams:
+                name = seg.part.data
+                if name not in protos:
+                    protos[name] = data.make_stream(self.train_sets[name], self.tok, block, self.spec.seed, name)
+                self.streams[seg.key] = data.fork(protos[name], f"{name}/{seg.key}")
+        self.val_streams = {
+            name: data.make_stream(ds, self.tok, block, self.spec.seed, f"{name}/val")
+            for name, ds in self.val_sets.items()
+            if ds.num_records
+        }
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        tensors["rng/torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        metas = {}
+        for key, opt in self.optimizers.items():
+            t, metas[key] = checkpoint.split_optimizer_state(f"opt/{key}", opt.state_dict())
+            tensors.update(t)
+        seg_i, done = self.position
+        state = {
+            "version": 1,
+            "segment": seg_i,
+            "segment_step": done,
+            "global_step": self.global_step,
+            "elapsed_s": self.elapsed,
+            "streams": {k: s.state() for k, s in self.streams.items()},
+            "optimizers": metas,
+            "evaluations": self.evaluations,
+        }
+        keep = self.spec.checkpointing.keep_last
+        path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)
+        self.emit("checkpoint.saved", self.segments[min(seg_i, len(self.segments) - 1)],
+                  {"path": str(path), "global_step": self.global_step})
+        return path
+
+    def restore(self, path: Path) -> None:
+        tensors, state = checkpoint.load_checkpoint(path)
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        torch.set_rng_state(tensors["rng/torch"])
+        if "rng/cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        self.position = (state["segment"], state["segment_step"])
+        self.global_step, self.elapsed = state["global_step"], state["elapsed_s"]
+        self.evaluations = state["evaluations"]
+        for key, s in state["streams"].items():
+            self.streams[key].load_state(s)
+        for key, meta in state["optimizers"].items():
+            seg = next(s for s in self.segments if s.key == key)
+            opt = build_optimizer(seg.part.optimizer, select_trainable(self.model, seg.part.trainable))
+            opt.load_state_dict(checkpoint.join_optimizer_state(f"opt/{key}", tensors, meta))
+            self.optimizers[key] = opt
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    def evaluate_data(self, seg: Segment | None, name: str, with_tasks: bool) -> dict[str, Any]:
+        stream = self.val_streams[name]
+        loss_fn = causal_lm if isinstance(stream, data.TextStream) else cross_entropy
+        batch = 16
+        max_batches = max(1, EVAL_TOKENS // (batch * self.model.config.block_size))
+        with self.autocast():
+            loss = validation_loss(self.model, map(self.to_device, stream.eval_batches(batch, max_batches)),
+                                   lambda b: loss_fn(self.model, b, None))  # type: ignore[arg-type]
+        ev = self.spec.evaluation
+        result: dict[str, Any] = {"data": name}
+        if "loss" in ev.metrics:
+            result["loss"] = round(loss, 5)
+        if "perplexity" in ev.metrics:
+            result["perplexity"] = round(perplexity(loss), 4)
+        if with_tasks and isinstance(stream, data.RecordStream) and ev.max_samples:
+            scores, samples = task_metrics(self.model, self.tok, self.val_sets[name].examples, ev.metrics,
+                                           ev.max_samples)
+            result.update(scores)
+            if samples:
+                result["samples"] = samples
+        self.model.train()
+        self.emit("eval", seg, result)
+        self.evaluations.append({"stage": None if seg is None else seg.stage.name, "step": self.global_step,
+                                 **{k: v for k, v in result.items() if k != "samples"}})
+        return result
+
+    def stage_data(self, seg: Segment) -> list[str]:
+        names = [s.part.data for s in self.segments if s.stage_index == seg.stage_index]
+        return [n for n in dict.fromkeys(names) if n in self.val_streams]
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def train(self) -> Iterator[None]:
+        """Run every remaining step; yields after each, so the caller can stop between steps."""
+        start_seg, start_step = self.position
+        began = time.monotonic() - self.elapsed
+        for seg_i in range(start_seg, len(self.segments)):
+            seg = self.segments[seg_i]
+            first_step = start_step if seg_i == start_seg else 0
+            stage_start = seg.stage_offset == 0 and first_step == 0
+            if stage_start:
+                self.emit("stage.started", seg, {"type": seg.stage.type, "steps": seg.stage_steps})
+                for name in self.stage_data(seg):
+                    self.evaluate_data(seg, name, with_tasks=False)
+            params = select_trainable(self.model, seg.part.trainable)
+            if seg.key not in self.optimizers:
+                self.optimizers[seg.key] = build_optimizer(seg.part.optimizer, params)
+            opt = self.optimizers[seg.key]
+            base_lr = seg.part.optimizer.lr
+            for s in range(first_step, seg.steps):
+                t0 = time.perf_counter()
+                lr = base_lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
+                r = train_step(self.model, opt, params, self.streams[seg.key], seg, self.global_step + 1, lr,
+                               self.autocast, self.to_device)
+                self.global_step += 1
+                self.position = (seg_i, s + 1)
+                dt = time.perf_counter() - t0
+                self.emit("train.step", seg, {"loss": round(r.loss, 6), "lr": lr, "grad_norm": round(r.grad_norm, 6),
+                                              "tokens_per_s": round(r.tokens / dt, 1), "phase": seg.label})
+                self.elapsed = time.monotonic() - began
+                if self.global_step % self.spec.evaluation.every_steps == 0 and seg.part.data in self.val_streams:
+                    self.evaluate_data(seg, seg.part.data, with_tasks=False)
+                if self.global_step % self.spec.checkpointing.every_steps == 0:
+                    self.save()
+                if self.elapsed > self.spec.max_wall_clock_s:
+                    self.save()
+                    raise TrainingError("time_limit", f"max_wall_clock_s ({self.spec.max_wall_clock_s}) reached "
+                                        f"at step {self.global_step}")
+                yield
+            self.position = (seg_i + 1, 0)
+            if seg.stage_offset + seg.steps == seg.stage_steps:  # the stage's last segment
+                for name in self.stage_data(seg):
+                    self.evaluate_data(seg, name, with_tasks=True)
+                self.emit("stage.completed", seg, {"steps": seg.stage_steps})
+                self.optimizers.clear()
+
+    def finish(self) -> RunResult:
+        model_dir = self.workdir / "model"
+        final: dict[str, dict[str, float]] = {}
+        for name in self.val_streams:
+            result = self.evaluate_data(None, name, with_tasks=True)
+            final[name] = {k: v for k, v in result.items() if isinstance(v, float)}
+        info = {"name": self.spec.name, "steps": self.global_step, "created_at": _now(),
+                "parameters": self.model.num_parameters()}
+        artifact.save_model(model_dir, self.model, self.tok, info)
+        checkpoint.write_json(model_dir / "evaluation.json", {"final": final, "history": self.evaluations})
+        return RunResult(model_dir, self.global_step, final)
+
+
+def run(
+    spec: JobSpec,
+    workdir: Path,
+    on_event: EventSink | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resolve: Callable[[str], Path] = Path,
+    resume: bool = False,
+) -> RunResult:
+    """Train `spec` in `workdir`. With resume, continue from the newest checkpoint there.
+
+    Raises TrainingError (with a code) for runs that cannot go on, and Stopped after
+    checkpointing when should_stop() returned True between two steps.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_file = workdir / "spec.json"
+    spec_json = spec.model_dump(mode="json")
+    ckpts = checkpoint.list_checkpoints(workdir / "checkpoints")
+    if resume and ckpts and json.loads(spec_file.read_text()) != spec_json:
+        raise TrainingError("user_error", f"{workdir} holds a run of a different spec; resume needs the same spec")
+    checkpoint.write_json(spec_file, spec_json)
+    p = Pipeline(spec, workdir, on_event, should_stop, resolve)
+    p.load_data()
+    p.build_model()
+    if resume and ckpts:
+        p.restore(ckpts[-1])
+        p.emit("job.restarted", None, {"from_step": p.global_step, "checkpoint": ckpts[-1].name})
+    for _ in p.train():
+        if p.should_stop():
+            p.save()
+            raise Stopped(p.global_step)
+    return p.finish()

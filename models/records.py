@@ -1,0 +1,216 @@
+"""Data files (CONTRACT.md §2): format detection, line-numbered validation, task templates.
+
+A corpus is a list of documents (one per non-empty line of a `.txt`, or per `{"text"}`
+line of a `.jsonl`). Supervised records of every format become an `Example`: the prompt
+the model reads and the completion it must produce. Task records are rendered by the
+fixed templates below, which the task endpoints use again at inference time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MAX_REPORTED = 100
+ROLES = ("system", "user", "assistant")
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "translate": ("source", "target", "source_lang", "target_lang"),
+    "qa": ("context", "question", "answer"),
+    "summarize": ("document", "summary"),
+}
+
+
+class DataError(ValueError):
+    """Bad data: `issues` lists every {"line", "field", "reason"} found (line 0: whole file)."""
+
+    def __init__(self, source: str, issues: list[dict[str, Any]], total: int | None = None):
+        self.source = source
+        self.issues = issues[:MAX_REPORTED]
+        self.total = total if total is not None else len(issues)
+        head = "; ".join(f"line {i['line']}: {i['field']}: {i['reason']}" for i in self.issues[:5])
+        more = f" (and {self.total - 5} more)" if self.total > 5 else ""
+        super().__init__(f"{source}: {self.total} bad line(s): {head}{more}")
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str
+    task: str | None = None  # translate | qa | summarize, for task metrics
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    kind: Literal["text", "records"]
+    format: str  # txt | jsonl-text | jsonl-records
+    texts: list[str] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def num_records(self) -> int:
+        return len(self.texts) if self.kind == "text" else len(self.examples)
+
+    def as_texts(self) -> list[str]:
+        """Every document as plain text (records as prompt + completion), for tokenizer training."""
+        if self.kind == "text":
+            return self.texts
+        return [f"{e.prompt}\n{e.completion}" for e in self.examples]
+
+
+# --- templates (shared with inference) --------------------------------------------------
+
+
+def translate_prompt(text: str, source_lang: str, target_lang: str) -> str:
+    return f"Translate from {source_lang} to {target_lang}:\n{text}\n"
+
+
+def qa_prompt(question: str, context: str) -> str:
+    return f"Context: {context}\nQuestion: {question}\nAnswer:"
+
+
+def summarize_prompt(text: str) -> str:
+    return f"Summarize:\n{text}\n"
+
+
+def messages_prompt(messages: list[dict[str, str]]) -> str:
+    """Every turn as 'role: content', ending with the cue for the assistant's answer."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def task_example(task: str, rec: dict[str, str]) -> Example:
+    if task == "translate":
+        prompt, completion = translate_prompt(rec["source"], rec["source_lang"], rec["target_lang"]), rec["target"]
+    elif task == "qa":
+        prompt, completion = qa_prompt(rec["question"], rec["context"]), rec["answer"]
+    else:
+        prompt, completion = summarize_prompt(rec["document"]), rec["summary"]
+    return Example(prompt, completion, task, {k: rec[k] for k in TASK_FIELDS[task]})
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def _str_fields(obj: dict[str, Any], names: tuple[str, ...], line: int, issues: list[dict[str, Any]]) -> bool:
+    ok = True
+    for name in names:
+        value = obj.get(name)
+        if value is None:
+            issues.append({"line": line, "field": name, "reason": "missing"})
+            ok = False
+        elif not isinstance(value, str):
+            issues.append({"line": line, "field": name, "reason": f"must be a string, got {type(value).__name__}"})
+            ok = False
+    return ok
+
+
+def _messages_example(obj: dict[str, Any], line: int, issues: list[dict[str, Any]]) -> Example | None:
+    msgs = obj["messages"]
+    if not isinstance(msgs, list) or not msgs:
+        issues.append({"line": line, "field": "messages", "reason": "must be a non-empty list"})
+        return None
+    start = len(issues)
+    for j, m in enumerate(msgs):
+        where = f"messages.{j}"
+        if not isinstance(m, dict):
+            issues.append({"line": line, "field": where, "reason": "must be an object"})
+        elif m.get("role") not in ROLES:
+            issues.append({"line": line, "field": f"{where}.role", "reason": f"must be one of {', '.join(ROLES)}"})
+        elif not isinstance(m.get("content"), str):
+            issues.append({"line": line, "field": f"{where}.content", "reason": "must be a string"})
+    if len(issues) > start:
+        return None
+    if msgs[-1]["role"] != "assistant":
+        issues.append({"line": line, "field": "messages", "reason": "the last message must be the assistant's"})
+        return None
+    return Example(messages_prompt(msgs[:-1]), msgs[-1]["content"])
+
+
+def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example | str | None:
+    """One decoded JSONL line: a text document (str), a supervised Example, or None if bad."""
+    if not isinstance(obj, dict):
+        issues.append({"line": line, "field": "(line)", "reason": "must be a JSON object"})
+        return None
+    if "task" in obj:
+        task = obj["task"]
+        if task not in TASK_FIELDS:
+            issues.append({"line": line, "field": "task", "reason": f"must be one of {', '.join(TASK_FIELDS)}"})
+            return None
+        return task_example(task, obj) if _str_fields(obj, TASK_FIELDS[task], line, issues) else None
+    if "messages" in obj:
+        return _messages_example(obj, line, issues)
+    if "prompt" in obj or "completion" in obj:
+        if not _str_fields(obj, ("prompt", "completion"), line, issues):
+            return None
+        return Example(obj["prompt"], obj["completion"])
+    if "text" in obj:
+        return obj["text"] if _str_fields(obj, ("text",), line, issues) else None
+    issues.append(
+        {"line": line, "field": "(line)", "reason": "expected text, prompt/completion, messages or task fields"}
+    )
+    return None
+
+
+def parse_bytes(data: bytes, filename: str) -> Dataset:
+    """Parse a whole file; raise `DataError` listing every bad line."""
+    suffix = Path(filename).suffix.lower()
+    if suffix not in (".txt", ".jsonl"):
+        raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "expected a .txt or .jsonl file"}])
+    issues: list[dict[str, Any]] = []
+    lines = data.split(b"\n")
+    if suffix == ".txt":
+        texts = []
+        for n, raw in enumerate(lines, 1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r")
+            except UnicodeDecodeError as exc:
+                issues.append({"line": n, "field": "(line)", "reason": f"not UTF-8 ({exc.reason})"})
+                continue
+            if text.strip():
+                texts.append(text)
+        if issues:
+            raise DataError(filename, issues)
+        if not texts:
+            raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no text"}])
+        return Dataset("text", "txt", texts=texts)
+
+    docs: list[str] = []
+    examples: list[Example] = []
+    first_kind: str | None = None
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            issues.append({"line": n, "field": "(line)", "reason": f"invalid JSON ({exc})"})
+            continue
+        item = parse_record(obj, n, issues)
+        if item is None:
+            continue
+        kind = "text" if isinstance(item, str) else "records"
+        first_kind = first_kind or kind
+        if kind != first_kind:
+            want = "a {text} line" if first_kind == "text" else "a supervised record"
+            issues.append({"line": n, "field": "(line)", "reason": f"mixed formats: expected {want} like the first"})
+        elif isinstance(item, str):
+            docs.append(item)
+        else:
+            examples.append(item)
+    if issues:
+        raise DataError(filename, issues)
+    if first_kind is None:
+        raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no records"}])
+    if first_kind == "text":
+        return Dataset("text", "jsonl-text", texts=docs)
+    return Dataset("records", "jsonl-records", examples=examples)
+
+
+def load_file(path: Path) -> Dataset:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(str(path), [{"line": 0, "field": "(file)", "reason": exc.strerror or str(exc)}]) from None
+    return parse_bytes(data, str(path))
