@@ -27,7 +27,9 @@ def load_config(directory: Path) -> dict[str, Any]:
     return config
 
 
-def load_model(directory: Path, device: torch.device | str = "cpu", dropout: float | None = None) -> tuple[GPT, Tokenizer]:
+def load_model(
+    directory: Path, device: torch.device | str = "cpu", dropout: float | None = None
+) -> tuple[GPT, Tokenizer]:
     fields = dict(load_config(directory)["gpt"])
     if dropout is not None:
         fields["dropout"] = dropout

@@ -54,11 +54,11 @@ class Batch:
 
 def encode_example(tok: Tokenizer, ex: Example, max_len: int) -> tuple[list[int], int]:
     """Token ids of a supervised sequence (at most max_len) and the index of its separator."""
-    prompt, completion = tok.encode(ex.prompt), tok.encode(ex.completion) + [tok.eos_id]
+    prompt, completion = tok.encode(ex.prompt), [*tok.encode(ex.completion), tok.eos_id]
     completion = completion[: max(1, max_len // 2)] if len(prompt) + 1 + len(completion) > max_len else completion
     keep = max_len - 1 - len(completion)
     prompt = prompt[-keep:] if keep > 0 else []  # long prompts lose their beginning
-    return prompt + [tok.sep_id] + completion, len(prompt)
+    return [*prompt, tok.sep_id, *completion], len(prompt)
 
 
 class TextStream:

@@ -11,7 +11,7 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import sacrebleu
 import torch
@@ -86,7 +86,7 @@ def task_metrics(
     model: GPT,
     tok: Tokenizer,
     examples: list[Example],
-    metrics: list[str],
+    metrics: Sequence[str],
     max_samples: int,
     batch_size: int = 32,
     max_new_tokens: int = 48,
@@ -105,7 +105,9 @@ def task_metrics(
         predictions: list[str] = []
         for b in range(0, len(chosen), batch_size):
             part = chosen[b : b + batch_size]
-            predictions += complete(model, tok, [e.prompt for e in part], Sampling(max_new_tokens), supervised=True)
+            predictions += complete(
+                model, tok, [e.prompt for e in part], Sampling(max_new_tokens), supervised=True, truncate=True
+            )
         references = [e.completion for e in chosen]
         for name, value in score(task, [p.strip() for p in predictions], references).items():
             if name in wanted:

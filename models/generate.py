@@ -126,9 +126,14 @@ def complete(
     sampling: Sampling,
     stop: list[str] | None = None,
     supervised: bool = False,
+    truncate: bool = False,
 ) -> list[str]:
-    """Generate text for each prompt. `supervised` appends the completion marker, as training did."""
+    """Generate text for each prompt. `supervised` appends the completion marker, as training did;
+    `truncate` drops the beginning of prompts that leave no room for max_new_tokens."""
     encoded = [tok.encode(p) + ([tok.sep_id] if supervised else []) for p in prompts]
     encoded = [ids or [tok.eos_id] for ids in encoded]
+    if truncate:
+        room = max(1, model.config.block_size - sampling.max_new_tokens)
+        encoded = [ids[-room:] for ids in encoded]
     ids = generate_ids(model, encoded, sampling, eos_id=tok.eos_id, stop=stop, tokenizer=tok)
     return [cut_at_stop(tok.decode(x), stop) for x in ids]

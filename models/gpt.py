@@ -89,19 +89,23 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
+class Transformer(nn.Module):
+    """The trunk, under the GPT-2 parameter names (`transformer.wte`, `transformer.h.0...`)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embd),
-            )
-        )
+        self.transformer = Transformer(config)
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer).
         for name, p in self.named_parameters():
@@ -129,11 +133,11 @@ class GPT(nn.Module):
     ) -> Tensor:
         """Final-norm hidden states (B, T, n_embd). Without `mask`, attention is causal."""
         T = idx.size(1)
+        end = (cache.length if cache is not None else 0) + T  # checked on the host: no device sync
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         if positions is None:
-            start = cache.length if cache is not None else 0
-            positions = torch.arange(start, start + T, device=idx.device)
-        if int(positions.max()) >= self.config.block_size:
-            raise ValueError(f"sequence longer than block_size {self.config.block_size}")
+            positions = torch.arange(end - T, end, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
         for i, block in enumerate(self.transformer.h):
             x = block(x, i, cache, mask)

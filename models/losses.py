@@ -65,7 +65,7 @@ def add_regularization_grads(params: Iterable[torch.nn.Parameter], l1: float, l2
     Adding the analytic gradient is exact and much cheaper than building the penalty
     into the autograd graph every step.
     """
-    ps = [p for p in regularized(params) if p.grad is not None]
+    ps: list[Tensor] = [p for p in regularized(params) if p.grad is not None]
     if not ps:
         return
     grads = [p.grad for p in ps if p.grad is not None]

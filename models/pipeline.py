@@ -23,12 +23,13 @@ from models.evaluate import perplexity, task_metrics, validation_loss
 from models.gpt import GPT, GPTConfig
 from models.losses import causal_lm, cross_entropy
 from models.optim import build_optimizer, lr_factor, select_trainable
-from models.spec import JobSpec
+from models.spec import CrossEntropyLoss, JobSpec
 from models.stages import Segment, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
 EventSink = Callable[[dict[str, Any]], None]
 EVAL_TOKENS = 16384  # validation loss is measured on about this many tokens
+PLAIN_CE = CrossEntropyLoss(type="cross_entropy")  # validation: no label smoothing
 
 
 class Stopped(Exception):
@@ -72,8 +73,14 @@ def _now() -> str:
 
 
 class Pipeline:
-    def __init__(self, spec: JobSpec, workdir: Path, on_event: EventSink | None,
-                 should_stop: Callable[[], bool] | None, resolve: Callable[[str], Path]):
+    def __init__(
+        self,
+        spec: JobSpec,
+        workdir: Path,
+        on_event: EventSink | None,
+        should_stop: Callable[[], bool] | None,
+        resolve: Callable[[str], Path],
+    ):
         self.spec, self.workdir = spec, workdir
         self.on_event = on_event or (lambda e: None)
         self.should_stop = should_stop or (lambda: False)
@@ -190,8 +197,11 @@ class Pipeline:
         }
         keep = self.spec.checkpointing.keep_last
         path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)
-        self.emit("checkpoint.saved", self.segments[min(seg_i, len(self.segments) - 1)],
-                  {"path": str(path), "global_step": self.global_step})
+        self.emit(
+            "checkpoint.saved",
+            self.segments[min(seg_i, len(self.segments) - 1)],
+            {"path": str(path), "global_step": self.global_step},
+        )
         return path
 
     def restore(self, path: Path) -> None:
@@ -219,8 +229,11 @@ class Pipeline:
         batch = 16
         max_batches = max(1, EVAL_TOKENS // (batch * self.model.config.block_size))
         with self.autocast():
-            loss = validation_loss(self.model, map(self.to_device, stream.eval_batches(batch, max_batches)),
-                                   lambda b: loss_fn(self.model, b, None))  # type: ignore[arg-type]
+            loss = validation_loss(
+                self.model,
+                map(self.to_device, stream.eval_batches(batch, max_batches)),
+                lambda b: loss_fn(self.model, b, PLAIN_CE),
+            )
         ev = self.spec.evaluation
         result: dict[str, Any] = {"data": name}
         if "loss" in ev.metrics:
@@ -228,15 +241,21 @@ class Pipeline:
         if "perplexity" in ev.metrics:
             result["perplexity"] = round(perplexity(loss), 4)
         if with_tasks and isinstance(stream, data.RecordStream) and ev.max_samples:
-            scores, samples = task_metrics(self.model, self.tok, self.val_sets[name].examples, ev.metrics,
-                                           ev.max_samples)
+            scores, samples = task_metrics(
+                self.model, self.tok, self.val_sets[name].examples, ev.metrics, ev.max_samples
+            )
             result.update(scores)
             if samples:
                 result["samples"] = samples
         self.model.train()
         self.emit("eval", seg, result)
-        self.evaluations.append({"stage": None if seg is None else seg.stage.name, "step": self.global_step,
-                                 **{k: v for k, v in result.items() if k != "samples"}})
+        self.evaluations.append(
+            {
+                "stage": None if seg is None else seg.stage.name,
+                "step": self.global_step,
+                **{k: v for k, v in result.items() if k != "samples"},
+            }
+        )
         return result
 
     def stage_data(self, seg: Segment) -> list[str]:
@@ -265,13 +284,31 @@ class Pipeline:
             for s in range(first_step, seg.steps):
                 t0 = time.perf_counter()
                 lr = base_lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
-                r = train_step(self.model, opt, params, self.streams[seg.key], seg, self.global_step + 1, lr,
-                               self.autocast, self.to_device)
+                r = train_step(
+                    self.model,
+                    opt,
+                    params,
+                    self.streams[seg.key],
+                    seg,
+                    self.global_step + 1,
+                    lr,
+                    self.autocast,
+                    self.to_device,
+                )
                 self.global_step += 1
                 self.position = (seg_i, s + 1)
                 dt = time.perf_counter() - t0
-                self.emit("train.step", seg, {"loss": round(r.loss, 6), "lr": lr, "grad_norm": round(r.grad_norm, 6),
-                                              "tokens_per_s": round(r.tokens / dt, 1), "phase": seg.label})
+                self.emit(
+                    "train.step",
+                    seg,
+                    {
+                        "loss": round(r.loss, 6),
+                        "lr": lr,
+                        "grad_norm": round(r.grad_norm, 6),
+                        "tokens_per_s": round(r.tokens / dt, 1),
+                        "phase": seg.label,
+                    },
+                )
                 self.elapsed = time.monotonic() - began
                 if self.global_step % self.spec.evaluation.every_steps == 0 and seg.part.data in self.val_streams:
                     self.evaluate_data(seg, seg.part.data, with_tasks=False)
@@ -279,8 +316,10 @@ class Pipeline:
                     self.save()
                 if self.elapsed > self.spec.max_wall_clock_s:
                     self.save()
-                    raise TrainingError("time_limit", f"max_wall_clock_s ({self.spec.max_wall_clock_s}) reached "
-                                        f"at step {self.global_step}")
+                    raise TrainingError(
+                        "time_limit",
+                        f"max_wall_clock_s ({self.spec.max_wall_clock_s}) reached at step {self.global_step}",
+                    )
                 yield
             self.position = (seg_i + 1, 0)
             if seg.stage_offset + seg.steps == seg.stage_steps:  # the stage's last segment
@@ -295,8 +334,12 @@ class Pipeline:
         for name in self.val_streams:
             result = self.evaluate_data(None, name, with_tasks=True)
             final[name] = {k: v for k, v in result.items() if isinstance(v, float)}
-        info = {"name": self.spec.name, "steps": self.global_step, "created_at": _now(),
-                "parameters": self.model.num_parameters()}
+        info = {
+            "name": self.spec.name,
+            "steps": self.global_step,
+            "created_at": _now(),
+            "parameters": self.model.num_parameters(),
+        }
         artifact.save_model(model_dir, self.model, self.tok, info)
         checkpoint.write_json(model_dir / "evaluation.json", {"final": final, "history": self.evaluations})
         return RunResult(model_dir, self.global_step, final)

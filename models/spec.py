@@ -159,12 +159,13 @@ class MultistepStage(_Strict):
 
 Stage = Annotated[PretrainStage | FinetuneStage | MultistepStage, Field(discriminator="type")]
 
-METRICS = ("loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1")
+Metric = Literal["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]
+METRICS: list[Metric] = ["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]
 
 
 class Evaluation(_Strict):
     every_steps: Annotated[int, Field(ge=1, le=10_000_000)] = 100
-    metrics: list[Literal["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]] = list(METRICS)
+    metrics: list[Metric] = METRICS
     max_samples: Annotated[int, Field(ge=0, le=10_000)] = 64
 
 

@@ -59,8 +59,17 @@ def _single(index: int, stage: Stage) -> list[Segment]:
     assert isinstance(stage, PretrainStage)  # FinetuneStage is one too
     return [
         Segment(
-            index, stage, str(index), stage.type, stage, stage.batch_size, stage.grad_accum,
-            stage.schedule, stage.grad_clip, 0, stage.name,
+            index,
+            stage,
+            str(index),
+            stage.type,
+            stage,
+            stage.batch_size,
+            stage.grad_accum,
+            stage.schedule,
+            stage.grad_clip,
+            0,
+            stage.name,
         )
     ]
 
@@ -73,8 +82,17 @@ def _multistep(index: int, stage: Stage) -> list[Segment]:
             label = f"{stage.name} {cycle + 1}/{stage.cycles} {phase.name or phase.objective}"
             segments.append(
                 Segment(
-                    index, stage, f"{index}.p{j}", phase.objective, phase, stage.batch_size, stage.grad_accum,
-                    stage.schedule, stage.grad_clip, offset, label,
+                    index,
+                    stage,
+                    f"{index}.p{j}",
+                    phase.objective,
+                    phase,
+                    stage.batch_size,
+                    stage.grad_accum,
+                    stage.schedule,
+                    stage.grad_clip,
+                    offset,
+                    label,
                 )
             )
             offset += phase.steps
@@ -128,7 +146,9 @@ def train_step(
     add_regularization_grads(params, reg.l1, reg.l2)
     grads = [p.grad for p in params if p.grad is not None]
     norm = float(torch.nn.utils.get_total_norm(grads))
-    if seg.grad_clip is not None and math.isfinite(norm):
+    if not math.isfinite(norm):  # an update now would write inf/NaN into the weights
+        raise TrainingError("user_error", f"loss diverged at stage {seg.stage.name} step {step} (gradient norm {norm})")
+    if seg.grad_clip is not None:
         torch.nn.utils.clip_grads_with_norm_(params, seg.grad_clip, torch.tensor(norm))
     set_lr(optimizer, lr)
     optimizer.step()

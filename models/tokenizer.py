@@ -23,9 +23,10 @@ class Tokenizer:
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
         ids = [hf.token_to_id(t) for t in SPECIAL_TOKENS]
-        if any(i is None for i in ids):
+        present = [i for i in ids if i is not None]
+        if len(present) != len(ids):
             raise ValueError(f"tokenizer lacks the special tokens {SPECIAL_TOKENS}")
-        self.eos_id, self.sep_id, self.pad_id = (int(i) for i in ids)
+        self.eos_id, self.sep_id, self.pad_id = present
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -1,0 +1,483 @@
+"""Training tokens/s of our pretrain step against nanoGPT and Hugging Face GPT-2, in one run.
+
+Same shape for every variant (n_layer 6, n_head 6, n_embd 384, block 256, batch 8, vocab
+8192), AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1 on matrices), gradient clipping
+at 1.0, random tokens; fp32 and bf16 autocast of each. Ours goes through
+`models.stages.train_step` with a segment planned from a parsed spec; nanoGPT is imported
+at run time from a checkout (`--nanogpt DIR` holding its model.py); transformers is a
+benchmark-only dependency. Variants are interleaved over several passes and the median
+tokens/s per variant is reported, with MFU against a torch.matmul peak measured at start.
+
+    git --git-dir=/work/.mirror/karpathy+nanoGPT/repo show HEAD:model.py > /tmp/nanogpt/model.py
+    .venv/bin/python benchmarks/train_throughput.py --nanogpt /tmp/nanogpt [--compile]
+
+One JSON object goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from models.data import Batch
+from models.gpt import GPT, GPTConfig
+from models.optim import build_optimizer, lr_factor, select_trainable
+from models.pipeline import Pipeline
+from models.spec import parse_spec
+from models.stages import train_step
+
+N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 6, 6, 384, 256, 8, 8192
+LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- the machine ---------------------------------------------------------------------------
+
+
+class CpuWindow:
+    """CPU seconds that other processes used while a block ran: machine busy time from
+    /proc/stat minus this process's own (and its reaped children's) CPU time."""
+
+    HZ = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float, float, float]:
+        own = sum(
+            getattr(resource.getrusage(w), f)
+            for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for f in ("ru_utime", "ru_stime")
+        )
+        try:
+            with open("/proc/stat") as f:  # cpu user nice system idle iowait irq softirq steal ...
+                ticks = [int(v) for v in f.readline().split()[1:]]
+            busy, steal = (sum(ticks[:3]) + sum(ticks[5:8])) / self.HZ, ticks[7] / self.HZ
+        except (OSError, IndexError, ValueError):
+            busy = steal = float("nan")
+        return time.monotonic(), busy, steal, own
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        wall, busy, steal, own = (b - a for a, b in zip(self.start, end, strict=True))
+        other = busy - own
+        cpus = os.cpu_count() or 1
+        return {
+            "wall_s": round(wall, 3),
+            "own_cpu_s": round(own, 3),
+            "other_cpu_s": round(other, 3),
+            "other_share": round(other / (wall * cpus), 4) if wall > 0 else 0.0,
+            "steal_s": round(steal, 3),
+        }
+
+
+NOISY_SHARE = 0.05  # other processes' share of the machine above which a measurement should be rerun
+
+
+def noise_summary(windows: list[dict[str, float]], run: dict[str, float]) -> dict[str, Any]:
+    """Other processes' CPU use summed over the timed blocks, and over the whole run (which also
+    counts warmups, and a torch.compile's worker processes as "other")."""
+    wall, own, other, steal = (sum(w[k] for w in windows) for k in ("wall_s", "own_cpu_s", "other_cpu_s", "steal_s"))
+    cpus = os.cpu_count() or 1
+    share = other / (wall * cpus) if wall > 0 else 0.0
+    timed = {
+        "wall_s": round(wall, 3),
+        "own_cpu_s": round(own, 3),
+        "other_cpu_s": round(other, 3),
+        "other_share": round(share, 4),
+        "steal_s": round(steal, 3),
+    }
+    return {"timed": timed, "whole_run": run, "noisy": share > NOISY_SHARE}
+
+
+def log_noise(noise: dict[str, Any]) -> None:
+    t = noise["timed"]
+    log(
+        f"other processes used {t['other_cpu_s']:.1f} CPU s during {t['wall_s']:.0f} s of timed steps "
+        f"({t['other_share']:.0%} of the machine)" + ("  <- noisy window, rerun" if noise["noisy"] else "")
+    )
+
+
+def onednn_bf16_matmul() -> str:
+    """The oneDNN implementation a bf16 matmul runs here (for example brg_matmul:...amx), or why unknown."""
+    code = "import torch; a = torch.randn(256, 256, dtype=torch.bfloat16); torch.matmul(a, a)"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "ONEDNN_VERBOSE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    for line in out.stdout.splitlines():
+        parts = line.split(",")
+        if len(parts) > 6 and parts[2:6] == ["primitive", "exec", "cpu", "matmul"]:
+            return parts[6]
+    return "not oneDNN (no verbose matmul line)"
+
+
+def environment() -> dict[str, Any]:
+    impl = onednn_bf16_matmul()
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "onednn_bf16_matmul": impl,
+        "amx": "amx" in impl,
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best FLOP/s of an n×n×n torch.matmul: the ceiling MFU is measured against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def measure_peaks() -> dict[str, float]:
+    return {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+
+
+def flops_per_token(n_params: int) -> int:
+    """nanoGPT's estimate_mfu: 6N + 12·L·H·Q·T, N without position embeddings."""
+    return 6 * n_params + 12 * N_LAYER * N_HEAD * (N_EMBD // N_HEAD) * BLOCK
+
+
+# --- the variants --------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    precision: str
+    n_params: int  # without position embeddings
+    step: Callable[[], int]  # one optimizer step; returns the tokens it trained on
+    samples: list[float] = field(default_factory=list)  # tokens/s, one per pass
+    windows: list[dict[str, float]] = field(default_factory=list)
+    first_step_s: float | None = None  # includes a torch.compile
+
+
+class RandomBatches:
+    """What train_step needs of a stream: next_batch(batch_size) -> Batch, here cycling a fixed set."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.cycle = itertools.cycle(batches)
+
+    def next_batch(self, batch_size: int) -> Batch:
+        x, y = next(self.cycle)
+        assert x.size(0) == batch_size
+        return Batch(x, y, y, x.numel())
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager[object]:
+    dtype = DTYPES[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
+
+
+def build_ours(precision: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Variant:
+    spec = parse_spec(
+        {
+            "name": "train-throughput",
+            "model": {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD, "block_size": BLOCK},
+            "tokenizer": {"vocab_size": VOCAB, "train_on": ["random"]},
+            "data": {"random": {"dataset": "random-tokens"}},
+            "stages": [
+                {
+                    "type": "pretrain",
+                    "name": "pretrain",
+                    "data": "random",
+                    "steps": 1_000_000,
+                    "batch_size": BATCH,
+                    "loss": {"type": "causal_lm"},
+                    "grad_clip": GRAD_CLIP,
+                    "optimizer": {"type": "adamw", "lr": LR, "betas": list(BETAS), "weight_decay": WEIGHT_DECAY},
+                }
+            ],
+            "precision": precision,
+            "device": "cpu",
+        }
+    )
+    # The Pipeline supplies the segment plan, autocast policy and device transfer of a real run.
+    pipe = Pipeline(spec, Path(tempfile.gettempdir()), None, None, Path)
+    seg = pipe.segments[0]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD)).train()
+    params = select_trainable(model, seg.part.trainable)
+    opt = build_optimizer(seg.part.optimizer, params)
+    stream, counter = RandomBatches(batches), itertools.count()
+
+    def step() -> int:
+        s = next(counter)
+        lr = seg.part.optimizer.lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
+        return train_step(model, opt, params, stream, seg, s + 1, lr, pipe.autocast, pipe.to_device).tokens  # type: ignore[arg-type]
+
+    return Variant(f"ours_{precision}", precision, model.num_parameters(include_positions=False), step)
+
+
+def peer_step(
+    model: torch.nn.Module,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    precision: str,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> Callable[[], int]:
+    """nanoGPT's train.py step: forward under autocast, backward, clip 1.0, AdamW, zero_grad."""
+    cycle = itertools.cycle(batches)
+
+    def step() -> int:
+        x, y = next(cycle)
+        with autocast(precision):
+            loss = loss_of(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return x.numel()
+
+    return step
+
+
+def load_nanogpt(directory: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("nanogpt_model", directory / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_nanogpt(
+    nano: ModuleType, precision: str, compile_: bool, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> Variant:
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(sys.stderr):  # it prints parameter counts
+        cfg = nano.GPTConfig(
+            block_size=BLOCK, vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD, dropout=0.0, bias=True
+        )
+        model = nano.GPT(cfg).train()
+        opt = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu")
+    forward = torch.compile(model) if compile_ else model
+    name = f"nanogpt{'_compile' if compile_ else ''}_{precision}"
+    step = peer_step(model, lambda x, y: forward(x, y)[1], opt, precision, batches)
+    return Variant(name, precision, model.get_num_params(), step)
+
+
+def build_hf(precision: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Variant:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=BLOCK,
+        n_embd=N_EMBD,
+        n_layer=N_LAYER,
+        n_head=N_HEAD,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        attn_implementation="sdpa",
+    )
+    model = GPT2LMHeadModel(cfg).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS)
+    # HF's own causal-LM loss: labels = inputs, shifted inside the model.
+    step = peer_step(model, lambda x, y: model(input_ids=x, labels=x).loss, opt, precision, batches)
+    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    return Variant(f"hf_gpt2_{precision}", precision, n, step)
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def build_variants(
+    args: argparse.Namespace, batches: list[tuple[torch.Tensor, torch.Tensor]], skipped: dict[str, str]
+) -> list[Variant]:
+    precisions = args.precision.split(",")
+    variants = [build_ours(p, batches) for p in precisions]
+    nano_dir = Path(args.nanogpt) if args.nanogpt else None
+    if nano_dir is None or not (nano_dir / "model.py").is_file():
+        skipped["nanogpt"] = (
+            f"no model.py in {nano_dir}" if nano_dir else "--nanogpt not given"
+        ) + " (fetch github:karpathy/nanoGPT and extract model.py, see --help)"
+    else:
+        nano = load_nanogpt(nano_dir)
+        variants += [build_nanogpt(nano, p, False, batches) for p in precisions]
+        if args.compile:
+            variants += [build_nanogpt(nano, p, True, batches) for p in precisions if p == "bf16" or args.compile_all]
+    try:
+        variants += [build_hf(p, batches) for p in precisions]
+    except ImportError as exc:
+        skipped["hf_gpt2"] = f"transformers not importable ({exc}); pip install transformers"
+    for name, why in skipped.items():
+        log(f"skipping {name}: {why}")
+    return variants
+
+
+def measure(variants: list[Variant], args: argparse.Namespace) -> None:
+    for p in range(args.passes):
+        order = variants[p % len(variants) :] + variants[: p % len(variants)]  # rotate: no fixed position
+        for v in order:
+            for w in range(args.warmup):
+                t0 = time.perf_counter()
+                v.step()
+                if p == 0 and w == 0:
+                    v.first_step_s = round(time.perf_counter() - t0, 2)
+            gc.collect()
+            window = CpuWindow()
+            t0 = time.perf_counter()
+            tokens = sum(v.step() for _ in range(args.steps))
+            dt = time.perf_counter() - t0
+            v.windows.append(window.stop())
+            v.samples.append(tokens / dt)
+            log(
+                f"pass {p + 1}/{args.passes} {v.name:24s} {tokens / dt:8.1f} tok/s "
+                f"(other processes: {v.windows[-1]['other_cpu_s']:.2f} CPU s)"
+            )
+
+
+def report(
+    variants: list[Variant],
+    peaks: dict[str, float],
+    env: dict[str, Any],
+    skipped: dict[str, str],
+    args: argparse.Namespace,
+    noise: dict[str, Any],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "benchmark": "train_throughput",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **env,
+        "shape": {
+            "n_layer": N_LAYER,
+            "n_head": N_HEAD,
+            "n_embd": N_EMBD,
+            "block_size": BLOCK,
+            "batch": BATCH,
+            "vocab_size": VOCAB,
+        },
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "passes": args.passes,
+        "peak_tflops": {k: round(v / 1e12, 3) for k, v in peaks.items()},
+        "variants": {},
+        "skipped": skipped,
+        "noise": noise,
+    }
+    medians = {}
+    for v in variants:
+        med = statistics.median(v.samples)
+        medians[v.name] = med
+        fpt = flops_per_token(v.n_params)
+        out["variants"][v.name] = {
+            "tokens_per_s": round(med, 1),
+            "samples": [round(s, 1) for s in v.samples],
+            "mfu": round(med * fpt / peaks[v.precision], 4),
+            "gflop_per_token": round(fpt / 1e9, 4),
+            "params_without_positions": v.n_params,
+            "first_step_s": v.first_step_s,
+            "other_cpu_s": [w["other_cpu_s"] for w in v.windows],
+        }
+    peers = {k: m for k, m in medians.items() if not k.startswith("ours_")}
+    if peers:
+        fastest = max(peers, key=lambda k: peers[k])
+        out["fastest_peer"] = {"variant": fastest, "tokens_per_s": round(peers[fastest], 1)}
+        out["ours_vs_fastest_peer"] = {
+            k: round(m / peers[fastest], 3) for k, m in medians.items() if k.startswith("ours_")
+        }
+        out["ours_vs_best_peer_same_precision"] = {}
+        for k, m in medians.items():
+            if k.startswith("ours_"):
+                same = [pm for pk, pm in peers.items() if pk.endswith(k.removeprefix("ours"))]
+                if same:
+                    out["ours_vs_best_peer_same_precision"][k] = round(m / max(same), 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nanogpt", help="directory holding nanoGPT's model.py (that peer is skipped without it)")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile nanoGPT bf16 (~40 s cold compile)")
+    ap.add_argument("--compile-all", action="store_true", help="with --compile, compile the fp32 variant too")
+    ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    if args.warmup < 1 or args.steps < 1 or args.passes < 1:
+        ap.error("--warmup, --steps and --passes must be at least 1")
+    if not set(args.precision.split(",")) <= set(DTYPES):
+        ap.error(f"--precision takes a comma-separated subset of {sorted(DTYPES)}")
+    torch.set_num_threads(args.threads)
+
+    env = environment()
+    peaks = measure_peaks()
+    log(
+        f"torch {env['torch']} ({env['cpu_capability']}, {env['threads']} threads, bf16 matmul "
+        f"{env['onednn_bf16_matmul']}); matmul peak fp32 {peaks['fp32'] / 1e12:.3f}, "
+        f"bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s"
+    )
+    g = torch.Generator().manual_seed(0)
+    chunks = [torch.randint(0, VOCAB, (BATCH, BLOCK + 1), generator=g) for _ in range(4)]
+    batches = [(c[:, :-1].contiguous(), c[:, 1:].contiguous()) for c in chunks]
+    skipped: dict[str, str] = {}
+    variants = build_variants(args, batches, skipped)
+
+    window = CpuWindow()
+    measure(variants, args)
+    noise = noise_summary([w for v in variants for w in v.windows], window.stop())
+    # The ceiling is measured again after the run; the better of the two counts, so a noisy start does
+    # not flatter MFU.
+    peaks_after = measure_peaks()
+    env["peak_tflops_start_end"] = {k: [round(peaks[k] / 1e12, 3), round(peaks_after[k] / 1e12, 3)] for k in peaks}
+    peaks = {k: max(peaks[k], peaks_after[k]) for k in peaks}
+    result = report(variants, peaks, env, skipped, args, noise)
+    for name, v in result["variants"].items():
+        log(f"{name:24s} {v['tokens_per_s']:8.1f} tok/s  MFU {v['mfu']:.1%}")
+    if "ours_vs_fastest_peer" in result:
+        log(f"ours / fastest peer ({result['fastest_peer']['variant']}): {result['ours_vs_fastest_peer']}")
+    log_noise(noise)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
