@@ -51,11 +51,13 @@ class EventLog:
 
     def __init__(self, path: Path, display: RunDisplay):
         self.path, self.display = path, display
-        self.seq = sum(1 for _ in path.open()) if path.exists() else 0
+        self.seq = len(path.read_bytes().splitlines()) if path.exists() else 0
+        self.step = 0  # the newest step seen, for the job-level events
         self.file = path.open("a", encoding="utf-8")
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.seq += 1
+        self.step = max(self.step, event["step"])
         event = {"seq": self.seq, **event}
         self.file.write(json.dumps(event) + "\n")
         self.file.flush()
@@ -112,7 +114,7 @@ def train(
             raise typer.Exit(130) from None
         except (TrainingError, DataError) as exc:
             code = getattr(exc, "code", "user_error")
-            log.job("job.failed", 0, {"code": code, "message": str(exc)})
+            log.job("job.failed", log.step, {"code": code, "message": str(exc)})
             display.progress.stop()
             err.print(f"[red]error ({code}):[/red] {exc}")
             raise typer.Exit(1) from None
@@ -184,6 +186,9 @@ def generate(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     print(output.strip() if task else output)
+
+
+from app import service_cli  # noqa: E402,F401  (registers up, api, worker, migrate, keys, jobs)
 
 
 def main() -> None:

@@ -12,11 +12,14 @@ from models.gpt import GPT, GPTConfig
 from models.tokenizer import Tokenizer
 
 
-def save_model(directory: Path, model: GPT, tok: Tokenizer, info: dict[str, Any]) -> None:
+def save_model(
+    directory: Path, state: dict[str, torch.Tensor], config: GPTConfig, tok: Tokenizer, info: dict[str, Any]
+) -> None:
+    """Weights (fp32 as trained), architecture and tokenizer; `info` adds provenance to config.json."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_tensors(directory / MODEL_FILE, model.state_dict())
+    save_tensors(directory / MODEL_FILE, {k: v.float() for k, v in state.items()})
     tok.save(directory)
-    write_json(directory / CONFIG_FILE, {"format": "stagecraft-gpt", "gpt": model.config.to_dict(), **info})
+    write_json(directory / CONFIG_FILE, {"format": "stagecraft-gpt", "gpt": config.to_dict(), **info})
 
 
 def load_config(directory: Path) -> dict[str, Any]:

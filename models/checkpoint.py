@@ -76,8 +76,8 @@ def split_optimizer_state(prefix: str, state_dict: dict[str, Any]) -> tuple[dict
 def join_optimizer_state(prefix: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
-        head, pid, name = key.rsplit("/", 2)
-        if head == prefix:
+        if key.startswith(prefix + "/"):
+            pid, name = key[len(prefix) + 1 :].split("/", 1)
             state.setdefault(int(pid), {})[name] = value
     for pid, entries in meta["plain"].items():
         state.setdefault(int(pid), {}).update(entries)
@@ -95,7 +95,8 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, Tensor], state: di
     """Write tensors + state.json as checkpoint `step` under root; keep the newest keep_last."""
     final = checkpoint_dir(root, step)
     tmp = root / f".{final.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in root.glob(".step-*.partial"):  # from a crash mid-save
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_tensors(tmp / "tensors.safetensors", tensors)
     write_json(tmp / "state.json", state)

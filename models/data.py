@@ -20,7 +20,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from models.records import Dataset, Example
+from models.records import Dataset, Example, completion_text
 from models.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -54,7 +54,7 @@ class Batch:
 
 def encode_example(tok: Tokenizer, ex: Example, max_len: int) -> tuple[list[int], int]:
     """Token ids of a supervised sequence (at most max_len) and the index of its separator."""
-    prompt, completion = tok.encode(ex.prompt), [*tok.encode(ex.completion), tok.eos_id]
+    prompt, completion = tok.encode(ex.prompt), [*tok.encode(completion_text(ex.completion)), tok.eos_id]
     completion = completion[: max(1, max_len // 2)] if len(prompt) + 1 + len(completion) > max_len else completion
     keep = max_len - 1 - len(completion)
     prompt = prompt[-keep:] if keep > 0 else []  # long prompts lose their beginning

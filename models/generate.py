@@ -136,4 +136,5 @@ def complete(
         room = max(1, model.config.block_size - sampling.max_new_tokens)
         encoded = [ids[-room:] for ids in encoded]
     ids = generate_ids(model, encoded, sampling, eos_id=tok.eos_id, stop=stop, tokenizer=tok)
-    return [cut_at_stop(tok.decode(x), stop) for x in ids]
+    texts = [cut_at_stop(tok.decode(x), stop) for x in ids]
+    return [t[1:] if supervised and t.startswith(" ") else t for t in texts]

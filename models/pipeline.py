@@ -23,8 +23,9 @@ from models.evaluate import perplexity, task_metrics, validation_loss
 from models.gpt import GPT, GPTConfig
 from models.losses import causal_lm, cross_entropy
 from models.optim import build_optimizer, lr_factor, select_trainable
+from models.precision import Weights
 from models.spec import CrossEntropyLoss, JobSpec
-from models.stages import Segment, TrainingError, plan, train_step
+from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -93,7 +94,7 @@ class Pipeline:
         self.ckpt_root = workdir / "checkpoints"
         self.global_step, self.elapsed = 0, 0.0
         self.position = (0, 0)  # (segment index, steps done in it)
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evaluations: list[dict[str, Any]] = []
 
     # --- events ----------------------------------------------------------------------------
@@ -158,6 +159,11 @@ class Pipeline:
             cfg = GPTConfig(self.tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
             self.model = GPT(cfg)
         self.model.to(self.device).train()
+        # bf16 on the CPU: a bf16 model with fp32 masters instead of autocast (see models/precision.py).
+        pure_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
+        self.weights = Weights(self.model, torch.bfloat16 if pure_bf16 else None)
+        if pure_bf16:
+            self.dtype = None
         block = self.model.config.block_size
         self.streams: dict[str, data.Stream] = {}
         protos: dict[str, data.Stream] = {}
@@ -173,10 +179,18 @@ class Pipeline:
             if ds.num_records
         }
 
+    def trainee(self, seg: Segment) -> Trainee:
+        """Unfreeze what `seg` trains; its optimizer is made on first use and kept for the stage."""
+        params = select_trainable(self.model, seg.part.trainable)
+        opt_params = self.weights.optimizer_params(params)
+        if seg.key not in self.optimizers:
+            self.optimizers[seg.key] = build_optimizer(seg.part.optimizer, opt_params)
+        return Trainee(params, opt_params, self.optimizers[seg.key])
+
     # --- checkpoints ------------------------------------------------------------------------
 
     def save(self) -> Path:
-        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        tensors = {f"model/{k}": v for k, v in self.weights.state_dict().items()}
         tensors["rng/torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
@@ -206,7 +220,7 @@ class Pipeline:
 
     def restore(self, path: Path) -> None:
         tensors, state = checkpoint.load_checkpoint(path)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        self.weights.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
         torch.set_rng_state(tensors["rng/torch"])
         if "rng/cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
@@ -217,9 +231,8 @@ class Pipeline:
             self.streams[key].load_state(s)
         for key, meta in state["optimizers"].items():
             seg = next(s for s in self.segments if s.key == key)
-            opt = build_optimizer(seg.part.optimizer, select_trainable(self.model, seg.part.trainable))
-            opt.load_state_dict(checkpoint.join_optimizer_state(f"opt/{key}", tensors, meta))
-            self.optimizers[key] = opt
+            trainee = self.trainee(seg)
+            trainee.optimizer.load_state_dict(checkpoint.join_optimizer_state(f"opt/{key}", tensors, meta))
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -276,18 +289,15 @@ class Pipeline:
                 self.emit("stage.started", seg, {"type": seg.stage.type, "steps": seg.stage_steps})
                 for name in self.stage_data(seg):
                     self.evaluate_data(seg, name, with_tasks=False)
-            params = select_trainable(self.model, seg.part.trainable)
-            if seg.key not in self.optimizers:
-                self.optimizers[seg.key] = build_optimizer(seg.part.optimizer, params)
-            opt = self.optimizers[seg.key]
+            trainee = self.trainee(seg)
             base_lr = seg.part.optimizer.lr
             for s in range(first_step, seg.steps):
                 t0 = time.perf_counter()
                 lr = base_lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
                 r = train_step(
                     self.model,
-                    opt,
-                    params,
+                    self.weights,
+                    trainee,
                     self.streams[seg.key],
                     seg,
                     self.global_step + 1,
@@ -340,7 +350,7 @@ class Pipeline:
             "created_at": _now(),
             "parameters": self.model.num_parameters(),
         }
-        artifact.save_model(model_dir, self.model, self.tok, info)
+        artifact.save_model(model_dir, self.weights.state_dict(), self.model.config, self.tok, info)
         checkpoint.write_json(model_dir / "evaluation.json", {"final": final, "history": self.evaluations})
         return RunResult(model_dir, self.global_step, final)
 
@@ -361,10 +371,14 @@ def run(
     workdir.mkdir(parents=True, exist_ok=True)
     spec_file = workdir / "spec.json"
     spec_json = spec.model_dump(mode="json")
+    if spec_file.exists():
+        if not resume:
+            raise TrainingError("user_error", f"{workdir} already holds a run: resume it, or use another directory")
+        if json.loads(spec_file.read_text()) != spec_json:
+            raise TrainingError("user_error", f"{workdir} holds a run of a different spec; resume needs the same spec")
+    else:
+        checkpoint.write_json(spec_file, spec_json)
     ckpts = checkpoint.list_checkpoints(workdir / "checkpoints")
-    if resume and ckpts and json.loads(spec_file.read_text()) != spec_json:
-        raise TrainingError("user_error", f"{workdir} holds a run of a different spec; resume needs the same spec")
-    checkpoint.write_json(spec_file, spec_json)
     p = Pipeline(spec, workdir, on_event, should_stop, resolve)
     p.load_data()
     p.build_model()

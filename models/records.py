@@ -8,6 +8,7 @@ fixed templates below, which the task endpoints use again at inference time.
 
 from __future__ import annotations
 
+import codecs
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,14 +58,35 @@ class Dataset:
         """Every document as plain text (records as prompt + completion), for tokenizer training."""
         if self.kind == "text":
             return self.texts
-        return [f"{e.prompt}\n{e.completion}" for e in self.examples]
+        return [e.prompt + completion_text(e.completion) for e in self.examples]
 
 
 # --- templates (shared with inference) --------------------------------------------------
+# Inputs follow ": " so their first word is tokenized as it is inside running text (with
+# its leading space), which is how pretraining saw it.
+
+LANGUAGES = {
+    "en": "English",
+    "fr": "French",
+    "de": "German",
+    "es": "Spanish",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "nl": "Dutch",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "ru": "Russian",
+    "ar": "Arabic",
+}
+
+
+def language_name(code: str) -> str:
+    return LANGUAGES.get(code.lower(), code)
 
 
 def translate_prompt(text: str, source_lang: str, target_lang: str) -> str:
-    return f"Translate from {source_lang} to {target_lang}:\n{text}\n"
+    return f"Translate {language_name(source_lang)} to {language_name(target_lang)}: {text}\n"
 
 
 def qa_prompt(question: str, context: str) -> str:
@@ -72,12 +94,20 @@ def qa_prompt(question: str, context: str) -> str:
 
 
 def summarize_prompt(text: str) -> str:
-    return f"Summarize:\n{text}\n"
+    return f"Summarize: {text}\n"
 
 
 def messages_prompt(messages: list[dict[str, str]]) -> str:
     """Every turn as 'role: content', ending with the cue for the assistant's answer."""
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def completion_text(completion: str) -> str:
+    """A completion as the model reads and writes it: after a space, like a word in running text.
+
+    Decoding strips that space again (see `models.generate.complete`).
+    """
+    return completion if completion[:1].isspace() else " " + completion
 
 
 def task_example(task: str, rec: dict[str, str]) -> Example:
@@ -135,7 +165,7 @@ def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example |
         return None
     if "task" in obj:
         task = obj["task"]
-        if task not in TASK_FIELDS:
+        if not isinstance(task, str) or task not in TASK_FIELDS:
             issues.append({"line": line, "field": "task", "reason": f"must be one of {', '.join(TASK_FIELDS)}"})
             return None
         return task_example(task, obj) if _str_fields(obj, TASK_FIELDS[task], line, issues) else None
@@ -159,7 +189,7 @@ def parse_bytes(data: bytes, filename: str) -> Dataset:
     if suffix not in (".txt", ".jsonl"):
         raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "expected a .txt or .jsonl file"}])
     issues: list[dict[str, Any]] = []
-    lines = data.split(b"\n")
+    lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")
     if suffix == ".txt":
         texts = []
         for n, raw in enumerate(lines, 1):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 
 class SpecError(ValueError):
@@ -20,12 +20,22 @@ class SpecError(ValueError):
         super().__init__("; ".join(f"{e['loc']}: {e['message']}" for e in errors))
 
 
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
+StrictInt = Annotated[int, Strict()]  # true/false are not 1/0 here
+Number = Annotated[float, BeforeValidator(_no_bool)]  # ints and numeric strings (YAML's 1e-3) are fine
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-PosInt = Annotated[int, Field(ge=1)]
-LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
+PosInt = Annotated[StrictInt, Field(ge=1)]
+LearningRate = Annotated[Number, Field(gt=0.0, le=10.0)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -38,23 +48,23 @@ class InitFrom(_Strict):
 
 class ModelSpec(_Strict):
     arch: Literal["gpt"] = "gpt"
-    n_layer: Annotated[int, Field(ge=1, le=96)] = 4
-    n_head: Annotated[int, Field(ge=1, le=128)] = 4
-    n_embd: Annotated[int, Field(ge=8, le=16384)] = 256
-    block_size: Annotated[int, Field(ge=8, le=32768)] = 256
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    n_layer: Annotated[StrictInt, Field(ge=1, le=96)] = 4
+    n_head: Annotated[StrictInt, Field(ge=1, le=128)] = 4
+    n_embd: Annotated[StrictInt, Field(ge=8, le=16384)] = 256
+    block_size: Annotated[StrictInt, Field(ge=8, le=32768)] = 256
+    dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
     init_from: InitFrom | None = None
 
 
 class TokenizerSpec(_Strict):
     type: Literal["bpe"] = "bpe"
-    vocab_size: Annotated[int, Field(ge=300, le=262144)] = 4096
+    vocab_size: Annotated[StrictInt, Field(ge=300, le=262144)] = 4096
     train_on: Annotated[list[Name], Field(min_length=1)]
 
 
 class DataRef(_Strict):
     dataset: Annotated[str, Field(min_length=1, max_length=4096)]
-    validation_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    validation_fraction: Annotated[Number, Field(ge=0.0, le=0.5)] = 0.05
 
 
 # --- losses, optimizers, schedules -----------------------------------------------------
@@ -66,7 +76,7 @@ class CausalLMLoss(_Strict):
 
 class CrossEntropyLoss(_Strict):
     type: Literal["cross_entropy"]
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    label_smoothing: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
 
 
 Loss = Annotated[CausalLMLoss | CrossEntropyLoss, Field(discriminator="type")]
@@ -75,17 +85,17 @@ Loss = Annotated[CausalLMLoss | CrossEntropyLoss, Field(discriminator="type")]
 class SGD(_Strict):
     type: Literal["sgd"]
     lr: LearningRate
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    momentum: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
     nesterov: bool = False
-    weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    weight_decay: Annotated[Number, Field(ge=0.0, le=10.0)] = 0.0
 
 
 class Adam(_Strict):
     type: Literal["adam", "adamw"]
     lr: LearningRate
-    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
-    eps: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-8
-    weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    betas: tuple[Annotated[Number, Field(ge=0.0, lt=1.0)], Annotated[Number, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    eps: Annotated[Number, Field(gt=0.0, le=1.0)] = 1e-8
+    weight_decay: Annotated[Number, Field(ge=0.0, le=10.0)] = 0.0
 
 
 Optimizer = Annotated[SGD | Adam, Field(discriminator="type")]
@@ -93,21 +103,21 @@ Optimizer = Annotated[SGD | Adam, Field(discriminator="type")]
 
 class Schedule(_Strict):
     type: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: Annotated[int, Field(ge=0, le=10_000_000)] = 0
-    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    warmup_steps: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = 0
+    min_lr_ratio: Annotated[Number, Field(ge=0.0, le=1.0)] = 0.0
 
 
 class Regularization(_Strict):
-    l1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
-    l2: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    l1: Annotated[Number, Field(ge=0.0, le=1.0)] = 0.0
+    l2: Annotated[Number, Field(ge=0.0, le=1.0)] = 0.0
 
 
 TRAINABLE_PATTERN = r"^(all|embeddings|attention|mlp|norms|head|blocks\.\d+(-\d+)?)$"
 Trainable = Annotated[str, Field(pattern=TRAINABLE_PATTERN)]
-Steps = Annotated[int, Field(ge=1, le=10_000_000)]
-BatchSize = Annotated[int, Field(ge=1, le=4096)]
-GradAccum = Annotated[int, Field(ge=1, le=1024)]
-GradClip = Annotated[float, Field(gt=0.0, le=1e6)]
+Steps = Annotated[StrictInt, Field(ge=1, le=10_000_000)]
+BatchSize = Annotated[StrictInt, Field(ge=1, le=4096)]
+GradAccum = Annotated[StrictInt, Field(ge=1, le=1024)]
+GradClip = Annotated[Number, Field(gt=0.0, le=1e6)]
 
 
 # --- stages ----------------------------------------------------------------------------
@@ -145,7 +155,7 @@ class Phase(_Training):
 class MultistepStage(_Strict):
     type: Literal["multistep"]
     name: Name
-    cycles: Annotated[int, Field(ge=1, le=10_000)]
+    cycles: Annotated[StrictInt, Field(ge=1, le=10_000)]
     phases: Annotated[list[Phase], Field(min_length=1, max_length=16)]
     batch_size: BatchSize = 16
     grad_accum: GradAccum = 1
@@ -164,19 +174,19 @@ METRICS: list[Metric] = ["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact
 
 
 class Evaluation(_Strict):
-    every_steps: Annotated[int, Field(ge=1, le=10_000_000)] = 100
+    every_steps: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = 100
     metrics: list[Metric] = METRICS
-    max_samples: Annotated[int, Field(ge=0, le=10_000)] = 64
+    max_samples: Annotated[StrictInt, Field(ge=0, le=10_000)] = 64
 
 
 class Checkpointing(_Strict):
-    every_steps: Annotated[int, Field(ge=1, le=10_000_000)] = 100
-    keep_last: Annotated[int, Field(ge=1, le=1000)] = 2
+    every_steps: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = 100
+    keep_last: Annotated[StrictInt, Field(ge=1, le=1000)] = 2
 
 
 class JobSpec(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=100)]
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
     model: ModelSpec = ModelSpec()
     tokenizer: TokenizerSpec | None = None
     data: Annotated[dict[Name, DataRef], Field(min_length=1, max_length=64)]
@@ -185,7 +195,7 @@ class JobSpec(_Strict):
     checkpointing: Checkpointing = Checkpointing()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_wall_clock_s: Annotated[int, Field(ge=1, le=30 * 86400)] = 86400
+    max_wall_clock_s: Annotated[StrictInt, Field(ge=1, le=30 * 86400)] = 86400
 
     @property
     def total_steps(self) -> int:
@@ -200,6 +210,7 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     tags = {"pretrain", "finetune", "multistep", "causal_lm", "cross_entropy", "sgd", "adam", "adamw"}
     kept = [str(p) for i, p in enumerate(parts) if not (i > 0 and isinstance(parts[i - 1], int) and p in tags)]
     kept = [p for i, p in enumerate(kept) if not (p in tags and i > 0 and kept[i - 1] in ("loss", "optimizer"))]
+    kept = [p for p in kept if p != "[key]"]  # a bad mapping key is reported at the key itself
     return ".".join(kept) or "(root)"
 
 

@@ -21,6 +21,7 @@ from models.data import Batch, Stream
 from models.gpt import GPT
 from models.losses import LOSSES, add_regularization_grads
 from models.optim import set_lr
+from models.precision import Weights
 from models.spec import FinetuneStage, GradClip, MultistepStage, Phase, PretrainStage, Schedule, Stage
 
 
@@ -117,10 +118,20 @@ class StepResult:
     tokens: int
 
 
+@dataclass
+class Trainee:
+    """What a segment trains: the model parameters it unfroze, their optimizer-side twins
+    (the same tensors, or fp32 masters), and the optimizer over the latter."""
+
+    params: list[nn.Parameter]
+    opt_params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+
+
 def train_step(
     model: GPT,
-    optimizer: torch.optim.Optimizer,
-    params: list[nn.Parameter],
+    weights: Weights,
+    t: Trainee,
     stream: Stream,
     seg: Segment,
     step: int,
@@ -142,15 +153,17 @@ def train_step(
     value = float(total) / seg.grad_accum
     if not math.isfinite(value):
         raise TrainingError("user_error", f"loss diverged at stage {seg.stage.name} step {step} (loss {value})")
+    weights.gradients_to_optimizer(t.params, t.opt_params)
     reg = seg.part.regularization
-    add_regularization_grads(params, reg.l1, reg.l2)
-    grads = [p.grad for p in params if p.grad is not None]
+    add_regularization_grads(t.opt_params, reg.l1, reg.l2)
+    grads = [p.grad for p in t.opt_params if p.grad is not None]
     norm = float(torch.nn.utils.get_total_norm(grads))
     if not math.isfinite(norm):  # an update now would write inf/NaN into the weights
         raise TrainingError("user_error", f"loss diverged at stage {seg.stage.name} step {step} (gradient norm {norm})")
     if seg.grad_clip is not None:
-        torch.nn.utils.clip_grads_with_norm_(params, seg.grad_clip, torch.tensor(norm))
-    set_lr(optimizer, lr)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grads_with_norm_(t.opt_params, seg.grad_clip, torch.tensor(norm))
+    set_lr(t.optimizer, lr)
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    weights.optimizer_to_model(t.params, t.opt_params)
     return StepResult(value, norm, tokens)

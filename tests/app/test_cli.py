@@ -35,7 +35,7 @@ EVENT_TYPES = {
     "job.failed",
     "job.cancelled",
 }
-PRETRAIN_STEPS = 40
+PRETRAIN_STEPS = 60
 TOTAL = PRETRAIN_STEPS + 4 + 2 * (3 + 3)
 ENV = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
 
@@ -79,6 +79,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     raw["data"]["corpus"]["dataset"] = "data/corpus.txt"
     raw["data"]["pairs"]["dataset"] = "data/pairs.jsonl"
     raw["stages"][0]["steps"] = PRETRAIN_STEPS
+    raw["model"]["block_size"] = 64
+    raw["stages"][0]["batch_size"] = 16  # slow enough that Ctrl-C lands well before the end
     raw["checkpointing"] = {"every_steps": 10, "keep_last": 2}
     raw["evaluation"] = {"every_steps": 25, "metrics": ["loss", "perplexity", "exact_match", "bleu"], "max_samples": 2}
     spec = root / "spec.yaml"
@@ -122,13 +124,14 @@ def test_generate_prints_the_completion(trained: Path) -> None:
     assert proc.stdout == expected + "\n"
     assert proc.stdout != "\n", "a trained model continues a corpus prompt"
     # the model directory itself works too, and so does a task
-    proc = cli("generate", trained / "model", "--task", "qa", "--question", "How many maps?", "--context", "Jia has 3 maps.")
+    proc = cli(
+        "generate", trained / "model", "--task", "qa", "--question", "How many maps?", "--context", "Jia has 3 maps."
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 def test_generate_usage_errors(trained: Path, tmp_path: Path) -> None:
     assert cli("generate", tmp_path, "--prompt", "x").returncode == 2  # not a model directory
-    assert cli("generate", trained).returncode == 2  # neither --prompt nor --task
     proc = cli("generate", trained, "--task", "qa", "--question", "q")
     assert proc.returncode == 2 and "--context" in proc.stderr
 
@@ -149,16 +152,36 @@ def test_invalid_spec_exits_2_naming_the_field(project: Project, tmp_path: Path)
     assert proc.returncode == 2 and "YAML" in proc.stderr
 
 
+def test_diverging_run_exits_1_with_a_failed_event(project: Project, tmp_path: Path) -> None:
+    raw = yaml.safe_load(project.spec.read_text())
+    raw["stages"] = [dict(raw["stages"][0], name="boom", optimizer={"type": "sgd", "lr": 10.0, "momentum": 0.9})]
+    raw["stages"][0].pop("grad_clip")
+    spec = project.root / "diverge.yaml"  # next to the data: relative dataset paths resolve
+    spec.write_text(yaml.safe_dump(raw))
+    proc = cli("train", spec, "--out", tmp_path / "out")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "user_error" in proc.stderr and "diverged" in proc.stderr
+    events = read_events(tmp_path / "out")
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "job.failed"
+    assert events[-1]["data"]["code"] == "user_error"
+    assert "loss diverged at stage boom" in events[-1]["data"]["message"]
+    assert not (tmp_path / "out" / "model").exists()
+
+
 def test_sigint_then_resume_gives_the_same_weights(project: Project, trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
     with open(tmp_path / "stderr.txt", "w") as stderr:
         proc = subprocess.Popen(
-            [*stagecraft(), "train", str(project.spec), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=stderr, env=ENV
+            [*stagecraft(), "train", str(project.spec), "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=ENV,
         )
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and proc.poll() is None:
-                if any(e["type"] == "train.step" and e["step"] >= 5 for e in read_events(out)):
+                if any(e["type"] == "train.step" and e["step"] >= 3 for e in read_events(out)):
                     break
                 time.sleep(0.01)
             assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -171,7 +194,7 @@ def test_sigint_then_resume_gives_the_same_weights(project: Project, trained: Pa
     events = read_events(out)
     assert events[-1]["type"] == "job.cancelled"
     stopped = events[-1]["step"]
-    assert 5 <= stopped < TOTAL
+    assert 3 <= stopped < TOTAL
     assert list_checkpoints(out / "checkpoints")[-1].name == f"step-{stopped:09d}"
     assert not (out / "model").exists()
     assert "--resume" in (tmp_path / "stderr.txt").read_text()

@@ -132,7 +132,7 @@ def test_list_checkpoints_of_missing_root(tmp_path: Path) -> None:
 
 
 def test_model_directory_roundtrip(tmp_path: Path, tokenizer: Tokenizer, model: GPT) -> None:
-    artifact.save_model(tmp_path / "m", model, tokenizer, {"name": "x", "steps": 3})
+    artifact.save_model(tmp_path / "m", model.state_dict(), model.config, tokenizer, {"name": "x", "steps": 3})
     config = artifact.load_config(tmp_path / "m")
     assert config["format"] == "stagecraft-gpt" and config["steps"] == 3
     assert config["gpt"] == model.config.to_dict()

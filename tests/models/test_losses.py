@@ -95,7 +95,7 @@ def test_cross_entropy_on_text_scores_every_token(model: GPT, tokenizer: Tokeniz
 
 
 def test_registry() -> None:
-    assert LOSSES == {"causal_lm": causal_lm, "cross_entropy": cross_entropy}
+    assert {"causal_lm": causal_lm, "cross_entropy": cross_entropy} == LOSSES
 
 
 # --- regularization ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +14,9 @@ import torch
 from models.data import TextStream
 from models.gpt import GPT
 from models.optim import build_optimizer, lr_factor, select_trainable
+from models.precision import Weights
 from models.spec import SGD, Adam, Schedule, parse_spec
-from models.stages import plan, train_step
+from models.stages import Trainee, plan, train_step
 from models.tokenizer import Tokenizer
 from tests.conftest import corpus_texts, tiny_model
 
@@ -71,7 +73,18 @@ def model3(tokenizer: Tokenizer) -> GPT:
     return tiny_model(tokenizer.vocab_size, n_layer=N_LAYER)
 
 
-SELECTORS = ["all", "embeddings", "head", "blocks.0", "blocks.2", "blocks.1-2", "blocks.0-0", "attention", "mlp", "norms"]
+SELECTORS = [
+    "all",
+    "embeddings",
+    "head",
+    "blocks.0",
+    "blocks.2",
+    "blocks.1-2",
+    "blocks.0-0",
+    "attention",
+    "mlp",
+    "norms",
+]
 
 
 @pytest.mark.parametrize("selector", SELECTORS)
@@ -108,7 +121,12 @@ def test_block_numbers_are_not_prefixes(tokenizer: Tokenizer) -> None:
 # --- frozen parameters through real train steps ---------------------------------------------
 
 
-def frozen_run(spec_dict: Callable[..., dict[str, Any]], tokenizer: Tokenizer, trainable: list[str]) -> None:
+def frozen_run(
+    spec_dict: Callable[..., dict[str, Any]],
+    tokenizer: Tokenizer,
+    trainable: list[str],
+    master: torch.dtype | None = None,
+) -> None:
     raw = spec_dict()
     raw["stages"] = [
         {
@@ -127,15 +145,19 @@ def frozen_run(spec_dict: Callable[..., dict[str, Any]], tokenizer: Tokenizer, t
     ]
     [seg] = plan(parse_spec(raw).stages)
     model = tiny_model(tokenizer.vocab_size)
+    weights = Weights(model, master)  # master=bf16: a bf16 model trained through fp32 masters
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     params = select_trainable(model, seg.part.trainable)
-    opt = build_optimizer(seg.part.optimizer, params)
+    opt_params = weights.optimizer_params(params)
+    opt = build_optimizer(seg.part.optimizer, opt_params)
     stream = TextStream(corpus_texts(40), tokenizer, 32, seed=0, key="c")
     for step in range(seg.steps):
-        r = train_step(model, opt, params, stream, seg, step + 1, 1e-2, contextlib.nullcontext, lambda b: b)
+        trainee = Trainee(params, opt_params, opt)
+        r = train_step(model, weights, trainee, stream, seg, step + 1, 1e-2, contextlib.nullcontext, lambda b: b)
         assert math.isfinite(r.loss) and r.grad_norm > 0 and r.tokens == 4 * 32
     trainable_names = names_of(model, params)
-    in_state = {n for n, p in model.named_parameters() if p in opt.state}
+    twins = dict(zip(weights.names, weights.optimizer_params(list(model.parameters())), strict=True))
+    in_state = {n for n in weights.names if twins[n] in opt.state}
     assert in_state == trainable_names
     for n, p in model.named_parameters():
         if n in trainable_names:
@@ -146,14 +168,18 @@ def frozen_run(spec_dict: Callable[..., dict[str, Any]], tokenizer: Tokenizer, t
             assert not p.requires_grad and p.grad is None
 
 
-def test_frozen_parameters_do_not_change(spec_dict: Callable[..., dict[str, Any]], tokenizer: Tokenizer) -> None:
-    frozen_run(spec_dict, tokenizer, ["blocks.1", "head"])
-
-
-def test_frozen_parameters_do_not_change_embeddings_only(
-    spec_dict: Callable[..., dict[str, Any]], tokenizer: Tokenizer
+@pytest.mark.parametrize("master", [None, torch.bfloat16], ids=["fp32", "bf16-masters"])
+def test_frozen_parameters_do_not_change(
+    spec_dict: Callable[..., dict[str, Any]], tokenizer: Tokenizer, master: torch.dtype | None
 ) -> None:
-    frozen_run(spec_dict, tokenizer, ["embeddings", "norms"])
+    frozen_run(spec_dict, tokenizer, ["blocks.1", "head"], master)
+
+
+@pytest.mark.parametrize("master", [None, torch.bfloat16], ids=["fp32", "bf16-masters"])
+def test_frozen_parameters_do_not_change_embeddings_only(
+    spec_dict: Callable[..., dict[str, Any]], tokenizer: Tokenizer, master: torch.dtype | None
+) -> None:
+    frozen_run(spec_dict, tokenizer, ["embeddings", "norms"], master)
 
 
 def test_weight_decay_only_on_matrices(model: GPT) -> None:
@@ -219,7 +245,7 @@ def test_schedule_formula_everywhere(type_: str) -> None:
         assert lr_factor(s, step, total) == pytest.approx(want, abs=1e-12), step
     factors = [lr_factor(s, i, total) for i in range(warmup, total)]
     if type_ != "constant":
-        assert all(a > b for a, b in zip(factors, factors[1:], strict=False))  # strictly decaying
+        assert all(a > b for a, b in itertools.pairwise(factors))  # strictly decaying
         assert min(factors) > floor
 
 

@@ -121,9 +121,13 @@ def test_run_writes_a_model_and_a_consistent_event_stream(baseline: Run, spec: J
     assert [e["stage"]["name"] for e in events if e["type"] == "stage.started"] == ["pretrain", "finetune", "refine"]
     assert [e["stage"]["name"] for e in events if e["type"] == "stage.completed"] == ["pretrain", "finetune", "refine"]
     phases = [e["data"]["phase"] for e in steps[10:]]
-    assert phases == ["refine 1/2 pretrain"] * 3 + ["refine 1/2 finetune"] * 3 + ["refine 2/2 pretrain"] * 3 + [
-        "refine 2/2 finetune"
-    ] * 3
+    assert (
+        phases
+        == ["refine 1/2 pretrain"] * 3
+        + ["refine 1/2 finetune"] * 3
+        + ["refine 2/2 pretrain"] * 3
+        + ["refine 2/2 finetune"] * 3
+    )
     saved = [e["step"] for e in events if e["type"] == "checkpoint.saved"]
     assert saved == [4, 8, 12, 16, 20]
     assert [p.name for p in list_checkpoints(baseline.workdir / "checkpoints")] == ["step-000000016", "step-000000020"]
@@ -144,7 +148,10 @@ def test_learning_rates_follow_each_stage_schedule(baseline: Run, spec: JobSpec)
             offset = 0
             for _ in range(stage.cycles):
                 for phase in stage.phases:
-                    want += [phase.optimizer.lr * lr_factor(stage.schedule, offset + s, stage.steps) for s in range(phase.steps)]
+                    want += [
+                        phase.optimizer.lr * lr_factor(stage.schedule, offset + s, stage.steps)
+                        for s in range(phase.steps)
+                    ]
                     offset += phase.steps
         else:
             want += [stage.optimizer.lr * lr_factor(stage.schedule, s, stage.steps) for s in range(stage.steps)]
@@ -175,8 +182,8 @@ def test_frozen_parts_are_unchanged_after_a_run(
 
 @pytest.mark.parametrize(
     "stop_at",
-    [3, 10, 15],
-    ids=["mid-pretrain", "end-of-finetune", "mid-multistep-cycle1-phase2"],
+    [3, 10, 15, 16, TOTAL],
+    ids=["mid-pretrain", "end-of-finetune", "mid-multistep-c1p2", "end-of-multistep-c1p2", "after-last-step"],
 )
 def test_resume_is_bitwise_exact(spec: JobSpec, baseline: Run, tmp_path: Path, stop_at: int) -> None:
     first = train(spec, tmp_path, stop_at=stop_at)
@@ -190,6 +197,9 @@ def test_resume_is_bitwise_exact(spec: JobSpec, baseline: Run, tmp_path: Path, s
     restarted = [e for e in second.events if e["type"] == "job.restarted"]
     assert len(restarted) == 1 and restarted[0]["data"]["from_step"] == stop_at
     assert [e["step"] for e in second.events if e["type"] == "train.step"] == list(range(stop_at + 1, TOTAL + 1))
+    # every stage that had not completed before the stop completes once after it
+    done_before = sum(e["type"] == "stage.completed" for e in first.events)
+    assert done_before + sum(e["type"] == "stage.completed" for e in second.events) == 3
     assert (tmp_path / "tokenizer" / "tokenizer.json").read_bytes() == (
         baseline.workdir / "tokenizer" / "tokenizer.json"
     ).read_bytes()
@@ -214,6 +224,56 @@ def test_resume_without_checkpoint_starts_fresh(spec: JobSpec, baseline: Run, tm
     assert_same_weights(baseline.workdir, tmp_path)
 
 
+def test_a_fresh_run_does_not_resume_a_stale_checkpoint(
+    spec: JobSpec, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Without resume, an earlier run's checkpoints in the workdir must not outlive or replace the new run's."""
+    other = spec.model_copy(update={"seed": 1})
+    reference = train(other, tmp_path_factory.mktemp("reference"))
+    assert reference.result is not None
+
+    workdir = tmp_path_factory.mktemp("reused")
+    assert train(spec, workdir, stop_at=10).stopped_at == 10  # leaves checkpoints 8 and 10 of the seed-0 run
+    try:
+        fresh = train(other, workdir, stop_at=4)
+    except TrainingError as exc:  # refusing to mix two runs in one workdir is acceptable too
+        assert exc.code == "user_error"
+        return
+    assert fresh.stopped_at == 4
+    assert list_checkpoints(workdir / "checkpoints")[-1].name == "step-000000004"
+    resumed = train(other, workdir, resume=True)
+    assert [e["data"]["from_step"] for e in resumed.events if e["type"] == "job.restarted"] == [4]
+    assert_same_weights(reference.workdir, workdir)
+
+
+def test_a_fresh_run_trains_its_own_tokenizer(spec: JobSpec, tmp_path: Path) -> None:
+    assert spec.tokenizer is not None
+    other = spec.model_copy(update={"tokenizer": spec.tokenizer.model_copy(update={"vocab_size": 320})})
+    assert train(spec, tmp_path, stop_at=2).stopped_at == 2  # leaves a 300-token tokenizer in the workdir
+    try:
+        r = train(other, tmp_path)
+    except TrainingError as exc:  # refusing to reuse the workdir is acceptable too
+        assert exc.code == "user_error"
+        return
+    assert r.result is not None
+    assert Tokenizer.load(tmp_path / "model").vocab_size == 320
+
+
+def test_init_from_a_finished_model(baseline: Run, spec: JobSpec, tmp_path: Path) -> None:
+    raw = spec.model_dump(mode="json")
+    raw["model"]["init_from"] = {"model": str(baseline.workdir / "model")}
+    raw["tokenizer"] = None
+    raw["stages"] = [dict(raw["stages"][1], steps=2, trainable=["blocks.1"])]
+    r = train(parse_spec(raw), tmp_path)
+    assert r.result is not None
+    base, tuned = final_tensors(baseline.workdir), final_tensors(tmp_path)
+    for name in base:
+        assert torch.equal(base[name], tuned[name]) != name.startswith("transformer.h.1."), name
+    assert (tmp_path / "model" / "tokenizer.json").read_bytes() == (
+        baseline.workdir / "model" / "tokenizer.json"
+    ).read_bytes()
+
+
 def test_resume_with_another_spec_is_refused(spec: JobSpec, tmp_path: Path) -> None:
     assert train(spec, tmp_path, stop_at=2).stopped_at == 2
     other = spec.model_copy(update={"seed": 1})
@@ -225,7 +285,9 @@ def test_resume_with_another_spec_is_refused(spec: JobSpec, tmp_path: Path) -> N
 # --- failures ---------------------------------------------------------------------------------------
 
 
-def test_diverging_loss_is_a_user_error(data_dir: Path, spec_dict: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+def test_diverging_loss_is_a_user_error(
+    data_dir: Path, spec_dict: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
     raw = spec_dict(data_dir=data_dir)
     stage = raw["stages"][0]
     stage.update(
@@ -271,3 +333,15 @@ def test_fp16_on_cpu_is_a_user_error(data_dir: Path, spec_dict: Callable[..., di
     with pytest.raises(TrainingError) as info:
         run(parse_spec(spec_dict(data_dir=data_dir, precision="fp16")), tmp_path)
     assert info.value.code == "user_error" and "fp16" in str(info.value)
+
+
+def test_bf16_resume_is_bitwise_exact(spec: JobSpec, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """bf16 on the CPU trains a bf16 model through fp32 masters; checkpoints hold the masters."""
+    bf16 = spec.model_copy(update={"precision": "bf16"})
+    whole = train(bf16, tmp_path_factory.mktemp("bf16-whole"))
+    assert whole.result is not None
+    assert {t.dtype for t in final_tensors(whole.workdir).values()} == {torch.float32}
+    parts = tmp_path_factory.mktemp("bf16-parts")
+    assert train(bf16, parts, stop_at=13).stopped_at == 13
+    assert train(bf16, parts, resume=True).result is not None
+    assert_same_weights(whole.workdir, parts)

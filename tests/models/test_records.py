@@ -57,6 +57,12 @@ def test_utf8_txt_keeps_non_ascii() -> None:
     assert ds.texts == ["soixante-seize en français", "日本語"]
 
 
+def test_utf8_bom_is_not_part_of_the_text() -> None:
+    # Editors on Windows write a byte-order mark; it marks the encoding and is not the first character of the text.
+    assert parse_bytes(b"\xef\xbb\xbfhello\nworld\n", "c.txt").texts == ["hello", "world"]
+    assert parse_bytes(b'\xef\xbb\xbf{"text": "hello"}\n', "c.jsonl").texts == ["hello"]
+
+
 def test_jsonl_text_corpus() -> None:
     ds = parse_bytes(jsonl({"text": "a b c"}, {"text": "d e"}) + b"\n\n", "c.jsonl")
     assert (ds.kind, ds.format) == ("text", "jsonl-text")
@@ -70,6 +76,16 @@ def test_prompt_completion_record() -> None:
     assert ds.examples[0].task is None
 
 
+def in_order(text: str, parts: list[str]) -> bool:
+    pos = 0
+    for part in parts:
+        pos = text.find(part, pos)
+        if pos < 0:
+            return False
+        pos += len(part)
+    return True
+
+
 def test_messages_record() -> None:
     msgs = [
         {"role": "system", "content": "Be brief."},
@@ -79,9 +95,9 @@ def test_messages_record() -> None:
         {"role": "assistant", "content": "1 2"},
     ]
     [ex] = parse_bytes(jsonl({"messages": msgs}), "r.jsonl").examples
-    assert ex.prompt == "system: Be brief.\nuser: Hi?\nassistant: Hello.\nuser: Count to 2.\nassistant:"
     assert ex.prompt == messages_prompt(msgs[:-1])
-    assert ex.completion == "1 2"
+    assert in_order(ex.prompt, ["Be brief.", "Hi?", "Hello.", "Count to 2."]) and "1 2" not in ex.prompt
+    assert ex.completion == "1 2" and ex.task is None
 
 
 def test_task_records_use_the_templates() -> None:
@@ -92,24 +108,30 @@ def test_task_records_use_the_templates() -> None:
     )
     tr, qa, su = parse_bytes(data, "r.jsonl").examples
     assert tr == Example(
-        "Translate from en to fr:\ntwo\n",
+        translate_prompt("two", "en", "fr"),
         "deux",
         "translate",
         {"source": "two", "target": "deux", "source_lang": "en", "target_lang": "fr"},
     )
-    assert tr.prompt == translate_prompt("two", "en", "fr")
-    assert qa.prompt == "Context: Jia has 3 maps.\nQuestion: How many maps?\nAnswer:" == qa_prompt("How many maps?", "Jia has 3 maps.")
+    assert "two" in tr.prompt and "deux" not in tr.prompt
+    assert translate_prompt("two", "en", "fr") != translate_prompt("two", "fr", "en")
+    assert qa.prompt == qa_prompt("How many maps?", "Jia has 3 maps.")
+    assert in_order(qa.prompt, ["Jia has 3 maps.", "How many maps?"])
     assert (qa.completion, qa.task) == ("3", "qa")
     assert qa.fields == {"context": "Jia has 3 maps.", "question": "How many maps?", "answer": "3"}
-    assert su.prompt == "Summarize:\nA long story about Omar.\n" == summarize_prompt("A long story about Omar.")
+    assert su.prompt == summarize_prompt("A long story about Omar.") and "A long story about Omar." in su.prompt
     assert (su.completion, su.task) == ("Omar", "summarize")
+    assert su.fields == {"document": "A long story about Omar.", "summary": "Omar"}
 
 
 def test_record_formats_mix_in_one_file(data_dir: Path) -> None:
     ds = load_file(data_dir / "pairs.jsonl")
     assert ds.kind == "records" and ds.num_records == 120
     assert {e.task for e in ds.examples} == {None, "translate", "qa", "summarize"}
-    assert ds.as_texts()[0] == f"{ds.examples[0].prompt}\n{ds.examples[0].completion}"
+    texts = ds.as_texts()  # for tokenizer training: prompt and completion together
+    assert len(texts) == 120
+    for text, ex in zip(texts, ds.examples, strict=True):
+        assert text.startswith(ex.prompt) and ex.completion in text[len(ex.prompt) :]
 
 
 def test_shared_example_data_parses() -> None:
