@@ -1,0 +1,70 @@
+"""Settings for the service, from environment variables prefixed `STAGECRAFT_`.
+
+Defaults describe `stagecraft up` on one machine: everything under one data directory,
+a SQLite database, and a broker kept in a second SQLite file (kombu's SQLAlchemy
+transport), so no server needs installing. Production sets DATABASE_URL to PostgreSQL
+and BROKER_URL to Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STAGECRAFT_", extra="ignore")
+
+    data_dir: Path = Path.home() / ".stagecraft"
+    database_url: str = ""  # default: sqlite:///DATA_DIR/stagecraft.db
+    broker_url: str = ""  # default: sqla+sqlite:///DATA_DIR/broker.db
+    redis_url: str = ""  # pub/sub wake-ups; default: BROKER_URL when that is Redis
+    queue: str = "train"
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
+    max_attempts: int = 3  # claims of one job before worker losses fail it
+    cancel_poll_s: float = 0.5  # how often a worker reads its job's cancel flag
+    event_flush_s: float = 0.5  # how long training-step events may wait to be written in a batch
+    sse_poll_s: float = 0.5  # SSE: how often to look for new events without Redis
+    sse_keepalive_s: float = 15.0
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        # Rows store paths relative to the data directory; the pipeline reports absolute ones.
+        return v.expanduser().resolve()
+
+    # The command-line client.
+    url: str = "http://127.0.0.1:8000"
+    api_key: str = ""
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'stagecraft.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def pubsub_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        return self.broker if self.broker.startswith(("redis://", "rediss://")) else None
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

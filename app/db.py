@@ -1,0 +1,75 @@
+"""Engine and sessions.
+
+SQLite gets WAL (readers never wait for the writer), a busy timeout, foreign keys, and
+transactions we begin ourselves: pysqlite's own BEGIN is deferred, so a transaction that
+reads and then writes can fail with "database is locked" without waiting. Sessions from
+`Database.write` begin with BEGIN IMMEDIATE, which waits for the write lock up front;
+`Database.read` sessions stay deferred so reads never contend with writes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import get_settings
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # no implicit BEGIN; see _sqlite_begin
+    cur = dbapi_conn.cursor()
+    for pragma in ("journal_mode=WAL", f"busy_timeout={BUSY_TIMEOUT_MS}", "foreign_keys=ON", "synchronous=NORMAL"):
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("stagecraft_write") else "BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+class Database:
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        self.read = sessionmaker(self.engine, expire_on_commit=False)
+        self.write = sessionmaker(self.engine.execution_options(stagecraft_write=True), expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+
+@lru_cache
+def get_database(url: str | None = None) -> Database:
+    return Database(url or get_settings().db_url)
+
+
+__all__ = ["Database", "Session", "get_database", "make_engine"]
+
+
+def upgrade(url: str | None = None) -> None:
+    """Apply every Alembic migration (`stagecraft migrate`); `up` calls it on start."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config(str(root / "alembic.ini"))
+    cfg.set_main_option("script_location", str(root / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", (url or get_settings().db_url).replace("%", "%%"))
+    command.upgrade(cfg, "head")

@@ -1,0 +1,139 @@
+"""One exception hierarchy for the service, and one JSON error shape for every response:
+`{"error": {"code", "message", "details"}}`, also for FastAPI's own 404/405/422s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger("stagecraft.api")
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ServiceError(Exception):
+    """An error a client can act on; the routes let it through to `service_error_handler`."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        if code is not None:
+            self.code = code
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class NotFound(ServiceError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ServiceError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Invalid(ServiceError):
+    status, code = 422, "invalid_request"
+
+
+class Unavailable(ServiceError):
+    status, code = 503, "unavailable"
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+def _response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return _response(exc.status, exc.code, exc.message, exc.details)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = HTTP_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        message = f"no route {request.method} {request.url.path}"
+    response = _response(exc.status_code, code, message)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's request validation: a body that is not JSON is a 400, anything else a 422."""
+    assert isinstance(exc, RequestValidationError)
+    details = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        if e.get("type") == "json_invalid":
+            ctx = e.get("ctx", {})
+            return _response(400, "invalid_json", f"request body is not valid JSON: {ctx.get('error', e['msg'])}")
+        details.append({"loc": loc, "message": e.get("msg", "invalid")})
+    return _response(422, "invalid_request", "the request has invalid fields", details)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return _response(500, "internal_error", "internal error; it has been logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a request body, or raise a 400 naming the line and column that broke it."""
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise ServiceError("request body is not UTF-8", code="invalid_json") from None
+    except json.JSONDecodeError as exc:
+        detail = {"loc": "body", "line": exc.lineno, "column": exc.colno, "message": exc.msg}
+        raise ServiceError(
+            f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            [detail],
+            code="invalid_json",
+        ) from None

@@ -1,0 +1,120 @@
+"""Response shapes, for OpenAPI and for turning rows into JSON in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+T = TypeVar("T")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class DatasetOut(BaseModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    name: str
+    kind: Literal["text", "records"]
+    format: str
+    num_records: int
+    bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class Deleted(BaseModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    deleted: Literal[True] = True
+
+
+class StageRef(BaseModel):
+    index: int
+    name: str
+
+
+class JobError(BaseModel):
+    code: str = Field(description="user_error | system_error | worker_lost | time_limit")
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    name: str
+    status: Literal["validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    stage: StageRef | None
+    step: int
+    total_steps: int
+    progress: float = Field(description="step / total_steps, 0..1")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempt: int
+    error: JobError | None
+    model_id: str | None
+    estimates: dict[str, Any]
+    spec: dict[str, Any]
+
+
+class EventOut(BaseModel):
+    seq: int
+    type: str
+    time: datetime
+    stage: StageRef | None
+    step: int
+    data: dict[str, Any]
+
+
+class CheckpointOut(BaseModel):
+    id: str
+    object: Literal["checkpoint"] = "checkpoint"
+    job_id: str
+    step: int
+    stage: str | None
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    name: str
+    job_id: str
+    parameters: int
+    steps: int
+    evaluation: dict[str, Any]
+    created_at: datetime
+
+
+class Page(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None = Field(None, description="pass as `after` for the next page")
+
+
+class MetricsOut(BaseModel):
+    series: dict[str, list[tuple[int, float]]]
+
+
+class Estimates(BaseModel):
+    parameters: int
+    tokens: int = Field(description="tokens the training steps read (batch × grad_accum × block per step)")
+    total_steps: int
+    flops: float = Field(description="≈ 6 × parameters × tokens")
+
+
+class ValidationOut(BaseModel):
+    valid: Literal[True] = True
+    estimates: Estimates

@@ -1,0 +1,93 @@
+"""Datasets: validated uploads kept under the data directory, one row each."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import Conflict, Invalid, NotFound
+from app.schemas import DatasetOut
+from app.services.pagination import page
+from app.tables import ACTIVE, Dataset, Job, new_id
+from models.records import DataError, parse_bytes
+
+SUFFIXES = (".txt", ".jsonl")
+
+
+def to_out(ds: Dataset) -> DatasetOut:
+    return DatasetOut.model_validate(ds, from_attributes=True)
+
+
+def incoming_path(settings: Settings, tenant_id: str) -> Path:
+    """Where an upload is streamed before validation: next to its final place, so the move is a rename."""
+    d = settings.datasets_dir / tenant_id
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f".incoming-{new_id('up')}"
+
+
+def register(
+    session: Session, settings: Settings, tenant_id: str, upload: Path, filename: str, name: str, sha256: str
+) -> Dataset:
+    """Validate an uploaded file (every bad line reported at once), keep it and add its row.
+
+    The caller commits; on any error the uploaded file is removed.
+    """
+    try:
+        try:
+            parsed = parse_bytes(upload.read_bytes(), filename)
+        except DataError as exc:
+            details = [{"line": i["line"], "field": i["field"], "reason": i["reason"]} for i in exc.issues]
+            more = f" (showing the first {len(exc.issues)})" if exc.total > len(exc.issues) else ""
+            raise Invalid(
+                f"{filename}: {exc.total} problem(s) in the data{more}", details, code="invalid_dataset"
+            ) from None
+        ds_id = new_id("ds")
+        final = upload.with_name(ds_id + Path(filename).suffix.lower())
+        os.replace(upload, final)
+    finally:
+        upload.unlink(missing_ok=True)
+    ds = Dataset(
+        id=ds_id,
+        tenant_id=tenant_id,
+        name=name,
+        kind=parsed.kind,
+        format=parsed.format,
+        num_records=parsed.num_records,
+        bytes=final.stat().st_size,
+        sha256=sha256,
+        path=str(final.relative_to(settings.data_dir)),
+    )
+    session.add(ds)
+    return ds
+
+
+def get(session: Session, tenant_id: str, ds_id: str) -> Dataset:
+    ds = session.get(Dataset, ds_id)
+    if ds is None or ds.tenant_id != tenant_id:
+        raise NotFound(f"no dataset '{ds_id}'")
+    return ds
+
+
+def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -> tuple[list[Dataset], bool]:
+    return page(session, select(Dataset).where(Dataset.tenant_id == tenant_id), Dataset.id, limit, after)
+
+
+def lookup(session: Session, tenant_id: str, ids: list[str]) -> dict[str, Dataset]:
+    rows = session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.id.in_(ids)))
+    return {ds.id: ds for ds in rows}
+
+
+def delete(session: Session, settings: Settings, tenant_id: str, ds_id: str) -> Path:
+    """Remove the row (409 while an unfinished job reads the dataset); returns the file to
+    remove once the caller has committed."""
+    ds = get(session, tenant_id, ds_id)
+    active = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE)))
+    users = [j.id for j in active if any(ref.get("dataset") == ds_id for ref in j.spec.get("data", {}).values())]
+    if users:
+        raise Conflict(f"dataset '{ds_id}' is used by unfinished job(s) {', '.join(users)}", code="dataset_in_use")
+    session.delete(ds)
+    return settings.data_dir / ds.path

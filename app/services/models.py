@@ -1,0 +1,129 @@
+"""Finished models (one per succeeded job) and checkpoints, as rows and as directories.
+
+The API process reads model configs as plain JSON and never imports torch; exporting a
+checkpoint as a model directory (for `init_from` a checkpoint) happens on a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import NotFound
+from app.schemas import ModelOut
+from app.services.pagination import page
+from app.tables import Checkpoint, Job, Model, new_id
+
+CONFIG_FILE = "config.json"  # models.checkpoint.CONFIG_FILE, without importing torch
+EXPORTS = "exports"  # under a job's directory: checkpoints exported as model directories
+
+
+def register(session: Session, settings: Settings, job: Job, model_dir: Path, evaluation: dict[str, Any]) -> Model:
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    model = Model(
+        id=new_id("model"),
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        name=job.name,
+        path=str(model_dir.relative_to(settings.data_dir)),
+        parameters=int(config.get("parameters", 0)),
+        steps=int(config.get("steps", 0)),
+        evaluation=evaluation,
+    )
+    session.add(model)
+    return model
+
+
+def get(session: Session, tenant_id: str, model_id: str) -> Model:
+    model = session.get(Model, model_id)
+    if model is None or model.tenant_id != tenant_id:
+        raise NotFound(f"no model '{model_id}'")
+    return model
+
+
+def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -> tuple[list[Model], bool]:
+    return page(session, select(Model).where(Model.tenant_id == tenant_id), Model.id, limit, after)
+
+
+def to_out(m: Model) -> ModelOut:
+    return ModelOut.model_validate(m, from_attributes=True)
+
+
+def checkpoint_of(session: Session, tenant_id: str, ckpt_id: str) -> tuple[Checkpoint, Job] | None:
+    row = session.execute(
+        select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(Checkpoint.id == ckpt_id)
+    ).first()
+    if row is None or row[1].tenant_id != tenant_id:
+        return None
+    return row[0], row[1]
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header: dict[str, Any] = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def checkpoint_config(settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
+    """The GPT config of a checkpoint: its job's model spec, the vocabulary from the tensors."""
+    shapes = _safetensors_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
+    m = job.spec["model"]
+    vocab = shapes["model/transformer.wte.weight"][0]
+    return {
+        "vocab_size": vocab,
+        "block_size": m["block_size"],
+        "n_layer": m["n_layer"],
+        "n_head": m["n_head"],
+        "n_embd": m["n_embd"],
+        "dropout": m["dropout"],
+    }
+
+
+def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) -> dict[str, Any] | None:
+    """The GPT config of a model or checkpoint id usable as `init_from`, or None if unknown."""
+    if ref.startswith("ckpt_"):
+        found = checkpoint_of(session, tenant_id, ref)
+        if found is None or not (settings.data_dir / found[0].path).is_dir():
+            return None
+        return checkpoint_config(settings, *found)
+    model = session.get(Model, ref)
+    if model is None or model.tenant_id != tenant_id:
+        return None
+    config: dict[str, Any] = json.loads((settings.data_dir / model.path / CONFIG_FILE).read_text())["gpt"]
+    return config
+
+
+def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) -> Path | None:
+    """A loadable model directory for a model or checkpoint id (exporting a checkpoint once)."""
+    if not ref.startswith("ckpt_"):
+        model = session.get(Model, ref)
+        return None if model is None or model.tenant_id != tenant_id else settings.data_dir / model.path
+    found = checkpoint_of(session, tenant_id, ref)
+    if found is None:
+        return None
+    ckpt, job = found
+    out = settings.jobs_dir / job.id / EXPORTS / ckpt.id
+    if not (out / CONFIG_FILE).exists():
+        _export_checkpoint(settings.data_dir / ckpt.path, settings.jobs_dir / job.id / "tokenizer", job, out)
+    return out
+
+
+def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, out: Path) -> None:
+    from models import artifact, checkpoint
+    from models.gpt import GPTConfig
+    from models.tokenizer import Tokenizer
+
+    tensors, state = checkpoint.load_checkpoint(ckpt_dir)
+    weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    m = job.spec["model"]
+    vocab = weights["transformer.wte.weight"].shape[0]
+    config = GPTConfig(vocab, m["block_size"], m["n_layer"], m["n_head"], m["n_embd"], m["dropout"])
+    info = {"name": job.name, "steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values())}
+    artifact.save_model(out, weights, config, Tokenizer.load(tokenizer_dir), info)

@@ -1,0 +1,48 @@
+"""The worker's Celery app (`celery -A workers.celery_app worker`, or `stagecraft worker`).
+
+Configuration is app.broker.make_celery (JSON only, late acks, prefetch 1, the `train`
+queue). Here: the task module, a shutdown flag the training loop reads between steps (so
+Ctrl-C or SIGTERM checkpoints the job and requeues it instead of waiting for it to end),
+and a reaper thread that requeues jobs whose worker died.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import signals
+
+from app.broker import enqueue, make_celery
+from app.config import get_settings
+from app.db import get_database
+from app.services import lifecycle
+from workers.runner import SHUTDOWN
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+celery_app = make_celery(settings)
+celery_app.conf.include = ["workers.tasks"]
+app = celery_app  # the name `celery -A workers.celery_app` looks for
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    SHUTDOWN.set()
+
+
+def reap_forever(stop: threading.Event) -> None:
+    db = get_database(settings.db_url)
+    interval = max(1.0, min(30.0, settings.lease_s / 3))
+    while not stop.wait(interval):
+        try:
+            for job_id in lifecycle.reap(db.write, settings):
+                enqueue(celery_app, settings, db.write, job_id)
+        except Exception:
+            log.exception("reaper failed; retrying")
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    threading.Thread(target=reap_forever, args=(SHUTDOWN,), name="reaper", daemon=True).start()

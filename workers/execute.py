@@ -1,0 +1,98 @@
+"""Claim a job, run the pipeline with the JobRun callbacks, and finish the row."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import delete
+
+from app.config import Settings
+from app.db import Database
+from app.notify import Publisher
+from app.services import events, jobs, lifecycle, models
+from app.tables import Checkpoint, Job, Metric
+from models.checkpoint import list_checkpoints
+from models.pipeline import RunResult, Stopped, run
+from models.records import DataError
+from models.spec import parse_spec
+from models.stages import TrainingError
+from workers.runner import JobRun, LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str, worker: str) -> bool:
+    """Run the job if this delivery wins the claim. Returns True when the job was handed
+    back to the queue (worker shutting down) and needs a new wake-up message."""
+    owner = f"{worker}:{job_id[-6:]}"
+    with db.write() as session:
+        claim = lifecycle.claim(session, job_id, owner, settings.lease_s)
+        session.commit()
+    if claim is None:
+        log.info("job %s: not claimable (already taken, finished or unknown); dropping this delivery", job_id)
+        return False
+    workdir = jobs.workdir(settings, job_id)
+    fresh = not list_checkpoints(workdir / "checkpoints")
+    if fresh:  # a new run, or a retry with nothing to resume: its metrics start over
+        with db.write() as session:
+            session.execute(delete(Metric).where(Metric.job_id == job_id))
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+            session.commit()
+    job_run = JobRun(db, settings, claim, publisher)
+    job_run.on_event(events.make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
+    job_run.start()
+    log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
+    outcome: tuple[str, dict[str, object]] | None = None
+    result: RunResult | None = None
+    error: tuple[str, str] | None = None
+    try:
+        result = run(
+            parse_spec(claim.spec),
+            workdir,
+            on_event=job_run.on_event,
+            should_stop=job_run.should_stop,
+            resolve=job_run.resolve,
+            resume=not fresh,
+        )
+    except Stopped as exc:
+        outcome = ("cancelled", {"step": exc.step}) if job_run.cancelled.is_set() else ("released", {"step": exc.step})
+    except LeaseLost:
+        log.warning("job %s: lease lost to another worker; stopping quietly", job_id)
+        job_run.close()
+        return False
+    except TrainingError as exc:
+        error = (exc.code, str(exc))
+    except DataError as exc:
+        error = ("user_error", str(exc))
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        error = ("system_error", f"{type(exc).__name__}: {exc}")
+    try:
+        job_run.close()
+    except LeaseLost:
+        return False
+    with db.write() as session:
+        if result is not None:
+            job = session.get_one(Job, job_id)
+            model = models.register(session, settings, job, result.model_dir, result.evaluation)
+            session.flush()
+            final = events.make(
+                "job.succeeded",
+                result.steps,
+                {"model_id": model.id, "steps": result.steps, "evaluation": result.evaluation},
+            )
+            ok = lifecycle.finish(session, claim, "succeeded", final, model_id=model.id)
+        elif error is not None:
+            final = events.make("job.failed", job_run.step, {"code": error[0], "message": error[1]})
+            ok = lifecycle.finish(session, claim, "failed", final, error=error)
+        elif outcome is not None and outcome[0] == "cancelled":
+            final = events.make("job.cancelled", job_run.step, {"reason": "cancelled by request"})
+            ok = lifecycle.finish(session, claim, "cancelled", final)
+        else:
+            ok = lifecycle.release(session, claim, "the worker shut down; resuming from the last checkpoint")
+        if ok:
+            session.commit()
+        else:
+            session.rollback()
+    log.info("job %s: %s", job_id, "succeeded" if result else (error or outcome))
+    return ok and result is None and error is None and outcome is not None and outcome[0] == "released"

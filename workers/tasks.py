@@ -1,0 +1,27 @@
+"""The one task: run a job by id. Thin: the work is in workers.runner and app.services."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+
+from app.broker import enqueue
+from app.db import get_database
+from app.notify import EVENTS, Publisher
+from workers.celery_app import celery_app, settings
+from workers.execute import execute
+
+log = logging.getLogger(__name__)
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@celery_app.task(name="stagecraft.run_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> None:
+    db = get_database(settings.db_url)
+    publisher = Publisher(settings.pubsub_url)
+    requeue = execute(db, settings, publisher, job_id, WORKER_ID)
+    if requeue:
+        enqueue(celery_app, settings, db.write, job_id)
+    publisher.publish(EVENTS, job_id)
