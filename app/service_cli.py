@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -121,8 +122,13 @@ def up(
 
     threading.Thread(target=watch_worker, daemon=True).start()
     err.print(f"stagecraft is up on http://{host}:{port} (data in {settings.data_dir}); Ctrl-C stops it")
+    # uvicorn re-raises the signal that stopped it; SIGTERM must end up here too, not kill us
+    # before the worker is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # (on Ctrl-C the worker got SIGINT from the terminal too)
@@ -131,8 +137,13 @@ def up(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    if proc.returncode not in (0, -signal.SIGTERM):
+    if proc.returncode != 0:
+        err.print(f"[red]the worker exited with {proc.returncode}[/red]")
         raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 @keys_cli.command("create")

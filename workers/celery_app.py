@@ -35,12 +35,14 @@ def _on_shutdown(**_: Any) -> None:
 def reap_forever(stop: threading.Event) -> None:
     db = get_database(settings.db_url)
     interval = max(1.0, min(30.0, settings.lease_s / 3))
-    while not stop.wait(interval):
+    while True:
         try:
             for job_id in lifecycle.reap(db.write, settings):
                 enqueue(celery_app, settings, db.write, job_id)
         except Exception:
             log.exception("reaper failed; retrying")
+        if stop.wait(interval):
+            return
 
 
 @signals.worker_ready.connect

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from celery.exceptions import Reject
 from sqlalchemy import delete
 
 from app.config import Settings
@@ -16,21 +17,27 @@ from models.pipeline import RunResult, Stopped, run
 from models.records import DataError
 from models.spec import parse_spec
 from models.stages import TrainingError
-from workers.runner import JobRun, LeaseLost
+from workers.runner import SHUTDOWN, JobRun, LeaseLost
 
 log = logging.getLogger(__name__)
 
 
-def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str, worker: str) -> bool:
-    """Run the job if this delivery wins the claim. Returns True when the job was handed
-    back to the queue (worker shutting down) and needs a new wake-up message."""
+def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str, worker: str) -> None:
+    """Run the job if this delivery wins the claim.
+
+    When the worker is asked to stop, the job is checkpointed and handed back to the queue
+    without a new message (this worker would take it again): the reaper of the next worker
+    to start, or of another running one, sends it.
+    """
+    if SHUTDOWN.is_set():  # a delivery that arrived while this worker stops: leave the job to the next
+        raise Reject("worker shutting down", requeue=True)
     owner = f"{worker}:{job_id[-6:]}"
     with db.write() as session:
         claim = lifecycle.claim(session, job_id, owner, settings.lease_s)
         session.commit()
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or unknown); dropping this delivery", job_id)
-        return False
+        return
     workdir = jobs.workdir(settings, job_id)
     fresh = not list_checkpoints(workdir / "checkpoints")
     if fresh:  # a new run, or a retry with nothing to resume: its metrics start over
@@ -59,7 +66,7 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping quietly", job_id)
         job_run.close()
-        return False
+        return
     except TrainingError as exc:
         error = (exc.code, str(exc))
     except DataError as exc:
@@ -70,7 +77,7 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     try:
         job_run.close()
     except LeaseLost:
-        return False
+        return
     with db.write() as session:
         if result is not None:
             job = session.get_one(Job, job_id)
@@ -94,5 +101,4 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
             session.commit()
         else:
             session.rollback()
-    log.info("job %s: %s", job_id, "succeeded" if result else (error or outcome))
-    return ok and result is None and error is None and outcome is not None and outcome[0] == "released"
+    log.info("job %s: %s%s", job_id, "succeeded" if result else (error or outcome), "" if ok else " (lease lost)")

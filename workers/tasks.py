@@ -7,7 +7,6 @@ import os
 import socket
 import uuid
 
-from app.broker import enqueue
 from app.db import get_database
 from app.notify import EVENTS, Publisher
 from workers.celery_app import celery_app, settings
@@ -21,7 +20,5 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 def run_job(job_id: str) -> None:
     db = get_database(settings.db_url)
     publisher = Publisher(settings.pubsub_url)
-    requeue = execute(db, settings, publisher, job_id, WORKER_ID)
-    if requeue:
-        enqueue(celery_app, settings, db.write, job_id)
+    execute(db, settings, publisher, job_id, WORKER_ID)
     publisher.publish(EVENTS, job_id)

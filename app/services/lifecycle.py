@@ -129,9 +129,10 @@ def reap(write: sessionmaker[Session], settings: Settings) -> list[str]:
                 )
                 if values["status"] == "queued":
                     to_enqueue.append(job_id)
+        # A new job (attempt 0) may be between its commit and its enqueue in the API: give that
+        # a grace period. A job a worker handed back (attempt > 0) waits for this reaper.
         stale = now - timedelta(seconds=max(10.0, settings.lease_s / 2))
-        to_enqueue += session.scalars(
-            select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None), Job.updated_at < stale)
-        ).all()
+        unsent = select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None))
+        to_enqueue += session.scalars(unsent.where((Job.attempt > 0) | (Job.updated_at < stale))).all()
         session.commit()
     return to_enqueue
