@@ -1,0 +1,158 @@
+"""Jobs end to end on the production stack: PostgreSQL, Redis, `stagecraft api` and
+`stagecraft worker` as separate processes, everything over HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.service.conftest import Stack
+from tests.service.stack import Api, example_spec, total_steps
+
+EVENT_KEYS = {"seq", "type", "time", "stage", "step", "data"}
+
+
+@pytest.fixture(scope="module")
+def api(pg_stack: Stack) -> Iterator[Api]:
+    with pg_stack.api() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def datasets(api: Api) -> dict[str, str]:
+    return api.upload_examples()
+
+
+@pytest.fixture(scope="module")
+def finished(pg_stack: Stack, api: Api, datasets: dict[str, str]) -> dict[str, Any]:
+    """The example spec (shrunk), followed over SSE, with the API restarted mid-job."""
+    spec = example_spec(datasets, pretrain=40)
+    job = api.submit(spec)
+    before = api.wait_for(job["id"], "train.step")
+    pg_stack.procs["api"].stop()
+    pg_stack.start_api()
+    pg_stack.wait_ready()
+    after = api.follow(job["id"], last_event_id=before[-1]["seq"])
+    return {"spec": spec, "submitted": job, "before": before, "after": after, "job": api.job(job["id"])}
+
+
+def test_api_restart_mid_job_loses_and_repeats_no_event(finished: dict[str, Any], api: Api) -> None:
+    before, after = finished["before"], finished["after"]
+    assert before[-1]["type"] == "train.step", "the API went down while the job was training"
+    events = before + after
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "every event once, in order"
+    assert all(set(e) == EVENT_KEYS for e in events)
+    page = api.http.get(f"/v1/jobs/{finished['job']['id']}/events", params={"limit": 1000}).json()
+    assert page["data"] == events and page["has_more"] is False
+
+
+def test_job_runs_every_stage_and_step(finished: dict[str, Any]) -> None:
+    events = finished["before"] + finished["after"]
+    total = total_steps(finished["spec"])
+    types = [e["type"] for e in events]
+    assert types[:2] == ["job.queued", "job.started"] and types[-1] == "job.succeeded"
+    assert [e["step"] for e in events if e["type"] == "train.step"] == list(range(1, total + 1))
+    names = ["pretrain", "finetune", "refine"]
+    for kind in ("stage.started", "stage.completed"):
+        assert [e["stage"]["name"] for e in events if e["type"] == kind] == names
+    steps = [e for e in events if e["type"] == "train.step"]
+    assert all(e["data"]["loss"] > 0 and e["data"]["tokens_per_s"] > 0 for e in steps)
+    assert {e["stage"]["index"] for e in steps} == {0, 1, 2}
+    assert any(e["type"] == "eval" and e["data"]["data"] == "pairs" for e in events)
+
+
+def test_finished_job_row(finished: dict[str, Any]) -> None:
+    job, total = finished["job"], total_steps(finished["spec"])
+    assert finished["submitted"]["status"] == "queued"
+    assert job["status"] == "succeeded" and job["error"] is None
+    assert job["step"] == job["total_steps"] == total and job["progress"] == 1.0
+    assert job["stage"] == {"index": 2, "name": "refine"} and job["attempt"] == 1
+    created, started, ended = (datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at"))
+    assert created <= started <= ended
+    assert job["model_id"].startswith("model_")
+    assert job["estimates"]["total_steps"] == total
+    assert job["estimates"]["tokens"] == 64 * 8 * total  # block × batch per step
+
+
+def test_metrics_checkpoints_and_model(finished: dict[str, Any], api: Api) -> None:
+    job, total = finished["job"], total_steps(finished["spec"])
+    series = api.http.get(f"/v1/jobs/{job['id']}/metrics").json()["series"]
+    for name in ("train.loss", "train.lr", "train.grad_norm", "train.tokens_per_s"):
+        assert [step for step, _ in series[name]] == list(range(1, total + 1)), name
+    assert {"eval.corpus.loss", "eval.pairs.loss", "eval.pairs.perplexity"} <= set(series)
+    ckpts = api.http.get(f"/v1/jobs/{job['id']}/checkpoints").json()
+    assert [c["step"] for c in ckpts] == [total - 10, total]  # every 10 steps, keep_last 2
+    assert all(c["id"].startswith("ckpt_") and "train.loss" in c["metrics"] for c in ckpts)
+    saved = [e for e in finished["before"] + finished["after"] if e["type"] == "checkpoint.saved"]
+    assert {c["id"] for c in ckpts} <= {e["data"]["checkpoint_id"] for e in saved}
+    model = api.http.get(f"/v1/models/{job['model_id']}").json()
+    assert model["job_id"] == job["id"] and model["steps"] == total
+    assert model["parameters"] == job["estimates"]["parameters"], "the estimate counts the real model"
+    assert set(model["evaluation"]) == {"corpus", "pairs"}
+    assert job["model_id"] in [m["id"] for m in api.http.get("/v1/models").json()["data"]]
+    assert api.http.get(f"/v1/models/{ckpts[-1]['id']}").json()["step"] == total
+
+
+@pytest.fixture(scope="module")
+def cancelled(api: Api, datasets: dict[str, str]) -> dict[str, Any]:
+    spec = example_spec(datasets, pretrain=5000)
+    job = api.submit(spec, **{"Idempotency-Key": "cancel-me"})
+    replay = api.http.post("/v1/jobs", json=spec, headers={"Idempotency-Key": "cancel-me"})
+    other = dict(spec, name="another")
+    reused = api.http.post("/v1/jobs", json=other, headers={"Idempotency-Key": "cancel-me"})
+    before = api.wait_for(job["id"], "train.step")
+    sent = time.time()
+    response = api.http.post(f"/v1/jobs/{job['id']}/cancel")
+    after = api.follow(job["id"], last_event_id=before[-1]["seq"])
+    return {
+        "job": job,
+        "replay": replay,
+        "reused": reused,
+        "sent": sent,
+        "response": response,
+        "events": before + after,
+    }
+
+
+def test_idempotency_key(cancelled: dict[str, Any]) -> None:
+    replay, reused = cancelled["replay"], cancelled["reused"]
+    assert replay.status_code == 201 and replay.json()["id"] == cancelled["job"]["id"]
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_cancel_stops_a_running_job_within_a_step(cancelled: dict[str, Any], api: Api) -> None:
+    r = cancelled["response"]
+    assert r.status_code == 200 and r.json()["status"] in ("cancelling", "cancelled")
+    events = cancelled["events"]
+    assert events[-1]["type"] == "job.cancelled"
+    steps_after = [
+        e
+        for e in events
+        if e["type"] == "train.step" and datetime.fromisoformat(e["time"]).timestamp() > cancelled["sent"]
+    ]
+    assert len(steps_after) <= 2, f"{len(steps_after)} steps finished after the cancel request"
+    assert events[-2]["type"] == "checkpoint.saved", "the stopped run keeps a checkpoint"
+    job = api.job(cancelled["job"]["id"])
+    assert job["status"] == "cancelled" and job["error"] is None and job["finished_at"]
+    assert job["step"] == events[-1]["step"] < job["total_steps"]
+    again = api.http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
+
+
+def test_list_jobs_paginates_and_filters(finished: dict[str, Any], cancelled: dict[str, Any], api: Api) -> None:
+    ids, after = [], None
+    while True:
+        page = api.http.get("/v1/jobs", params={"limit": 1, **({"after": after} if after else {})}).json()
+        ids += [j["id"] for j in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["next_cursor"]
+    assert ids.index(cancelled["job"]["id"]) < ids.index(finished["job"]["id"]), "newest first"
+    assert len(ids) == len(set(ids))
+    done = api.http.get("/v1/jobs", params={"status": "cancelled"}).json()["data"]
+    assert cancelled["job"]["id"] in [j["id"] for j in done] and all(j["status"] == "cancelled" for j in done)
