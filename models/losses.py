@@ -15,6 +15,7 @@ from torch import Tensor
 
 from models.data import IGNORE, Batch
 from models.gpt import GPT
+from models.linear_ce import linear_cross_entropy
 from models.spec import CausalLMLoss, CrossEntropyLoss
 
 
@@ -25,8 +26,10 @@ def _next_token_loss(model: GPT, idx: Tensor, targets: Tensor, label_smoothing: 
         h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
     else:
         h, targets = h[keep], targets[keep]
-    logits = model.logits(h).float()
-    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if torch.is_autocast_enabled(h.device.type):  # CUDA mixed precision: let autocast pick dtypes
+        logits = model.logits(h).float()
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    return linear_cross_entropy(h, model.transformer.wte.weight, targets, label_smoothing)
 
 
 def causal_lm(model: GPT, batch: Batch, spec: CausalLMLoss | CrossEntropyLoss) -> Tensor:
