@@ -40,7 +40,7 @@ import torch
 
 from models.data import Batch
 from models.gpt import GPT, GPTConfig
-from models.optim import build_optimizer, lr_factor, select_trainable
+from models.optim import lr_factor
 from models.pipeline import Pipeline
 from models.spec import parse_spec
 from models.stages import train_step
@@ -234,15 +234,25 @@ def build_ours(precision: str, batches: list[tuple[torch.Tensor, torch.Tensor]])
     pipe = Pipeline(spec, Path(tempfile.gettempdir()), None, None, Path)
     seg = pipe.segments[0]
     torch.manual_seed(0)
-    model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD)).train()
-    params = select_trainable(model, seg.part.trainable)
-    opt = build_optimizer(seg.part.optimizer, params)
+    model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD))
+    pipe.adopt(model)  # the run's precision policy: bf16 on CPU = bf16 model + fp32 master weights
+    trainee = pipe.trainee(seg)
     stream, counter = RandomBatches(batches), itertools.count()
 
     def step() -> int:
         s = next(counter)
         lr = seg.part.optimizer.lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
-        return train_step(model, opt, params, stream, seg, s + 1, lr, pipe.autocast, pipe.to_device).tokens  # type: ignore[arg-type]
+        return train_step(
+            model,
+            pipe.weights,
+            trainee,
+            stream,
+            seg,
+            s + 1,
+            lr,
+            pipe.autocast,
+            pipe.to_device,  # type: ignore[arg-type]
+        ).tokens
 
     return Variant(f"ours_{precision}", precision, model.num_parameters(include_positions=False), step)
 

@@ -141,6 +141,15 @@ class Pipeline:
                     f"but data '{seg.part.data}' is a text corpus",
                 )
 
+    def adopt(self, model: GPT) -> None:
+        """Make `model` the one this run trains, on its device, in its precision."""
+        self.model = model.to(self.device).train()
+        # bf16 on the CPU: a bf16 model with fp32 masters instead of autocast (see models/precision.py).
+        pure_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
+        self.weights = Weights(self.model, torch.bfloat16 if pure_bf16 else None)
+        if pure_bf16:
+            self.dtype = None
+
     def build_model(self) -> None:
         init = self.spec.model.init_from
         tok_dir = self.workdir / "tokenizer"
@@ -158,12 +167,7 @@ class Pipeline:
             m = self.spec.model
             cfg = GPTConfig(self.tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
             self.model = GPT(cfg)
-        self.model.to(self.device).train()
-        # bf16 on the CPU: a bf16 model with fp32 masters instead of autocast (see models/precision.py).
-        pure_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
-        self.weights = Weights(self.model, torch.bfloat16 if pure_bf16 else None)
-        if pure_bf16:
-            self.dtype = None
+        self.adopt(self.model)
         block = self.model.config.block_size
         self.streams: dict[str, data.Stream] = {}
         protos: dict[str, data.Stream] = {}
