@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.db import Database
@@ -44,13 +45,24 @@ ReadSession = Annotated[Session, Depends(read_session)]
 WriteSession = Annotated[Session, Depends(write_session)]
 
 
-def tenant(
+async def tenant(
     request: Request,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     _scheme: object = Depends(bearer),
 ) -> str:
-    with get_db(request).read() as session:
-        return auth.authenticate(session, authorization)
+    """The caller's tenant id (401 without a valid key); cached keys cost no query."""
+    key_hash = auth.bearer_key_hash(authorization)
+    cache: auth.KeyCache = request.app.state.key_cache
+    tenant_id = cache.get(key_hash)
+    if tenant_id is None:
+
+        def lookup() -> str:
+            with get_db(request).read() as session:
+                return auth.tenant_of(session, key_hash)
+
+        tenant_id = await run_in_threadpool(lookup)
+        cache.put(key_hash, tenant_id)
+    return tenant_id
 
 
 TenantDep = Annotated[str, Depends(tenant)]

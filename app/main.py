@@ -16,6 +16,7 @@ from app.config import Settings, get_settings
 from app.db import get_database
 from app.notify import EventWaiters, Publisher
 from app.routes import datasets, events, health, jobs, models
+from app.services import auth
 from models.spec import JobSpec
 
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.publisher = Publisher(settings.pubsub_url)
     app.state.waiters = EventWaiters(settings.pubsub_url, settings.sse_poll_s)
+    app.state.key_cache = auth.KeyCache()
     errors.install(app)
     app.add_middleware(health.PrometheusMiddleware)
     for module in (datasets, jobs, events, models, health):

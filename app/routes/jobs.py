@@ -83,7 +83,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(job: JobDep) -> JobOut:
+async def get_job(job: JobDep) -> JobOut:
     return jobs.to_out(job)
 
 

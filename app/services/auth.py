@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,14 +36,38 @@ def create_key(session: Session, tenant_name: str) -> str:
     return key
 
 
-def authenticate(session: Session, authorization: str | None) -> str:
-    """The tenant id for an `Authorization: Bearer <key>` header, or 401."""
+def bearer_key_hash(authorization: str | None) -> str:
+    """The hash of the key in an `Authorization: Bearer <key>` header, or 401."""
     if not authorization:
         raise Unauthorized("missing Authorization header; send `Authorization: Bearer <API key>`")
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("the Authorization header must be `Bearer <API key>`")
-    tenant_id = session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(key.strip())))
+    return hash_key(key.strip())
+
+
+def tenant_of(session: Session, key_hash: str) -> str:
+    tenant_id = session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash))
     if tenant_id is None:
         raise Unauthorized("invalid API key")
     return tenant_id
+
+
+class KeyCache:
+    """Recently seen keys, so most requests authenticate without a query. Keys are never
+    deleted today; once they can be revoked, a revocation takes up to `ttl_s` to apply."""
+
+    def __init__(self, ttl_s: float = 60.0, size: int = 10_000):
+        self.ttl_s, self.size = ttl_s, size
+        self.entries: dict[str, tuple[str, float]] = {}
+
+    def get(self, key_hash: str) -> str | None:
+        hit = self.entries.get(key_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, key_hash: str, tenant_id: str) -> None:
+        if len(self.entries) >= self.size:
+            self.entries.clear()
+        self.entries[key_hash] = (tenant_id, time.monotonic() + self.ttl_s)
