@@ -19,6 +19,7 @@ from tests.service.stack import Api, Proc, base_env, free_port, run_cli, stagecr
 PG_ADMIN = os.environ.get("STAGECRAFT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("STAGECRAFT_TEST_REDIS", "redis://127.0.0.1:6379")
 UPLOAD_LIMIT = 3_000_000  # above the example corpus (1.9 MB)
+LEASE_S = 4  # short, so a killed worker's job is requeued within seconds
 PROCS: list[Proc] = []  # every process started, for the failure report
 
 
@@ -91,6 +92,7 @@ def pg_stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         broker_url=f"{REDIS}/{random.randint(1, 15)}",
         queue=f"train-{secrets.token_hex(4)}",
         max_upload_bytes=str(UPLOAD_LIMIT),
+        lease_s=str(LEASE_S),
         url=f"http://127.0.0.1:{port}",
     )
     migrate = run_cli("migrate", env=env)
