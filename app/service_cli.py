@@ -28,7 +28,8 @@ cli.add_typer(keys_cli, name="keys")
 cli.add_typer(jobs_cli, name="jobs")
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="database, broker and files (default: $STAGECRAFT_DATA_DIR)")
+    Path | None,
+    typer.Option("--data-dir", help="database, broker and files (default: $STAGECRAFT_DATA_DIR or ~/.stagecraft)"),
 ]
 WORKER_STOP_S = 120  # how long `up` waits for its worker to checkpoint and hand its job back
 

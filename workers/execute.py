@@ -49,9 +49,9 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     job_run.on_event(events.make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
     job_run.start()
     log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
-    outcome: tuple[str, dict[str, object]] | None = None
     result: RunResult | None = None
     error: tuple[str, str] | None = None
+    stopped = False
     try:
         result = run(
             parse_spec(claim.spec),
@@ -61,12 +61,10 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
             resolve=job_run.resolve,
             resume=not fresh,
         )
-    except Stopped as exc:
-        outcome = ("cancelled", {"step": exc.step}) if job_run.cancelled.is_set() else ("released", {"step": exc.step})
+    except Stopped:
+        stopped = True
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping quietly", job_id)
-        job_run.close()
-        return
     except TrainingError as exc:
         error = (exc.code, str(exc))
     except DataError as exc:
@@ -74,31 +72,29 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     except Exception as exc:
         log.exception("job %s failed", job_id)
         error = ("system_error", f"{type(exc).__name__}: {exc}")
-    try:
-        job_run.close()
-    except LeaseLost:
+    job_run.close()
+    if job_run.lost.is_set():
         return
     with db.write() as session:
         if result is not None:
-            job = session.get_one(Job, job_id)
-            model = models.register(session, settings, job, result.model_dir, result.evaluation)
-            session.flush()
-            final = events.make(
-                "job.succeeded",
-                result.steps,
-                {"model_id": model.id, "steps": result.steps, "evaluation": result.evaluation},
+            model = models.register(
+                session, settings, session.get_one(Job, job_id), result.model_dir, result.evaluation
             )
-            ok = lifecycle.finish(session, claim, "succeeded", final, model_id=model.id)
+            session.flush()
+            summary = {"model_id": model.id, "steps": result.steps, "evaluation": result.evaluation}
+            final = events.make("job.succeeded", result.steps, summary)
+            ok, outcome = lifecycle.finish(session, claim, "succeeded", final, model_id=model.id), "succeeded"
         elif error is not None:
             final = events.make("job.failed", job_run.step, {"code": error[0], "message": error[1]})
-            ok = lifecycle.finish(session, claim, "failed", final, error=error)
-        elif outcome is not None and outcome[0] == "cancelled":
+            ok, outcome = lifecycle.finish(session, claim, "failed", final, error=error), f"failed ({error[0]})"
+        elif stopped and job_run.cancelled.is_set():
             final = events.make("job.cancelled", job_run.step, {"reason": "cancelled by request"})
-            ok = lifecycle.finish(session, claim, "cancelled", final)
+            ok, outcome = lifecycle.finish(session, claim, "cancelled", final), "cancelled"
         else:
-            ok = lifecycle.release(session, claim, "the worker shut down; resuming from the last checkpoint")
+            reason = "the worker shut down; resuming from the last checkpoint"
+            ok, outcome = lifecycle.release(session, claim, reason), "handed back to the queue"
         if ok:
             session.commit()
         else:
             session.rollback()
-    log.info("job %s: %s%s", job_id, "succeeded" if result else (error or outcome), "" if ok else " (lease lost)")
+    log.info("job %s: %s", job_id, outcome if ok else "lease lost before it could be finished")

@@ -123,21 +123,22 @@ class JobRun:
             log.warning("control channel: %s (cancel is still polled)", exc)
 
     def flush(self) -> bool:
-        """Write the pending events in one transaction; False if there were none."""
+        """Write the pending events in one transaction; False if there were none.
+
+        On a database error the events stay pending, for the next try.
+        """
         with self.lock:
-            batch, self.pending = self.pending, []
-        if not batch:
+            pending = list(self.pending)
+        if not pending:
             return False
-        for e in batch:
-            if e.get("stage") is not None:
-                self.stage = e["stage"]
-        self.step = batch[-1]["step"]
+        batch = [{**e, "data": dict(e["data"])} for e in pending]  # written copies; see checkpoint paths
+        stage = next((e["stage"] for e in reversed(batch) if e.get("stage") is not None), self.stage)
         values: dict[str, Any] = {
-            "step": self.step,
+            "step": batch[-1]["step"],
             "lease_expires_at": utcnow() + timedelta(seconds=self.settings.lease_s),
         }
-        if self.stage is not None:
-            values.update(stage_index=self.stage["index"], stage_name=self.stage["name"])
+        if stage is not None:
+            values.update(stage_index=stage["index"], stage_name=stage["name"])
         with self.db.write() as session:
             created = metrics.record(session, self.settings, self.claim.job_id, batch, self.recent)
             for e in batch:
@@ -151,5 +152,8 @@ class JobRun:
                 self.lost.set()
                 return True
             session.commit()
+        with self.lock:
+            del self.pending[: len(pending)]
+        self.stage, self.step = stage, batch[-1]["step"]
         self.publisher.publish(EVENTS, self.claim.job_id)
         return True
