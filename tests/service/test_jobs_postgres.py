@@ -192,3 +192,29 @@ def test_a_lost_worker_s_job_is_requeued_and_resumed(pg_stack: Stack, api: Api, 
     never = api.http.get(f"/v1/jobs/{waiting['id']}/events").json()["data"]
     assert [e["type"] for e in never] == ["job.queued", "job.cancelled"]
     assert api.job(waiting["id"])["started_at"] is None
+
+
+def test_init_from_a_model_or_a_checkpoint(finished: dict[str, Any], api: Api, datasets: dict[str, str]) -> None:
+    """A finished model and a kept checkpoint both seed a new job (the checkpoint is exported
+    as a model directory on the worker); the estimate uses the base model's shape."""
+    job = finished["job"]
+    ckpt = api.http.get(f"/v1/jobs/{job['id']}/checkpoints").json()[0]
+    base = example_spec(datasets)
+    spec: dict[str, Any] = {
+        "name": "from-a-checkpoint",
+        "model": {"init_from": {"model": ckpt["id"]}},
+        "data": {"pairs": base["data"]["pairs"]},
+        "stages": [dict(base["stages"][1], steps=3)],
+        "evaluation": base["evaluation"],
+        "precision": "fp32",
+        "device": "cpu",
+    }
+    for ref in (job["model_id"], ckpt["id"]):
+        spec["model"]["init_from"]["model"] = ref
+        r = api.http.post("/v1/jobs/validate", json=spec)
+        assert r.status_code == 200, r.text
+        assert r.json()["estimates"]["parameters"] == job["estimates"]["parameters"]
+    events = api.follow(api.submit(spec)["id"])
+    assert events[-1]["type"] == "job.succeeded", events[-1]
+    model = api.http.get(f"/v1/models/{events[-1]['data']['model_id']}").json()
+    assert model["parameters"] == job["estimates"]["parameters"]
