@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.service.stack import Api, Proc, base_env, free_port, run_cli, stagecraft, wait_ready
+from tests.service.stack import Api, Proc, base_env, example_data, free_port, run_cli, stagecraft, wait_ready
 
 PG_ADMIN = os.environ.get("STAGECRAFT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("STAGECRAFT_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -30,6 +30,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed:
         for p in PROCS:
             report.sections.append((f"log of {p.name}", p.tail(3000)))
+
+
+@pytest.fixture(scope="session")
+def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return example_data(tmp_path_factory.mktemp("examples"))
 
 
 @pytest.fixture(scope="session")

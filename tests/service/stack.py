@@ -19,7 +19,7 @@ import httpx
 import yaml
 
 from app.client import FINAL, parse_sse
-from tests.conftest import SHARED_EXAMPLES
+from tests.conftest import BASE_SPEC, SHARED_EXAMPLES, corpus_texts, record_objects, write_jsonl
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 90
@@ -39,8 +39,8 @@ def free_port() -> int:
 def example_spec(datasets: dict[str, str], **stage_steps: int) -> dict[str, Any]:
     """shared/examples/multistep.yaml, shrunk to seconds on a CPU: a 2-layer model, a few
     steps per stage, loss/perplexity evaluation only. `datasets`: data name -> dataset id."""
-    raw: dict[str, Any] = yaml.safe_load((SHARED_EXAMPLES / "multistep.yaml").read_text())
-    raw = copy.deepcopy(raw)
+    example = SHARED_EXAMPLES / "multistep.yaml"
+    raw: dict[str, Any] = yaml.safe_load(example.read_text()) if example.is_file() else copy.deepcopy(BASE_SPEC)
     raw["model"] = {"arch": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "dropout": 0.0}
     raw["tokenizer"]["vocab_size"] = 512
     for name, ds_id in datasets.items():
@@ -60,6 +60,17 @@ def example_spec(datasets: dict[str, str], **stage_steps: int) -> dict[str, Any]
     raw["checkpointing"] = {"every_steps": 10, "keep_last": 2}
     raw["precision"], raw["device"] = "fp32", "cpu"
     return raw
+
+
+def example_data(scratch: Path) -> Path:
+    """shared/examples/data; in a checkout without it (a CI clone), similar generated files."""
+    shared = SHARED_EXAMPLES / "data"
+    if (shared / "corpus.txt").is_file() and (shared / "pairs.jsonl").is_file():
+        return shared
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "corpus.txt").write_text("\n".join(corpus_texts(3000)) + "\n", encoding="utf-8")
+    write_jsonl(scratch / "pairs.jsonl", record_objects(600))
+    return scratch
 
 
 def total_steps(spec: dict[str, Any]) -> int:
@@ -151,8 +162,7 @@ class Api:
         out: dict[str, Any] = r.json()
         return out
 
-    def upload_examples(self) -> dict[str, str]:
-        data = SHARED_EXAMPLES / "data"
+    def upload_examples(self, data: Path) -> dict[str, str]:
         return {"corpus": self.upload(data / "corpus.txt")["id"], "pairs": self.upload(data / "pairs.jsonl")["id"]}
 
     def submit(self, spec: dict[str, Any], **headers: str) -> dict[str, Any]:

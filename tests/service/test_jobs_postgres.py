@@ -7,6 +7,7 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +25,8 @@ def api(pg_stack: Stack) -> Iterator[Api]:
 
 
 @pytest.fixture(scope="module")
-def datasets(api: Api) -> dict[str, str]:
-    return api.upload_examples()
+def datasets(api: Api, example_dir: Path) -> dict[str, str]:
+    return api.upload_examples(example_dir)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SHARED_EXAMPLES
 from tests.service.conftest import PROCS
 from tests.service.stack import (
     Api,
@@ -57,9 +56,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     proc.stop()
 
 
-def test_up_runs_a_job_through_ctrl_c_and_restart(up: Up) -> None:
+def test_up_runs_a_job_through_ctrl_c_and_restart(up: Up, example_dir: Path) -> None:
     with Api(up.url, up.key) as api:
-        spec = example_spec(api.upload_examples(), pretrain=60)
+        spec = example_spec(api.upload_examples(example_dir), pretrain=60)
         job = api.submit(spec)
         before = api.wait_for(job["id"], "checkpoint.saved")
     assert (up.data / "stagecraft.db").is_file() and (up.data / "broker.db").is_file()
@@ -84,9 +83,9 @@ def test_up_runs_a_job_through_ctrl_c_and_restart(up: Up) -> None:
     assert final["model_id"] == events[-1]["data"]["model_id"]
 
 
-def test_jobs_client_commands(up: Up, tmp_path: Path) -> None:
+def test_jobs_client_commands(up: Up, tmp_path: Path, example_dir: Path) -> None:
     """`stagecraft jobs submit SPEC --wait` uploads the spec's local files, then follows the job."""
-    (tmp_path / "data").symlink_to(SHARED_EXAMPLES / "data")
+    (tmp_path / "data").symlink_to(example_dir)
     spec = example_spec({"corpus": "data/corpus.txt", "pairs": "data/pairs.jsonl"})
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     env = {**up.env, "STAGECRAFT_API_KEY": up.key}
