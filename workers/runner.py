@@ -147,7 +147,7 @@ class JobRun:
                     path = Path(e["data"]["path"])
                     e["data"]["checkpoint_id"] = created.get(str(path))
                     e["data"]["path"] = str(path.relative_to(self.settings.data_dir))
-            if events.append(session, self.claim.job_id, batch, owner=self.claim.owner, values=values) is None:
+            if events.append(session, self.claim.job_id, batch, where=self.claim.holds, values=values) is None:
                 session.rollback()
                 self.lost.set()
                 return True

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.schemas import EventOut
@@ -29,18 +29,19 @@ def append(
     job_id: str,
     events: list[dict[str, Any]],
     *,
-    owner: str | None = None,
+    where: tuple[ColumnElement[bool], ...] = (),
     values: dict[str, Any] | None = None,
 ) -> int | None:
     """Number and insert `events`, applying `values` to the job row in the same statement.
 
-    With `owner`, only while that worker holds the job's lease: returns None (and writes
-    nothing) when it does not. Otherwise returns the job's newest seq.
+    Only if the job row also matches `where` (a worker's lease, say): returns None, and
+    writes nothing, when it does not. Otherwise returns the job's newest seq.
     """
-    stmt = update(Job).where(Job.id == job_id)
-    if owner is not None:
-        stmt = stmt.where(Job.lease_owner == owner)
-    stmt = stmt.values(last_seq=Job.last_seq + len(events), updated_at=utcnow(), **(values or {}))
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(last_seq=Job.last_seq + len(events), updated_at=utcnow(), **(values or {}))
+    )
     last = session.execute(stmt.returning(Job.last_seq)).scalar_one_or_none()
     if last is None or not events:
         return last

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -32,6 +32,11 @@ class Claim:
     owner: str
     attempt: int
     spec: dict[str, Any]
+
+    @property
+    def holds(self) -> tuple[ColumnElement[bool]]:
+        """The condition that this claim still holds the job's lease."""
+        return (Job.lease_owner == self.owner,)
 
 
 def claim(session: Session, job_id: str, owner: str, lease_s: float) -> Claim | None:
@@ -87,14 +92,14 @@ def finish(
         "error_code": error[0] if error else None,
         "error_message": error[1] if error else None,
     }
-    return events.append(session, claim.job_id, [final_event], owner=claim.owner, values=values) is not None
+    return events.append(session, claim.job_id, [final_event], where=claim.holds, values=values) is not None
 
 
 def release(session: Session, claim: Claim, reason: str) -> bool:
     """Give a running job back to the queue (worker shutting down); the caller re-enqueues it."""
     values = {"status": "queued", "lease_owner": None, "lease_expires_at": None, "enqueued_at": None}
     ev = events.make("job.queued", 0, {"reason": reason})
-    return events.append(session, claim.job_id, [ev], owner=claim.owner, values=values) is not None
+    return events.append(session, claim.job_id, [ev], where=claim.holds, values=values) is not None
 
 
 def reap(write: sessionmaker[Session], settings: Settings) -> list[str]:
@@ -109,7 +114,6 @@ def reap(write: sessionmaker[Session], settings: Settings) -> list[str]:
             )
         ).all()
         for job_id, status, attempt, step in expired:
-            lapsed = (Job.id == job_id, Job.status == status, Job.lease_expires_at < now)
             cleared = {"lease_owner": None, "lease_expires_at": None}
             if status == "cancelling":
                 values: dict[str, Any] = {"status": "cancelled", "finished_at": now, **cleared}
@@ -122,11 +126,10 @@ def reap(write: sessionmaker[Session], settings: Settings) -> list[str]:
             else:
                 values = {"status": "queued", "enqueued_at": None, **cleared}
                 ev = events.make("job.queued", step, {"reason": "worker lost", "attempt": attempt})
-            if session.execute(update(Job).where(*lapsed).values(updated_at=now).returning(Job.id)).first():
-                events.append(session, job_id, [ev], values=values)
-                log.warning(
-                    "job %s: lease expired while %s (attempt %d) -> %s", job_id, status, attempt, values["status"]
-                )
+            # Still as seen, in case another worker's reaper (or the job's own worker) got there first.
+            lapsed = (Job.status == status, Job.lease_expires_at < now)
+            if events.append(session, job_id, [ev], where=lapsed, values=values) is not None:
+                log.warning("job %s: lease expired while %s -> %s", job_id, status, values["status"])
                 if values["status"] == "queued":
                     to_enqueue.append(job_id)
         # A new job (attempt 0) may be between its commit and its enqueue in the API: give that
