@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.service.conftest import Stack
 from tests.service.stack import Api, example_spec, total_steps
@@ -219,3 +220,14 @@ def test_init_from_a_model_or_a_checkpoint(finished: dict[str, Any], api: Api, d
     assert events[-1]["type"] == "job.succeeded", events[-1]
     model = api.http.get(f"/v1/models/{events[-1]['data']['model_id']}").json()
     assert model["parameters"] == job["estimates"]["parameters"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_job_that_cannot_run_fails_with_a_user_error(api: Api, datasets: dict[str, str]) -> None:
+    spec = dict(example_spec(datasets), device="cuda")  # valid, but there is no CUDA device here
+    job_id = api.submit(spec)["id"]
+    events = api.follow(job_id)
+    assert [e["type"] for e in events] == ["job.queued", "job.started", "job.failed"]
+    assert events[-1]["data"]["code"] == "user_error" and "cuda" in events[-1]["data"]["message"]
+    job = api.job(job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == "user_error" and job["model_id"] is None
