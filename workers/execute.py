@@ -59,7 +59,7 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
             on_event=job_run.on_event,
             should_stop=job_run.should_stop,
             resolve=job_run.resolve,
-            resume=not fresh,
+            resume=True,  # the workdir is the job's own: a retry continues whatever is there
         )
     except Stopped:
         stopped = True
