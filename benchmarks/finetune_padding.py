@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from models import records
 from models.data import IGNORE, Batch, RecordStream, Stream, collate, fork, stable_seed
 from models.gpt import GPT, GPTConfig
-from models.optim import build_optimizer, lr_factor, select_trainable
+from models.optim import lr_factor
 from models.pipeline import Pipeline
 from models.spec import parse_spec
 from models.stages import train_step
@@ -151,15 +151,25 @@ def build(source: str, precision: str, proto: RecordStream, vocab_size: int) -> 
         inner = ShuffledRecords(proto.seqs, proto.pad_id, "pairs", BLOCK if source == "block_padded" else None)
     stream = Counted(inner)
     torch.manual_seed(SEED)
-    model = GPT(GPTConfig(vocab_size, BLOCK, N_LAYER, N_HEAD, N_EMBD)).train()
-    params = select_trainable(model, seg.part.trainable)
-    opt = build_optimizer(seg.part.optimizer, params)
+    model = GPT(GPTConfig(vocab_size, BLOCK, N_LAYER, N_HEAD, N_EMBD))
+    pipe.adopt(model)  # the run's precision policy
+    trainee = pipe.trainee(seg)
     counter = itertools.count()
 
     def step() -> int:
         s = next(counter)
         lr = seg.part.optimizer.lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
-        r = train_step(model, opt, params, stream, seg, s + 1, lr, pipe.autocast, pipe.to_device)  # type: ignore[arg-type]
+        r = train_step(
+            model,
+            pipe.weights,
+            trainee,
+            stream,
+            seg,
+            s + 1,
+            lr,
+            pipe.autocast,
+            pipe.to_device,  # type: ignore[arg-type]
+        )
         return r.tokens
 
     return Variant(f"{source}_{precision}", source, precision, stream, step)

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from models.records import Dataset, Example, completion_text
+from models.errors import TrainingError
+from models.records import DataError, Dataset, Example, completion_text, load_file
+from models.spec import DataRef
 from models.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -42,6 +45,29 @@ def split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list
     order = torch.randperm(len(items), generator=g).tolist()
     val = set(order[:n_val])
     return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
+
+
+def load_splits(
+    refs: Mapping[str, DataRef], seed: int, resolve: Callable[[str], Path]
+) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
+    """Load every named dataset and split it into (train, validation); all data errors at once."""
+    train_sets: dict[str, Dataset] = {}
+    val_sets: dict[str, Dataset] = {}
+    problems = []
+    for name, ref in refs.items():
+        try:
+            ds = load_file(resolve(ref.dataset))
+        except DataError as exc:
+            problems.append(f"data.{name}: {exc}")
+            continue
+        items: list[Any] = ds.texts if ds.kind == "text" else ds.examples
+        train, val = split(items, ref.validation_fraction, stable_seed(seed, name))
+        field = "texts" if ds.kind == "text" else "examples"
+        train_sets[name] = Dataset(ds.kind, ds.format, **{field: train})
+        val_sets[name] = Dataset(ds.kind, ds.format, **{field: val})
+    if problems:
+        raise TrainingError("user_error", "; ".join(problems))
+    return train_sets, val_sets
 
 
 @dataclass

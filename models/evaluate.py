@@ -12,17 +12,23 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
-from models.data import Batch
+from models.data import Batch, Stream, TextStream
 from models.generate import Sampling, complete
 from models.gpt import GPT
+from models.losses import causal_lm, cross_entropy
 from models.records import Example
+from models.spec import CrossEntropyLoss, Evaluation
 from models.tokenizer import Tokenizer
 
+EVAL_TOKENS = 16384  # validation loss is measured on about this many tokens
+EVAL_BATCH = 16
+PLAIN_CE = CrossEntropyLoss(type="cross_entropy")  # validation: no label smoothing
 TASK_METRICS = {"translate": ("bleu", "chrf"), "summarize": ("rouge_l",), "qa": ("exact_match", "f1")}
 
 
@@ -117,3 +123,30 @@ def task_metrics(
             for e, p in zip(chosen[:2], predictions[:2])
         ]
     return results, samples
+
+
+def measure(
+    model: GPT,
+    tok: Tokenizer,
+    stream: Stream,
+    examples: list[Example],
+    spec: Evaluation,
+    to_device: Callable[[Batch], Batch],
+) -> dict[str, Any]:
+    """The metrics `spec` asks for: validation loss and perplexity on `stream` (about
+    EVAL_TOKENS tokens), and task metrics by generation for `examples` (if any)."""
+    loss_fn = causal_lm if isinstance(stream, TextStream) else cross_entropy
+    max_batches = max(1, EVAL_TOKENS // (EVAL_BATCH * model.config.block_size))
+    batches = map(to_device, stream.eval_batches(EVAL_BATCH, max_batches))
+    loss = validation_loss(model, batches, lambda b: loss_fn(model, b, PLAIN_CE))
+    result: dict[str, Any] = {}
+    if "loss" in spec.metrics:
+        result["loss"] = round(loss, 5)
+    if "perplexity" in spec.metrics:
+        result["perplexity"] = round(perplexity(loss), 4)
+    if examples and spec.max_samples:
+        scores, samples = task_metrics(model, tok, examples, spec.metrics, spec.max_samples)
+        result.update(scores)
+        if samples:
+            result["samples"] = samples
+    return result

@@ -18,19 +18,16 @@ from typing import Any
 
 import torch
 
-from models import artifact, checkpoint, data, records
-from models.evaluate import perplexity, task_metrics, validation_loss
+from models import artifact, checkpoint, data
+from models.evaluate import measure
 from models.gpt import GPT, GPTConfig
-from models.losses import causal_lm, cross_entropy
 from models.optim import build_optimizer, lr_factor, select_trainable
-from models.precision import Weights
-from models.spec import CrossEntropyLoss, JobSpec
+from models.precision import Weights, resolve_device, resolve_precision
+from models.spec import JobSpec
 from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
 EventSink = Callable[[dict[str, Any]], None]
-EVAL_TOKENS = 16384  # validation loss is measured on about this many tokens
-PLAIN_CE = CrossEntropyLoss(type="cross_entropy")  # validation: no label smoothing
 
 
 class Stopped(Exception):
@@ -46,27 +43,6 @@ class RunResult:
     model_dir: Path
     steps: int
     evaluation: dict[str, dict[str, float]]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("user_error", "device: cuda requested but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. auto: bf16 on CUDA and on CPUs with bf16 kernels."""
-    if name == "fp32":
-        return None
-    if name == "fp16":
-        if device.type != "cuda":
-            raise TrainingError("user_error", "precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
-        return torch.float16
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
 def _now() -> str:
@@ -96,6 +72,7 @@ class Pipeline:
         self.position = (0, 0)  # (segment index, steps done in it)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evaluations: list[dict[str, Any]] = []
+        self.last_eval: dict[str, dict[str, Any]] = {}  # per data name: the newest measurement
 
     # --- events ----------------------------------------------------------------------------
 
@@ -117,22 +94,7 @@ class Pipeline:
     # --- setup ------------------------------------------------------------------------------
 
     def load_data(self) -> None:
-        self.train_sets: dict[str, records.Dataset] = {}
-        self.val_sets: dict[str, records.Dataset] = {}
-        problems = []
-        for name, ref in self.spec.data.items():
-            try:
-                ds = records.load_file(self.resolve(ref.dataset))
-            except records.DataError as exc:
-                problems.append(f"data.{name}: {exc}")
-                continue
-            items: list[Any] = ds.texts if ds.kind == "text" else ds.examples
-            train, val = data.split(items, ref.validation_fraction, data.stable_seed(self.spec.seed, name))
-            field = "texts" if ds.kind == "text" else "examples"
-            self.train_sets[name] = records.Dataset(ds.kind, ds.format, **{field: train})
-            self.val_sets[name] = records.Dataset(ds.kind, ds.format, **{field: val})
-        if problems:
-            raise TrainingError("user_error", "; ".join(problems))
+        self.train_sets, self.val_sets = data.load_splits(self.spec.data, self.spec.seed, self.resolve)
         for i, seg in enumerate(self.segments):
             if seg.objective == "finetune" and self.train_sets[seg.part.data].kind == "text":
                 raise TrainingError(
@@ -241,39 +203,27 @@ class Pipeline:
     # --- evaluation -------------------------------------------------------------------------
 
     def evaluate_data(self, seg: Segment | None, name: str, with_tasks: bool) -> dict[str, Any]:
-        stream = self.val_streams[name]
-        loss_fn = causal_lm if isinstance(stream, data.TextStream) else cross_entropy
-        batch = 16
-        max_batches = max(1, EVAL_TOKENS // (batch * self.model.config.block_size))
-        with self.autocast():
-            loss = validation_loss(
-                self.model,
-                map(self.to_device, stream.eval_batches(batch, max_batches)),
-                lambda b: loss_fn(self.model, b, PLAIN_CE),
-            )
-        ev = self.spec.evaluation
-        result: dict[str, Any] = {"data": name}
-        if "loss" in ev.metrics:
-            result["loss"] = round(loss, 5)
-        if "perplexity" in ev.metrics:
-            result["perplexity"] = round(perplexity(loss), 4)
-        if with_tasks and isinstance(stream, data.RecordStream) and ev.max_samples:
-            scores, samples = task_metrics(
-                self.model, self.tok, self.val_sets[name].examples, ev.metrics, ev.max_samples
-            )
-            result.update(scores)
-            if samples:
-                result["samples"] = samples
-        self.model.train()
-        self.emit("eval", seg, result)
+        result = self.last_eval.get(name)
+        if result is None or result["step"] != self.global_step or (with_tasks and not result["tasks"]):
+            result = {"step": self.global_step, "tasks": with_tasks, "metrics": self.measure(name, with_tasks)}
+            self.last_eval[name] = result
+        metrics: dict[str, Any] = result["metrics"]
+        self.emit("eval", seg, metrics)
+        stage = None if seg is None else seg.stage.name
         self.evaluations.append(
-            {
-                "stage": None if seg is None else seg.stage.name,
-                "step": self.global_step,
-                **{k: v for k, v in result.items() if k != "samples"},
-            }
+            {"stage": stage, "step": self.global_step, **{k: v for k, v in metrics.items() if k != "samples"}}
         )
-        return result
+        return metrics
+
+    def measure(self, name: str, with_tasks: bool) -> dict[str, Any]:
+        """Validation loss (and task metrics) of the model as it is now, on data `name`."""
+        examples = self.val_sets[name].examples if with_tasks else []
+        with self.autocast():
+            result = measure(
+                self.model, self.tok, self.val_streams[name], examples, self.spec.evaluation, self.to_device
+            )
+        self.model.train()
+        return {"data": name, **result}
 
     def stage_data(self, seg: Segment) -> list[str]:
         names = [s.part.data for s in self.segments if s.stage_index == seg.stage_index]
@@ -324,7 +274,9 @@ class Pipeline:
                     },
                 )
                 self.elapsed = time.monotonic() - began
-                if self.global_step % self.spec.evaluation.every_steps == 0 and seg.part.data in self.val_streams:
+                stage_ends = seg.stage_offset + s + 1 == seg.stage_steps  # evaluated just below
+                due = self.global_step % self.spec.evaluation.every_steps == 0
+                if due and not stage_ends and seg.part.data in self.val_streams:
                     self.evaluate_data(seg, seg.part.data, with_tasks=False)
                 if self.global_step % self.spec.checkpointing.every_steps == 0:
                     self.save()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from models.errors import TrainingError
+
 
 class Weights:
     """The model's parameters as the optimizer sees them, and the copies between the two."""
@@ -63,3 +65,24 @@ class Weights:
         for n, m in self.master.items():
             m.copy_(state[n])
         self.model.load_state_dict(state)  # copies with a cast to the model's dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("user_error", "device: cuda requested but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. auto: bf16 on CUDA and on CPUs with bf16 kernels."""
+    if name == "fp32":
+        return None
+    if name == "fp16":
+        if device.type != "cuda":
+            raise TrainingError("user_error", "precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None

@@ -18,19 +18,12 @@ import torch
 from torch import nn
 
 from models.data import Batch, Stream
+from models.errors import TrainingError
 from models.gpt import GPT
 from models.losses import LOSSES, add_regularization_grads
 from models.optim import set_lr
 from models.precision import Weights
 from models.spec import FinetuneStage, GradClip, MultistepStage, Phase, PretrainStage, Schedule, Stage
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on. `code` is user_error, system_error or time_limit."""
-
-    def __init__(self, code: str, message: str):
-        self.code = code
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
