@@ -14,10 +14,9 @@ import yaml
 from rich.console import Console
 
 from app.progress import RunDisplay, summary_table
-from models.pipeline import Stopped, run
+from models.errors import TrainingError
 from models.records import DataError
 from models.spec import JobSpec, SpecError, parse_spec
-from models.stages import TrainingError
 
 cli = typer.Typer(
     help="Stagecraft: train language models from a job spec, locally or as a service.",
@@ -82,6 +81,8 @@ def train(
     Dataset entries are file paths, relative to the spec file. Ctrl-C saves a checkpoint
     and exits; `--resume` continues from it and ends with the same weights.
     """
+    from models.pipeline import Stopped, run  # torch loads here, not for every command
+
     spec = load_spec_file(spec_path)
     base = spec_path.resolve().parent
     out.mkdir(parents=True, exist_ok=True)

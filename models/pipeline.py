@@ -341,6 +341,9 @@ def run(
     if resume and ckpts:
         p.restore(ckpts[-1])
         p.emit("job.restarted", None, {"from_step": p.global_step, "checkpoint": ckpts[-1].name})
+    if p.should_stop():  # asked to stop while data and model were loading
+        p.save()
+        raise Stopped(p.global_step)
     for _ in p.train():
         if p.should_stop():
             p.save()

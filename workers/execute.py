@@ -13,10 +13,10 @@ from app.notify import Publisher
 from app.services import events, jobs, lifecycle, models
 from app.tables import Checkpoint, Job, Metric
 from models.checkpoint import list_checkpoints
+from models.errors import TrainingError
 from models.pipeline import RunResult, Stopped, run
 from models.records import DataError
 from models.spec import parse_spec
-from models.stages import TrainingError
 from workers.runner import SHUTDOWN, JobRun, LeaseLost
 
 log = logging.getLogger(__name__)

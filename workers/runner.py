@@ -23,7 +23,7 @@ from app.db import Database
 from app.notify import CONTROL, EVENTS, Publisher
 from app.services import datasets, events, lifecycle, metrics, models
 from app.tables import utcnow
-from models.stages import TrainingError
+from models.errors import TrainingError
 
 log = logging.getLogger(__name__)
 SHUTDOWN = threading.Event()  # set when the worker process is asked to stop
