@@ -1,14 +1,21 @@
-"""A finished model on disk: model.safetensors + config.json + tokenizer.json."""
+"""A finished model on disk: model.safetensors + config.json + tokenizer.json.
+
+`load_model` also reads a Hugging Face GPT-2-family directory (models.hf), and an archive
+(.tar.gz / .zip) of either kind.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.archive import is_archive, unpack
 from models.checkpoint import CONFIG_FILE, MODEL_FILE, load_tensors, read_json, save_tensors, write_json
 from models.gpt import GPT, GPTConfig
+from models.hf import from_hf, is_hf_dir
 from models.tokenizer import Tokenizer
 
 
@@ -33,6 +40,12 @@ def load_config(directory: Path) -> dict[str, Any]:
 def load_model(
     directory: Path, device: torch.device | str = "cpu", dropout: float | None = None
 ) -> tuple[GPT, Tokenizer]:
+    if is_archive(directory):
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_model(unpack(directory, Path(tmp)), device, dropout)
+    if is_hf_dir(directory):
+        model, tok = from_hf(directory, dropout)
+        return model.to(device), tok
     fields = dict(load_config(directory)["gpt"])
     if dropout is not None:
         fields["dropout"] = dropout

@@ -39,7 +39,8 @@ def _filter(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
-def _pick(logits: Tensor, s: Sampling, gen: torch.Generator | None) -> Tensor:
+def pick(logits: Tensor, s: Sampling, gen: torch.Generator | None) -> Tensor:
+    """The next token of each row of `logits` (rows, vocab) under one sampling setting."""
     if s.temperature <= 0:
         return logits.argmax(-1)
     probs = _filter(logits.float() / s.temperature, s.top_k, s.top_p).softmax(-1)
@@ -94,7 +95,7 @@ def generate_ids(
             causal = torch.ones(q_len, keys_now.size(1), dtype=torch.bool, device=device).tril(keys_now.size(1) - q_len)
             mask = (causal[None] & keys_now[:, None, :])[:, None]
         h = model.hidden(inp, positions=positions, cache=cache, mask=mask)
-        new_tokens = _pick(model.logits(h[:, -1]).float(), sampling, gen)
+        new_tokens = pick(model.logits(h[:, -1]).float(), sampling, gen)
         seq = torch.cat([seq, new_tokens[:, None]], 1)
         keys = torch.cat([keys, torch.ones((B, 1), dtype=torch.bool, device=device)], 1)
         for r, t in enumerate(new_tokens.tolist()):

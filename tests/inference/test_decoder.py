@@ -1,0 +1,108 @@
+"""models.decoder: continuous batching gives each row what generate_ids/complete give it alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.decoder import Decoder, Row
+from models.generate import Sampling, complete, generate_ids
+from models.gpt import GPT
+from models.tokenizer import Tokenizer
+from tests.conftest import tiny_model
+
+PROMPTS = ["At the market, Nadia has", "J", "Omar has 7 books, seven in", "So it goes. At the", "Hana"]
+
+
+@pytest.fixture(scope="module")
+def peaked(tokenizer: Tokenizer) -> GPT:
+    """A random model with large weights: confident, varied greedy choices (no near-ties)."""
+    model = tiny_model(tokenizer.vocab_size, seed=1, block_size=48)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    return model.eval()
+
+
+def run(dec: Decoder, rows: list[Row], join_every: int = 0) -> list[Row]:
+    """Add rows (all at once, or one every `join_every` steps) and step until all finish."""
+    pending, finished, steps = list(rows), set(), 0
+    while pending or dec.busy:
+        if pending and (join_every == 0 or steps % join_every == 0):
+            for r in pending if join_every == 0 else pending[:1]:
+                dec.add(r)
+            pending = [] if join_every == 0 else pending[1:]
+        finished |= {id(r) for r in dec.step() if r.finish_reason}
+        steps += 1
+        assert steps < 500
+    assert finished >= {id(r) for r in rows}
+    return rows
+
+
+@pytest.mark.parametrize("join_every", [0, 1, 3])
+def test_greedy_rows_match_generate_ids_alone(peaked: GPT, tokenizer: Tokenizer, join_every: int) -> None:
+    ids = [tokenizer.encode(p) for p in PROMPTS]
+    budgets = [12, 5, 20, 1, 40]
+    rows = [Row(p, Sampling(max_new_tokens=b)) for p, b in zip(ids, budgets)]
+    run(Decoder(peaked, tokenizer, max_batch=3), rows, join_every)
+    for row, p, b in zip(rows, ids, budgets):
+        [want] = generate_ids(peaked, [p], Sampling(max_new_tokens=b), eos_id=tokenizer.eos_id)
+        assert row.tokens == want
+        assert row.finish_reason == ("length" if len(want) == min(b, 48 - len(p)) else "stop")
+        assert row.text == tokenizer.decode(want)
+
+
+def test_supervised_text_and_stop_strings_match_complete(peaked: GPT, tokenizer: Tokenizer) -> None:
+    s = Sampling(max_new_tokens=16)
+    free = complete(peaked, tokenizer, PROMPTS, s, supervised=True)
+    stops = [[t[2:4]] if len(t) > 4 else ["zzz"] for t in free]
+    want = [complete(peaked, tokenizer, [p], s, stop=st, supervised=True)[0] for p, st in zip(PROMPTS, stops)]
+    rows = [
+        Row([*tokenizer.encode(p), tokenizer.sep_id], s, stop=st, supervised=True, stream=True)
+        for p, st in zip(PROMPTS, stops)
+    ]
+    dec = Decoder(peaked, tokenizer, max_batch=8)
+    streamed = {id(r): "" for r in rows}
+    for r in rows:
+        dec.add(r)
+    while dec.busy:
+        for r in dec.step():
+            streamed[id(r)] += r.delta()
+    assert [r.text for r in rows] == want
+    assert [streamed[id(r)] for r in rows] == want  # the deltas add up to the final text
+    assert any(r.finish_reason == "stop" and len(r.tokens) < 16 for r in rows)
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(peaked: GPT, tokenizer: Tokenizer) -> None:
+    def settings(seed: int) -> Sampling:
+        return Sampling(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9, seed=seed)
+
+    def sample(prompts: list[str], seed: int) -> list[list[int]]:
+        rows = [Row(tokenizer.encode(p), settings(seed)) for p in prompts]
+        return [r.tokens for r in run(Decoder(peaked, tokenizer), rows)]
+
+    together = sample(PROMPTS, 3)
+    assert [sample([p], 3)[0] for p in PROMPTS] == together
+    assert sample(PROMPTS, 4) != together
+    greedy = Row(tokenizer.encode(PROMPTS[0]), Sampling(max_new_tokens=10))
+    sampled = Row(tokenizer.encode(PROMPTS[1]), settings(3))
+    run(Decoder(peaked, tokenizer), [greedy, sampled])
+    assert greedy.tokens == generate_ids(peaked, [greedy.prompt], Sampling(max_new_tokens=10))[0]
+    assert sampled.tokens == sample([PROMPTS[1]], 3)[0]
+
+
+def test_cancelled_rows_leave_and_bad_prompts_are_refused(peaked: GPT, tokenizer: Tokenizer) -> None:
+    dec = Decoder(peaked, tokenizer)
+    a, b = (Row(tokenizer.encode(p), Sampling(max_new_tokens=30)) for p in PROMPTS[:2])
+    dec.add(a)
+    dec.add(b)
+    dec.step()
+    a.cancelled = True
+    assert a in dec.step() and a.finish_reason == "cancelled"
+    run(dec, [])
+    assert b.finish_reason is not None and len(b.tokens) > 2
+    with pytest.raises(ValueError, match="prompt needs"):
+        dec.add(Row(list(range(48)), Sampling()))
+    with pytest.raises(ValueError, match="prompt needs"):
+        dec.add(Row([], Sampling()))
