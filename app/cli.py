@@ -129,11 +129,19 @@ def train(
 
 
 TASKS = ("translate", "qa", "summarize")
+SERVED_IDS = ("model_", "ckpt_", "job_")
 
 
 @cli.command()
 def generate(
-    model_dir: Annotated[Path, typer.Argument(metavar="DIR", help="a run directory (from train --out) or its model/")],
+    model_ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="DIR_OR_MODEL",
+            help="a run directory (from train --out) or its model/, or a model, checkpoint or job id "
+            "served at STAGECRAFT_URL (with STAGECRAFT_API_KEY)",
+        ),
+    ],
     prompt: Annotated[str | None, typer.Option(help="plain text to continue")] = None,
     task: Annotated[str | None, typer.Option(help="translate | qa | summarize, with the task's fields")] = None,
     text: Annotated[str | None, typer.Option(help="translate/summarize: the input text")] = None,
@@ -147,17 +155,11 @@ def generate(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    stream: Annotated[bool, typer.Option(help="served models: print tokens as they come")] = False,
 ) -> None:
     """Generate from a trained model: a plain --prompt, or a --task with its fields."""
-    from models import artifact, records
-    from models.generate import Sampling, complete
+    from models import records
 
-    directory = model_dir / "model" if (model_dir / "model" / "config.json").exists() else model_dir
-    try:
-        model, tok = artifact.load_model(directory)
-    except FileNotFoundError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     if (prompt is None) == (task is None):
         err.print("[red]error:[/red] give exactly one of --prompt or --task")
         raise typer.Exit(2)
@@ -180,6 +182,27 @@ def generate(
             prompt = records.qa_prompt(str(question), str(context))
         else:
             prompt = records.summarize_prompt(str(text))
+    path = Path(model_ref)
+    if not path.exists() and model_ref.startswith(SERVED_IDS):
+        from app.client_cli import generate_remote
+
+        fields: dict[str, Any] = {
+            "translate": {"text": text, "source_lang": source_lang, "target_lang": target_lang},
+            "qa": {"question": question, "context": context},
+            "summarize": {"text": text},
+        }.get(task or "", {"prompt": prompt, "stop": stop or None, "stream": stream})
+        body = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        generate_remote(model_ref, task, {**fields, **body, "seed": seed})
+        return
+    from models import artifact
+    from models.generate import Sampling, complete
+
+    directory = path / "model" if (path / "model" / "config.json").exists() else path
+    try:
+        model, tok = artifact.load_model(directory)
+    except (FileNotFoundError, TrainingError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
     try:
         [output] = complete(model, tok, [str(prompt)], sampling, stop=stop, supervised=task is not None)

@@ -35,6 +35,17 @@ def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, str]]:
         fields[key] = fields[key] + "\n" + value if key == "data" and key in fields else value
 
 
+def raise_for(r: httpx.Response) -> None:
+    """ApiError for an error response (the service's error shape), nothing otherwise."""
+    if r.status_code < 400:
+        return
+    try:
+        err = r.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        err = {"code": "http_error", "message": r.text[:500]}
+    raise ApiError(r.status_code, err.get("code", ""), err.get("message", ""), err.get("details", []))
+
+
 class Client:
     def __init__(self, url: str, api_key: str, timeout: float = 60.0):
         self.http = httpx.Client(
@@ -46,12 +57,7 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         r = self.http.request(method, path, **kwargs)
-        if r.status_code >= 400:
-            try:
-                err = r.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                err = {"code": "http_error", "message": r.text[:500]}
-            raise ApiError(r.status_code, err.get("code", ""), err.get("message", ""), err.get("details", []))
+        raise_for(r)
         return r.json()
 
     def upload(self, path: Path, name: str | None = None) -> dict[str, Any]:
@@ -82,3 +88,18 @@ class Client:
             except httpx.TransportError:
                 pass  # the server restarted or the network dropped: resume after `last`
             time.sleep(retry_s)
+
+    def generate_stream(self, model_id: str, body: dict[str, Any]) -> Iterator[str]:
+        """The text pieces of a streamed `POST /v1/models/{id}/generate`."""
+        timeout = httpx.Timeout(60.0, read=None)
+        with self.http.stream("POST", f"/v1/models/{model_id}/generate", json=body, timeout=timeout) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise_for(r)
+            for msg in parse_sse(r.iter_lines()):
+                data = json.loads(msg["data"])
+                if msg.get("event") == "error":
+                    err = data["error"]
+                    raise ApiError(500, err.get("code", ""), err.get("message", ""), [])
+                if msg.get("event") == "token":
+                    yield str(data["text"])

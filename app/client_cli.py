@@ -158,3 +158,25 @@ def cancel(job_id: JobId) -> None:
     with client() as c:
         job = c.request("POST", f"/v1/jobs/{job_id}/cancel")
     err.print(f"job {job_id}: {job['status']}")
+
+
+TASK_ROUTES = {
+    "translate": ("translate", "translation"),
+    "qa": ("answer", "answer"),
+    "summarize": ("summarize", "summary"),
+}
+
+
+def generate_remote(model_id: str, task: str | None, body: dict[str, Any]) -> None:
+    """`stagecraft generate MODEL_ID ...` against the service: print the text (streamed
+    token by token with `stream` in the body)."""
+    with client() as c:
+        if task is not None:
+            route, key = TASK_ROUTES[task]
+            print(c.request("POST", f"/v1/models/{model_id}/{route}", json=body)[key])
+        elif not body.get("stream"):
+            print(c.request("POST", f"/v1/models/{model_id}/generate", json=body)["text"])
+        else:
+            for piece in c.generate_stream(model_id, body):
+                print(piece, end="", flush=True)
+            print()

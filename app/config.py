@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     sse_poll_s: float = 0.5  # SSE: how often to look for new events without Redis
     sse_keepalive_s: float = 15.0
 
+    # Serving (app/inference.py): the in-process model cache and its dynamic batches.
+    inference_cache_bytes: int = 4 << 30  # weights + KV caches of the models kept loaded (LRU)
+    inference_max_batch: int = 16  # rows decoded together per model; more requests wait their turn
+    inference_device: str = "auto"  # auto | cpu | cuda
+    max_model_upload_bytes: int = 2 << 30
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
@@ -63,6 +69,11 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Uploaded models, and exports of every model."""
+        return self.data_dir / "models"
 
 
 @lru_cache

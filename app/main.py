@@ -14,8 +14,9 @@ from app import errors
 from app.broker import make_celery
 from app.config import Settings, get_settings
 from app.db import get_database
+from app.inference import Engine
 from app.notify import EventWaiters, Publisher
-from app.routes import datasets, events, health, jobs, models
+from app.routes import datasets, events, health, inference, jobs, models, openai
 from app.services import auth
 from models.spec import JobSpec
 
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = auth.KeyCache()
     errors.install(app)
     app.add_middleware(health.PrometheusMiddleware)
-    for module in (datasets, jobs, events, models, health):
+    app.state.engine = Engine(settings.inference_cache_bytes, settings.inference_max_batch, settings.inference_device)
+    for module in (datasets, jobs, events, models, inference, openai, health):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

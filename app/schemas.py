@@ -86,15 +86,27 @@ class CheckpointOut(BaseModel):
     created_at: datetime
 
 
+class ModelCheckpoint(BaseModel):
+    id: str = Field(description="a checkpoint id: servable and usable as init_from, like a model id")
+    step: int
+    stage: str | None
+
+
 class ModelOut(BaseModel):
     id: str
     object: Literal["model"] = "model"
     name: str
-    job_id: str
+    job_id: str | None = Field(description="the job that trained it; null for an uploaded model")
+    source: Literal["job", "upload"]
     parameters: int
     steps: int
-    evaluation: dict[str, Any]
+    evaluation: dict[str, Any] = Field(description="final validation metrics by data name")
     created_at: datetime
+    created: int = Field(description="created_at in Unix seconds (as OpenAI's model objects)")
+    owned_by: str = "stagecraft"
+    config: dict[str, int] = Field(description="vocab_size, block_size, n_layer, n_head, n_embd")
+    stages: list[dict[str, Any]] = Field(description="the training stages: name, type, steps")
+    checkpoints: list[ModelCheckpoint] = Field(description="its job's kept checkpoints, each servable by id")
 
 
 class Page(BaseModel, Generic[T]):
@@ -118,3 +130,24 @@ class Estimates(BaseModel):
 class ValidationOut(BaseModel):
     valid: Literal[True] = True
     estimates: Estimates
+
+
+class StageEvaluation(BaseModel):
+    index: int
+    name: str
+    step: int = 0
+    metrics: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="by data name: the stage's last measurement (loss, perplexity, task metrics)"
+    )
+
+
+class EvaluationOut(BaseModel):
+    object: Literal["evaluation"] = "evaluation"
+    job_id: str
+    status: str
+    model_id: str | None
+    stages: list[StageEvaluation]
+    final: dict[str, dict[str, float]] = Field(description="the final model, by data name")
+    history: list[dict[str, Any]] = Field(description="every measurement: {stage, step, data, metric: value}")
+    samples: list[dict[str, Any]] = Field(description="sample generations: {stage, step, data, task, prompt, "
+                                          "reference, prediction}")  # fmt: skip

@@ -171,7 +171,8 @@ class Model(Base):
     __tablename__ = "models"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    # The job that trained it; None for a model uploaded in the Hugging Face GPT-2 layout.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     name: Mapped[str] = mapped_column(String(100))
     path: Mapped[str] = mapped_column(String(1024))
     parameters: Mapped[int] = mapped_column(BigInteger)

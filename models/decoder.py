@@ -108,6 +108,8 @@ class Decoder:
         self.waiting: deque[Row] = deque()
         self.rows: list[Row] = []  # row i is in cache slot i
         self.cache: SlotCache | None = None
+        self.steps = 0  # batched decode steps run, and the rows they decoded (for monitoring)
+        self.rows_decoded = 0
 
     @property
     def busy(self) -> bool:
@@ -138,6 +140,8 @@ class Decoder:
             h = self.model.hidden(last, positions=positions, cache=self.cache, mask=mask)
             for i in range(old):
                 self.cache.lens[i] += 1
+            self.steps += 1
+            self.rows_decoded += old
             self._advance(self.rows, self.model.logits(h[:, -1]), changed)
             self._drop_finished()
         while self.waiting and len(self.rows) < self.max_batch:

@@ -1,4 +1,5 @@
-"""A job's events (JSON pages, or a live Server-Sent Events stream), metrics and checkpoints."""
+"""A job's events (JSON pages, or a live Server-Sent Events stream), metrics, checkpoints and
+evaluation report."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from app.db import Database
 from app.deps import JobDep, ReadSession
 from app.notify import EventWaiters
 from app.routes import ERRORS
-from app.schemas import CheckpointOut, EventOut, MetricsOut, Page
-from app.services import events, metrics
+from app.schemas import CheckpointOut, EvaluationOut, EventOut, MetricsOut, Page
+from app.services import evaluation, events, metrics
 from app.tables import FINISHED, Job, JobEvent
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=ERRORS)
@@ -115,3 +116,11 @@ def job_metrics(job: JobDep, session: ReadSession) -> MetricsOut:
 def job_checkpoints(job: JobDep, session: ReadSession) -> list[CheckpointOut]:
     """The checkpoints kept on disk (the spec's keep_last), oldest first."""
     return metrics.checkpoints(session, job.id)
+
+
+@router.get("/evaluation")
+def job_evaluation(job: JobDep, session: ReadSession) -> EvaluationOut:
+    """Validation loss and task metrics (BLEU, chrF, ROUGE-L, exact match, F1, as the spec
+    asks) at the end of each stage and for the final model, every measurement, and a few
+    sample generations. Grows while the job runs."""
+    return evaluation.report(session, job)

@@ -1,7 +1,7 @@
-"""Finished models (one per succeeded job) and checkpoints, as rows and as directories.
+"""Finished models (one per succeeded job, or uploaded) and checkpoints, as rows and as directories.
 
-The API process reads model configs as plain JSON and never imports torch; exporting a
-checkpoint as a model directory (for `init_from` a checkpoint) happens on a worker.
+Listing reads model configs as plain JSON; torch is needed only where a checkpoint is
+exported as a model directory (for `init_from` or serving it), always off the event loop.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import NotFound
-from app.schemas import ModelOut
+from app.errors import Conflict, NotFound
+from app.schemas import ModelCheckpoint, ModelOut
 from app.services.pagination import page
 from app.tables import Checkpoint, Job, Model, new_id
 
@@ -51,8 +51,73 @@ def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -
     return page(session, select(Model).where(Model.tenant_id == tenant_id), Model.id, limit, after)
 
 
-def to_out(m: Model) -> ModelOut:
-    return ModelOut.model_validate(m, from_attributes=True)
+def to_out(session: Session, settings: Settings, m: Model) -> ModelOut:
+    """The row, with its architecture, its job's stages and the checkpoints servable beside it."""
+    try:
+        config = json.loads((settings.data_dir / m.path / CONFIG_FILE).read_text()).get("gpt", {})
+    except (OSError, ValueError):
+        config = {}
+    stages: list[dict[str, Any]] = []
+    ckpts: list[ModelCheckpoint] = []
+    if m.job_id is not None:
+        job = session.get(Job, m.job_id)
+        for s in job.spec.get("stages", []) if job is not None else []:
+            steps = s.get("steps") or s.get("cycles", 1) * sum(p.get("steps", 0) for p in s.get("phases", []))
+            stages.append({"name": s.get("name"), "type": s.get("type"), "steps": steps})
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == m.job_id).order_by(Checkpoint.step))
+        ckpts = [ModelCheckpoint(id=c.id, step=c.step, stage=c.stage_name) for c in rows]
+    config = {k: config[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd") if k in config}
+    return ModelOut(
+        id=m.id,
+        name=m.name,
+        job_id=m.job_id,
+        source="job" if m.job_id else "upload",
+        parameters=m.parameters,
+        steps=m.steps,
+        evaluation=m.evaluation,
+        created_at=m.created_at,
+        created=int(m.created_at.timestamp()),
+        config=config,
+        stages=stages,
+        checkpoints=ckpts,
+    )
+
+
+def register_upload(session: Session, settings: Settings, tenant_id: str, name: str, model_dir: Path) -> Model:
+    """A model directory (already converted to ours) under the data directory, as a model row."""
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    model = Model(
+        id=model_dir.name,
+        tenant_id=tenant_id,
+        job_id=None,
+        name=name,
+        path=str(model_dir.relative_to(settings.data_dir)),
+        parameters=int(config.get("parameters", 0)),
+        steps=0,
+        evaluation={},
+    )
+    session.add(model)
+    return model
+
+
+def servable(session: Session, settings: Settings, tenant_id: str, ref: str) -> Path:
+    """The model directory to serve for a model id, checkpoint id or job id (its final model):
+    404 if unknown to this tenant, 409 if the job has not succeeded (yet)."""
+    if ref.startswith("job_"):
+        job = session.get(Job, ref)
+        if job is None or job.tenant_id != tenant_id:
+            raise NotFound(f"no model '{ref}'")
+        if job.status != "succeeded" or job.model_id is None:
+            raise Conflict(
+                f"job '{ref}' is {job.status}: its model exists once the job has succeeded "
+                "(its checkpoints can be served meanwhile)",
+                code="model_not_ready",
+            )
+        ref = job.model_id
+    found = model_dir(session, settings, tenant_id, ref)
+    if found is None:
+        raise NotFound(f"no model '{ref}'")
+    return found
 
 
 def checkpoint_of(session: Session, tenant_id: str, ckpt_id: str) -> tuple[Checkpoint, Job] | None:

@@ -1,0 +1,195 @@
+"""In-process inference: a model cache bounded by memory, and dynamic batching.
+
+- `Engine.get` loads a model directory in a worker thread (the event loop never waits on
+  torch), keeps it in an LRU cache bounded by bytes (weights + the batch's KV cache), and
+  makes concurrent first requests for one model share a single load.
+- Each loaded model has a `Batcher`: one thread that runs `models.decoder.Decoder.step`
+  while any request is active. Requests join its queue at any time and are admitted
+  between decode steps, so concurrent requests share one batched forward per token,
+  each with its own sampling settings, stop strings and token budget.
+- Results come back to the event loop with `call_soon_threadsafe`; a request whose
+  client goes away is cancelled and leaves the batch at the next step.
+
+torch is imported in the loading thread, not when the API starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+if TYPE_CHECKING:
+    from models.decoder import Decoder, Row
+    from models.generate import Sampling
+    from models.gpt import GPT
+    from models.tokenizer import Tokenizer
+
+log = logging.getLogger("stagecraft.inference")
+Sink = Callable[["Row", str], None]
+STEPS = Counter("stagecraft_inference_decode_steps_total", "batched decode steps (one token for every active row)")
+ROWS = Counter("stagecraft_inference_decoded_rows_total", "rows decoded by those steps: rows/steps = mean batch")
+REQUESTS = Counter("stagecraft_inference_requests_total", "generation requests finished", ["finish_reason"])
+
+
+@dataclass(frozen=True)
+class Update:
+    text: str  # new text since the previous update
+    finish_reason: str | None  # set on the last update
+    tokens: int  # completion tokens so far
+
+
+class Batcher:
+    """One model's decode loop, on a thread of its own while there is work."""
+
+    def __init__(self, decoder: Decoder, name: str):
+        self.decoder, self.name = decoder, name
+        self.cond = threading.Condition()
+        self.incoming: list[tuple[Row, Sink]] = []
+        self.sinks: dict[int, Sink] = {}
+        self.closing = False
+        self.thread: threading.Thread | None = None
+
+    def submit(self, row: Row, sink: Sink) -> None:
+        with self.cond:
+            self.incoming.append((row, sink))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def close(self) -> None:
+        """Evicted: finish what is queued, then let the thread end."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.incoming and not self.decoder.busy:
+                    if self.closing or not self.cond.wait(timeout=30.0):
+                        self.thread = None  # idle: a later submit starts a new thread
+                        return
+                new, self.incoming = self.incoming, []
+            for row, sink in new:
+                try:
+                    self.decoder.add(row)
+                except ValueError:  # the routes check prompts first; this is a last guard
+                    row.finish_reason = "error"
+                    sink(row, "")
+                    continue
+                self.sinks[id(row)] = sink
+            steps, rows = self.decoder.steps, self.decoder.rows_decoded
+            try:
+                changed = self.decoder.step()
+                STEPS.inc(self.decoder.steps - steps)
+                ROWS.inc(self.decoder.rows_decoded - rows)
+            except Exception:
+                log.exception("decode step failed on %s", self.name)
+                changed = [*self.decoder.rows, *self.decoder.waiting]
+                self.decoder.close()
+                for row in changed:
+                    row.finish_reason = "error"
+            for row in changed:
+                if row.finish_reason is None:
+                    self.sinks[id(row)](row, row.delta())
+                else:
+                    REQUESTS.labels(row.finish_reason).inc()
+                    self.sinks.pop(id(row))(row, row.delta())
+
+
+@dataclass
+class Served:
+    key: str
+    model: GPT
+    tok: Tokenizer
+    nbytes: int
+    batcher: Batcher
+
+    @property
+    def block_size(self) -> int:
+        return self.model.config.block_size
+
+
+def _load(key: str, directory: Path, device: str, max_batch: int) -> Served:
+    import torch
+
+    from models import artifact
+    from models.decoder import Decoder
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = artifact.load_model(directory, device=device)
+    model.eval().requires_grad_(False)
+    c = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv = 2 * c.n_layer * max_batch * c.block_size * c.n_embd * 4
+    return Served(key, model, tok, weights + kv, Batcher(Decoder(model, tok, max_batch), key))
+
+
+class Engine:
+    """The model cache. Used from the event loop only (no locks needed there)."""
+
+    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto"):
+        self.max_bytes, self.max_batch, self.device = max_bytes, max_batch, device
+        self.entries: OrderedDict[str, Served] = OrderedDict()
+        self.loading: dict[str, asyncio.Task[Served]] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.entries.values())
+
+    async def get(self, key: str, directory: Path) -> Served:
+        served = self.entries.get(key)
+        if served is not None:
+            self.entries.move_to_end(key)
+            return served
+        task = self.loading.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load(key, directory))
+            self.loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: str, directory: Path) -> Served:
+        loop = asyncio.get_running_loop()
+        try:
+            served = await loop.run_in_executor(None, _load, key, directory, self.device, self.max_batch)
+        finally:
+            del self.loading[key]
+        self.entries[key] = served
+        while self.nbytes > self.max_bytes and len(self.entries) > 1:
+            old_key, old = self.entries.popitem(last=False)
+            log.info("model cache: evicting %s (%d bytes)", old_key, old.nbytes)
+            old.batcher.close()
+        return served
+
+    async def generate(
+        self, served: Served, prompt: list[int], sampling: Sampling, stop: list[str], supervised: bool, stream: bool
+    ) -> AsyncIterator[Update]:
+        """Updates for one request: text deltas as they come (stream) or one final update."""
+        from models.decoder import Row
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Update] = asyncio.Queue()
+        row = Row(prompt, sampling, stop=stop, supervised=supervised, stream=stream)
+
+        def sink(r: Row, delta: str) -> None:  # on the batcher thread
+            loop.call_soon_threadsafe(queue.put_nowait, Update(delta, r.finish_reason, len(r.tokens)))
+
+        served.batcher.submit(row, sink)
+        try:
+            while True:
+                update = await queue.get()
+                yield update
+                if update.finish_reason is not None:
+                    return
+        finally:
+            row.cancelled = True  # a no-op once finished; otherwise the row leaves the batch
