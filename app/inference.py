@@ -172,14 +172,21 @@ class Engine:
         return served
 
     async def generate(
-        self, served: Served, prompt: list[int], sampling: Sampling, stop: list[str], supervised: bool, stream: bool
+        self,
+        served: Served,
+        prompt: list[int],
+        sampling: Sampling,
+        stop: list[str],
+        supervised: bool,
+        stream: bool,
+        ignore_eos: bool = False,
     ) -> AsyncIterator[Update]:
         """Updates for one request: text deltas as they come (stream) or one final update."""
         from models.decoder import Row
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Update] = asyncio.Queue()
-        row = Row(prompt, sampling, stop=stop, supervised=supervised, stream=stream)
+        row = Row(prompt, sampling, stop=stop, supervised=supervised, stream=stream, ignore_eos=ignore_eos)
 
         def sink(r: Row, delta: str) -> None:  # on the batcher thread
             loop.call_soon_threadsafe(queue.put_nowait, Update(delta, r.finish_reason, len(r.tokens)))

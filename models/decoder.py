@@ -35,6 +35,7 @@ class Row:
     stop: list[str] = field(default_factory=list)
     supervised: bool = False
     stream: bool = False  # decode text after every token (for streaming), not only at the end
+    ignore_eos: bool = False  # run to the budget (benchmarks, fixed-length batches)
     tokens: list[int] = field(default_factory=list)
     text: str = ""  # the text so far (final once finish_reason is set)
     sent: int = 0  # characters of `text` already handed out by `delta()`
@@ -169,7 +170,7 @@ class Decoder:
         for r, t in zip(rows, picked):
             if r.cancelled:
                 r.finish_reason = "cancelled"
-            elif t == self.tok.eos_id:
+            elif t == self.tok.eos_id and not r.ignore_eos:
                 r.finish_reason = "stop"
             else:
                 r.tokens.append(t)

@@ -56,6 +56,7 @@ class GenerateIn(SamplingIn):
     prompt: Annotated[str, Field(max_length=1_000_000)]
     stop: Annotated[str | list[str] | None, Field(description="up to 4 stop strings")] = None
     stream: bool = False
+    ignore_eos: Annotated[bool, Field(description="generate max_new_tokens whatever comes (benchmarks)")] = False
 
 
 class TranslateIn(SamplingIn):
@@ -98,11 +99,13 @@ class Prepared:
     sampling: Sampling
     stop: list[str]
     supervised: bool
+    ignore_eos: bool = False
 
     async def updates(self, stream: bool) -> AsyncIterator[Update]:
-        async for u in self.engine.generate(
-            self.served, self.prompt, self.sampling, self.stop, self.supervised, stream
-        ):
+        updates = self.engine.generate(
+            self.served, self.prompt, self.sampling, self.stop, self.supervised, stream, self.ignore_eos
+        )
+        async for u in updates:
             if u.finish_reason == "error":
                 raise ServiceError("generation failed; it has been logged", code="internal_error")
             yield u
@@ -172,6 +175,7 @@ async def generate(
 ) -> GenerationOut | StreamingResponse:
     """Continue `prompt`. Greedy unless `temperature` > 0; `seed` makes sampling repeatable."""
     p = await prepare(request, tenant_id, model_id, body.prompt, body, stop_list(body.stop, "body.stop"), False)
+    p.ignore_eos = body.ignore_eos
     if not body.stream:
         return generation(model_id, p, *(await p.text()))
 

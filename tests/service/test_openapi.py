@@ -21,6 +21,15 @@ ROUTES = {
     ("get", "/v1/jobs/{job_id}/checkpoints"),
     ("get", "/v1/models"),
     ("get", "/v1/models/{model_id}"),
+    ("post", "/v1/models"),
+    ("get", "/v1/models/{model_id}/export"),
+    ("post", "/v1/models/{model_id}/generate"),
+    ("post", "/v1/models/{model_id}/translate"),
+    ("post", "/v1/models/{model_id}/answer"),
+    ("post", "/v1/models/{model_id}/summarize"),
+    ("post", "/v1/completions"),
+    ("post", "/v1/chat/completions"),
+    ("get", "/v1/jobs/{job_id}/evaluation"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -42,5 +51,7 @@ def test_openapi_documents_every_route(pg_stack: Stack) -> None:
         assert body == {"$ref": "#/components/schemas/JobSpec"}
     assert "multipart/form-data" in ops[("post", "/v1/datasets")]["requestBody"]["content"]
     assert "text/event-stream" in ops[("get", "/v1/jobs/{job_id}/events")]["responses"]["200"]["content"]
+    assert "text/event-stream" in ops[("post", "/v1/models/{model_id}/generate")]["responses"]["200"]["content"]
+    assert "multipart/form-data" in ops[("post", "/v1/models")]["requestBody"]["content"]
     docs = httpx.get(pg_stack.url + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
