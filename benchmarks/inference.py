@@ -39,6 +39,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from train_throughput import CpuWindow, log_noise, noise_summary  # noqa: E402
+
 from app.inference import Engine, Served  # noqa: E402
 from models.artifact import save_model  # noqa: E402
 from models.decoder import Decoder, Row  # noqa: E402
@@ -46,7 +48,6 @@ from models.generate import Sampling  # noqa: E402
 from models.gpt import GPT, GPTConfig  # noqa: E402
 from models.hf import to_hf  # noqa: E402
 from models.tokenizer import Tokenizer  # noqa: E402
-from train_throughput import CpuWindow, log_noise, noise_summary  # noqa: E402
 
 SHAPES = {
     "default": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "vocab": 8192, "prompt": 32, "new": 128},
