@@ -135,9 +135,10 @@ class TextStream:
         x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
         return Batch(x, y, y, x.numel())
 
-    def eval_batches(self, batch_size: int, max_batches: int) -> Iterator[Batch]:
-        n = (self.num_tokens - 1) // self.block
-        for b in range(0, min(n, batch_size * max_batches), batch_size):
+    def eval_batches(self, batch_size: int, max_tokens: int) -> Iterator[Batch]:
+        """The first windows of the stream, about max_tokens tokens (at least one window)."""
+        n = min((self.num_tokens - 1) // self.block, max(1, max_tokens // self.block))
+        for b in range(0, n, batch_size):
             starts = range(b * self.block, min(b + batch_size, n) * self.block, self.block)
             chunk = torch.stack([self.tokens[s : s + self.block + 1] for s in starts])
             yield Batch(chunk[:, :-1], chunk[:, 1:], chunk[:, 1:], chunk[:, :-1].numel())
@@ -201,10 +202,19 @@ class RecordStream:
         self.cursor += 1
         return collate([self.seqs[i] for i in rows], self.pad_id)
 
-    def eval_batches(self, batch_size: int, max_batches: int) -> Iterator[Batch]:
-        ordered = sorted(range(len(self.seqs)), key=lambda i: len(self.seqs[i][0]))
-        for b in range(0, min(len(ordered), batch_size * max_batches), batch_size):
-            yield collate([self.seqs[i] for i in ordered[b : b + batch_size]], self.pad_id)
+    def eval_batches(self, batch_size: int, max_tokens: int) -> Iterator[Batch]:
+        """A fixed sample of about max_tokens tokens, drawn evenly from every kind of record
+        (a seeded shuffle, not the shortest ones), then length-bucketed."""
+        g = torch.Generator().manual_seed(stable_seed(self.seed, self.key, "eval"))
+        chosen, total = [], 0
+        for i in torch.randperm(len(self.seqs), generator=g).tolist():
+            if total >= max_tokens:
+                break
+            chosen.append(i)
+            total += len(self.seqs[i][0]) - 1
+        chosen.sort(key=lambda i: len(self.seqs[i][0]))
+        for b in range(0, len(chosen), batch_size):
+            yield collate([self.seqs[i] for i in chosen[b : b + batch_size]], self.pad_id)
 
 
 Stream = TextStream | RecordStream

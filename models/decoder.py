@@ -1,5 +1,6 @@
 """Step-wise batched decoding for serving: rows join and leave between decode steps.
 
+The forward pass is `models.serving_gpt.ServingGPT` (GPT's function in fewer operations).
 Each row keeps its own slot of a preallocated KV cache, its own length, sampling
 settings, random generator, stop strings and token budget. A new row is prefilled on
 its own (its prompt's keys and values written straight into its slot); every `step()`
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor
 
 from models.generate import Sampling, pick
-from models.gpt import GPT, KVCache
+from models.gpt import GPT, GPTConfig, KVCache
+from models.serving_gpt import ServingGPT
 from models.tokenizer import Tokenizer
 
 
@@ -54,9 +56,8 @@ class Row:
 class SlotCache(KVCache):
     """Keys and values for `slots` rows, each at its own length (`lens`)."""
 
-    def __init__(self, model: GPT, slots: int):
-        w = model.transformer.wte.weight
-        super().__init__(model.config, slots, w.device, w.dtype)
+    def __init__(self, config: GPTConfig, slots: int, device: torch.device, dtype: torch.dtype):
+        super().__init__(config, slots, device, dtype)
         self.lens: list[int] = []
         self.index: tuple[Tensor, Tensor] | None = None  # (rows, positions) when lengths differ
 
@@ -104,7 +105,7 @@ class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
     def __init__(self, model: GPT, tok: Tokenizer, max_batch: int = 16):
-        self.model, self.tok, self.max_batch = model.eval(), tok, max_batch
+        self.net, self.tok, self.max_batch = ServingGPT(model), tok, max_batch
         self.block = model.config.block_size
         self.waiting: deque[Row] = deque()
         self.rows: list[Row] = []  # row i is in cache slot i
@@ -122,7 +123,7 @@ class Decoder:
         row.budget = min(row.sampling.max_new_tokens, self.block - len(row.prompt))
         if row.sampling.temperature > 0:
             seed = row.sampling.seed if row.sampling.seed is not None else secrets.randbits(63)
-            row.generator = torch.Generator(self.model.transformer.wte.weight.device).manual_seed(seed)
+            row.generator = torch.Generator(self.net.device).manual_seed(seed)
         self.waiting.append(row)
 
     @torch.inference_mode()
@@ -132,18 +133,18 @@ class Decoder:
         Returns the rows that changed: new text to stream, or finished (then removed).
         """
         if self.cache is None:
-            self.cache = SlotCache(self.model, self.max_batch)
+            self.cache = SlotCache(self.net.config, self.max_batch, self.net.device, self.net.dtype)
         changed: list[Row] = []
         old = len(self.rows)
         if old:
             positions, mask = self.cache.prepare()
             last = torch.tensor([[r.tokens[-1]] for r in self.rows], device=positions.device)
-            h = self.model.hidden(last, positions=positions, cache=self.cache, mask=mask)
+            logits = self.net.last_logits(last, positions, self.cache, mask)
             for i in range(old):
                 self.cache.lens[i] += 1
             self.steps += 1
             self.rows_decoded += old
-            self._advance(self.rows, self.model.logits(h[:, -1]), changed)
+            self._advance(self.rows, logits, changed)
             self._drop_finished()
         while self.waiting and len(self.rows) < self.max_batch:
             row = self.waiting.popleft()
@@ -154,9 +155,9 @@ class Decoder:
             slot = len(self.rows)
             self.rows.append(row)
             self.cache.lens.append(len(row.prompt))
-            idx = torch.tensor([row.prompt], device=self.cache.k[0].device)
-            h = self.model.hidden(idx, cache=self.cache.slot(slot))
-            self._advance([row], self.model.logits(h[:, -1]), changed)
+            idx = torch.tensor([row.prompt], device=self.net.device)
+            positions = torch.arange(idx.size(1), device=self.net.device)[None]
+            self._advance([row], self.net.last_logits(idx, positions, self.cache.slot(slot), None), changed)
         self._drop_finished()
         return changed
 

@@ -136,8 +136,7 @@ def measure(
     """The metrics `spec` asks for: validation loss and perplexity on `stream` (about
     EVAL_TOKENS tokens), and task metrics by generation for `examples` (if any)."""
     loss_fn = causal_lm if isinstance(stream, TextStream) else cross_entropy
-    max_batches = max(1, EVAL_TOKENS // (EVAL_BATCH * model.config.block_size))
-    batches = map(to_device, stream.eval_batches(EVAL_BATCH, max_batches))
+    batches = map(to_device, stream.eval_batches(EVAL_BATCH, EVAL_TOKENS))
     loss = validation_loss(model, batches, lambda b: loss_fn(model, b, PLAIN_CE))
     result: dict[str, Any] = {}
     if "loss" in spec.metrics:

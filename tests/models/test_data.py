@@ -119,9 +119,9 @@ def test_fork_has_its_own_position_and_order(tokenizer: Tokenizer) -> None:
 
 def test_text_eval_batches_are_fixed(tokenizer: Tokenizer) -> None:
     s = text_stream(tokenizer)
-    a = [b.idx for b in s.eval_batches(4, 3)]
+    a = [b.idx for b in s.eval_batches(4, 3 * 4 * 16)]
     s.next_batch(4)
-    b = [b.idx for b in s.eval_batches(4, 3)]
+    b = [b.idx for b in s.eval_batches(4, 3 * 4 * 16)]
     assert len(a) == 3 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert torch.equal(a[0][0], s.tokens[:16])  # type: ignore[union-attr]
 
@@ -225,3 +225,16 @@ def test_make_stream_by_kind(tokenizer: Tokenizer) -> None:
     assert isinstance(make_stream(Dataset("text", "txt", texts=corpus_texts(5)), tokenizer, 16, 0, "k"), TextStream)
     ds = Dataset("records", "jsonl-records", examples=examples(5))
     assert isinstance(make_stream(ds, tokenizer, 16, 0, "k"), RecordStream)
+
+
+def test_record_eval_sample_is_representative_and_fixed(tokenizer: Tokenizer) -> None:
+    """Validation loss is measured on a seeded sample of every length, not the shortest records."""
+    s = RecordStream(examples(400), tokenizer, 64, seed=0, key="pairs/val")
+    lengths = sorted(len(ids) - 1 for ids, _ in s.seqs)
+    budget = sum(lengths) // 4
+    sample = [int((b.targets != IGNORE).sum(1)[r]) for b in s.eval_batches(8, budget) for r in range(b.idx.size(0))]
+    assert budget <= sum(sample) < budget + max(lengths)
+    shortest = lengths[: len(sample)]
+    assert sum(sample) / len(sample) > sum(shortest) / len(shortest) + 1  # longer records are in it too
+    again = [b.idx for b in s.eval_batches(8, budget)]
+    assert all(torch.equal(x, y) for x, y in zip(again, [b.idx for b in s.eval_batches(8, budget)], strict=True))
