@@ -29,7 +29,7 @@ from prometheus_client import Counter
 if TYPE_CHECKING:
     from models.decoder import Decoder, Row
     from models.generate import Sampling
-    from models.gpt import GPT
+    from models.gpt import GPTConfig
     from models.tokenizer import Tokenizer
 
 log = logging.getLogger("stagecraft.inference")
@@ -109,14 +109,14 @@ class Batcher:
 @dataclass
 class Served:
     key: str
-    model: GPT
+    config: GPTConfig
     tok: Tokenizer
     nbytes: int
     batcher: Batcher
 
     @property
     def block_size(self) -> int:
-        return self.model.config.block_size
+        return self.config.block_size
 
 
 def _load(key: str, directory: Path, device: str, max_batch: int) -> Served:
@@ -128,11 +128,10 @@ def _load(key: str, directory: Path, device: str, max_batch: int) -> Served:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = artifact.load_model(directory, device=device)
-    model.eval().requires_grad_(False)
+    decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
     c = model.config
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     kv = 2 * c.n_layer * max_batch * c.block_size * c.n_embd * 4
-    return Served(key, model, tok, weights + kv, Batcher(Decoder(model, tok, max_batch), key))
+    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key))
 
 
 class Engine:

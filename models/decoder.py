@@ -7,9 +7,9 @@ its own (its prompt's keys and values written straight into its slot); every `st
 then decodes one token for all rows at once. Rows stay packed at the front of the cache
 (a finished row's slot takes the last row's), so a step only ever reads `[:n]` views.
 
-When every row has the same length (batch 1, or rows that started together) a step
-needs no attention mask and writes the new keys with a plain slice; otherwise one
-boolean key mask (n, 1, 1, end) and one indexed write per layer.
+Every step writes all rows' new keys at one shared column (a plain slice); rows that
+joined at different times carry gaps that a persistent key mask hides (see SlotCache),
+and when no row has one (batch 1, or rows that started together) no mask is used.
 """
 
 from __future__ import annotations
@@ -54,15 +54,27 @@ class Row:
 
 
 class SlotCache(KVCache):
-    """Keys and values for `slots` rows, each at its own length (`lens`)."""
+    """Keys and values for `slots` rows. Every decode step writes all rows at one shared
+    column (`length`), so writes are plain slices. A row that joined while the column was
+    past its prompt has a gap there, which `valid` masks out; when no row has a gap (one
+    row, or rows that started together) no mask is needed. `lens` counts each row's
+    tokens, its next position. When the column reaches the end of the context, rows are
+    compacted (their gaps squeezed out)."""
 
     def __init__(self, config: GPTConfig, slots: int, device: torch.device, dtype: torch.dtype):
         super().__init__(config, slots, device, dtype)
+        self.block = config.block_size
+        self.valid = torch.zeros((slots, self.block), dtype=torch.bool, device=device)
         self.lens: list[int] = []
-        self.index: tuple[Tensor, Tensor] | None = None  # (rows, positions) when lengths differ
+        self.compactions = 0
 
-    def slot(self, i: int) -> KVCache:
-        """Slot i as an empty one-row cache whose writes land in this one (for a prefill)."""
+    def admit(self, prompt_len: int) -> KVCache:
+        """The next slot, as an empty one-row cache whose writes land here (for its prefill)."""
+        i = len(self.lens)
+        self.lens.append(prompt_len)
+        self.valid[i] = False
+        self.valid[i, :prompt_len] = True
+        self.length = max(self.length, prompt_len)
         view = KVCache.__new__(KVCache)
         view.k = [k[i : i + 1] for k in self.k]
         view.v = [v[i : i + 1] for v in self.v]
@@ -70,35 +82,47 @@ class SlotCache(KVCache):
         return view
 
     def prepare(self) -> tuple[Tensor, Tensor | None]:
-        """Positions (n, 1) of the next token of each row, and the key mask (None if not needed)."""
-        device = self.k[0].device
-        pos = torch.tensor(self.lens, device=device)
-        end = max(self.lens) + 1
-        self.length = end - 1  # GPT.hidden checks length + 1 against the context
-        if min(self.lens) == self.length:
-            self.index = None
-            return pos[:, None], None
-        self.index = (torch.arange(len(self.lens), device=device), pos)
-        mask = torch.arange(end, device=device)[None, :] <= pos[:, None]
-        return pos[:, None], mask[:, None, None, :]
+        """Positions (n, 1) of each row's next token, and the key mask (None if not needed)."""
+        n = len(self.lens)
+        if self.length >= self.block:
+            self._compact()
+        self.valid[:n, self.length] = True
+        pos = torch.tensor(self.lens, device=self.valid.device)[:, None]
+        if all(x == self.length for x in self.lens):
+            return pos, None
+        return pos, self.valid[:n, None, None, : self.length + 1]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        n, end = k.size(0), self.length + 1
-        if self.index is None:
-            self.k[layer][:n, :, self.length : end] = k
-            self.v[layer][:n, :, self.length : end] = v
-        else:
-            rows, pos = self.index
-            self.k[layer][rows, :, pos] = k[:, :, 0]
-            self.v[layer][rows, :, pos] = v[:, :, 0]
-        return self.k[layer][:n, :, :end], self.v[layer][:n, :, :end]
+        n, col = k.size(0), self.length
+        self.k[layer][:n, :, col : col + 1] = k
+        self.v[layer][:n, :, col : col + 1] = v
+        return self.k[layer][:n, :, : col + 1], self.v[layer][:n, :, : col + 1]
 
-    def move(self, src: int, dst: int) -> None:
-        n = self.lens[src]
-        for cache in (self.k, self.v):
-            for t in cache:
-                t[dst, :, :n] = t[src, :, :n]
-        self.lens[dst] = n
+    def _compact(self) -> None:
+        self.compactions += 1
+        for r, n in enumerate(self.lens):
+            cols = self.valid[r, : self.length].nonzero().squeeze(1)
+            if cols.numel() == self.length:
+                continue
+            for cache in (self.k, self.v):
+                for t in cache:
+                    t[r, :, :n] = t[r, :, cols]
+            self.valid[r] = False
+            self.valid[r, :n] = True
+        self.length = max(self.lens)
+
+    def remove(self, i: int) -> None:
+        """Drop row i; the last row takes its slot."""
+        last = len(self.lens) - 1
+        if i != last:
+            for cache in (self.k, self.v):
+                for t in cache:
+                    t[i, :, : self.length] = t[last, :, : self.length]
+            self.valid[i] = self.valid[last]
+            self.lens[i] = self.lens[last]
+        self.lens.pop()
+        if not self.lens:
+            self.length = 0
 
 
 class Decoder:
@@ -152,12 +176,11 @@ class Decoder:
                 row.finish_reason = "cancelled"
                 changed.append(row)
                 continue
-            slot = len(self.rows)
             self.rows.append(row)
-            self.cache.lens.append(len(row.prompt))
+            view = self.cache.admit(len(row.prompt))
             idx = torch.tensor([row.prompt], device=self.net.device)
             positions = torch.arange(idx.size(1), device=self.net.device)[None]
-            self._advance([row], self.net.last_logits(idx, positions, self.cache.slot(slot), None), changed)
+            self._advance([row], self.net.last_logits(idx, positions, view, None), changed)
         self._drop_finished()
         return changed
 
@@ -218,12 +241,9 @@ class Decoder:
             if self.rows[i].finish_reason is None:
                 i += 1
                 continue
-            last = len(self.rows) - 1
-            if i != last:
-                self.cache.move(last, i)
-                self.rows[i] = self.rows[last]
+            self.cache.remove(i)
+            self.rows[i] = self.rows[-1]
             self.rows.pop()
-            self.cache.lens.pop()
 
     def close(self) -> None:
         """Finish every row as cancelled (the model is going away)."""

@@ -53,6 +53,24 @@ def test_greedy_rows_match_generate_ids_alone(peaked: GPT, tokenizer: Tokenizer,
         assert row.text == tokenizer.decode(want)
 
 
+def test_rows_that_outlast_the_shared_column_are_compacted(peaked: GPT, tokenizer: Tokenizer) -> None:
+    """A row joining late shares the write column with an old one, so the column reaches the
+    end of the context first; gaps are then squeezed out and decoding goes on unchanged."""
+    prompts = [tokenizer.encode("J"), tokenizer.encode(PROMPTS[2]), tokenizer.encode(PROMPTS[0])]
+    rows = [Row(p, Sampling(max_new_tokens=46)) for p in prompts]
+    dec = Decoder(peaked, tokenizer, max_batch=2)
+    dec.add(rows[0])
+    for _ in range(20):
+        dec.step()
+    dec.add(rows[1])
+    dec.add(rows[2])  # waits for a free slot
+    run(dec, [])
+    assert dec.cache is not None and dec.cache.compactions >= 1
+    for row in rows:
+        [want] = generate_ids(peaked, [row.prompt], Sampling(max_new_tokens=46), eos_id=tokenizer.eos_id)
+        assert row.tokens == want
+
+
 def test_supervised_text_and_stop_strings_match_complete(peaked: GPT, tokenizer: Tokenizer) -> None:
     s = Sampling(max_new_tokens=16)
     free = complete(peaked, tokenizer, PROMPTS, s, supervised=True)
