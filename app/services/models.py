@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from app.tables import Checkpoint, Job, Model, new_id
 
 CONFIG_FILE = "config.json"  # models.checkpoint.CONFIG_FILE, without importing torch
 EXPORTS = "exports"  # under a job's directory: checkpoints exported as model directories
+_EXPORT_LOCK = threading.Lock()
 
 
 def register(session: Session, settings: Settings, job: Job, model_dir: Path, evaluation: dict[str, Any]) -> Model:
@@ -175,8 +177,9 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
         return None
     ckpt, job = found
     out = settings.jobs_dir / job.id / EXPORTS / ckpt.id
-    if not (out / CONFIG_FILE).exists():
-        _export_checkpoint(settings.data_dir / ckpt.path, settings.jobs_dir / job.id / "tokenizer", job, out)
+    with _EXPORT_LOCK:  # concurrent requests (API threads) for one checkpoint export it once
+        if not (out / CONFIG_FILE).exists():
+            _export_checkpoint(settings.data_dir / ckpt.path, settings.jobs_dir / job.id / "tokenizer", job, out)
     return out
 
 

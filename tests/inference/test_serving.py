@@ -74,6 +74,18 @@ def stream(served: Served, body: dict[str, Any]) -> list[dict[str, str]]:
         return list(parse_sse(r.iter_lines()))
 
 
+def test_checkpoints_are_servable(served: Served) -> None:
+    """A checkpoint id serves the checkpoint's weights (exported once as a model directory)."""
+    with served.api() as api:
+        ckpt = api.http.get(f"/v1/models/{served.model_id}").json()["checkpoints"][0]
+    body = {"prompt": "At the market, Nadia has", "max_new_tokens": 16, **SAMPLED}
+    out = post(served, f"/v1/models/{ckpt['id']}/generate", body)
+    model, tok = artifact.load_model(served.data / "jobs" / served.job["id"] / "exports" / ckpt["id"])
+    assert out["text"] == complete(model, tok, [body["prompt"]], Sampling(16, **SAMPLED))[0]
+    final = post(served, f"/v1/models/{served.model_id}/generate", body)
+    assert final["text"] != out["text"]  # other weights
+
+
 def test_streamed_tokens_add_up_to_the_generation(served: Served) -> None:
     body = {"prompt": "At the garden,", "max_new_tokens": 30, **SAMPLED}
     plain = post(served, f"/v1/models/{served.model_id}/generate", body)
