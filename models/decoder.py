@@ -2,10 +2,11 @@
 
 The forward pass is `models.serving_gpt.ServingGPT` (GPT's function in fewer operations).
 Each row keeps its own slot of a preallocated KV cache, its own length, sampling
-settings, random generator, stop strings and token budget. A new row is prefilled on
-its own (its prompt's keys and values written straight into its slot); every `step()`
-then decodes one token for all rows at once. Rows stay packed at the front of the cache
-(a finished row's slot takes the last row's), so a step only ever reads `[:n]` views.
+settings, random generator, stop strings and token budget. New rows are prefilled
+(prompts of one length together, their keys and values written straight into their
+slots); every `step()` then decodes one token for all rows at once. Rows stay packed
+at the front of the cache (a finished row's slot takes the last row's), so a step only
+ever reads `[:n]` views.
 
 Every step writes all rows' new keys at one shared column (a plain slice); rows that
 joined at different times carry gaps that a persistent key mask hides (see SlotCache),
@@ -14,6 +15,7 @@ and when no row has one (batch 1, or rows that started together) no mask is used
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -68,16 +70,17 @@ class SlotCache(KVCache):
         self.lens: list[int] = []
         self.compactions = 0
 
-    def admit(self, prompt_len: int) -> KVCache:
-        """The next slot, as an empty one-row cache whose writes land here (for its prefill)."""
+    def admit(self, prompt_len: int, count: int = 1) -> KVCache:
+        """The next `count` slots, as an empty cache whose writes land here (for a prefill of
+        `count` prompts of `prompt_len` tokens)."""
         i = len(self.lens)
-        self.lens.append(prompt_len)
-        self.valid[i] = False
-        self.valid[i, :prompt_len] = True
+        self.lens += [prompt_len] * count
+        self.valid[i : i + count] = False
+        self.valid[i : i + count, :prompt_len] = True
         self.length = max(self.length, prompt_len)
         view = KVCache.__new__(KVCache)
-        view.k = [k[i : i + 1] for k in self.k]
-        view.v = [v[i : i + 1] for v in self.v]
+        view.k = [k[i : i + count] for k in self.k]
+        view.v = [v[i : i + count] for v in self.v]
         view.length = 0
         return view
 
@@ -170,17 +173,22 @@ class Decoder:
             self.rows_decoded += old
             self._advance(self.rows, logits, changed)
             self._drop_finished()
-        while self.waiting and len(self.rows) < self.max_batch:
+        joining: list[Row] = []
+        while self.waiting and len(self.rows) + len(joining) < self.max_batch:
             row = self.waiting.popleft()
             if row.cancelled:
                 row.finish_reason = "cancelled"
                 changed.append(row)
-                continue
-            self.rows.append(row)
-            view = self.cache.admit(len(row.prompt))
-            idx = torch.tensor([row.prompt], device=self.net.device)
-            positions = torch.arange(idx.size(1), device=self.net.device)[None]
-            self._advance([row], self.net.last_logits(idx, positions, view, None), changed)
+            else:
+                joining.append(row)
+        # Prompts of one length are prefilled together: one forward for requests that came at once.
+        for length, group in itertools.groupby(sorted(joining, key=lambda r: len(r.prompt)), lambda r: len(r.prompt)):
+            rows = list(group)
+            self.rows += rows
+            view = self.cache.admit(length, len(rows))
+            idx = torch.tensor([r.prompt for r in rows], device=self.net.device)
+            positions = torch.arange(length, device=self.net.device)[None]
+            self._advance(rows, self.net.last_logits(idx, positions, view, None), changed)
         self._drop_finished()
         return changed
 

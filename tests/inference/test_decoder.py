@@ -53,6 +53,15 @@ def test_greedy_rows_match_generate_ids_alone(peaked: GPT, tokenizer: Tokenizer,
         assert row.text == tokenizer.decode(want)
 
 
+def test_prompts_of_one_length_are_prefilled_together(peaked: GPT, tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode(PROMPTS[0])
+    prompts = [ids, ids[::-1], [*ids[1:], ids[0]], ids]
+    rows = run(Decoder(peaked, tokenizer), [Row(p, Sampling(max_new_tokens=10)) for p in prompts])
+    for row, p in zip(rows, prompts):
+        assert row.tokens == generate_ids(peaked, [p], Sampling(max_new_tokens=10), eos_id=tokenizer.eos_id)[0]
+    assert rows[0].tokens == rows[3].tokens
+
+
 def test_rows_that_outlast_the_shared_column_are_compacted(peaked: GPT, tokenizer: Tokenizer) -> None:
     """A row joining late shares the write column with an old one, so the column reaches the
     end of the context first; gaps are then squeezed out and decoding goes on unchanged."""
