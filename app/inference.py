@@ -188,7 +188,10 @@ class Engine:
         row = Row(prompt, sampling, stop=stop, supervised=supervised, stream=stream, ignore_eos=ignore_eos)
 
         def sink(r: Row, delta: str) -> None:  # on the batcher thread
-            loop.call_soon_threadsafe(queue.put_nowait, Update(delta, r.finish_reason, len(r.tokens)))
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, Update(delta, r.finish_reason, len(r.tokens)))
+            except RuntimeError:  # the event loop has closed (shutdown): nobody is waiting
+                r.cancelled = True
 
         served.batcher.submit(row, sink)
         try:
