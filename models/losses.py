@@ -26,10 +26,13 @@ def _next_token_loss(model: GPT, idx: Tensor, targets: Tensor, label_smoothing: 
         h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
     else:
         h, targets = h[keep], targets[keep]
-    if torch.is_autocast_enabled(h.device.type):  # CUDA mixed precision: let autocast pick dtypes
-        logits = model.logits(h).float()
-        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    return linear_cross_entropy(h, model.transformer.wte.weight, targets, label_smoothing)
+    if h.device.type == "cuda":  # fused kernels already; a loop over slabs would be launch-bound
+        return F.cross_entropy(model.logits(h).float(), targets, label_smoothing=label_smoothing)
+    weight = model.transformer.wte.weight
+    if torch.is_autocast_enabled(h.device.type):  # the projection in the autocast dtype, as F.linear would be
+        dtype = torch.get_autocast_dtype(h.device.type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    return linear_cross_entropy(h, weight, targets, label_smoothing)
 
 
 def causal_lm(model: GPT, batch: Batch, spec: CausalLMLoss | CrossEntropyLoss) -> Tensor:
