@@ -147,7 +147,9 @@ async def prepare(
     engine: Engine = request.app.state.engine
     served = await engine.get(str(directory), directory)
     tok = served.tok
-    ids = tok.encode(prompt) + ([tok.sep_id] if supervised else [])
+    # Long prompts are encoded off the event loop (short ones take microseconds).
+    ids = await run_in_threadpool(tok.encode, prompt) if len(prompt) > 20_000 else tok.encode(prompt)
+    ids += [tok.sep_id] if supervised else []
     ids = ids or [tok.eos_id]
     if len(ids) >= served.block_size:
         message = f"the prompt is {len(ids)} tokens; this model's context holds {served.block_size} in all"

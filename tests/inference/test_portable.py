@@ -160,6 +160,7 @@ def test_bad_requests(served: Served) -> None:
         assert e["details"][0]["loc"] == "body.temperature"
         e = error(generate(api, m, prompt="word " * 100), 422, "context_length_exceeded")
         assert "64" in e["message"] and e["details"][0]["loc"] == "body.prompt"
+        error(generate(api, m, prompt="word " * 5000), 422, "context_length_exceeded")  # encoded in a thread
         error(generate(api, m, stop=["a", "b", "c", "d", "e"]), 422, "invalid_request")
         error(generate(api, m, frequency=1), 422, "invalid_request")
         error(api.http.post(f"/v1/models/{m}/answer", json={"question": "q"}), 422, "invalid_request")
