@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     inference_cache_bytes: int = 4 << 30  # weights + KV caches of the models kept loaded (LRU)
     inference_max_batch: int = 16  # rows decoded together per model; more requests wait their turn
     inference_device: str = "auto"  # auto | cpu | cuda
+    inference_threads: int = 0  # torch intra-op threads in the API process (0: torch's default)
     max_model_upload_bytes: int = 2 << 30
 
     @field_validator("data_dir")

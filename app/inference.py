@@ -119,12 +119,14 @@ class Served:
         return self.config.block_size
 
 
-def _load(key: str, directory: Path, device: str, max_batch: int) -> Served:
+def _load(key: str, directory: Path, device: str, max_batch: int, threads: int = 0) -> Served:
     import torch
 
     from models import artifact
     from models.decoder import Decoder
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = artifact.load_model(directory, device=device)
@@ -137,8 +139,8 @@ def _load(key: str, directory: Path, device: str, max_batch: int) -> Served:
 class Engine:
     """The model cache. Used from the event loop only (no locks needed there)."""
 
-    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto"):
-        self.max_bytes, self.max_batch, self.device = max_bytes, max_batch, device
+    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0):
+        self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
         self.entries: OrderedDict[str, Served] = OrderedDict()
         self.loading: dict[str, asyncio.Task[Served]] = {}
 
@@ -160,7 +162,8 @@ class Engine:
     async def _load(self, key: str, directory: Path) -> Served:
         loop = asyncio.get_running_loop()
         try:
-            served = await loop.run_in_executor(None, _load, key, directory, self.device, self.max_batch)
+            args = (key, directory, self.device, self.max_batch, self.threads)
+            served = await loop.run_in_executor(None, _load, *args)
         finally:
             del self.loading[key]
         self.entries[key] = served

@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.key_cache = auth.KeyCache()
     errors.install(app)
     app.add_middleware(health.PrometheusMiddleware)
-    app.state.engine = Engine(settings.inference_cache_bytes, settings.inference_max_batch, settings.inference_device)
+    s = settings
+    app.state.engine = Engine(s.inference_cache_bytes, s.inference_max_batch, s.inference_device, s.inference_threads)
     for module in (datasets, jobs, events, models, inference, openai, health):
         app.include_router(module.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

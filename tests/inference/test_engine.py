@@ -57,10 +57,10 @@ def test_concurrent_first_requests_share_one_load(model_dirs: list[Path], monkey
     calls: list[Path] = []
     real = app.inference._load
 
-    def counting(key: str, directory: Path, device: str, max_batch: int) -> Served:
+    def counting(key: str, directory: Path, device: str, max_batch: int, threads: int) -> Served:
         calls.append(directory)
         time.sleep(0.2)  # a slow load: the other requests arrive meanwhile
-        return real(key, directory, device, max_batch)
+        return real(key, directory, device, max_batch, threads)
 
     monkeypatch.setattr(app.inference, "_load", counting)
 
