@@ -93,7 +93,7 @@ async def receive_file(request: Request, dest: Path, max_bytes: int) -> Upload:
     """Stream the `file` part of a multipart/form-data request to `dest`."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
-        raise UnsupportedMediaType("send the dataset as multipart/form-data with a `file` part (and optionally `name`)")
+        raise UnsupportedMediaType("send the file as multipart/form-data with a `file` part (and optionally `name`)")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
         raise PayloadTooLarge(f"the upload ({declared} bytes) is larger than the limit of {max_bytes} bytes")

@@ -27,6 +27,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_EXAMPLES = REPO_ROOT.parent / "shared" / "examples"
+# The event types of CONTRACT.md §3.
+EVENT_TYPES = {
+    "job.queued",
+    "job.started",
+    "job.restarted",
+    "stage.started",
+    "train.step",
+    "eval",
+    "checkpoint.saved",
+    "stage.completed",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+}
 
 NAMES = ["Nadia", "Ivan", "Jia", "Hana", "Omar", "Bruno", "Fatima", "Goro", "Emil", "Dara"]
 THINGS = ["apples", "lamps", "coins", "maps", "books", "stamps", "tickets"]

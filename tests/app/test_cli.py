@@ -20,21 +20,8 @@ import yaml
 from models import artifact
 from models.checkpoint import MODEL_FILE, list_checkpoints, load_tensors
 from models.generate import Sampling, complete
-from tests.conftest import BASE_SPEC, corpus_texts, record_objects, write_jsonl
+from tests.conftest import BASE_SPEC, EVENT_TYPES, corpus_texts, record_objects, write_jsonl
 
-EVENT_TYPES = {
-    "job.queued",
-    "job.started",
-    "job.restarted",
-    "stage.started",
-    "train.step",
-    "eval",
-    "checkpoint.saved",
-    "stage.completed",
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-}
 PRETRAIN_STEPS = 60
 TOTAL = PRETRAIN_STEPS + 4 + 2 * (3 + 3)
 ENV = {**os.environ, "COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}

@@ -18,21 +18,9 @@ from models.pipeline import RunResult, Stopped, run
 from models.spec import JobSpec, MultistepStage, parse_spec
 from models.stages import TrainingError
 from models.tokenizer import Tokenizer
+from tests.conftest import EVENT_TYPES
 
 TOTAL = 6 + 4 + 2 * (3 + 3)
-EVENT_TYPES = {
-    "job.queued",
-    "job.started",
-    "job.restarted",
-    "stage.started",
-    "train.step",
-    "eval",
-    "checkpoint.saved",
-    "stage.completed",
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-}
 
 
 @dataclass
