@@ -1,16 +1,16 @@
 """In-process inference: a model cache bounded by memory, and dynamic batching.
 
-- `Engine.get` loads a model directory in a worker thread (the event loop never waits on
-  torch), keeps it in an LRU cache bounded by bytes (weights + the batch's KV cache), and
+- `Engine.get` loads a model directory on the inference thread (the event loop never waits
+  on torch), keeps it in an LRU cache bounded by bytes (weights + the batch's KV cache), and
   makes concurrent first requests for one model share a single load.
-- Each loaded model has a `Batcher`: one thread that runs `models.decoder.Decoder.step`
-  while any request is active. Requests join its queue at any time and are admitted
+- Each loaded model has a `Batcher`, and one `InferenceThread` runs `models.decoder.Decoder.step`
+  for every model with active requests. Requests join at any time and are admitted
   between decode steps, so concurrent requests share one batched forward per token,
   each with its own sampling settings, stop strings and token budget.
 - Results come back to the event loop with `call_soon_threadsafe`; a request whose
   client goes away is cancelled and leaves the batch at the next step.
 
-torch is imported in the loading thread, not when the API starts.
+torch is imported on the inference thread, not when the API starts.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import Counter
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stagecraft.inference")
 Sink = Callable[["Row", str], None]
+T = TypeVar("T")
 STEPS = Counter("stagecraft_inference_decode_steps_total", "batched decode steps (one token for every active row)")
 ROWS = Counter("stagecraft_inference_decoded_rows_total", "rows decoded by those steps: rows/steps = mean batch")
 REQUESTS = Counter("stagecraft_inference_requests_total", "generation requests finished", ["finish_reason"])
@@ -46,64 +48,111 @@ class Update:
     tokens: int  # completion tokens so far
 
 
-class Batcher:
-    """One model's decode loop, on a thread of its own while there is work."""
+class InferenceThread:
+    """The one thread that runs torch for serving: model loads and every model's decode steps.
 
-    def __init__(self, decoder: Decoder, name: str):
-        self.decoder, self.name = decoder, name
+    One thread for all models, not one each: every thread that runs torch brings its own
+    OpenMP team, and once a process has more OpenMP threads than CPUs, libgomp stops
+    spin-waiting between parallel regions, so each of the many small regions of a decode
+    step pays a thread wake-up. With a second torch thread merely alive, decoding ran about
+    1.7x slower on a 2-CPU machine (benchmarks/RESULTS.md). Models with requests take
+    turns, one decode step each; a load runs between steps.
+    """
+
+    def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.incoming: list[tuple[Row, Sink]] = []
-        self.sinks: dict[int, Sink] = {}
-        self.closing = False
+        self.jobs: deque[tuple[Callable[[], object], Future[object]]] = deque()
+        self.batchers: list[Batcher] = []  # models with requests (queued or decoding)
         self.thread: threading.Thread | None = None
 
-    def submit(self, row: Row, sink: Sink) -> None:
-        with self.cond:
-            self.incoming.append((row, sink))
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name=f"batcher-{self.name}", daemon=True)
-                self.thread.start()
-            self.cond.notify()
+    def _wake(self) -> None:  # with self.cond held
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._run, name="inference", daemon=True)
+            self.thread.start()
+        self.cond.notify()
 
-    def close(self) -> None:
-        """Evicted: finish what is queued, then let the thread end."""
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run fn on this thread (between decode steps)."""
+        future: Future[T] = Future()
         with self.cond:
-            self.closing = True
-            self.cond.notify()
+            self.jobs.append((fn, future))  # type: ignore[arg-type]
+            self._wake()
+        return future
+
+    def activate(self, batcher: Batcher) -> None:  # with self.cond held
+        if batcher not in self.batchers:
+            self.batchers.append(batcher)
+        self._wake()
 
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not self.incoming and not self.decoder.busy:
-                    if self.closing or not self.cond.wait(timeout=30.0):
-                        self.thread = None  # idle: a later submit starts a new thread
+                while not self.jobs and not self.batchers:
+                    if not self.cond.wait(timeout=30.0):
+                        self.thread = None  # idle: a later request starts a new thread
                         return
-                new, self.incoming = self.incoming, []
-            for row, sink in new:
-                try:
-                    self.decoder.add(row)
-                except ValueError:  # the routes check prompts first; this is a last guard
-                    row.finish_reason = "error"
-                    sink(row, "")
-                    continue
-                self.sinks[id(row)] = sink
-            steps, rows = self.decoder.steps, self.decoder.rows_decoded
+                job = self.jobs.popleft() if self.jobs else None
+                batchers = list(self.batchers)
+            if job is not None:
+                fn, future = job
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # handed to the awaiting request
+                        future.set_exception(exc)
+            for batcher in batchers:
+                batcher.step()
+                with self.cond:
+                    if not batcher.incoming and not batcher.decoder.busy:
+                        self.batchers.remove(batcher)
+
+
+class Batcher:
+    """One model's requests and its decoder, stepped by the InferenceThread."""
+
+    def __init__(self, decoder: Decoder, name: str, runner: InferenceThread):
+        self.decoder, self.name, self.runner = decoder, name, runner
+        self.incoming: list[tuple[Row, Sink]] = []
+        self.sinks: dict[int, Sink] = {}
+        self.closing = False  # evicted from the cache: finishes what it has, takes no new loads
+
+    def submit(self, row: Row, sink: Sink) -> None:
+        with self.runner.cond:
+            self.incoming.append((row, sink))
+            self.runner.activate(self)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def step(self) -> None:
+        """Admit new requests, decode one token for every row, hand out the updates."""
+        with self.runner.cond:
+            new, self.incoming = self.incoming, []
+        for row, sink in new:
             try:
-                changed = self.decoder.step()
-                STEPS.inc(self.decoder.steps - steps)
-                ROWS.inc(self.decoder.rows_decoded - rows)
-            except Exception:
-                log.exception("decode step failed on %s", self.name)
-                changed = [*self.decoder.rows, *self.decoder.waiting]
-                self.decoder.close()
-                for row in changed:
-                    row.finish_reason = "error"
+                self.decoder.add(row)
+            except ValueError:  # the routes check prompts first; this is a last guard
+                row.finish_reason = "error"
+                sink(row, "")
+                continue
+            self.sinks[id(row)] = sink
+        steps, rows = self.decoder.steps, self.decoder.rows_decoded
+        try:
+            changed = self.decoder.step()
+            STEPS.inc(self.decoder.steps - steps)
+            ROWS.inc(self.decoder.rows_decoded - rows)
+        except Exception:
+            log.exception("decode step failed on %s", self.name)
+            changed = [*self.decoder.rows, *self.decoder.waiting]
+            self.decoder.close()
             for row in changed:
-                if row.finish_reason is None:
-                    self.sinks[id(row)](row, row.delta())
-                else:
-                    REQUESTS.labels(row.finish_reason).inc()
-                    self.sinks.pop(id(row))(row, row.delta())
+                row.finish_reason = "error"
+        for row in changed:
+            if row.finish_reason is None:
+                self.sinks[id(row)](row, row.delta())
+            else:
+                REQUESTS.labels(row.finish_reason).inc()
+                self.sinks.pop(id(row))(row, row.delta())
 
 
 @dataclass
@@ -119,7 +168,7 @@ class Served:
         return self.config.block_size
 
 
-def _load(key: str, directory: Path, device: str, max_batch: int, threads: int = 0) -> Served:
+def _load(key: str, directory: Path, device: str, max_batch: int, runner: InferenceThread, threads: int = 0) -> Served:
     import torch
 
     from models import artifact
@@ -133,7 +182,7 @@ def _load(key: str, directory: Path, device: str, max_batch: int, threads: int =
     decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
     c = model.config
     kv = 2 * c.n_layer * max_batch * c.block_size * c.n_embd * 4
-    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key))
+    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner))
 
 
 class Engine:
@@ -143,6 +192,7 @@ class Engine:
         self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
         self.entries: OrderedDict[str, Served] = OrderedDict()
         self.loading: dict[str, asyncio.Task[Served]] = {}
+        self.runner = InferenceThread()
 
     @property
     def nbytes(self) -> int:
@@ -160,10 +210,9 @@ class Engine:
         return await asyncio.shield(task)
 
     async def _load(self, key: str, directory: Path) -> Served:
-        loop = asyncio.get_running_loop()
         try:
-            args = (key, directory, self.device, self.max_batch, self.threads)
-            served = await loop.run_in_executor(None, _load, *args)
+            args = (key, directory, self.device, self.max_batch, self.runner, self.threads)
+            served = await asyncio.wrap_future(self.runner.call(lambda: _load(*args)))
         finally:
             del self.loading[key]
         self.entries[key] = served

@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -54,6 +54,7 @@ SHAPES = {
     "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab": 512, "prompt": 8, "new": 16},
 }
 CONCURRENT = 8
+T = TypeVar("T")
 
 
 def log(msg: str) -> None:
@@ -82,35 +83,50 @@ def timed(fn: Callable[[], int]) -> tuple[float, dict[str, float]]:
 
 
 class Variants:
-    def __init__(self, shape: dict[str, int], ours: Path, hf_dir: Path, hf_module: Any):
+    """Every variant's torch work runs on the engine's inference thread, the one thread the
+    service runs torch on: a second thread running torch in the process slows decoding
+    (libgomp stops spin-waiting, see app.inference.InferenceThread), which would handicap
+    whichever variants ran elsewhere."""
+
+    def __init__(self, shape: dict[str, int], root: Path, hf_module: Any):
+        self.shape = shape
+        self.loop = asyncio.new_event_loop()
+        self.engine = Engine(1 << 34, 16, "cpu")
+        ours, hf_dir = self.on_torch_thread(lambda: build(shape, root))
+        self.served: Served = self.loop.run_until_complete(self.engine.get("bench", ours))
+        self.on_torch_thread(lambda: self._setup(ours, hf_dir, hf_module))
+        self.outputs: dict[str, list[int]] = {}
+
+    def on_torch_thread(self, fn: Callable[[], T]) -> T:
+        return self.engine.runner.call(fn).result()
+
+    def _setup(self, ours: Path, hf_dir: Path, hf_module: Any) -> None:
         from models import artifact
 
-        self.shape = shape
         g = torch.Generator().manual_seed(1)
-        self.prompts = [torch.randint(0, 300, (shape["prompt"],), generator=g).tolist() for _ in range(CONCURRENT)]
+        self.prompts = [torch.randint(0, 300, (self.shape["prompt"],), generator=g).tolist() for _ in range(CONCURRENT)]
         self.model, self.tok = artifact.load_model(ours)
         self.model.eval().requires_grad_(False)
         self.decoder = Decoder(self.model, self.tok, max_batch=16)
-        self.loop = asyncio.new_event_loop()
-        self.engine = Engine(1 << 34, 16, "cpu")
-        self.served: Served = self.loop.run_until_complete(self.engine.get("bench", ours))
         self.hf = None
         if hf_module is not None:
             self.hf = hf_module.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
             self.hf.generation_config.eos_token_id = None  # every row to its length, as ignore_eos
             self.hf.generation_config.pad_token_id = self.tok.pad_id
-        self.outputs: dict[str, list[int]] = {}
 
     def sampling(self) -> Sampling:
         return Sampling(max_new_tokens=self.shape["new"])
 
     def ours_decoder_b1(self) -> int:
-        row = Row(self.prompts[0], self.sampling(), ignore_eos=True)
-        self.decoder.add(row)
-        while self.decoder.busy:
-            self.decoder.step()
-        self.outputs["ours"] = row.tokens
-        return len(row.tokens)
+        def run() -> int:
+            row = Row(self.prompts[0], self.sampling(), ignore_eos=True)
+            self.decoder.add(row)
+            while self.decoder.busy:
+                self.decoder.step()
+            self.outputs["ours"] = row.tokens
+            return len(row.tokens)
+
+        return self.on_torch_thread(run)
 
     async def _one(self, prompt: list[int]) -> int:
         n = 0
@@ -134,13 +150,16 @@ class Variants:
         return self.loop.run_until_complete(run())
 
     def _hf(self, rows: int) -> int:
-        assert self.hf is not None
-        x = torch.tensor(self.prompts[:rows])
-        with torch.inference_mode():
-            out = self.hf.generate(x, max_new_tokens=self.shape["new"], do_sample=False)
-        if rows == 1:
-            self.outputs["hf"] = out[0, x.size(1) :].tolist()
-        return int(out[:, x.size(1) :].numel())
+        def run() -> int:
+            assert self.hf is not None
+            x = torch.tensor(self.prompts[:rows])
+            with torch.inference_mode():
+                out = self.hf.generate(x, max_new_tokens=self.shape["new"], do_sample=False)
+            if rows == 1:
+                self.outputs["hf"] = out[0, x.size(1) :].tolist()
+            return int(out[:, x.size(1) :].numel())
+
+        return self.on_torch_thread(run)
 
     def hf_b1(self) -> int:
         return self._hf(1)
@@ -164,8 +183,7 @@ def main() -> None:
         log("transformers is not installed: the hf_* variants are skipped")
     run_window = CpuWindow()
     with tempfile.TemporaryDirectory() as tmp:
-        ours, hf_dir = build(shape, Path(tmp))
-        v = Variants(shape, ours, hf_dir, transformers)
+        v = Variants(shape, Path(tmp), transformers)
         names = ["ours_decoder_b1", "ours_engine_b1", "ours_engine_seq8", "ours_engine_conc8"]
         names += ["hf_b1", "hf_b8"] if transformers is not None else []
         for name in names:  # warm-up

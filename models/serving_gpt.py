@@ -1,15 +1,18 @@
 """GPT's forward pass laid out for serving: the same function as `models.gpt.GPT` with a
 KV cache, in fewer and cheaper operations per token.
 
-- Every projection is one `addmm` against a weight stored transposed and contiguous
-  (in, out): for the 1-16-row multiplies of decoding, MKL runs that layout 5-30% faster
-  than `nn.Linear`'s (out, in).
+- Every projection is a `Projection`: on a CPU with oneDNN (fp32), its weight is
+  reordered once into oneDNN's blocked layout for batches of a few rows, and the MLP's
+  GELU runs as a post-op of its matmul. For 8 decoding rows that layout is ~1.5x faster
+  than MKL's `addmm` on the transformer's projections and ~4x on the vocabulary projection
+  (benchmarks/RESULTS.md); one row costs about the same. Elsewhere (CUDA, other dtypes,
+  no oneDNN) it is one `addmm` against the weight stored transposed and contiguous.
 - No `nn.Module` calls, no dropout, no per-layer view chains: a decode step is about a
   dozen tensor operations per layer, and the output projection runs only for the
   positions whose next token is wanted.
 
 The weights are copies (the GPT can be dropped); logits agree with `GPT` to float
-rounding (tests/inference/test_decoder.py).
+rounding (tests/inference/test_engine.py).
 """
 
 from __future__ import annotations
@@ -23,22 +26,52 @@ from torch import Tensor
 from models.gpt import GPT, GPTConfig, KVCache
 
 LN_EPS = 1e-5
+PACK_ROWS = 8  # the batch size oneDNN lays the weights out for; 1-16 rows all run well with it
+
+
+class Projection:
+    """`x @ weight.T + bias` (GELU-tanh of it with `gelu=True`) for the few rows of decoding."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, rows: int = PACK_ROWS):
+        self.bias = None if bias is None else bias.detach().clone()
+        self.packed: Tensor | None = None
+        self.weight_t: Tensor | None = None
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
+            except RuntimeError:  # a build or CPU without the fp32 oneDNN matmul: plain addmm below
+                self.packed = None
+        if self.packed is None:
+            self.weight_t = weight.detach().t().contiguous()  # (in, out): MKL's faster layout for few rows
+
+    def __call__(self, x: Tensor, gelu: bool = False) -> Tensor:
+        if self.packed is not None:
+            post, algorithm = ("gelu", "tanh") if gelu else ("none", "")
+            y: Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, post, [], algorithm)
+            return y
+        assert self.weight_t is not None
+        y = x @ self.weight_t if self.bias is None else torch.addmm(self.bias, x, self.weight_t)
+        return F.gelu(y, approximate="tanh") if gelu else y
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.packed, self.weight_t, self.bias) if t is not None]
 
 
 @dataclass
 class Layer:
     ln1_w: Tensor
     ln1_b: Tensor
-    attn_w: Tensor  # (C, 3C)
-    attn_b: Tensor
-    proj_w: Tensor  # (C, C)
-    proj_b: Tensor
+    attn: Projection  # C -> 3C
+    proj: Projection  # C -> C
     ln2_w: Tensor
     ln2_b: Tensor
-    fc_w: Tensor  # (C, 4C)
-    fc_b: Tensor
-    out_w: Tensor  # (4C, C)
-    out_b: Tensor
+    fc: Projection  # C -> 4C
+    out: Projection  # 4C -> C
+
+    def tensors(self) -> list[Tensor]:
+        return [self.ln1_w, self.ln1_b, self.ln2_w, self.ln2_b] + [
+            t for p in (self.attn, self.proj, self.fc, self.out) for t in p.tensors()
+        ]
 
 
 class ServingGPT:
@@ -46,8 +79,8 @@ class ServingGPT:
         self.config: GPTConfig = model.config
         sd = {k: v.detach() for k, v in model.state_dict().items()}
 
-        def t(name: str) -> Tensor:
-            return sd[name].t().contiguous()
+        def proj(name: str) -> Projection:
+            return Projection(sd[name + ".weight"], sd[name + ".bias"])
 
         self.layers = []
         for i in range(self.config.n_layer):
@@ -56,21 +89,17 @@ class ServingGPT:
                 Layer(
                     sd[p + "ln_1.weight"].clone(),
                     sd[p + "ln_1.bias"].clone(),
-                    t(p + "attn.c_attn.weight"),
-                    sd[p + "attn.c_attn.bias"].clone(),
-                    t(p + "attn.c_proj.weight"),
-                    sd[p + "attn.c_proj.bias"].clone(),
+                    proj(p + "attn.c_attn"),
+                    proj(p + "attn.c_proj"),
                     sd[p + "ln_2.weight"].clone(),
                     sd[p + "ln_2.bias"].clone(),
-                    t(p + "mlp.c_fc.weight"),
-                    sd[p + "mlp.c_fc.bias"].clone(),
-                    t(p + "mlp.c_proj.weight"),
-                    sd[p + "mlp.c_proj.bias"].clone(),
+                    proj(p + "mlp.c_fc"),
+                    proj(p + "mlp.c_proj"),
                 )
             )
         self.wte = sd["transformer.wte.weight"].clone()
         self.wpe = sd["transformer.wpe.weight"].clone()
-        self.head = t("transformer.wte.weight")  # (C, V)
+        self.head = Projection(self.wte, None)  # tied: the vocabulary projection reads the embedding
         self.lnf_w, self.lnf_b = sd["transformer.ln_f.weight"].clone(), sd["transformer.ln_f.bias"].clone()
 
     @property
@@ -82,8 +111,8 @@ class ServingGPT:
         return self.wte.dtype
 
     def nbytes(self) -> int:
-        tensors = [self.wte, self.wpe, self.head, self.lnf_w, self.lnf_b]
-        tensors += [t for layer in self.layers for t in vars(layer).values()]
+        tensors = [self.wte, self.wpe, self.lnf_w, self.lnf_b, *self.head.tensors()]
+        tensors += [t for layer in self.layers for t in layer.tensors()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.inference_mode()
@@ -99,13 +128,12 @@ class ServingGPT:
         x = (self.wte[idx] + self.wpe[positions]).view(B * T, C)
         for i, w in enumerate(self.layers):
             h = F.layer_norm(x, (C,), w.ln1_w, w.ln1_b, LN_EPS)
-            q, k, v = torch.addmm(w.attn_b, h, w.attn_w).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            q, k, v = w.attn(h).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
             k, v = cache.update(i, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            x = torch.addmm(w.proj_b, y.transpose(1, 2).reshape(B * T, C), w.proj_w).add_(x)
+            x = w.proj(y.transpose(1, 2).reshape(B * T, C)).add_(x)
             h = F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, LN_EPS)
-            h = F.gelu(torch.addmm(w.fc_b, h, w.fc_w), approximate="tanh")
-            x = torch.addmm(w.out_b, h, w.out_w).add_(x)
+            x = w.out(w.fc(h, gelu=True)).add_(x)
         cache.length += T
         last = x.view(B, T, C)[:, -1]
-        return F.layer_norm(last, (C,), self.lnf_w, self.lnf_b, LN_EPS) @ self.head
+        return self.head(F.layer_norm(last, (C,), self.lnf_w, self.lnf_b, LN_EPS))

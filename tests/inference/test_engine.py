@@ -1,9 +1,11 @@
-"""app.inference.Engine: one load per model however many ask at once, an LRU cache bounded
-by bytes, generation that never stalls the event loop; ServingGPT computes GPT's logits."""
+"""app.inference.Engine: one load per model however many ask at once, one thread for all
+torch work, an LRU cache bounded by bytes, generation that never stalls the event loop;
+ServingGPT computes GPT's logits (oneDNN-packed and plain projections alike)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 import app.inference
-from app.inference import Engine, Served
+from app.inference import Engine, InferenceThread, Served
 from models import artifact
 from models.generate import Sampling, generate_ids
 from models.gpt import KVCache
@@ -31,9 +33,17 @@ def model_dirs(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -
     return dirs
 
 
-def test_serving_gpt_computes_the_gpt_logits(model_dirs: list[Path]) -> None:
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-packed", "addmm"])
+def test_serving_gpt_computes_the_gpt_logits(
+    model_dirs: list[Path], onednn: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if onednn and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    if not onednn:  # as on a build without oneDNN: the plain addmm layout
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     model, _ = artifact.load_model(model_dirs[0])
     net = ServingGPT(model)
+    assert (net.layers[0].fc.packed is not None) == onednn and (net.head.packed is not None) == onednn
     idx = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     cache = KVCache(model.config, 2, torch.device("cpu"), torch.float32)
     first = net.last_logits(idx[:, :8], torch.arange(8)[None], cache, None)
@@ -57,10 +67,12 @@ def test_concurrent_first_requests_share_one_load(model_dirs: list[Path], monkey
     calls: list[Path] = []
     real = app.inference._load
 
-    def counting(key: str, directory: Path, device: str, max_batch: int, threads: int) -> Served:
+    def counting(
+        key: str, directory: Path, device: str, max_batch: int, runner: InferenceThread, threads: int
+    ) -> Served:
         calls.append(directory)
         time.sleep(0.2)  # a slow load: the other requests arrive meanwhile
-        return real(key, directory, device, max_batch, threads)
+        return real(key, directory, device, max_batch, runner, threads)
 
     monkeypatch.setattr(app.inference, "_load", counting)
 
@@ -70,6 +82,36 @@ def test_concurrent_first_requests_share_one_load(model_dirs: list[Path], monkey
 
     served = asyncio.run(main())
     assert len(calls) == 1 and all(s is served[0] for s in served)
+
+
+def test_one_thread_runs_every_load_and_decode_step(model_dirs: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two models, loaded and decoding at once, run torch on a single thread (a second torch
+    thread in the process makes libgomp stop spin-waiting: see InferenceThread)."""
+    from models.decoder import Decoder
+
+    threads: set[str] = set()
+    real_load, real_step = app.inference._load, Decoder.step
+
+    def load(*args: object) -> Served:
+        threads.add(threading.current_thread().name)
+        return real_load(*args)  # type: ignore[arg-type]
+
+    def step(self: Decoder) -> object:
+        threads.add(threading.current_thread().name)
+        return real_step(self)
+
+    monkeypatch.setattr(app.inference, "_load", load)
+    monkeypatch.setattr(Decoder, "step", step)
+
+    async def main() -> list[str]:
+        engine = Engine(1 << 30, 4, "cpu")
+        a, b = await asyncio.gather(engine.get("a", model_dirs[0]), engine.get("b", model_dirs[1]))
+        jobs = [collect(engine, served, [1, 2, 3], 8) for served in (a, b, a, b)]
+        return list(await asyncio.gather(*jobs))
+
+    texts = asyncio.run(main())
+    assert threads == {"inference"}
+    assert texts[0] == texts[2] and texts[1] == texts[3]  # each model decodes its own rows
 
 
 def test_the_cache_is_bounded_by_bytes(model_dirs: list[Path]) -> None:
