@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -20,6 +20,18 @@ from app.errors import Invalid, PayloadTooLarge, ServiceError, UnsupportedMediaT
 
 MAX_NAME = 255
 FORM_OVERHEAD = 64 * 1024  # multipart headers and small fields besides the file
+
+
+def upload_body(file_description: str) -> dict[str, Any]:
+    """The OpenAPI request body of an upload route (`openapi_extra`): multipart with a
+    required `file` and an optional `name`. The routes read the stream themselves, so
+    FastAPI cannot infer it."""
+    properties = {
+        "file": {"type": "string", "format": "binary", "description": file_description},
+        "name": {"type": "string", "description": "defaults to the file name"},
+    }
+    schema = {"type": "object", "required": ["file"], "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 @dataclass

@@ -47,7 +47,7 @@ from models.stages import train_step
 from models.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import CpuWindow, environment, log, log_noise, noise_summary
+from machine import CpuWindow, environment, log, log_noise, noise_summary, runnable_precisions
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 4, 4, 256, 256, 16, 2048
 SEED = 0
@@ -258,6 +258,10 @@ def main() -> None:
     precisions, sources = args.precision.split(","), args.sources.split(",")
     if not set(precisions) <= {"fp32", "bf16"} or not set(sources) <= set(SOURCES):
         ap.error("unknown --precision or --sources value")
+    precisions = runnable_precisions(precisions)
+    if not precisions:
+        ap.error("nothing to measure: bf16 is not supported on this CPU")
+    args.precision = ",".join(precisions)
     if not args.data.is_file():
         ap.error(f"no data file {args.data}")
     torch.set_num_threads(args.threads)

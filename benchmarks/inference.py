@@ -39,7 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from train_throughput import CpuWindow, log_noise, noise_summary  # noqa: E402
+from machine import CpuWindow, log, log_noise, noise_summary  # noqa: E402
 
 from app.inference import Engine, Served  # noqa: E402
 from models.artifact import save_model  # noqa: E402
@@ -55,10 +55,6 @@ SHAPES = {
 }
 CONCURRENT = 8
 T = TypeVar("T")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def build(shape: dict[str, int], root: Path) -> tuple[Path, Path]:

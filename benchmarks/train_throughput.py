@@ -23,10 +23,7 @@ import importlib.util
 import itertools
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from machine import CpuWindow, environment, log, log_noise, matmul_peak, noise_summary, runnable_precisions
 
 from models.data import Batch
 from models.gpt import GPT, GPTConfig
@@ -48,123 +46,6 @@ from models.stages import train_step
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 6, 6, 384, 256, 8, 8192
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --- the machine ---------------------------------------------------------------------------
-
-
-class CpuWindow:
-    """CPU seconds that other processes used while a block ran: machine busy time from
-    /proc/stat minus this process's own (and its reaped children's) CPU time."""
-
-    HZ = os.sysconf("SC_CLK_TCK")
-
-    def __init__(self) -> None:
-        self.start = self._read()
-
-    def _read(self) -> tuple[float, float, float, float]:
-        own = sum(
-            getattr(resource.getrusage(w), f)
-            for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-            for f in ("ru_utime", "ru_stime")
-        )
-        try:
-            with open("/proc/stat") as f:  # cpu user nice system idle iowait irq softirq steal ...
-                ticks = [int(v) for v in f.readline().split()[1:]]
-            busy, steal = (sum(ticks[:3]) + sum(ticks[5:8])) / self.HZ, ticks[7] / self.HZ
-        except (OSError, IndexError, ValueError):
-            busy = steal = float("nan")
-        return time.monotonic(), busy, steal, own
-
-    def stop(self) -> dict[str, float]:
-        end = self._read()
-        wall, busy, steal, own = (b - a for a, b in zip(self.start, end, strict=True))
-        other = busy - own
-        cpus = os.cpu_count() or 1
-        return {
-            "wall_s": round(wall, 3),
-            "own_cpu_s": round(own, 3),
-            "other_cpu_s": round(other, 3),
-            "other_share": round(other / (wall * cpus), 4) if wall > 0 else 0.0,
-            "steal_s": round(steal, 3),
-        }
-
-
-NOISY_SHARE = 0.05  # other processes' share of the machine above which a measurement should be rerun
-
-
-def noise_summary(windows: list[dict[str, float]], run: dict[str, float]) -> dict[str, Any]:
-    """Other processes' CPU use summed over the timed blocks, and over the whole run (which also
-    counts warmups, and a torch.compile's worker processes as "other")."""
-    wall, own, other, steal = (sum(w[k] for w in windows) for k in ("wall_s", "own_cpu_s", "other_cpu_s", "steal_s"))
-    cpus = os.cpu_count() or 1
-    share = other / (wall * cpus) if wall > 0 else 0.0
-    timed = {
-        "wall_s": round(wall, 3),
-        "own_cpu_s": round(own, 3),
-        "other_cpu_s": round(other, 3),
-        "other_share": round(share, 4),
-        "steal_s": round(steal, 3),
-    }
-    return {"timed": timed, "whole_run": run, "noisy": share > NOISY_SHARE}
-
-
-def log_noise(noise: dict[str, Any]) -> None:
-    t = noise["timed"]
-    log(
-        f"other processes used {t['other_cpu_s']:.1f} CPU s during {t['wall_s']:.0f} s of timed steps "
-        f"({t['other_share']:.0%} of the machine)" + ("  <- noisy window, rerun" if noise["noisy"] else "")
-    )
-
-
-def onednn_bf16_matmul() -> str:
-    """The oneDNN implementation a bf16 matmul runs here (for example brg_matmul:...amx), or why unknown."""
-    code = "import torch; a = torch.randn(256, 256, dtype=torch.bfloat16); torch.matmul(a, a)"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            env={**os.environ, "ONEDNN_VERBOSE": "1"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    for line in out.stdout.splitlines():
-        parts = line.split(",")
-        if len(parts) > 6 and parts[2:6] == ["primitive", "exec", "cpu", "matmul"]:
-            return parts[6]
-    return "not oneDNN (no verbose matmul line)"
-
-
-def environment() -> dict[str, Any]:
-    impl = onednn_bf16_matmul()
-    return {
-        "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "onednn_bf16_matmul": impl,
-        "amx": "amx" in impl,
-        "loadavg_at_start": list(os.getloadavg()),
-    }
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of an n×n×n torch.matmul: the ceiling MFU is measured against."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def measure_peaks(precisions: list[str]) -> dict[str, float]:
@@ -463,15 +344,10 @@ def main() -> None:
         ap.error("--warmup, --steps and --passes must be at least 1")
     if not set(args.precision.split(",")) <= set(DTYPES):
         ap.error(f"--precision takes a comma-separated subset of {sorted(DTYPES)}")
-    precisions = args.precision.split(",")
-    if "bf16" in precisions and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        # Emulated bf16 is many times slower than fp32: nobody trains that way, and no variant
-        # would finish in reasonable time. auto precision picks fp32 on such a CPU.
-        log("this CPU has no bf16 matmul kernels (no AVX-512 BF16 / AMX): bf16 variants skipped")
-        precisions.remove("bf16")
-        if not precisions:
-            ap.error("nothing to measure: bf16 is not supported on this CPU")
-        args.precision = ",".join(precisions)
+    precisions = runnable_precisions(args.precision.split(","))
+    if not precisions:
+        ap.error("nothing to measure: bf16 is not supported on this CPU")
+    args.precision = ",".join(precisions)
     torch.set_num_threads(args.threads)
 
     env = environment()

@@ -11,27 +11,11 @@ from app.deps import DatabaseDep, ReadSession, SettingsDep, TenantDep, WriteSess
 from app.routes import ERRORS, error
 from app.schemas import DatasetOut, Deleted, Page
 from app.services import datasets
-from app.uploads import receive_file
+from app.uploads import receive_file, upload_body
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": ".txt or .jsonl (CONTRACT §2)"},
-                        "name": {"type": "string", "description": "defaults to the file name"},
-                    },
-                }
-            }
-        },
-    }
-}
+UPLOAD_BODY = upload_body(".txt or .jsonl (CONTRACT §2)")
 
 
 @router.post(

@@ -14,7 +14,7 @@ from app.errors import NotFound
 from app.routes import ERRORS, error
 from app.schemas import CheckpointOut, ModelOut, Page
 from app.services import metrics, model_files, models
-from app.uploads import receive_file
+from app.uploads import receive_file, upload_body
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
 
@@ -48,29 +48,10 @@ def get_model(
     return models.to_out(session, settings, models.get(session, tenant_id, model_id))
 
 
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": ".tar.gz or .zip of a GPT-2-family model folder (Hugging Face layout: "
-                            "config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt), "
-                            "or of a Stagecraft export",
-                        },
-                        "name": {"type": "string", "description": "defaults to the file name"},
-                    },
-                }
-            }
-        },
-    }
-}
+UPLOAD_BODY = upload_body(
+    ".tar.gz or .zip of a GPT-2-family model folder (Hugging Face layout: config.json, model.safetensors, "
+    "tokenizer.json or vocab.json + merges.txt), or of a Stagecraft export"
+)
 
 
 @router.post(
