@@ -1,4 +1,4 @@
-"""Liveness, readiness (database and broker) and Prometheus metrics."""
+"""Liveness, readiness (database reachable and migrated, broker reachable) and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import Database
+from app.db import Database, schema_problem
 from app.errors import error_body
 from app.tables import Job
 
@@ -63,7 +63,10 @@ def _check_broker(request: Request) -> None:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
-@router.get("/readyz", responses={503: {"description": "the database or the broker is unreachable"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "the database or the broker is unreachable, or the schema is not migrated"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     db: Database = request.app.state.db
     problems = []
@@ -71,6 +74,9 @@ async def readyz(request: Request) -> JSONResponse:
     def check_db() -> None:
         with db.read() as session:
             session.execute(text("SELECT 1"))
+            problem = schema_problem(session)
+            if problem:
+                raise RuntimeError(problem)
 
     for name, check in (("database", check_db), ("broker", lambda: _check_broker(request))):
         try:
@@ -78,7 +84,8 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:
             problems.append({"component": name, "message": str(exc)[:500]})
     if problems:
-        return JSONResponse(error_body("not_ready", "a dependency is unreachable", problems), status_code=503)
+        body = error_body("not_ready", "a dependency is unreachable or not migrated", problems)
+        return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
