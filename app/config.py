@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     event_flush_s: float = 0.5  # how long training-step events may wait to be written in a batch
     sse_poll_s: float = 0.5  # SSE: how often to look for new events without Redis
     sse_keepalive_s: float = 15.0
+    key_cache_s: float = 10.0  # how long the API trusts a key it has checked: a revocation applies within this
 
     # Serving (app/inference.py): the in-process model cache and its dynamic batches.
     inference_cache_bytes: int = 4 << 30  # weights + KV caches of the models kept loaded (LRU)

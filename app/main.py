@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     app.state.publisher = Publisher(settings.pubsub_url)
     app.state.waiters = EventWaiters(settings.pubsub_url, settings.sse_poll_s)
-    app.state.key_cache = auth.KeyCache()
+    app.state.key_cache = auth.KeyCache(settings.key_cache_s)
     errors.install(app)
     app.add_middleware(health.PrometheusMiddleware)
     s = settings

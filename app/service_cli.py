@@ -1,4 +1,4 @@
-"""`stagecraft up | api | worker | migrate | keys`: running the service.
+"""`stagecraft up | api | worker | migrate | keys create|list|revoke`: running the service.
 
 Registered on the main typer app by importing this module (app/cli.py does).
 """
@@ -161,3 +161,37 @@ def keys_create(
         key = auth.create_key(session, tenant)
         session.commit()
     print(key)
+
+
+@keys_cli.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List keys: id, tenant, the key's first characters, creation time (keys themselves are not stored)."""
+    from app.db import get_database
+    from app.services import auth
+
+    settings = _settings(data_dir)
+    with get_database(settings.db_url).read() as session:
+        for key, tenant_name in auth.list_keys(session, tenant):
+            print(f"{key.id}\t{tenant_name}\t{key.prefix}...\t{key.created_at.isoformat(timespec='seconds')}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="the key's id (key_...) or the prefix `keys list` shows (sk-sc-...)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a key: the API refuses it within STAGECRAFT_KEY_CACHE_S seconds (default 10)."""
+    from app.db import get_database
+    from app.services import auth
+
+    settings = _settings(data_dir)
+    with get_database(settings.db_url).write() as session:
+        revoked = auth.revoke_key(session, key.removesuffix("..."))
+        if revoked is None:
+            err.print(f"no single key with id or prefix '{key}' (see `stagecraft keys list`)")
+            raise typer.Exit(1)
+        session.commit()
+    print(f"revoked {revoked.id} ({revoked.prefix}...)")

@@ -36,6 +36,28 @@ def create_key(session: Session, tenant_name: str) -> str:
     return key
 
 
+def list_keys(session: Session, tenant_name: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Every key (or one tenant's) with its tenant's name, oldest first."""
+    query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(ApiKey.created_at)
+    if tenant_name is not None:
+        query = query.where(Tenant.name == tenant_name)
+    return [(key, name) for key, name in session.execute(query).tuples()]
+
+
+def revoke_key(session: Session, key_id_or_prefix: str) -> ApiKey | None:
+    """Delete the key with this id (`key_...`) or this printed prefix (`sk-sc-...`), if exactly
+    one matches. The caller commits. An API process may accept it until its cache entry
+    expires (`key_cache_s`)."""
+    by_id = session.get(ApiKey, key_id_or_prefix)
+    matches = (
+        [by_id] if by_id is not None else list(session.scalars(select(ApiKey).where(ApiKey.prefix == key_id_or_prefix)))
+    )
+    if len(matches) != 1:
+        return None
+    session.delete(matches[0])
+    return matches[0]
+
+
 def bearer_key_hash(authorization: str | None) -> str:
     """The hash of the key in an `Authorization: Bearer <key>` header, or 401."""
     if not authorization:
@@ -54,10 +76,11 @@ def tenant_of(session: Session, key_hash: str) -> str:
 
 
 class KeyCache:
-    """Recently seen keys, so most requests authenticate without a query. Keys are never
-    deleted today; once they can be revoked, a revocation takes up to `ttl_s` to apply."""
+    """Recently seen keys, so most requests authenticate without a query (one per key per
+    `ttl_s`). A key revoked by `stagecraft keys revoke`, from any process, stops working
+    once its entry expires: within `ttl_s`."""
 
-    def __init__(self, ttl_s: float = 60.0, size: int = 10_000):
+    def __init__(self, ttl_s: float = 10.0, size: int = 10_000):
         self.ttl_s, self.size = ttl_s, size
         self.entries: dict[str, tuple[str, float]] = {}
 
