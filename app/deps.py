@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.db import Database
+from app.inference import Engine
 from app.services import auth, jobs
 from app.tables import Job
 
@@ -39,7 +40,14 @@ def write_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_engine(request: Request) -> Engine:
+    """The serving engine: the model cache, and the one thread all torch work runs on."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 ReadSession = Annotated[Session, Depends(read_session)]
 WriteSession = Annotated[Session, Depends(write_session)]

@@ -198,6 +198,11 @@ class Engine:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.entries.values())
 
+    async def run(self, fn: Callable[[], T]) -> T:
+        """fn() on the inference thread: for any torch work of the API process (model import and
+        export too), so that decoding never shares the CPUs with a second OpenMP team."""
+        return await asyncio.wrap_future(self.runner.call(fn))
+
     async def get(self, key: str, directory: Path) -> Served:
         served = self.entries.get(key)
         if served is not None:
@@ -212,7 +217,7 @@ class Engine:
     async def _load(self, key: str, directory: Path) -> Served:
         try:
             args = (key, directory, self.device, self.max_batch, self.runner, self.threads)
-            served = await asyncio.wrap_future(self.runner.call(lambda: _load(*args)))
+            served = await self.run(lambda: _load(*args))
         finally:
             del self.loading[key]
         self.entries[key] = served

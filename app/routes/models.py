@@ -7,9 +7,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
-from app.deps import DatabaseDep, ReadSession, SettingsDep, TenantDep
+from app.deps import DatabaseDep, EngineDep, ReadSession, SettingsDep, TenantDep
 from app.errors import NotFound
 from app.routes import ERRORS, error
 from app.schemas import CheckpointOut, ModelOut, Page
@@ -64,7 +63,9 @@ UPLOAD_BODY = upload_body(
         422: error("`unsupported_model`: not an archive of a GPT-2-family model this service can represent"),
     },
 )
-async def upload_model(request: Request, tenant_id: TenantDep, settings: SettingsDep, db: DatabaseDep) -> ModelOut:
+async def upload_model(
+    request: Request, tenant_id: TenantDep, settings: SettingsDep, db: DatabaseDep, engine: EngineDep
+) -> ModelOut:
     """Import a model trained elsewhere; its id then serves, exports and seeds `init_from`."""
     dest = model_files.incoming_path(settings)
     upload = await receive_file(request, dest, settings.max_model_upload_bytes)
@@ -75,7 +76,7 @@ async def upload_model(request: Request, tenant_id: TenantDep, settings: Setting
             session.commit()
             return models.to_out(session, settings, model)
 
-    return await run_in_threadpool(save)
+    return await engine.run(save)  # torch work: on the thread that runs all of it (app.inference)
 
 
 @router.get(
@@ -90,6 +91,7 @@ async def export_model(
     model_id: str,
     tenant_id: TenantDep,
     settings: SettingsDep,
+    engine: EngineDep,
     db: DatabaseDep,
     format: Literal["hf"] = "hf",
     archive: Literal["tar.gz", "zip"] = "tar.gz",
@@ -103,6 +105,6 @@ async def export_model(
             directory = models.servable(session, settings, tenant_id, model_id)
         return model_files.export_archive(settings, directory, model_id, format, archive)
 
-    path = await run_in_threadpool(build)
+    path = await engine.run(build)  # torch work: on the thread that runs all of it (app.inference)
     media = "application/zip" if archive == "zip" else "application/gzip"
     return FileResponse(path, media_type=media, filename=path.name)

@@ -1,7 +1,8 @@
 """Models in and out as archives: importing an uploaded Hugging Face GPT-2-family (or
 exported Stagecraft) model, and exporting any servable model in the Hugging Face layout.
 
-Both run torch code: call them from a worker thread, never on the event loop.
+Both run torch code: the routes run them on the inference thread (`Engine.run`), never on
+the event loop.
 """
 
 from __future__ import annotations
