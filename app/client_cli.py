@@ -59,7 +59,8 @@ def upload_local_files(c: Client, raw: dict[str, Any], base: Path, say: Callable
         path = (base / value).expanduser()
         if path.is_file():
             ds = c.upload(path)
-            say(f"uploaded {value} as {ds['id']} ({ds['num_records']} {ds['kind']} records)")
+            what = "supervised records" if ds["kind"] == "records" else "lines of text"
+            say(f"uploaded {value} as {ds['id']} ({ds['num_records']} {what})")
             ref["dataset"] = ds["id"]
 
 

@@ -100,8 +100,15 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's request validation: a body that is not JSON is a 400, anything else a 422."""
+    """FastAPI's request validation: a body sent without a JSON content type is a 415 that says
+    so (curl's `-d` sends form encoding), a body that is not valid JSON a 400, anything else a 422."""
     assert isinstance(exc, RequestValidationError)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    not_json = content_type != "application/json" and not content_type.endswith("+json")
+    if not_json and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):  # no JSON body at all
+        got = f"'{content_type}'" if content_type else "none"
+        message = f"the request body must be JSON: send `Content-Type: application/json` (got {got})"
+        return _response(415, "unsupported_media_type", message)
     details = []
     for e in exc.errors():
         loc = ".".join(str(p) for p in e.get("loc", ()))

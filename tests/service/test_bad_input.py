@@ -183,3 +183,16 @@ def test_dataset_pages_and_delete(api: Api, tmp_path: Path) -> None:
     r = api.http.delete(f"/v1/datasets/{ids[0]}")
     assert r.status_code == 200 and r.json() == {"id": ids[0], "object": "dataset", "deleted": True}
     error(api.http.get(f"/v1/datasets/{ids[0]}"), 404, "not_found")
+
+
+def test_a_json_route_without_a_json_content_type_says_so(api: Api) -> None:
+    """curl's `-d` sends form encoding: the answer names the header to send, not a field."""
+    body = b'{"prompt": "At the market,", "max_new_tokens": 4}'
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    err = error(
+        api.http.post("/v1/models/model_nope/generate", content=body, headers=form), 415, "unsupported_media_type"
+    )
+    assert "Content-Type: application/json" in err["message"] and "x-www-form-urlencoded" in err["message"]
+    # with the header, the same body reaches the route (which finds no such model)
+    json_header = {"Content-Type": "application/json"}
+    error(api.http.post("/v1/models/model_nope/generate", content=body, headers=json_header), 404, "not_found")
