@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,14 +38,12 @@ import torch.nn.functional as F
 from models import records
 from models.data import IGNORE, Batch, RecordStream, Stream, collate, fork, stable_seed
 from models.gpt import GPT, GPTConfig
-from models.optim import lr_factor
-from models.pipeline import Pipeline
 from models.spec import parse_spec
-from models.stages import train_step
 from models.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import CpuWindow, environment, log, log_noise, noise_summary, runnable_precisions
+from ours import plan, segment_step
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 4, 4, 256, 256, 16, 2048
 SEED = 0
@@ -143,8 +139,7 @@ def finetune_spec(precision: str) -> Any:
 
 def build(source: str, precision: str, proto: RecordStream, vocab_size: int) -> Variant:
     spec = finetune_spec(precision)
-    pipe = Pipeline(spec, Path(tempfile.gettempdir()), None, None, Path)  # autocast policy of a real run
-    seg = pipe.segments[0]
+    pipe, seg = plan(spec)
     if source == "ours":  # as Pipeline.build_model does: a fork of the data's stream per segment
         inner: Stream | ShuffledRecords = fork(proto, f"pairs/{seg.key}")
     else:
@@ -152,26 +147,7 @@ def build(source: str, precision: str, proto: RecordStream, vocab_size: int) -> 
     stream = Counted(inner)
     torch.manual_seed(SEED)
     model = GPT(GPTConfig(vocab_size, BLOCK, N_LAYER, N_HEAD, N_EMBD))
-    pipe.adopt(model)  # the run's precision policy
-    trainee = pipe.trainee(seg)
-    counter = itertools.count()
-
-    def step() -> int:
-        s = next(counter)
-        lr = seg.part.optimizer.lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
-        r = train_step(
-            model,
-            pipe.weights,
-            trainee,
-            stream,
-            seg,
-            s + 1,
-            lr,
-            pipe.autocast,
-            pipe.to_device,  # type: ignore[arg-type]
-        )
-        return r.tokens
-
+    step = segment_step(pipe, seg, model, stream)
     return Variant(f"{source}_{precision}", source, precision, stream, step)
 
 

@@ -20,35 +20,31 @@ One JSON object goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
-import importlib.util
-import itertools
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from machine import CpuWindow, environment, log, log_noise, matmul_peak, noise_summary, runnable_precisions
-
-from models.data import Batch
-from models.gpt import GPT, GPTConfig
-from models.optim import lr_factor
-from models.pipeline import Pipeline
-from models.spec import parse_spec
-from models.stages import train_step
-
-N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 6, 6, 384, 256, 8, 8192
-LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+from train_variants import (
+    BATCH,
+    BLOCK,
+    DTYPES,
+    N_EMBD,
+    N_HEAD,
+    N_LAYER,
+    VOCAB,
+    Variant,
+    build_hf,
+    build_nanogpt,
+    build_ours,
+    load_nanogpt,
+)
 
 
 def measure_peaks(precisions: list[str]) -> dict[str, float]:
@@ -58,165 +54,6 @@ def measure_peaks(precisions: list[str]) -> dict[str, float]:
 def flops_per_token(n_params: int) -> int:
     """nanoGPT's estimate_mfu: 6N + 12·L·H·Q·T, N without position embeddings."""
     return 6 * n_params + 12 * N_LAYER * N_HEAD * (N_EMBD // N_HEAD) * BLOCK
-
-
-# --- the variants --------------------------------------------------------------------------
-
-
-@dataclass
-class Variant:
-    name: str
-    precision: str
-    n_params: int  # without position embeddings
-    step: Callable[[], int]  # one optimizer step; returns the tokens it trained on
-    samples: list[float] = field(default_factory=list)  # tokens/s, one per pass
-    windows: list[dict[str, float]] = field(default_factory=list)
-    first_step_s: float | None = None  # includes a torch.compile
-
-
-class RandomBatches:
-    """What train_step needs of a stream: next_batch(batch_size) -> Batch, here cycling a fixed set."""
-
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
-        self.cycle = itertools.cycle(batches)
-
-    def next_batch(self, batch_size: int) -> Batch:
-        x, y = next(self.cycle)
-        assert x.size(0) == batch_size
-        return Batch(x, y, y, x.numel())
-
-
-def autocast(precision: str) -> contextlib.AbstractContextManager[object]:
-    dtype = DTYPES[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
-
-
-def build_ours(precision: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Variant:
-    spec = parse_spec(
-        {
-            "name": "train-throughput",
-            "model": {"n_layer": N_LAYER, "n_head": N_HEAD, "n_embd": N_EMBD, "block_size": BLOCK},
-            "tokenizer": {"vocab_size": VOCAB, "train_on": ["random"]},
-            "data": {"random": {"dataset": "random-tokens"}},
-            "stages": [
-                {
-                    "type": "pretrain",
-                    "name": "pretrain",
-                    "data": "random",
-                    "steps": 1_000_000,
-                    "batch_size": BATCH,
-                    "loss": {"type": "causal_lm"},
-                    "grad_clip": GRAD_CLIP,
-                    "optimizer": {"type": "adamw", "lr": LR, "betas": list(BETAS), "weight_decay": WEIGHT_DECAY},
-                }
-            ],
-            "precision": precision,
-            "device": "cpu",
-        }
-    )
-    # The Pipeline supplies the segment plan, autocast policy and device transfer of a real run.
-    pipe = Pipeline(spec, Path(tempfile.gettempdir()), None, None, Path)
-    seg = pipe.segments[0]
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD))
-    pipe.adopt(model)  # the run's precision policy: bf16 on CPU = bf16 model + fp32 master weights
-    trainee = pipe.trainee(seg)
-    stream, counter = RandomBatches(batches), itertools.count()
-
-    def step() -> int:
-        s = next(counter)
-        lr = seg.part.optimizer.lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
-        return train_step(
-            model,
-            pipe.weights,
-            trainee,
-            stream,
-            seg,
-            s + 1,
-            lr,
-            pipe.autocast,
-            pipe.to_device,  # type: ignore[arg-type]
-        ).tokens
-
-    return Variant(f"ours_{precision}", precision, model.num_parameters(include_positions=False), step)
-
-
-def peer_step(
-    model: torch.nn.Module,
-    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    opt: torch.optim.Optimizer,
-    precision: str,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-) -> Callable[[], int]:
-    """nanoGPT's train.py step: forward under autocast, backward, clip 1.0, AdamW, zero_grad."""
-    cycle = itertools.cycle(batches)
-
-    def step() -> int:
-        x, y = next(cycle)
-        with autocast(precision):
-            loss = loss_of(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return x.numel()
-
-    return step
-
-
-def load_nanogpt(directory: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nanogpt_model", directory / "model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def build_nanogpt(
-    nano: ModuleType, precision: str, compile_: bool, batches: list[tuple[torch.Tensor, torch.Tensor]]
-) -> Variant:
-    torch.manual_seed(0)
-    with contextlib.redirect_stdout(sys.stderr):  # it prints parameter counts
-        cfg = nano.GPTConfig(
-            block_size=BLOCK, vocab_size=VOCAB, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD, dropout=0.0, bias=True
-        )
-        model = nano.GPT(cfg).train()
-        opt = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu")
-    forward = torch.compile(model) if compile_ else model
-    name = f"nanogpt{'_compile' if compile_ else ''}_{precision}"
-    step = peer_step(model, lambda x, y: forward(x, y)[1], opt, precision, batches)
-    return Variant(name, precision, model.get_num_params(), step)
-
-
-def build_hf(precision: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Variant:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=VOCAB,
-        n_positions=BLOCK,
-        n_embd=N_EMBD,
-        n_layer=N_LAYER,
-        n_head=N_HEAD,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
-        attn_implementation="sdpa",
-    )
-    model = GPT2LMHeadModel(cfg).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS)
-    # HF's own causal-LM loss: labels = inputs, shifted inside the model.
-    step = peer_step(model, lambda x, y: model(input_ids=x, labels=x).loss, opt, precision, batches)
-    n = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
-    return Variant(f"hf_gpt2_{precision}", precision, n, step)
 
 
 # --- the run -------------------------------------------------------------------------------
