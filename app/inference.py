@@ -114,15 +114,11 @@ class Batcher:
         self.decoder, self.name, self.runner = decoder, name, runner
         self.incoming: list[tuple[Row, Sink]] = []
         self.sinks: dict[int, Sink] = {}
-        self.closing = False  # evicted from the cache: finishes what it has, takes no new loads
 
     def submit(self, row: Row, sink: Sink) -> None:
         with self.runner.cond:
             self.incoming.append((row, sink))
             self.runner.activate(self)
-
-    def close(self) -> None:
-        self.closing = True
 
     def step(self) -> None:
         """Admit new requests, decode one token for every row, hand out the updates."""
@@ -223,8 +219,8 @@ class Engine:
         self.entries[key] = served
         while self.nbytes > self.max_bytes and len(self.entries) > 1:
             old_key, old = self.entries.popitem(last=False)
+            # Requests already holding it finish; the weights go with the last of them.
             log.info("model cache: evicting %s (%d bytes)", old_key, old.nbytes)
-            old.batcher.close()
         return served
 
     async def generate(

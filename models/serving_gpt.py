@@ -32,11 +32,12 @@ PACK_ROWS = 8  # the batch size oneDNN lays the weights out for; 1-16 rows all r
 class Projection:
     """`x @ weight.T + bias` (GELU-tanh of it with `gelu=True`) for the few rows of decoding."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, rows: int = PACK_ROWS):
+    def __init__(self, weight: Tensor, bias: Tensor | None, onednn: bool = True, rows: int = PACK_ROWS):
         self.bias = None if bias is None else bias.detach().clone()
         self.packed: Tensor | None = None
         self.weight_t: Tensor | None = None
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        cpu_fp32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        if onednn and cpu_fp32 and torch.backends.mkldnn.is_available():
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
             except RuntimeError:  # a build or CPU without the fp32 oneDNN matmul: plain addmm below
@@ -75,12 +76,13 @@ class Layer:
 
 
 class ServingGPT:
-    def __init__(self, model: GPT):
+    def __init__(self, model: GPT, onednn: bool = True):
+        """`onednn=False` keeps the plain `addmm` layout even where oneDNN could pack."""
         self.config: GPTConfig = model.config
         sd = {k: v.detach() for k, v in model.state_dict().items()}
 
         def proj(name: str) -> Projection:
-            return Projection(sd[name + ".weight"], sd[name + ".bias"])
+            return Projection(sd[name + ".weight"], sd[name + ".bias"], onednn)
 
         self.layers = []
         for i in range(self.config.n_layer):
@@ -99,7 +101,7 @@ class ServingGPT:
             )
         self.wte = sd["transformer.wte.weight"].clone()
         self.wpe = sd["transformer.wpe.weight"].clone()
-        self.head = Projection(self.wte, None)  # tied: the vocabulary projection reads the embedding
+        self.head = Projection(self.wte, None, onednn)  # tied: the vocabulary projection reads the embedding
         self.lnf_w, self.lnf_b = sd["transformer.ln_f.weight"].clone(), sd["transformer.ln_f.bias"].clone()
 
     @property
