@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import httpx
 import yaml
 
 from app.client import FINAL, parse_sse
-from tests.conftest import BASE_SPEC, SHARED_EXAMPLES, corpus_texts, record_objects, write_jsonl
+from tests.conftest import BASE_SPEC, NAMES, SHARED_EXAMPLES, corpus_texts, record_objects, write_jsonl
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 90
@@ -68,7 +69,13 @@ def example_data(scratch: Path) -> Path:
     if (shared / "corpus.txt").is_file() and (shared / "pairs.jsonl").is_file():
         return shared
     scratch.mkdir(parents=True, exist_ok=True)
-    (scratch / "corpus.txt").write_text("\n".join(corpus_texts(3000)) + "\n", encoding="utf-8")
+    # Ticket numbers give the byte-level BPE enough distinct pairs to fill the 512-token
+    # vocabularies the tests ask for (the templated sentences alone stop near 440).
+    rng = random.Random(1)
+    tickets = [f"Ticket {rng.randint(1000, 99999)} is for {name}." for name in NAMES for _ in range(300)]
+    lines = corpus_texts(3000) + tickets
+    rng.shuffle(lines)
+    (scratch / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     write_jsonl(scratch / "pairs.jsonl", record_objects(600))
     return scratch
 
