@@ -11,14 +11,9 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from models.errors import TrainingError
+from models.errors import ArchiveError
 
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-
-
-class ArchiveError(TrainingError):
-    def __init__(self, message: str):
-        super().__init__("user_error", message)
 
 
 def is_archive(path: Path) -> bool:

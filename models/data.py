@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from models.errors import TrainingError
-from models.records import DataError, Dataset, Example, completion_text, load_file
+from models.records import DataError, DataFile, Example, completion_text, load_file
 from models.spec import DataRef
 from models.tokenizer import Tokenizer
 
@@ -54,10 +54,10 @@ def split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list
 
 def load_splits(
     refs: Mapping[str, DataRef], seed: int, resolve: Callable[[str], Path]
-) -> tuple[dict[str, Dataset], dict[str, Dataset]]:
+) -> tuple[dict[str, DataFile], dict[str, DataFile]]:
     """Load every named dataset and split it into (train, validation); all data errors at once."""
-    train_sets: dict[str, Dataset] = {}
-    val_sets: dict[str, Dataset] = {}
+    train_sets: dict[str, DataFile] = {}
+    val_sets: dict[str, DataFile] = {}
     problems = []
     for name, ref in refs.items():
         try:
@@ -68,8 +68,8 @@ def load_splits(
         items: list[Any] = ds.texts if ds.kind == "text" else ds.examples
         train, val = split(items, ref.validation_fraction, stable_seed(seed, name))
         field = "texts" if ds.kind == "text" else "examples"
-        train_sets[name] = Dataset(ds.kind, ds.format, **{field: train})
-        val_sets[name] = Dataset(ds.kind, ds.format, **{field: val})
+        train_sets[name] = DataFile(ds.kind, ds.format, **{field: train})
+        val_sets[name] = DataFile(ds.kind, ds.format, **{field: val})
     if problems:
         raise TrainingError("user_error", "; ".join(problems))
     return train_sets, val_sets
@@ -228,7 +228,7 @@ def fork(stream: Stream, key: str) -> Stream:
     return other
 
 
-def make_stream(dataset: Dataset, tok: Tokenizer, block_size: int, seed: int, key: str) -> Stream:
+def make_stream(dataset: DataFile, tok: Tokenizer, block_size: int, seed: int, key: str) -> Stream:
     if dataset.kind == "text":
         return TextStream(dataset.texts, tok, block_size, seed, key)
     return RecordStream(dataset.examples, tok, block_size, seed, key)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from models.generate import Sampling, pick
+from models.generate import Sampling, finished_text, pick
 from models.gpt import GPT, GPTConfig, KVCache
 from models.serving_gpt import ServingGPT
 from models.tokenizer import Tokenizer
@@ -215,10 +215,6 @@ class Decoder:
             if r.finish_reason is not None or r.stream:
                 changed.append(r)
 
-    def _decode(self, r: Row) -> str:
-        text = self.tok.decode(r.tokens)
-        return text[1:] if r.supervised and text.startswith(" ") else text
-
     def _update_text(self, r: Row) -> None:
         raw = self.tok.decode(r.tokens)
         cut = min((i for i in (raw.find(s) for s in r.stop) if i >= 0), default=-1)
@@ -235,12 +231,7 @@ class Decoder:
             r.text = safe
 
     def _final_text(self, r: Row) -> None:
-        raw = self.tok.decode(r.tokens)
-        for s in r.stop:
-            i = raw.find(s)
-            if i >= 0:
-                raw = raw[:i]
-        r.text = raw[1:] if r.supervised and raw.startswith(" ") else raw
+        r.text = finished_text(self.tok.decode(r.tokens), r.stop, r.supervised)
 
     def _drop_finished(self) -> None:
         assert self.cache is not None

@@ -120,6 +120,13 @@ def cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text
 
 
+def finished_text(raw: str, stop: list[str] | None, supervised: bool) -> str:
+    """A generation's final text: cut at the first stop string and, after the completion
+    marker (`supervised`), without the leading space completions are trained with."""
+    text = cut_at_stop(raw, stop)
+    return text[1:] if supervised and text.startswith(" ") else text
+
+
 def complete(
     model: GPT,
     tok: Tokenizer,
@@ -137,5 +144,4 @@ def complete(
         room = max(1, model.config.block_size - sampling.max_new_tokens)
         encoded = [ids[-room:] for ids in encoded]
     ids = generate_ids(model, encoded, sampling, eos_id=tok.eos_id, stop=stop, tokenizer=tok)
-    texts = [cut_at_stop(tok.decode(x), stop) for x in ids]
-    return [t[1:] if supervised and t.startswith(" ") else t for t in texts]
+    return [finished_text(tok.decode(x), stop, supervised) for x in ids]

@@ -20,20 +20,13 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from models.checkpoint import CONFIG_FILE, MODEL_FILE, load_tensors, read_json, write_atomic, write_json
-from models.errors import TrainingError
+from models.errors import UnsupportedModel
 from models.gpt import GPT, GPTConfig
 from models.tokenizer import EOS, PAD, SEP, SPECIAL_TOKENS, Tokenizer
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older GPT-2 checkpoints
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which our GPT uses
-
-
-class UnsupportedModel(TrainingError):
-    """A directory that is not a GPT-2-family model this GPT can represent exactly."""
-
-    def __init__(self, message: str):
-        super().__init__("user_error", message)
 
 
 def is_hf_dir(directory: Path) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from models.spec import SGD, Adam, Schedule
+from models.spec import SGD, Adam, Schedule, block_range
 
 PARTS: dict[str, Callable[[str], bool]] = {
     "all": lambda n: True,
@@ -27,9 +27,9 @@ PARTS: dict[str, Callable[[str], bool]] = {
 
 
 def _matches(selector: str, name: str) -> bool:
-    m = re.fullmatch(r"blocks\.(\d+)(?:-(\d+))?", selector)
-    if m:
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    blocks = block_range(selector)
+    if blocks is not None:
+        lo, hi = blocks
         b = re.match(r"transformer\.h\.(\d+)\.", name)
         return b is not None and lo <= int(b.group(1)) <= hi
     return PARTS[selector](name)

@@ -12,13 +12,12 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models import artifact, checkpoint, data
+from models import artifact, checkpoint, data, events
 from models.evaluate import measure
 from models.gpt import GPT, GPTConfig
 from models.optim import build_optimizer, lr_factor, select_trainable
@@ -27,7 +26,7 @@ from models.spec import JobSpec
 from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
-EventSink = Callable[[dict[str, Any]], None]
+EventSink = Callable[[events.Event], None]
 
 
 class Stopped(Exception):
@@ -43,10 +42,6 @@ class RunResult:
     model_dir: Path
     steps: int
     evaluation: dict[str, dict[str, float]]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Pipeline:
@@ -76,9 +71,9 @@ class Pipeline:
 
     # --- events ----------------------------------------------------------------------------
 
-    def emit(self, type_: str, seg: Segment | None, payload: dict[str, Any]) -> None:
-        stage = None if seg is None else {"index": seg.stage_index, "name": seg.stage.name}
-        self.on_event({"type": type_, "time": _now(), "stage": stage, "step": self.global_step, "data": payload})
+    def emit(self, type_: events.EventType, seg: Segment | None, payload: dict[str, Any]) -> None:
+        stage: events.StageRef | None = None if seg is None else {"index": seg.stage_index, "name": seg.stage.name}
+        self.on_event(events.make(type_, self.global_step, payload, stage))
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.dtype is None:
@@ -303,7 +298,7 @@ class Pipeline:
         info = {
             "name": self.spec.name,
             "steps": self.global_step,
-            "created_at": _now(),
+            "created_at": events.timestamp(),
             "parameters": self.model.num_parameters(),
         }
         artifact.save_model(model_dir, self.weights.state_dict(), self.model.config, self.tok, info)

@@ -14,25 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-MAX_REPORTED = 100
+from models.errors import DataError
+
 ROLES = ("system", "user", "assistant")
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
     "translate": ("source", "target", "source_lang", "target_lang"),
     "qa": ("context", "question", "answer"),
     "summarize": ("document", "summary"),
 }
-
-
-class DataError(ValueError):
-    """Bad data: `issues` lists every {"line", "field", "reason"} found (line 0: whole file)."""
-
-    def __init__(self, source: str, issues: list[dict[str, Any]], total: int | None = None):
-        self.source = source
-        self.issues = issues[:MAX_REPORTED]
-        self.total = total if total is not None else len(issues)
-        head = "; ".join(f"line {i['line']}: {i['field']}: {i['reason']}" for i in self.issues[:5])
-        more = f" (and {self.total - 5} more)" if self.total > 5 else ""
-        super().__init__(f"{source}: {self.total} bad line(s): {head}{more}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +33,7 @@ class Example:
 
 
 @dataclass
-class Dataset:
+class DataFile:
     kind: Literal["text", "records"]
     format: str  # txt | jsonl-text | jsonl-records
     texts: list[str] = field(default_factory=list)
@@ -95,6 +84,24 @@ def qa_prompt(question: str, context: str) -> str:
 
 def summarize_prompt(text: str) -> str:
     return f"Summarize: {text}\n"
+
+
+TASK_INPUTS: dict[str, tuple[str, ...]] = {  # what each task's prompt is made of, at inference time
+    "translate": ("text", "source_lang", "target_lang"),
+    "qa": ("question", "context"),
+    "summarize": ("text",),
+}
+
+
+def task_prompt(task: str, fields: dict[str, str]) -> str:
+    """The training template of a task, from its inference fields (TASK_INPUTS)."""
+    if task == "translate":
+        return translate_prompt(fields["text"], fields["source_lang"], fields["target_lang"])
+    if task == "qa":
+        return qa_prompt(fields["question"], fields["context"])
+    if task == "summarize":
+        return summarize_prompt(fields["text"])
+    raise ValueError(f"unknown task '{task}' (known: {', '.join(TASK_INPUTS)})")
 
 
 def messages_prompt(messages: list[dict[str, str]]) -> str:
@@ -183,7 +190,7 @@ def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example |
     return None
 
 
-def parse_bytes(data: bytes, filename: str) -> Dataset:
+def parse_bytes(data: bytes, filename: str) -> DataFile:
     """Parse a whole file; raise `DataError` listing every bad line."""
     suffix = Path(filename).suffix.lower()
     if suffix not in (".txt", ".jsonl"):
@@ -204,7 +211,7 @@ def parse_bytes(data: bytes, filename: str) -> Dataset:
             raise DataError(filename, issues)
         if not texts:
             raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no text"}])
-        return Dataset("text", "txt", texts=texts)
+        return DataFile("text", "txt", texts=texts)
 
     docs: list[str] = []
     examples: list[Example] = []
@@ -234,11 +241,11 @@ def parse_bytes(data: bytes, filename: str) -> Dataset:
     if first_kind is None:
         raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no records"}])
     if first_kind == "text":
-        return Dataset("text", "jsonl-text", texts=docs)
-    return Dataset("records", "jsonl-records", examples=examples)
+        return DataFile("text", "jsonl-text", texts=docs)
+    return DataFile("records", "jsonl-records", examples=examples)
 
 
-def load_file(path: Path) -> Dataset:
+def load_file(path: Path) -> DataFile:
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -11,13 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
-
-class SpecError(ValueError):
-    """A spec that cannot run. `errors` lists {"loc": "stages.1.data", "message": ...}."""
-
-    def __init__(self, errors: list[dict[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{e['loc']}: {e['message']}" for e in errors))
+from models.errors import SpecError
 
 
 def _no_bool(value: Any) -> Any:
@@ -112,7 +106,16 @@ class Regularization(_Strict):
     l2: Annotated[Number, Field(ge=0.0, le=1.0)] = 0.0
 
 
-TRAINABLE_PATTERN = r"^(all|embeddings|attention|mlp|norms|head|blocks\.\d+(-\d+)?)$"
+BLOCKS_PATTERN = r"blocks\.(\d+)(?:-(\d+))?"  # `blocks.N` or `blocks.A-B`: the one spelling of a block range
+TRAINABLE_PATTERN = rf"^(all|embeddings|attention|mlp|norms|head|{BLOCKS_PATTERN})$"
+
+
+def block_range(name: str) -> tuple[int, int] | None:
+    """(first, last) block of a `blocks.N` / `blocks.A-B` selector; None for other names."""
+    m = re.fullmatch(BLOCKS_PATTERN, name)
+    return None if m is None else (int(m.group(1)), int(m.group(2) or m.group(1)))
+
+
 Trainable = Annotated[str, Field(pattern=TRAINABLE_PATTERN)]
 Steps = Annotated[StrictInt, Field(ge=1, le=10_000_000)]
 BatchSize = Annotated[StrictInt, Field(ge=1, le=4096)]
@@ -229,10 +232,10 @@ def parse_spec(raw: Any) -> JobSpec:
 
 def _blocks_out_of_range(names: list[str], n_layer: int) -> str | None:
     for name in names:
-        m = re.fullmatch(r"blocks\.(\d+)(?:-(\d+))?", name)
-        if not m:
+        found = block_range(name)
+        if found is None:
             continue
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        lo, hi = found
         if lo > hi:
             return f"'{name}': range start is after its end"
         if hi >= n_layer:

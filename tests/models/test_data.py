@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from models.data import IGNORE, RecordStream, TextStream, collate, encode_example, fork, make_stream, split
-from models.records import Dataset, Example, parse_record
+from models.records import DataFile, Example, parse_record
 from models.tokenizer import Tokenizer
 from tests.conftest import corpus_texts, record_objects
 
@@ -221,8 +221,8 @@ def test_record_stream_state_reproduces_batches(tokenizer: Tokenizer) -> None:
 
 
 def test_make_stream_by_kind(tokenizer: Tokenizer) -> None:
-    assert isinstance(make_stream(Dataset("text", "txt", texts=corpus_texts(5)), tokenizer, 16, 0, "k"), TextStream)
-    ds = Dataset("records", "jsonl-records", examples=examples(5))
+    assert isinstance(make_stream(DataFile("text", "txt", texts=corpus_texts(5)), tokenizer, 16, 0, "k"), TextStream)
+    ds = DataFile("records", "jsonl-records", examples=examples(5))
     assert isinstance(make_stream(ds, tokenizer, 16, 0, "k"), RecordStream)
 
 
