@@ -10,7 +10,6 @@ reads and then writes can fail with "database is locked" without waiting. Sessio
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -49,10 +48,6 @@ class Database:
         self.read = sessionmaker(self.engine, expire_on_commit=False)
         self.write = sessionmaker(self.engine.execution_options(stagecraft_write=True), expire_on_commit=False)
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
-
 
 @lru_cache
 def get_database(url: str | None = None) -> Database:
@@ -60,36 +55,3 @@ def get_database(url: str | None = None) -> Database:
 
 
 __all__ = ["Database", "Session", "get_database", "make_engine"]
-
-
-MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
-
-
-def upgrade(url: str | None = None, revision: str = "head") -> None:
-    """Apply the Alembic migrations up to `revision` (`stagecraft migrate`); `up` calls it on start."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(MIGRATIONS.parent / "alembic.ini"))
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", (url or get_settings().db_url).replace("%", "%%"))
-    command.upgrade(cfg, revision)
-
-
-@lru_cache
-def code_heads() -> frozenset[str]:
-    """The migration revisions this code's tables are declared at."""
-    from alembic.script import ScriptDirectory
-
-    return frozenset(ScriptDirectory(str(MIGRATIONS)).get_heads())
-
-
-def schema_problem(session: Session) -> str | None:
-    """None when the database's schema is at this code's migration head; else what to do."""
-    from alembic.migration import MigrationContext
-
-    current = set(MigrationContext.configure(session.connection()).get_current_heads())
-    if current == code_heads():
-        return None
-    at, needs = ", ".join(sorted(current)) or "no migration", ", ".join(sorted(code_heads()))
-    return f"the database schema is at {at}, this code needs {needs}: run `stagecraft migrate`"

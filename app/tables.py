@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from sqlalchemy import (
     JSON,
@@ -31,8 +31,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID = String(40)
-FINISHED = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running", "cancelling")
+# A job row's status (CONTRACT §3; `validating` is the create request itself, never a row).
+# The transitions between them are all in app/services/lifecycle.py.
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+ACTIVE: tuple[JobStatus, ...] = ("queued", "running", "cancelling")
+FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+STATUSES: tuple[JobStatus, ...] = ACTIVE + FINISHED
 
 
 def new_id(prefix: str) -> str:

@@ -7,7 +7,7 @@ weights, 32-token prompts, 128 new tokens, greedy, fp32, every row run to its le
 (median tokens/s reported):
 
 - `ours_decoder_b1`: models.decoder.Decoder stepped directly, one request;
-- `ours_engine_b1`: one request through app.inference.Engine (batching thread + asyncio);
+- `ours_engine_b1`: one request through app.serving.engine.ModelCache (batching thread + asyncio);
 - `ours_engine_seq8`: 8 requests through the Engine one after another;
 - `ours_engine_conc8`: the same 8 requests at once (dynamic batching);
 - `hf_b1`, `hf_b8`: transformers GPT2LMHeadModel.generate (KV cache), 1 and 8 prompts.
@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import CpuWindow, log, log_noise, noise_summary  # noqa: E402
 
-from app.inference import Engine, Served  # noqa: E402
+from app.serving.engine import ModelCache, Served  # noqa: E402
 from models.artifact import save_model  # noqa: E402
 from models.decoder import Decoder, Row  # noqa: E402
 from models.generate import Sampling  # noqa: E402
@@ -81,13 +81,13 @@ def timed(fn: Callable[[], int]) -> tuple[float, dict[str, float]]:
 class Variants:
     """Every variant's torch work runs on the engine's inference thread, the one thread the
     service runs torch on: a second thread running torch in the process slows decoding
-    (libgomp stops spin-waiting, see app.inference.InferenceThread), which would handicap
+    (libgomp stops spin-waiting, see app.serving.engine.InferenceThread), which would handicap
     whichever variants ran elsewhere."""
 
     def __init__(self, shape: dict[str, int], root: Path, hf_module: Any):
         self.shape = shape
         self.loop = asyncio.new_event_loop()
-        self.engine = Engine(1 << 34, 16, "cpu")
+        self.engine = ModelCache(1 << 34, 16, "cpu")
         ours, hf_dir = self.on_torch_thread(lambda: build(shape, root))
         self.served: Served = self.loop.run_until_complete(self.engine.get("bench", ours))
         self.on_torch_thread(lambda: self._setup(ours, hf_dir, hf_module))

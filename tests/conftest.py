@@ -1,4 +1,5 @@
-"""Shared fixtures: small deterministic data, a tiny trained tokenizer, tiny models and specs.
+"""Shared fixtures: small deterministic data, a tiny trained tokenizer, tiny models and specs,
+a fresh PostgreSQL database per test session, and a migrated database of either kind.
 
 Everything here is sized for the CPU: 2-layer models with n_embd 32 and block_size 32,
 a 300-token BPE vocabulary, a few hundred short documents.
@@ -10,13 +11,17 @@ import copy
 import json
 import os
 import random
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import torch
 
+from app.db import Database
+from app.migrate import upgrade
 from models.gpt import GPT, GPTConfig
 from models.tokenizer import Tokenizer
 
@@ -25,6 +30,7 @@ from models.tokenizer import Tokenizer
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+PG_ADMIN = os.environ.get("STAGECRAFT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_EXAMPLES = REPO_ROOT.parent / "shared" / "examples"
 # The event types of CONTRACT.md §3.
@@ -220,3 +226,29 @@ def spec_dict() -> Callable[..., dict[str, Any]]:
         return spec
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    name = f"stagecraft_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """A SQLite file, then PostgreSQL: migrated to head, shared by the session's tests (each
+    works in a tenant of its own)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'stagecraft.db'}"
+    else:
+        url = str(request.getfixturevalue("pg_url"))
+    upgrade(url)
+    db = Database(url)
+    yield db
+    db.engine.dispose()

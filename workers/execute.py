@@ -1,23 +1,23 @@
-"""Claim a job, run the pipeline with the JobRun callbacks, and finish the row."""
+"""Claim a job, run the pipeline with the JobRun callbacks, and finish the row. Every change
+of the job's state is a call to app.services.lifecycle."""
 
 from __future__ import annotations
 
 import logging
 
 from celery.exceptions import Reject
-from sqlalchemy import delete
 
 from app.config import Settings
 from app.db import Database
-from app.notify import Publisher
-from app.services import events, jobs, lifecycle, models
-from app.tables import Checkpoint, Job, Metric
+from app.queue.wakeups import Publisher
+from app.services import catalog, jobs, lifecycle
+from app.tables import Job
 from models.checkpoint import list_checkpoints
-from models.errors import TrainingError
+from models.errors import StagecraftError
+from models.events import make
 from models.pipeline import RunResult, Stopped, run
-from models.records import DataError
 from models.spec import parse_spec
-from workers.runner import SHUTDOWN, JobRun, LeaseLost
+from workers.reporter import SHUTDOWN, JobRun, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +32,17 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     if SHUTDOWN.is_set():  # a delivery that arrived while this worker stops: leave the job to the next
         raise Reject("worker shutting down", requeue=True)
     owner = f"{worker}:{job_id[-6:]}"
+    workdir = jobs.workdir(settings, job_id)
     with db.write() as session:
         claim = lifecycle.claim(session, job_id, owner, settings.lease_s)
+        if claim is not None and not list_checkpoints(workdir / "checkpoints"):
+            lifecycle.reset_progress(session, job_id)  # a new run, or a retry with nothing to resume
         session.commit()
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or unknown); dropping this delivery", job_id)
         return
-    workdir = jobs.workdir(settings, job_id)
-    fresh = not list_checkpoints(workdir / "checkpoints")
-    if fresh:  # a new run, or a retry with nothing to resume: its metrics start over
-        with db.write() as session:
-            session.execute(delete(Metric).where(Metric.job_id == job_id))
-            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
-            session.commit()
     job_run = JobRun(db, settings, claim, publisher)
-    job_run.on_event(events.make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
+    job_run.on_event(make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
     job_run.start()
     log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
     result: RunResult | None = None
@@ -65,10 +61,8 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
         stopped = True
     except LeaseLost:
         log.warning("job %s: lease lost to another worker; stopping quietly", job_id)
-    except TrainingError as exc:
+    except StagecraftError as exc:
         error = (exc.code, str(exc))
-    except DataError as exc:
-        error = ("user_error", str(exc))
     except Exception as exc:
         log.exception("job %s failed", job_id)
         error = ("system_error", f"{type(exc).__name__}: {exc}")
@@ -77,18 +71,17 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
         return
     with db.write() as session:
         if result is not None:
-            model = models.register(
-                session, settings, session.get_one(Job, job_id), result.model_dir, result.evaluation
-            )
+            job = session.get_one(Job, job_id)
+            model = catalog.register(session, settings, job, result.model_dir, result.evaluation)
             session.flush()
             summary = {"model_id": model.id, "steps": result.steps, "evaluation": result.evaluation}
-            final = events.make("job.succeeded", result.steps, summary)
+            final = make("job.succeeded", result.steps, summary)
             ok, outcome = lifecycle.finish(session, claim, "succeeded", final, model_id=model.id), "succeeded"
         elif error is not None:
-            final = events.make("job.failed", job_run.step, {"code": error[0], "message": error[1]})
+            final = make("job.failed", job_run.step, {"code": error[0], "message": error[1]})
             ok, outcome = lifecycle.finish(session, claim, "failed", final, error=error), f"failed ({error[0]})"
         elif stopped and job_run.cancelled.is_set():
-            final = events.make("job.cancelled", job_run.step, {"reason": "cancelled by request"})
+            final = make("job.cancelled", job_run.step, {"reason": "cancelled by request"})
             ok, outcome = lifecycle.finish(session, claim, "cancelled", final), "cancelled"
         else:
             reason = "the worker shut down; resuming from the last checkpoint"

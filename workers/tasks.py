@@ -1,4 +1,4 @@
-"""The one task: run a job by id. Thin: the work is in workers.runner and app.services."""
+"""The one task: run a job by id. Thin: the work is in workers.execute and app.services."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 import uuid
 
 from app.db import get_database
-from app.notify import EVENTS, Publisher
+from app.queue.wakeups import EVENTS, Publisher
 from workers.celery_app import celery_app, settings
 from workers.execute import execute
 

@@ -10,16 +10,11 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, Invalid, NotFound
-from app.schemas import DatasetOut
 from app.services.pagination import page
 from app.tables import ACTIVE, Dataset, Job, new_id
 from models.records import DataError, parse_bytes
 
 SUFFIXES = (".txt", ".jsonl")
-
-
-def to_out(ds: Dataset) -> DatasetOut:
-    return DatasetOut.model_validate(ds, from_attributes=True)
 
 
 def incoming_path(settings: Settings, tenant_id: str) -> Path:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from app.schemas import Estimates
 from models.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Estimates:
+    parameters: int
+    tokens: int  # tokens the training steps read (batch × grad_accum × block per step)
+    total_steps: int
+    flops: float  # ≈ 6 × parameters × tokens
 
 
 def gpt_parameters(vocab_size: int, block_size: int, n_layer: int, n_embd: int) -> int:

@@ -3,16 +3,35 @@ the end of each stage and for the final model, the whole history, and sample gen
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.schemas import EvaluationOut, StageEvaluation
 from app.tables import Job, JobEvent
 
 
-def report(session: Session, job: Job) -> EvaluationOut:
+@dataclass
+class StageEvaluation:
+    index: int
+    name: str
+    step: int = 0
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # by data name: the newest
+
+
+@dataclass
+class Evaluation:
+    job_id: str
+    status: str
+    model_id: str | None
+    stages: list[StageEvaluation]
+    final: dict[str, dict[str, float]]  # the final model, by data name
+    history: list[dict[str, Any]]  # every measurement: {stage, step, data, metric: value}
+    samples: list[dict[str, Any]]  # sample generations: {stage, step, data, task, prompt, reference, prediction}
+
+
+def report(session: Session, job: Job) -> Evaluation:
     events = session.scalars(
         select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "eval").order_by(JobEvent.seq)
     )
@@ -39,7 +58,7 @@ def report(session: Session, job: Job) -> EvaluationOut:
                 samples = []  # the final model's generations replace the earlier ones
             samples = [s for s in samples if s["data"] != name or s["stage"] != where["stage"]]
             samples += [{**where, **s} for s in found]
-    return EvaluationOut(
+    return Evaluation(
         job_id=job.id,
         status=job.status,
         model_id=job.model_id,

@@ -1,4 +1,5 @@
-"""Job events: rows with a per-job sequence number, which SSE streams tail.
+"""Job events: rows with a per-job sequence number, which SSE streams tail. Events are
+built by models.events.make only; here they are numbered and stored.
 
 Sequence numbers come from `jobs.last_seq`, advanced by the same UPDATE that changes the
 job row. That UPDATE locks the row until commit, so a job's events commit in seq order
@@ -13,21 +14,14 @@ from typing import Any
 from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.orm import Session
 
-from app.schemas import EventOut
 from app.tables import Job, JobEvent, utcnow
-
-FINAL = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
-
-
-def make(type_: str, step: int = 0, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A job-level event (no stage) in the pipeline's event shape."""
-    return {"type": type_, "time": utcnow().isoformat(), "stage": None, "step": step, "data": data or {}}
+from models.events import Event
 
 
 def append(
     session: Session,
     job_id: str,
-    events: list[dict[str, Any]],
+    events: list[Event],
     *,
     where: tuple[ColumnElement[bool], ...] = (),
     values: dict[str, Any] | None = None,
@@ -52,9 +46,9 @@ def append(
             "seq": first + i,
             "type": e["type"],
             "time": datetime.fromisoformat(e["time"]),
-            "stage": e.get("stage"),
-            "step": e.get("step", 0),
-            "data": e.get("data") or {},
+            "stage": e["stage"],
+            "step": e["step"],
+            "data": e["data"],
         }
         for i, e in enumerate(events)
     ]
@@ -67,5 +61,8 @@ def after(session: Session, job_id: str, seq: int, limit: int) -> list[JobEvent]
     return list(session.scalars(stmt))
 
 
-def to_out(e: JobEvent) -> EventOut:
-    return EventOut.model_validate(e, from_attributes=True)
+def tail(session: Session, job_id: str, seq: int, limit: int) -> tuple[list[JobEvent], str | None]:
+    """The events after `seq` and the job's status, read in that order: if the job had ended,
+    the events include its final one."""
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return after(session, job_id, seq, limit), status

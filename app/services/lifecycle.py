@@ -1,11 +1,19 @@
-"""The worker side of a job: claim with a lease, renew it, finish, release, and reap jobs
-whose worker vanished.
+"""Every change of a job's state, and nothing else. Routes and workers call these; neither
+writes job state itself.
 
-A broker message is only a wake-up and may arrive twice; the database decides. `claim` is
-one UPDATE ... WHERE status = 'queued', so exactly one delivery wins and the others drop
-out. A worker renews its lease while it trains; when it stops renewing (crash, lost
-host), `reap` puts the job back in the queue (or fails it after max_attempts) and sends a
-new wake-up.
+    create ──> queued ──claim──> running ──finish──> succeeded | failed | cancelled
+                 ▲  │               │  ▲
+                 │  │ cancel        │  └── renew (the lease), report (events, progress)
+                 │  ▼               │ cancel
+                 │ cancelled        ▼
+                 │              cancelling ──finish / reap──> cancelled
+                 └── release (the worker stops) / reap (its lease expired; failed at max_attempts)
+
+Each transition is one conditional UPDATE whose WHERE is the state it starts from (and,
+for a worker, that it still holds the lease), applied together with the transition's
+event (app.services.events.append). So the API, workers and reapers never race: of two
+claims of one job, one finds nothing to update. A broker message is only a wake-up that
+may arrive twice; the database decides. Wake-ups leave after commit (app.queue.outbox).
 """
 
 from __future__ import annotations
@@ -15,12 +23,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.errors import Conflict, NotFound
+from app.queue import outbox
+from app.queue.wakeups import CONTROL, EVENTS
 from app.services import events
-from app.tables import Job, utcnow
+from app.tables import FINISHED, Checkpoint, Job, JobStatus, Metric, new_id, utcnow
+from models.events import Event, make
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +52,96 @@ class Claim:
         return (Job.lease_owner == self.owner,)
 
 
+def _lease(lease_s: float) -> dict[str, Any]:
+    return {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
+
+
+_NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
+
+
+# --- the API side ------------------------------------------------------------------------
+
+
+def create(
+    session: Session, tenant_id: str, name: str, spec: dict[str, Any], estimates: dict[str, Any],
+    total_steps: int, idempotency_key: str | None,
+) -> tuple[Job, bool]:  # fmt: skip
+    """A new queued job, sent to the workers once the caller commits; or the job this
+    idempotency key already made (409 if that was for another spec). Returns (job, created)."""
+    if idempotency_key:
+        existing = _by_key(session, tenant_id, idempotency_key, spec)
+        if existing is not None:
+            return existing, False
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        name=name,
+        status="queued",
+        spec=spec,
+        estimates=estimates,
+        total_steps=total_steps,
+        idempotency_key=idempotency_key or None,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:  # a concurrent request with the same key won
+        existing = _by_key(session, tenant_id, str(idempotency_key), spec)
+        if existing is None:
+            raise
+        return existing, False
+    events.append(session, job.id, [make("job.queued", 0, {"total_steps": total_steps})])
+    outbox.enqueue(session, job.id)
+    outbox.wake(session, EVENTS, job.id)
+    return job, True
+
+
+def _by_key(session: Session, tenant_id: str, key: str, spec: dict[str, Any]) -> Job | None:
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and job.spec != spec:
+        raise Conflict("this Idempotency-Key was already used with a different spec", code="idempotency_key_reused")
+    return job
+
+
+def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
+    """Queued: cancelled now. Running: cancelling until its worker stops at the next step
+    (it is woken at once over pub/sub). Cancelling: unchanged. Finished: 409."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"no job '{job_id}'")
+    now = utcnow()
+    was_queued = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+        .returning(Job.id)
+    ).first()
+    if was_queued:
+        events.append(session, job_id, [make("job.cancelled", job.step, {"reason": "cancelled while queued"})])
+    else:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(status="cancelling", cancel_requested=True, updated_at=now)
+        )
+    session.refresh(job)
+    if job.status in FINISHED and not was_queued:
+        raise Conflict(f"job '{job_id}' already finished ({job.status})", code="job_finished")
+    outbox.wake(session, CONTROL, job_id)
+    outbox.wake(session, EVENTS, job_id)
+    return job
+
+
+# --- the worker side ---------------------------------------------------------------------
+
+
 def claim(session: Session, job_id: str, owner: str, lease_s: float) -> Claim | None:
+    """Take a queued job with a lease; None when this delivery lost (taken, finished, unknown)."""
     now = utcnow()
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
-        .values(
-            status="running",
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            attempt=Job.attempt + 1,
-            updated_at=now,
-        )
+        .values(status="running", lease_owner=owner, attempt=Job.attempt + 1, updated_at=now, **_lease(lease_s))
         .returning(Job.tenant_id, Job.attempt, Job.spec, Job.started_at)
     ).first()
     if row is None:
@@ -60,13 +151,26 @@ def claim(session: Session, job_id: str, owner: str, lease_s: float) -> Claim | 
     return Claim(job_id, row.tenant_id, owner, row.attempt, row.spec)
 
 
-def renew(session: Session, job_id: str, owner: str, lease_s: float) -> bool:
+def reset_progress(session: Session, job_id: str) -> None:
+    """A fresh attempt (nothing to resume from): its metrics and checkpoint rows start over."""
+    session.execute(delete(Metric).where(Metric.job_id == job_id))
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+
+
+def renew(session: Session, claim: Claim, lease_s: float) -> bool:
     """Extend the lease; False when this worker no longer holds it."""
-    expires = utcnow() + timedelta(seconds=lease_s)
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(lease_expires_at=expires)
-    )
+    result = session.execute(update(Job).where(Job.id == claim.job_id, *claim.holds).values(**_lease(lease_s)))
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def report(session: Session, claim: Claim, batch: list[Event], lease_s: float) -> bool:
+    """Append a batch of the run's events, move the job's step and stage to the newest of
+    them and renew the lease; False (nothing written) when the lease is lost."""
+    values: dict[str, Any] = {"step": batch[-1]["step"], **_lease(lease_s)}
+    stage = next((e["stage"] for e in reversed(batch) if e["stage"] is not None), None)
+    if stage is not None:
+        values.update(stage_index=stage["index"], stage_name=stage["name"])
+    return events.append(session, claim.job_id, batch, where=claim.holds, values=values) is not None
 
 
 def cancel_requested(session: Session, job_id: str) -> bool:
@@ -76,8 +180,8 @@ def cancel_requested(session: Session, job_id: str) -> bool:
 def finish(
     session: Session,
     claim: Claim,
-    status: str,
-    final_event: dict[str, Any],
+    status: JobStatus,
+    final_event: Event,
     *,
     error: tuple[str, str] | None = None,
     model_id: str | None = None,
@@ -86,56 +190,57 @@ def finish(
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
-        "lease_owner": None,
-        "lease_expires_at": None,
         "model_id": model_id,
         "error_code": error[0] if error else None,
         "error_message": error[1] if error else None,
+        **_NO_LEASE,
     }
     return events.append(session, claim.job_id, [final_event], where=claim.holds, values=values) is not None
 
 
 def release(session: Session, claim: Claim, reason: str) -> bool:
-    """Give a running job back to the queue (worker shutting down); the caller re-enqueues it."""
-    values = {"status": "queued", "lease_owner": None, "lease_expires_at": None, "enqueued_at": None}
-    ev = events.make("job.queued", 0, {"reason": reason})
+    """Give a running job back to the queue (its worker is stopping). No message is sent: this
+    worker would take it again; the reaper of another worker, or of the next to start, does."""
+    values = {"status": "queued", "enqueued_at": None, **_NO_LEASE}
+    ev = make("job.queued", 0, {"reason": reason})
     return events.append(session, claim.job_id, [ev], where=claim.holds, values=values) is not None
 
 
-def reap(write: sessionmaker[Session], settings: Settings) -> list[str]:
-    """Requeue (or fail, or finish cancelling) jobs whose lease expired, and find queued jobs
-    whose wake-up never reached the broker. Returns the job ids to enqueue."""
+def reap(session: Session, settings: Settings) -> list[str]:
+    """Requeue (or fail at max_attempts, or finish cancelling) jobs whose lease expired, and
+    send queued jobs whose wake-up never reached the broker, once the caller commits.
+    Returns the ids of the jobs sent."""
     now = utcnow()
-    to_enqueue = []
-    with write() as session:
-        expired = session.execute(
-            select(Job.id, Job.status, Job.attempt, Job.step).where(
-                Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
-            )
-        ).all()
-        for job_id, status, attempt, step in expired:
-            cleared = {"lease_owner": None, "lease_expires_at": None}
-            if status == "cancelling":
-                values: dict[str, Any] = {"status": "cancelled", "finished_at": now, **cleared}
-                ev = events.make("job.cancelled", step, {"reason": "its worker was lost while cancelling"})
-            elif attempt >= settings.max_attempts:
-                message = f"the worker was lost {attempt} time(s); giving up"
-                values = {"status": "failed", "finished_at": now, "error_code": "worker_lost", "error_message": message}
-                values.update(cleared)
-                ev = events.make("job.failed", step, {"code": "worker_lost", "message": message})
-            else:
-                values = {"status": "queued", "enqueued_at": None, **cleared}
-                ev = events.make("job.queued", step, {"reason": "worker lost", "attempt": attempt})
-            # Still as seen, in case another worker's reaper (or the job's own worker) got there first.
-            lapsed = (Job.status == status, Job.lease_expires_at < now)
-            if events.append(session, job_id, [ev], where=lapsed, values=values) is not None:
-                log.warning("job %s: lease expired while %s -> %s", job_id, status, values["status"])
-                if values["status"] == "queued":
-                    to_enqueue.append(job_id)
-        # A new job (attempt 0) may be between its commit and its enqueue in the API: give that
-        # a grace period. A job a worker handed back (attempt > 0) waits for this reaper.
-        stale = now - timedelta(seconds=max(10.0, settings.lease_s / 2))
-        unsent = select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None))
-        to_enqueue += session.scalars(unsent.where((Job.attempt > 0) | (Job.updated_at < stale))).all()
-        session.commit()
-    return to_enqueue
+    to_send = []
+    expired = session.execute(
+        select(Job.id, Job.status, Job.attempt, Job.step).where(
+            Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
+        )
+    ).all()
+    for job_id, status, attempt, step in expired:
+        values: dict[str, Any]
+        if status == "cancelling":
+            values = {"status": "cancelled", "finished_at": now, **_NO_LEASE}
+            ev = make("job.cancelled", step, {"reason": "its worker was lost while cancelling"})
+        elif attempt >= settings.max_attempts:
+            message = f"the worker was lost {attempt} time(s); giving up"
+            values = {"status": "failed", "finished_at": now, "error_code": "worker_lost", "error_message": message}
+            values.update(_NO_LEASE)
+            ev = make("job.failed", step, {"code": "worker_lost", "message": message})
+        else:
+            values = {"status": "queued", "enqueued_at": None, **_NO_LEASE}
+            ev = make("job.queued", step, {"reason": "worker lost", "attempt": attempt})
+        # Still as seen, in case another worker's reaper (or the job's own worker) got there first.
+        lapsed = (Job.status == status, Job.lease_expires_at < now)
+        if events.append(session, job_id, [ev], where=lapsed, values=values) is not None:
+            log.warning("job %s: lease expired while %s -> %s", job_id, status, values["status"])
+            if values["status"] == "queued":
+                to_send.append(job_id)
+    # A new job (attempt 0) may be between its commit and its enqueue in the API: give that
+    # a grace period. A job a worker handed back (attempt > 0) waits for this reaper.
+    stale = now - timedelta(seconds=max(10.0, settings.lease_s / 2))
+    unsent = select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None))
+    to_send += session.scalars(unsent.where((Job.attempt > 0) | (Job.updated_at < stale))).all()
+    for job_id in to_send:
+        outbox.enqueue(session, job_id)
+    return to_send

@@ -15,13 +15,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.schemas import CheckpointOut
 from app.tables import Checkpoint, Metric, new_id
+from models.events import Event
 
 TRAIN_FIELDS = ("loss", "lr", "grad_norm", "tokens_per_s")
 
 
-def points(event: dict[str, Any]) -> list[tuple[str, float]]:
+def points(event: Event) -> list[tuple[str, float]]:
     data, kind = event["data"], event["type"]
     if kind == "train.step":
         return [(f"train.{k}", float(data[k])) for k in TRAIN_FIELDS if isinstance(data.get(k), int | float)]
@@ -39,7 +39,7 @@ def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[st
 
 
 def record(
-    session: Session, settings: Settings, job_id: str, batch: list[dict[str, Any]], recent: dict[str, float]
+    session: Session, settings: Settings, job_id: str, batch: list[Event], recent: dict[str, float]
 ) -> dict[str, str]:
     """Metrics and checkpoint rows for a batch of events (in order); returns {checkpoint path: id}.
 
@@ -61,12 +61,12 @@ def record(
             path = Path(e["data"]["path"])
             ckpt_id = new_id("ckpt")
             created[str(path)] = ckpt_id
-            stage = e.get("stage") or {}
+            stage = e["stage"]
             row = {
                 "id": ckpt_id,
                 "job_id": job_id,
                 "step": e["step"],
-                "stage_name": stage.get("name"),
+                "stage_name": stage["name"] if stage else None,
                 "path": str(path.relative_to(settings.data_dir)),
                 "metrics": dict(recent),
             }
@@ -91,12 +91,5 @@ def series(session: Session, job_id: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def checkpoints(session: Session, job_id: str) -> list[CheckpointOut]:
-    rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step))
-    return [checkpoint_out(c) for c in rows]
-
-
-def checkpoint_out(c: Checkpoint) -> CheckpointOut:
-    return CheckpointOut(
-        id=c.id, job_id=c.job_id, step=c.step, stage=c.stage_name, metrics=c.metrics, created_at=c.created_at
-    )
+def checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
+    return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))

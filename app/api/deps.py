@@ -1,0 +1,106 @@
+"""Shared route dependencies, declared once as `Annotated` types."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from fastapi.security import HTTPBearer
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from app.config import Settings
+from app.db import Database
+from app.queue import outbox
+from app.services import auth, jobs
+from app.services.pagination import MAX_LIMIT
+from app.serving.engine import ModelCache
+from app.tables import Job
+
+bearer = HTTPBearer(auto_error=False, description="an API key from `stagecraft keys create --tenant NAME`")
+
+
+def app_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def app_settings(request: Request) -> Settings:
+    """The settings the app was created with (app.config.get_settings is the process's)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def read_session(request: Request) -> Iterator[Session]:
+    with app_database(request).read() as session:
+        yield session
+
+
+def write_session(request: Request) -> Iterator[Session]:
+    """A session that writes (on SQLite, one that takes the write lock when it begins); what it
+    queues or wakes is sent once it commits (app.queue.outbox)."""
+    with app_database(request).write() as session:
+        yield outbox.bind(session, request.app.state.outbox)
+
+
+def model_cache(request: Request) -> ModelCache:
+    """The serving cache: loaded models, and the one thread all torch work runs on."""
+    cache: ModelCache = request.app.state.models
+    return cache
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]
+DatabaseDep = Annotated[Database, Depends(app_database)]
+ReadSession = Annotated[Session, Depends(read_session)]
+WriteSession = Annotated[Session, Depends(write_session)]
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    after: str | None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+    after: Annotated[str | None, Query(description="cursor: the last id of the previous page")] = None,
+) -> PageParams:
+    return PageParams(limit, after)
+
+
+PageDep = Annotated[PageParams, Depends(page_params)]
+
+
+async def tenant(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    _scheme: object = Depends(bearer),
+) -> str:
+    """The caller's tenant id (401 without a valid key); cached keys cost no query."""
+    key_hash = auth.bearer_key_hash(authorization)
+    cache: auth.KeyCache = request.app.state.key_cache
+    tenant_id = cache.get(key_hash)
+    if tenant_id is None:
+
+        def lookup() -> str:
+            with app_database(request).read() as session:
+                return auth.tenant_of(session, key_hash)
+
+        tenant_id = await run_in_threadpool(lookup)
+        cache.put(key_hash, tenant_id)
+    return tenant_id
+
+
+TenantDep = Annotated[str, Depends(tenant)]
+
+
+def job(request: Request, job_id: str, tenant_id: TenantDep) -> Job:
+    """The tenant's job or 404. Its own short session: an SSE stream must not hold one open."""
+    with app_database(request).read() as session:
+        return jobs.get(session, tenant_id, job_id)
+
+
+JobDep = Annotated[Job, Depends(job)]

@@ -1,0 +1,52 @@
+"""The FastAPI application: `create_app()`, served by `stagecraft api` / `stagecraft up`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import errors, openapi
+from app.api.metrics import PrometheusMiddleware
+from app.api.routes import datasets, events, generate, health, jobs, models, openai
+from app.config import Settings, get_settings
+from app.db import get_database
+from app.queue.broker import Broker
+from app.queue.outbox import Outbox
+from app.queue.wakeups import EventWaiters, Publisher
+from app.services import auth
+from app.serving.engine import ModelCache
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await app.state.waiters.start()
+        yield
+        await app.state.waiters.stop()
+
+    app = FastAPI(
+        title="Stagecraft",
+        version="0.1.0",
+        summary="Training-as-a-service for language models: pretrain, fine-tune and multi-step optimization.",
+        lifespan=lifespan,
+    )
+    s = settings
+    app.state.settings = s
+    app.state.db = get_database(s.db_url)
+    app.state.broker = Broker(s, app.state.db.write)
+    app.state.outbox = Outbox(app.state.broker, Publisher(s.pubsub_url))
+    app.state.waiters = EventWaiters(s.pubsub_url, s.sse_poll_s)
+    app.state.key_cache = auth.KeyCache(s.key_cache_s)
+    app.state.models = ModelCache(
+        s.inference_cache_bytes, s.inference_max_batch, s.inference_device, s.inference_threads
+    )
+    errors.install(app)
+    app.add_middleware(PrometheusMiddleware)
+    for module in (datasets, jobs, events, models, generate, openai, health):
+        app.include_router(module.router)
+    app.openapi = lambda: openapi.with_job_spec(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,112 @@
+"""A job's events (JSON pages, or a live Server-Sent Events stream), metrics, checkpoints and
+evaluation report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api import shape, sse
+from app.api.deps import DatabaseDep, JobDep, ReadSession, SettingsDep
+from app.api.openapi import ERRORS, EVENT_STREAM
+from app.api.schemas import CheckpointOut, EvaluationOut, EventOut, MetricsOut, Page
+from app.db import Database
+from app.queue.wakeups import EventWaiters
+from app.services import evaluation, events, metrics
+from app.tables import FINISHED, JobEvent
+from models.events import FINAL
+
+router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=ERRORS)
+SSE_BATCH = 500
+
+
+def _read(db: Database, job_id: str, after: int) -> tuple[list[JobEvent], str | None]:
+    with db.read() as session:
+        return events.tail(session, job_id, after, SSE_BATCH)
+
+
+def _sse(e: JobEvent) -> str:
+    return sse.message(shape.event(e).model_dump_json(), e.type, e.seq)
+
+
+async def stream(
+    db: Database, waiters: EventWaiters, job_id: str, after: int, keepalive_s: float
+) -> AsyncIterator[str]:
+    yield sse.RETRY
+    sent_at = time.monotonic()
+    while True:
+        wake = waiters.register(job_id)
+        try:
+            rows, status = await run_in_threadpool(_read, db, job_id, after)
+            for e in rows:
+                yield _sse(e)
+                after = e.seq
+                if e.type in FINAL:
+                    return
+            if rows:
+                sent_at = time.monotonic()
+                continue
+            if status is None or status in FINISHED:
+                return
+            await waiters.wait(wake, keepalive_s - (time.monotonic() - sent_at))
+            if time.monotonic() - sent_at >= keepalive_s:
+                yield sse.KEEPALIVE
+                sent_at = time.monotonic()
+        finally:
+            waiters.unregister(job_id, wake)
+
+
+@router.get("/events", response_model=Page[EventOut], responses=EVENT_STREAM)
+async def job_events(
+    request: Request,
+    job: JobDep,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, description="only events with a larger seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="JSON pages only")] = 100,
+    accept: Annotated[str, Header(include_in_schema=False)] = "",
+    last_event_id: Annotated[str | None, Header(description="SSE: resume after this seq")] = None,
+) -> Page[EventOut] | StreamingResponse:
+    if last_event_id and last_event_id.strip().isdigit():
+        after = max(after, int(last_event_id))
+    if "text/event-stream" in accept:
+        return StreamingResponse(
+            stream(db, request.app.state.waiters, job.id, after, settings.sse_keepalive_s),
+            media_type="text/event-stream",
+            headers=sse.HEADERS,
+        )
+
+    def page() -> Page[EventOut]:
+        with db.read() as session:
+            rows = events.after(session, job.id, after, limit + 1)
+        data = [shape.event(e) for e in rows[:limit]]
+        more = len(rows) > limit
+        return Page(data=data, has_more=more, next_cursor=str(data[-1].seq) if data else None)
+
+    return await run_in_threadpool(page)
+
+
+@router.get("/metrics")
+def job_metrics(job: JobDep, session: ReadSession) -> MetricsOut:
+    """Series `train.loss`, `train.lr`, `train.grad_norm`, `train.tokens_per_s` and
+    `eval.<data>.<metric>`, each as [[step, value], ...] in step order."""
+    return MetricsOut(series=metrics.series(session, job.id))
+
+
+@router.get("/checkpoints")
+def job_checkpoints(job: JobDep, session: ReadSession) -> list[CheckpointOut]:
+    """The checkpoints kept on disk (the spec's keep_last), oldest first."""
+    return [shape.checkpoint(c) for c in metrics.checkpoints(session, job.id)]
+
+
+@router.get("/evaluation")
+def job_evaluation(job: JobDep, session: ReadSession) -> EvaluationOut:
+    """Validation loss and task metrics (BLEU, chrF, ROUGE-L, exact match, F1, as the spec
+    asks) at the end of each stage and for the final model, every measurement, and a few
+    sample generations. Grows while the job runs."""
+    return shape.evaluation_report(evaluation.report(session, job))

@@ -1,0 +1,61 @@
+"""Liveness, readiness (database reachable and migrated, broker reachable) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select, text
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import DatabaseDep
+from app.api.errors import error_body
+from app.api.metrics import JOBS
+from app.migrate import schema_problem
+from app.tables import STATUSES, Job
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check_broker(request: Request) -> None:
+    with request.app.state.broker.celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "the database or the broker is unreachable, or the schema is not migrated"}},
+)
+async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
+    problems = []
+
+    def check_db() -> None:
+        with db.read() as session:
+            session.execute(text("SELECT 1"))
+            problem = schema_problem(session)
+            if problem:
+                raise RuntimeError(problem)
+
+    for name, check in (("database", check_db), ("broker", lambda: _check_broker(request))):
+        try:
+            await run_in_threadpool(check)
+        except Exception as exc:
+            problems.append({"component": name, "message": str(exc)[:500]})
+    if problems:
+        body = error_body("not_ready", "a dependency is unreachable or not migrated", problems)
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def prometheus(db: DatabaseDep) -> Response:
+    with db.read() as session:
+        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    for status in STATUSES:
+        JOBS.labels(status).set(counts.get(status, 0))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

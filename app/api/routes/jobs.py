@@ -1,0 +1,77 @@
+"""/v1/jobs: validate, create, list, get, cancel. Events, metrics and checkpoints: events.py."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+
+from app.api import shape
+from app.api.deps import JobDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
+from app.api.errors import parse_json
+from app.api.openapi import ERRORS, SPEC_BODY, SPEC_ERRORS, error
+from app.api.schemas import JobOut, Page, ValidationOut
+from app.services import jobs, lifecycle
+from app.tables import JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
+
+
+async def json_body(request: Request) -> Any:
+    return parse_json(await request.body())
+
+
+JsonBody = Annotated[Any, Depends(json_body)]
+
+
+@router.post("/validate", openapi_extra=SPEC_BODY, responses=SPEC_ERRORS)
+def validate_job(body: JsonBody, tenant_id: TenantDep, session: ReadSession, settings: SettingsDep) -> ValidationOut:
+    """Dry run: every check `POST /v1/jobs` makes, and resource estimates; nothing is stored."""
+    _, est = jobs.validate(session, settings, tenant_id, body)
+    return ValidationOut(estimates=shape.estimate(est))
+
+
+@router.post("", status_code=201, openapi_extra=SPEC_BODY, responses=SPEC_ERRORS)
+def create_job(
+    body: JsonBody,
+    response: Response,
+    tenant_id: TenantDep,
+    session: WriteSession,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=255, description="retries with the same key return the first job")
+    ] = None,
+) -> JobOut:
+    """Validate the spec, store the job and queue it. With an Idempotency-Key already used
+    for the same spec, the job made then is returned (header `Idempotent-Replayed: true`)."""
+    job, created = jobs.submit(session, settings, tenant_id, body, idempotency_key)
+    session.commit()  # the job's wake-up leaves now (app.queue.outbox)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return shape.job(job)
+
+
+@router.get("")
+def list_jobs(
+    tenant_id: TenantDep,
+    session: ReadSession,
+    page: PageDep,
+    status: JobStatus | None = None,
+) -> Page[JobOut]:
+    """Newest first."""
+    rows, more = jobs.list_page(session, tenant_id, status, page.limit, page.after)
+    return shape.page([shape.job(j) for j in rows], more, rows[-1].id if rows else None)
+
+
+@router.get("/{job_id}")
+async def get_job(job: JobDep) -> JobOut:
+    return shape.job(job)
+
+
+@router.post("/{job_id}/cancel", responses={409: error("`job_finished`: the job already ended")})
+def cancel_job(job_id: str, tenant_id: TenantDep, session: WriteSession) -> JobOut:
+    """A queued job is cancelled at once; a running one becomes `cancelling` and its worker
+    stops at the next step boundary (keeping a checkpoint), then `cancelled`."""
+    job = lifecycle.cancel(session, tenant_id, job_id)
+    session.commit()  # its worker and its event streams are woken now
+    return shape.job(job)

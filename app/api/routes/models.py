@@ -1,0 +1,104 @@
+"""/v1/models: finished and uploaded models, and checkpoints by id (all usable as `init_from`
+and servable); uploading a Hugging Face GPT-2-family model; exporting one in that layout.
+
+Import and export run torch, so they run on the serving cache's one torch thread
+(`ModelCache.run`), as checkpoint exports for serving do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from app.api import shape
+from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep
+from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
+from app.api.schemas import CheckpointOut, ModelOut, Page
+from app.api.uploads import receive_file
+from app.errors import NotFound
+from app.services import archives, catalog
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
+
+
+@router.get("")
+def list_models(tenant_id: TenantDep, session: ReadSession, settings: SettingsDep, page: PageDep) -> Page[ModelOut]:
+    rows, more = catalog.list_page(session, tenant_id, page.limit, page.after)
+    data = [shape.model(catalog.describe(session, settings, m)) for m in rows]
+    return shape.page(data, more, rows[-1].id if rows else None)
+
+
+@router.get("/{model_id}")
+def get_model(
+    model_id: str, tenant_id: TenantDep, session: ReadSession, settings: SettingsDep
+) -> ModelOut | CheckpointOut:
+    """A model id (`model_...`) or a checkpoint id (`ckpt_...`)."""
+    if model_id.startswith("ckpt_"):
+        found = catalog.checkpoint_of(session, tenant_id, model_id)
+        if found is None:
+            raise NotFound(f"no model or checkpoint '{model_id}'")
+        return shape.checkpoint(found[0])
+    return shape.model(catalog.describe(session, settings, catalog.get(session, tenant_id, model_id)))
+
+
+UPLOAD_BODY = upload_body(
+    ".tar.gz or .zip of a GPT-2-family model folder (Hugging Face layout: config.json, model.safetensors, "
+    "tokenizer.json or vocab.json + merges.txt), or of a Stagecraft export"
+)
+
+
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        **UPLOAD_ERRORS,
+        422: error("`unsupported_model`: not an archive of a GPT-2-family model this service can represent"),
+    },
+)
+async def upload_model(
+    request: Request, tenant_id: TenantDep, settings: SettingsDep, db: DatabaseDep, cache: ModelCacheDep
+) -> ModelOut:
+    """Import a model trained elsewhere; its id then serves, exports and seeds `init_from`."""
+    upload = await receive_file(request, archives.incoming_path(settings), settings.max_model_upload_bytes)
+
+    def save() -> ModelOut:
+        with db.write() as session:
+            model = archives.import_archive(session, settings, tenant_id, upload.path, upload.name)
+            session.commit()
+            return shape.model(catalog.describe(session, settings, model))
+
+    return await cache.run(save)
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/gzip": {}, "application/zip": {}}, "description": "the archive"},
+        409: error("`model_not_ready`: a job id whose job has not succeeded"),
+    },
+)
+async def export_model(
+    model_id: str,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+    cache: ModelCacheDep,
+    db: DatabaseDep,
+    format: Literal["hf"] = "hf",
+    archive: Literal["tar.gz", "zip"] = "tar.gz",
+) -> FileResponse:
+    """An archive that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer`
+    load with no custom code (GPT2LMHeadModel): config.json, model.safetensors, tokenizer
+    files, generation_config.json."""
+
+    def build() -> Path:
+        with db.read() as session:
+            directory = catalog.servable(session, settings, tenant_id, model_id)
+        return archives.export_archive(settings, directory, model_id, format, archive)
+
+    path = await cache.run(build)
+    media = "application/zip" if archive == "zip" else "application/gzip"
+    return FileResponse(path, media_type=media, filename=path.name)

@@ -1,0 +1,192 @@
+"""`stagecraft train` and `stagecraft generate`: a job spec run on this machine, and
+generation from its result (or from a model served at STAGECRAFT_URL)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from app.cli.display import RunDisplay, summary_table
+from models import events
+from models.errors import StagecraftError
+from models.records import TASK_INPUTS, task_prompt
+from models.spec import JobSpec, SpecError, parse_spec
+
+err = Console(stderr=True)
+
+
+def load_spec_file(path: Path) -> JobSpec:
+    """Read a YAML or JSON spec; on any problem print every error with its field path and exit 2."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {path}: {exc.strerror}")
+        raise typer.Exit(2) from None
+    except yaml.YAMLError as exc:
+        err.print(f"[red]error:[/red] {path} is not valid YAML/JSON: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        return parse_spec(raw)
+    except SpecError as exc:
+        err.print(f"[red]error:[/red] invalid spec {path}:")
+        for e in exc.errors:
+            err.print(f"  {e['loc']}: {e['message']}")
+        raise typer.Exit(2) from None
+
+
+class EventLog:
+    """Appends events to DIR/events.jsonl with a per-run sequence number, and forwards them."""
+
+    def __init__(self, path: Path, display: RunDisplay):
+        self.path, self.display = path, display
+        self.seq = len(path.read_bytes().splitlines()) if path.exists() else 0
+        self.step = 0  # the newest step seen, for the job-level events
+        self.file = path.open("a", encoding="utf-8")
+
+    def __call__(self, event: events.Event) -> None:
+        self.seq += 1
+        self.step = max(self.step, event["step"])
+        numbered = {"seq": self.seq, **event}
+        self.file.write(json.dumps(numbered) + "\n")
+        self.file.flush()
+        self.display(numbered)
+
+    def job(self, type_: events.EventType, step: int, data: dict[str, Any]) -> None:
+        self(events.make(type_, step, data))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def train(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="job spec, YAML or JSON")],
+    out: Annotated[Path, typer.Option("--out", help="run directory: events.jsonl, checkpoints/, model/")],
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint in --out")] = False,
+) -> None:
+    """Run a job spec on this machine, without the service.
+
+    Dataset entries are file paths, relative to the spec file. Ctrl-C saves a checkpoint
+    and exits; `--resume` continues from it and ends with the same weights.
+    """
+    from models.pipeline import Stopped, run  # torch loads here, not for every command
+
+    spec = load_spec_file(spec_path)
+    base = spec_path.resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    stop = {"requested": False}
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        err.print("\n[yellow]stopping after this step (Ctrl-C again to abort without a checkpoint)[/yellow]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    started = time.monotonic()
+    with RunDisplay(spec, err) as display:
+        log = EventLog(out / "events.jsonl", display)
+        log.job("job.started", 0, {"name": spec.name, "total_steps": spec.total_steps})
+        try:
+            result = run(
+                spec,
+                out,
+                on_event=log,
+                should_stop=lambda: stop["requested"],
+                resolve=lambda ref: base / ref,
+                resume=resume,
+            )
+        except Stopped as exc:
+            log.job("job.cancelled", exc.step, {"reason": "interrupted"})
+            display.progress.stop()
+            err.print(f"stopped at step {exc.step}; continue with: stagecraft train {spec_path} --out {out} --resume")
+            raise typer.Exit(130) from None
+        except StagecraftError as exc:
+            code = exc.code
+            log.job("job.failed", log.step, {"code": code, "message": str(exc)})
+            display.progress.stop()
+            err.print(f"[red]error ({code}):[/red] {exc}")
+            raise typer.Exit(1) from None
+        else:
+            log.job("job.succeeded", result.steps, {"model_dir": str(result.model_dir)})
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            log.close()
+    err.print(summary_table(result.evaluation))
+    err.print(f"model: {result.model_dir}  ({result.steps} steps in {time.monotonic() - started:.0f} s)")
+
+
+SERVED_IDS = ("model_", "ckpt_", "job_")
+
+
+def generate(
+    model_ref: Annotated[
+        str,
+        typer.Argument(
+            metavar="DIR_OR_MODEL",
+            help="a run directory (from train --out) or its model/, or a model, checkpoint or job id "
+            "served at STAGECRAFT_URL (with STAGECRAFT_API_KEY)",
+        ),
+    ],
+    prompt: Annotated[str | None, typer.Option(help="plain text to continue")] = None,
+    task: Annotated[str | None, typer.Option(help="translate | qa | summarize, with the task's fields")] = None,
+    text: Annotated[str | None, typer.Option(help="translate/summarize: the input text")] = None,
+    source_lang: Annotated[str, typer.Option(help="translate: source language")] = "en",
+    target_lang: Annotated[str, typer.Option(help="translate: target language")] = "fr",
+    question: Annotated[str | None, typer.Option(help="qa: the question")] = None,
+    context: Annotated[str | None, typer.Option(help="qa: the passage that answers it")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=4096)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, max=10.0, help="0 = greedy")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0)] = 0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    stream: Annotated[bool, typer.Option(help="served models: print tokens as they come")] = False,
+) -> None:
+    """Generate from a trained model: a plain --prompt, or a --task with its fields."""
+    if (prompt is None) == (task is None):
+        err.print("[red]error:[/red] give exactly one of --prompt or --task")
+        raise typer.Exit(2)
+    fields: dict[str, Any] = {"prompt": prompt, "stop": stop or None, "stream": stream}
+    if task is not None:
+        if task not in TASK_INPUTS:
+            err.print(f"[red]error:[/red] --task must be one of {', '.join(TASK_INPUTS)}")
+            raise typer.Exit(2)
+        given = {"text": text, "source_lang": source_lang, "target_lang": target_lang}
+        given.update(question=question, context=context)
+        fields = {k: given[k] for k in TASK_INPUTS[task]}
+        missing = ["--" + k.replace("_", "-") for k, v in fields.items() if v is None]
+        if missing:
+            err.print(f"[red]error:[/red] --task {task} needs {', '.join(missing)}")
+            raise typer.Exit(2)
+        prompt = task_prompt(task, fields)
+    path = Path(model_ref)
+    if not path.exists() and model_ref.startswith(SERVED_IDS):
+        from app.cli.jobs import generate_remote
+
+        body = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        generate_remote(model_ref, task, {**fields, **body, "seed": seed})
+        return
+    from models import artifact
+    from models.generate import Sampling, complete
+
+    directory = path / "model" if (path / "model" / "config.json").exists() else path
+    try:
+        model, tok = artifact.load_model(directory)
+    except (FileNotFoundError, StagecraftError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    try:
+        [output] = complete(model, tok, [str(prompt)], sampling, stop=stop, supervised=task is not None)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    print(output.strip() if task else output)  # a task's answer, as the task endpoints give it

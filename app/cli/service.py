@@ -1,0 +1,128 @@
+"""`stagecraft up | api | worker | migrate`: running the service's parts.
+
+The worker is started by module path (`python -m celery -A workers.celery_app`), so `app`
+never imports `workers`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from types import FrameType
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from app.cli.datadir import DataDir, settings_for
+from app.config import Settings
+
+err = Console(stderr=True)
+WORKER_STOP_S = 120  # how long `up` waits for its worker to checkpoint and hand its job back
+CELERY_APP = "workers.celery_app"  # started by module path: app does not import workers
+
+
+def worker_argv(queue: str) -> list[str]:
+    """`python -m celery ...` for one worker. The solo pool runs one job per process, in the
+    main thread, so the shutdown signal and the training loop share a process. Scale out
+    with more worker processes (one per GPU)."""
+    quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = ["worker", "--pool=solo", "--concurrency=1", f"--queues={queue}", "--loglevel=INFO", *quiet]
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, *worker]
+
+
+def _serve(settings: Settings, host: str, port: int) -> uvicorn.Server:
+    from app.api.main import create_app
+
+    config = uvicorn.Config(create_app(settings), host=host, port=port, timeout_graceful_shutdown=3)
+    return uvicorn.Server(config)
+
+
+def migrate(data_dir: DataDir = None) -> None:
+    """Create or upgrade the database tables (Alembic) at STAGECRAFT_DATABASE_URL."""
+    from app.migrate import upgrade
+
+    settings = settings_for(data_dir)
+    upgrade(settings.db_url)
+    err.print(f"database is at the newest revision: {settings.db_url.split('@')[-1]}")
+
+
+def api(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the HTTP API (run `stagecraft migrate` first)."""
+    _serve(settings_for(data_dir), host, port).run()
+
+
+def worker(data_dir: DataDir = None) -> None:
+    """Run one training worker: takes jobs from the queue, one at a time.
+
+    SIGTERM or Ctrl-C checkpoints the running job and hands it back to the queue.
+    """
+    settings = settings_for(data_dir)  # (the data directory reaches the worker in its environment)
+    argv = worker_argv(settings.queue)
+    os.execv(argv[0], argv)  # this process becomes the worker: signals reach it directly
+
+
+def up(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """The whole service on this machine: API + one worker, SQLite and files under the data
+    directory, no other server needed. Ctrl-C stops both; a running job is checkpointed and
+    continues on the next `up`."""
+    from app.db import get_database
+    from app.migrate import upgrade
+    from app.services import auth
+    from app.tables import ApiKey
+
+    settings = settings_for(data_dir)
+    upgrade(settings.db_url)
+    db = get_database(settings.db_url)
+    with db.write() as session:
+        if session.query(ApiKey).first() is None:
+            key = auth.create_key(session, "local")
+            session.commit()
+            key_file = settings.data_dir / "api_key"
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+            err.print(f"created an API key for tenant 'local' (also in {key_file}):\n  {key}")
+    server = _serve(settings, host, port)
+    proc = subprocess.Popen(worker_argv(settings.queue))
+
+    def watch_worker() -> None:
+        if proc.wait() != 0 and not server.should_exit:
+            err.print(f"[red]the worker exited ({proc.returncode}); stopping[/red]")
+        server.should_exit = True
+
+    threading.Thread(target=watch_worker, daemon=True).start()
+    err.print(f"stagecraft is up on http://{host}:{port} (data in {settings.data_dir}); Ctrl-C stops it")
+    # uvicorn re-raises the signal that stopped it; SIGTERM must end up here too, not kill us
+    # before the worker is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # (on Ctrl-C the worker got SIGINT from the terminal too)
+            try:
+                proc.wait(WORKER_STOP_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        err.print(f"[red]the worker exited with {proc.returncode}[/red]")
+        raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,223 @@
+"""The model catalogue: finished models (one per succeeded job, or uploaded) and checkpoints,
+as rows and as directories.
+
+Listing reads model configs as plain JSON; torch is needed only where a checkpoint is
+exported as a model directory (for `init_from` or serving it): in the API process that
+runs on the inference thread (app.serving), so one export at a time by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import Conflict, NotFound
+from app.services.pagination import page
+from app.tables import Checkpoint, Job, Model, new_id
+from models.spec import parse_spec
+
+CONFIG_FILE = "config.json"  # models.checkpoint.CONFIG_FILE, without importing torch
+EXPORTS = "exports"  # under a job's directory: checkpoints exported as model directories
+ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    id: str
+    step: int
+    stage: str | None
+
+
+@dataclass
+class ModelInfo:
+    """A model row with what a reader wants beside it."""
+
+    id: str
+    name: str
+    job_id: str | None
+    source: str  # job | upload
+    parameters: int
+    steps: int
+    evaluation: dict[str, Any]
+    created_at: datetime
+    created: int  # created_at in Unix seconds
+    config: dict[str, int]  # ARCHITECTURE
+    stages: list[dict[str, Any]] = field(default_factory=list)  # name, type, steps
+    checkpoints: list[CheckpointRef] = field(default_factory=list)
+
+
+def register(session: Session, settings: Settings, job: Job, model_dir: Path, evaluation: dict[str, Any]) -> Model:
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    model = Model(
+        id=new_id("model"),
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        name=job.name,
+        path=str(model_dir.relative_to(settings.data_dir)),
+        parameters=int(config.get("parameters", 0)),
+        steps=int(config.get("steps", 0)),
+        evaluation=evaluation,
+    )
+    session.add(model)
+    return model
+
+
+def get(session: Session, tenant_id: str, model_id: str) -> Model:
+    model = session.get(Model, model_id)
+    if model is None or model.tenant_id != tenant_id:
+        raise NotFound(f"no model '{model_id}'")
+    return model
+
+
+def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -> tuple[list[Model], bool]:
+    return page(session, select(Model).where(Model.tenant_id == tenant_id), Model.id, limit, after)
+
+
+def describe(session: Session, settings: Settings, m: Model) -> ModelInfo:
+    """The row, with its architecture, its job's stages and the checkpoints servable beside it."""
+    try:
+        config = json.loads((settings.data_dir / m.path / CONFIG_FILE).read_text()).get("gpt", {})
+    except (OSError, ValueError):
+        config = {}
+    stages: list[dict[str, Any]] = []
+    ckpts: list[CheckpointRef] = []
+    if m.job_id is not None:
+        job = session.get(Job, m.job_id)
+        for s in parse_spec(job.spec).stages if job is not None else []:
+            stages.append({"name": s.name, "type": s.type, "steps": s.steps})
+        rows = session.scalars(select(Checkpoint).where(Checkpoint.job_id == m.job_id).order_by(Checkpoint.step))
+        ckpts = [CheckpointRef(id=c.id, step=c.step, stage=c.stage_name) for c in rows]
+    config = {k: config[k] for k in ARCHITECTURE if k in config}
+    return ModelInfo(
+        id=m.id,
+        name=m.name,
+        job_id=m.job_id,
+        source="job" if m.job_id else "upload",
+        parameters=m.parameters,
+        steps=m.steps,
+        evaluation=m.evaluation,
+        created_at=m.created_at,
+        created=int(m.created_at.timestamp()),
+        config=config,
+        stages=stages,
+        checkpoints=ckpts,
+    )
+
+
+def register_upload(session: Session, settings: Settings, tenant_id: str, name: str, model_dir: Path) -> Model:
+    """A model directory (already converted to ours) under the data directory, as a model row."""
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    model = Model(
+        id=model_dir.name,
+        tenant_id=tenant_id,
+        job_id=None,
+        name=name,
+        path=str(model_dir.relative_to(settings.data_dir)),
+        parameters=int(config.get("parameters", 0)),
+        steps=0,
+        evaluation={},
+    )
+    session.add(model)
+    return model
+
+
+def servable(session: Session, settings: Settings, tenant_id: str, ref: str) -> Path:
+    """The model directory to serve for a model id, checkpoint id or job id (its final model):
+    404 if unknown to this tenant, 409 if the job has not succeeded (yet)."""
+    if ref.startswith("job_"):
+        job = session.get(Job, ref)
+        if job is None or job.tenant_id != tenant_id:
+            raise NotFound(f"no model '{ref}'")
+        if job.status != "succeeded" or job.model_id is None:
+            raise Conflict(
+                f"job '{ref}' is {job.status}: its model exists once the job has succeeded "
+                "(its checkpoints can be served meanwhile)",
+                code="model_not_ready",
+            )
+        ref = job.model_id
+    found = model_dir(session, settings, tenant_id, ref)
+    if found is None:
+        raise NotFound(f"no model '{ref}'")
+    return found
+
+
+def checkpoint_of(session: Session, tenant_id: str, ckpt_id: str) -> tuple[Checkpoint, Job] | None:
+    row = session.execute(
+        select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(Checkpoint.id == ckpt_id)
+    ).first()
+    if row is None or row[1].tenant_id != tenant_id:
+        return None
+    return row[0], row[1]
+
+
+def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header: dict[str, Any] = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def checkpoint_config(settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
+    """The GPT config of a checkpoint: its job's model spec, the vocabulary from the tensors."""
+    shapes = _safetensors_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
+    m = job.spec["model"]
+    vocab = shapes["model/transformer.wte.weight"][0]
+    return {
+        "vocab_size": vocab,
+        "block_size": m["block_size"],
+        "n_layer": m["n_layer"],
+        "n_head": m["n_head"],
+        "n_embd": m["n_embd"],
+        "dropout": m["dropout"],
+    }
+
+
+def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) -> dict[str, Any] | None:
+    """The GPT config of a model or checkpoint id usable as `init_from`, or None if unknown."""
+    if ref.startswith("ckpt_"):
+        found = checkpoint_of(session, tenant_id, ref)
+        if found is None or not (settings.data_dir / found[0].path).is_dir():
+            return None
+        return checkpoint_config(settings, *found)
+    model = session.get(Model, ref)
+    if model is None or model.tenant_id != tenant_id:
+        return None
+    config: dict[str, Any] = json.loads((settings.data_dir / model.path / CONFIG_FILE).read_text())["gpt"]
+    return config
+
+
+def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) -> Path | None:
+    """A loadable model directory for a model or checkpoint id (exporting a checkpoint once)."""
+    if not ref.startswith("ckpt_"):
+        model = session.get(Model, ref)
+        return None if model is None or model.tenant_id != tenant_id else settings.data_dir / model.path
+    found = checkpoint_of(session, tenant_id, ref)
+    if found is None:
+        return None
+    ckpt, job = found
+    out = settings.jobs_dir / job.id / EXPORTS / ckpt.id
+    if not (out / CONFIG_FILE).exists():  # the first request for it exports it (torch: see the module doc)
+        _export_checkpoint(settings.data_dir / ckpt.path, settings.jobs_dir / job.id / "tokenizer", job, out)
+    return out
+
+
+def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, out: Path) -> None:
+    from models import artifact, checkpoint
+    from models.gpt import GPTConfig
+    from models.tokenizer import Tokenizer
+
+    tensors, state = checkpoint.load_checkpoint(ckpt_dir)
+    weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    m = job.spec["model"]
+    vocab = weights["transformer.wte.weight"].shape[0]
+    config = GPTConfig(vocab, m["block_size"], m["n_layer"], m["n_head"], m["n_embd"], m["dropout"])
+    info = {"name": job.name, "steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values())}
+    artifact.save_model(out, weights, config, Tokenizer.load(tokenizer_dir), info)

@@ -1,0 +1,257 @@
+"""In-process inference: a model cache bounded by memory, and dynamic batching.
+
+- `ModelCache.get` loads a model directory on the inference thread (the event loop never waits
+  on torch), keeps it in an LRU cache bounded by bytes (weights + the batch's KV cache), and
+  makes concurrent first requests for one model share a single load.
+- Each loaded model has a `Batcher`, and one `InferenceThread` runs `models.decoder.Decoder.step`
+  for every model with active requests. Requests join at any time and are admitted
+  between decode steps, so concurrent requests share one batched forward per token,
+  each with its own sampling settings, stop strings and token budget.
+- Results come back to the event loop with `call_soon_threadsafe`; a request whose
+  client goes away is cancelled and leaves the batch at the next step.
+
+torch is imported on the inference thread, not when the API starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from prometheus_client import Counter
+
+if TYPE_CHECKING:
+    from models.decoder import Decoder, Row
+    from models.generate import Sampling
+    from models.gpt import GPTConfig
+    from models.tokenizer import Tokenizer
+
+log = logging.getLogger("stagecraft.inference")
+Sink = Callable[["Row", str], None]
+T = TypeVar("T")
+STEPS = Counter("stagecraft_inference_decode_steps_total", "batched decode steps (one token for every active row)")
+ROWS = Counter("stagecraft_inference_decoded_rows_total", "rows decoded by those steps: rows/steps = mean batch")
+REQUESTS = Counter("stagecraft_inference_requests_total", "generation requests finished", ["finish_reason"])
+
+
+@dataclass(frozen=True)
+class Update:
+    text: str  # new text since the previous update
+    finish_reason: str | None  # set on the last update
+    tokens: int  # completion tokens so far
+
+
+class InferenceThread:
+    """The one thread that runs torch for serving: model loads and every model's decode steps.
+
+    One thread for all models, not one each: every thread that runs torch brings its own
+    OpenMP team, and once a process has more OpenMP threads than CPUs, libgomp stops
+    spin-waiting between parallel regions, so each of the many small regions of a decode
+    step pays a thread wake-up. With a second torch thread merely alive, decoding ran about
+    1.7x slower on a 2-CPU machine (benchmarks/RESULTS.md). Models with requests take
+    turns, one decode step each; a load runs between steps.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.jobs: deque[tuple[Callable[[], object], Future[object]]] = deque()
+        self.batchers: list[Batcher] = []  # models with requests (queued or decoding)
+        self.thread: threading.Thread | None = None
+
+    def _wake(self) -> None:  # with self.cond held
+        if self.thread is None or not self.thread.is_alive():
+            self.thread = threading.Thread(target=self._run, name="inference", daemon=True)
+            self.thread.start()
+        self.cond.notify()
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run fn on this thread (between decode steps)."""
+        future: Future[T] = Future()
+        with self.cond:
+            self.jobs.append((fn, future))  # type: ignore[arg-type]
+            self._wake()
+        return future
+
+    def activate(self, batcher: Batcher) -> None:  # with self.cond held
+        if batcher not in self.batchers:
+            self.batchers.append(batcher)
+        self._wake()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.jobs and not self.batchers:
+                    if not self.cond.wait(timeout=30.0):
+                        self.thread = None  # idle: a later request starts a new thread
+                        return
+                job = self.jobs.popleft() if self.jobs else None
+                batchers = list(self.batchers)
+            if job is not None:
+                fn, future = job
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # handed to the awaiting request
+                        future.set_exception(exc)
+            for batcher in batchers:
+                batcher.step()
+                with self.cond:
+                    if not batcher.incoming and not batcher.decoder.busy:
+                        self.batchers.remove(batcher)
+
+
+class Batcher:
+    """One model's requests and its decoder, stepped by the InferenceThread."""
+
+    def __init__(self, decoder: Decoder, name: str, runner: InferenceThread):
+        self.decoder, self.name, self.runner = decoder, name, runner
+        self.incoming: list[tuple[Row, Sink]] = []
+        self.sinks: dict[int, Sink] = {}
+
+    def submit(self, row: Row, sink: Sink) -> None:
+        with self.runner.cond:
+            self.incoming.append((row, sink))
+            self.runner.activate(self)
+
+    def step(self) -> None:
+        """Admit new requests, decode one token for every row, hand out the updates."""
+        with self.runner.cond:
+            new, self.incoming = self.incoming, []
+        for row, sink in new:
+            try:
+                self.decoder.add(row)
+            except ValueError:  # the routes check prompts first; this is a last guard
+                row.finish_reason = "error"
+                sink(row, "")
+                continue
+            self.sinks[id(row)] = sink
+        steps, rows = self.decoder.steps, self.decoder.rows_decoded
+        try:
+            changed = self.decoder.step()
+            STEPS.inc(self.decoder.steps - steps)
+            ROWS.inc(self.decoder.rows_decoded - rows)
+        except Exception:
+            log.exception("decode step failed on %s", self.name)
+            changed = [*self.decoder.rows, *self.decoder.waiting]
+            self.decoder.close()
+            for row in changed:
+                row.finish_reason = "error"
+        for row in changed:
+            if row.finish_reason is None:
+                self.sinks[id(row)](row, row.delta())
+            else:
+                REQUESTS.labels(row.finish_reason).inc()
+                self.sinks.pop(id(row))(row, row.delta())
+
+
+@dataclass
+class Served:
+    key: str
+    config: GPTConfig
+    tok: Tokenizer
+    nbytes: int
+    batcher: Batcher
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+
+def _load(key: str, directory: Path, device: str, max_batch: int, runner: InferenceThread, threads: int = 0) -> Served:
+    import torch
+
+    from models import artifact
+    from models.decoder import Decoder
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = artifact.load_model(directory, device=device)
+    decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
+    c = model.config
+    kv = 2 * c.n_layer * max_batch * c.block_size * c.n_embd * 4
+    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner))
+
+
+class ModelCache:
+    """The model cache. Used from the event loop only (no locks needed there)."""
+
+    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0):
+        self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
+        self.entries: OrderedDict[str, Served] = OrderedDict()
+        self.loading: dict[str, asyncio.Task[Served]] = {}
+        self.runner = InferenceThread()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.entries.values())
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """fn() on the inference thread: for any torch work of the API process (model import and
+        export too), so that decoding never shares the CPUs with a second OpenMP team."""
+        return await asyncio.wrap_future(self.runner.call(fn))
+
+    async def get(self, key: str, directory: Path) -> Served:
+        served = self.entries.get(key)
+        if served is not None:
+            self.entries.move_to_end(key)
+            return served
+        task = self.loading.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load(key, directory))
+            self.loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(self, key: str, directory: Path) -> Served:
+        try:
+            args = (key, directory, self.device, self.max_batch, self.runner, self.threads)
+            served = await self.run(lambda: _load(*args))
+        finally:
+            del self.loading[key]
+        self.entries[key] = served
+        while self.nbytes > self.max_bytes and len(self.entries) > 1:
+            old_key, old = self.entries.popitem(last=False)
+            # Requests already holding it finish; the weights go with the last of them.
+            log.info("model cache: evicting %s (%d bytes)", old_key, old.nbytes)
+        return served
+
+    async def generate(
+        self,
+        served: Served,
+        prompt: list[int],
+        sampling: Sampling,
+        stop: list[str],
+        supervised: bool,
+        stream: bool,
+        ignore_eos: bool = False,
+    ) -> AsyncIterator[Update]:
+        """Updates for one request: text deltas as they come (stream) or one final update."""
+        from models.decoder import Row
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Update] = asyncio.Queue()
+        row = Row(prompt, sampling, stop=stop, supervised=supervised, stream=stream, ignore_eos=ignore_eos)
+
+        def sink(r: Row, delta: str) -> None:  # on the batcher thread
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, Update(delta, r.finish_reason, len(r.tokens)))
+            except RuntimeError:  # the event loop has closed (shutdown): nobody is waiting
+                r.cancelled = True
+
+        served.batcher.submit(row, sink)
+        try:
+            while True:
+                update = await queue.get()
+                yield update
+                if update.finish_reason is not None:
+                    return
+        finally:
+            row.cancelled = True  # a no-op once finished; otherwise the row leaves the batch

@@ -1,0 +1,150 @@
+"""One claimed job on a worker: the pipeline's callbacks, and a reporter thread behind them
+that calls app.services.lifecycle (report, renew) for it.
+
+The training loop never waits on the database: `on_event` appends to a list and
+`should_stop` reads two flags. A reporter thread writes the events in batches (at least
+every `event_flush_s`, at once for anything but a training step), renews the lease with
+each write, and polls the cancel flag every `cancel_poll_s` (or at once on a Redis
+wake-up). If another worker has taken the job over, `should_stop` raises LeaseLost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from app.config import Settings
+from app.db import Database
+from app.queue.wakeups import CONTROL, EVENTS, Publisher
+from app.services import catalog, datasets, lifecycle, metrics
+from models.errors import TrainingError
+from models.events import Event
+
+log = logging.getLogger(__name__)
+SHUTDOWN = threading.Event()  # set when the worker process is asked to stop
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now; this one must stop without writing anything."""
+
+
+class JobRun:
+    def __init__(self, db: Database, settings: Settings, claim: lifecycle.Claim, publisher: Publisher):
+        self.db, self.settings, self.claim, self.publisher = db, settings, claim, publisher
+        self.pending: list[Event] = []
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.done = threading.Event()
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self.step = 0
+        self.recent: dict[str, float] = {}  # the newest value of each metric series
+        self.thread = threading.Thread(target=self._report, name=f"report-{claim.job_id}", daemon=True)
+        with db.read() as session:
+            refs = [ref["dataset"] for ref in claim.spec["data"].values()]
+            self.dataset_paths = {
+                ds_id: settings.data_dir / ds.path
+                for ds_id, ds in datasets.lookup(session, claim.tenant_id, refs).items()
+            }
+
+    # --- pipeline callbacks (training thread) ------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        with self.lock:
+            self.pending.append(event)
+        if event["type"] != "train.step":
+            self.wake.set()
+
+    def should_stop(self) -> bool:
+        if self.lost.is_set():
+            raise LeaseLost(self.claim.job_id)
+        return self.cancelled.is_set() or SHUTDOWN.is_set()
+
+    def resolve(self, ref: str) -> Path:
+        if ref in self.dataset_paths:
+            return self.dataset_paths[ref]
+        with self.db.read() as session:
+            found = catalog.model_dir(session, self.settings, self.claim.tenant_id, ref)
+        if found is None:
+            raise TrainingError("user_error", f"unknown dataset or model '{ref}' (deleted since the job was queued?)")
+        return found
+
+    # --- reporter thread --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+        if self.publisher.client is not None:
+            threading.Thread(target=self._listen_control, name="control", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the reporter and write what is left (on the calling thread)."""
+        self.done.set()
+        self.wake.set()
+        self.thread.join()
+        self.flush()
+
+    def _report(self) -> None:
+        tick = min(self.settings.event_flush_s, self.settings.cancel_poll_s)
+        renew_every = self.settings.lease_s / 3
+        last_write = time.monotonic()
+        while not self.done.is_set():
+            self.wake.wait(tick)
+            self.wake.clear()
+            try:
+                if self.flush():
+                    last_write = time.monotonic()
+                elif time.monotonic() - last_write > renew_every:
+                    with self.db.write() as session:
+                        if not lifecycle.renew(session, self.claim, self.settings.lease_s):
+                            self.lost.set()
+                        session.commit()
+                    last_write = time.monotonic()
+                with self.db.read() as session:
+                    if lifecycle.cancel_requested(session, self.claim.job_id):
+                        self.cancelled.set()
+            except Exception:  # the database may be back by the next tick; the lease covers the gap
+                log.exception("job %s: reporting failed", self.claim.job_id)
+
+    def _listen_control(self) -> None:
+        try:
+            ps = self.publisher.client.pubsub()  # type: ignore[union-attr]
+            ps.subscribe(CONTROL + self.claim.job_id)
+            while not self.done.is_set():
+                if ps.get_message(timeout=1.0) is not None:
+                    self.wake.set()
+            ps.close()
+        except redis.RedisError as exc:
+            log.warning("control channel: %s (cancel is still polled)", exc)
+
+    def flush(self) -> bool:
+        """Write the pending events in one transaction; False if there were none.
+
+        On a database error the events stay pending, for the next try.
+        """
+        with self.lock:
+            pending = list(self.pending)
+        if not pending:
+            return False
+        batch: list[Event] = [{**e, "data": dict(e["data"])} for e in pending]  # copies: see checkpoint paths
+        with self.db.write() as session:
+            created = metrics.record(session, self.settings, self.claim.job_id, batch, self.recent)
+            for e in batch:
+                if e["type"] == "checkpoint.saved":
+                    # Clients get the id, and the path relative to the data directory, not the host's.
+                    path = Path(e["data"]["path"])
+                    e["data"]["checkpoint_id"] = created.get(str(path))
+                    e["data"]["path"] = str(path.relative_to(self.settings.data_dir))
+            if not lifecycle.report(session, self.claim, batch, self.settings.lease_s):
+                session.rollback()
+                self.lost.set()
+                return True
+            session.commit()
+        with self.lock:
+            del self.pending[: len(pending)]
+        self.step = batch[-1]["step"]
+        self.publisher.publish(EVENTS, self.claim.job_id)
+        return True
