@@ -1,0 +1,80 @@
+"""workers.execute in process, on SQLite and PostgreSQL: a delivery claims the job, runs a
+two-step spec through the real pipeline, reports its events, metrics and checkpoints, and
+finishes the row; a second delivery of the same job finds nothing to claim."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.db import Database
+from app.queue.wakeups import Publisher
+from app.services import auth, catalog, datasets, events, jobs, metrics
+from app.tables import Job
+from workers.execute import execute
+
+
+def two_step_spec(spec_dict: Callable[..., dict[str, Any]], ids: dict[str, str]) -> dict[str, Any]:
+    """The tiny spec of tests/conftest.py cut to a pretrain step and a finetune step."""
+    spec = spec_dict(checkpointing={"every_steps": 1, "keep_last": 2})
+    spec["stages"] = [dict(spec["stages"][0], steps=1), dict(spec["stages"][1], steps=1)]
+    for name, ref in spec["data"].items():
+        ref["dataset"] = ids[name]
+    return spec
+
+
+def upload(database: Database, settings: Settings, tenant_id: str, source: Path) -> str:
+    incoming = datasets.incoming_path(settings, tenant_id)
+    shutil.copy(source, incoming)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with database.write() as session:
+        ds = datasets.register(session, settings, tenant_id, incoming, source.name, source.name, digest)
+        session.commit()
+        return ds.id
+
+
+def test_execute_runs_a_two_step_job_to_its_model(
+    database: Database, tmp_path: Path, data_dir: Path, spec_dict: Callable[..., dict[str, Any]]
+) -> None:
+    url = database.engine.url.render_as_string(hide_password=False)
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, event_flush_s=0.05, cancel_poll_s=0.05)
+    with database.write() as session:
+        tenant_id = auth.get_or_create_tenant(session, f"t-{secrets.token_hex(6)}").id
+        session.commit()
+    ids = {name: upload(database, settings, tenant_id, data_dir / f"{name}.{ext}")
+           for name, ext in (("corpus", "txt"), ("pairs", "jsonl"))}  # fmt: skip
+    with database.write() as session:
+        job, created = jobs.submit(session, settings, tenant_id, two_step_spec(spec_dict, ids), None)
+        session.commit()
+    assert created and job.total_steps == 2
+
+    execute(database, settings, Publisher(None), job.id, "worker-1")
+
+    with database.read() as session:
+        row = session.get_one(Job, job.id)
+        assert (row.status, row.step, row.attempt, row.lease_owner) == ("succeeded", 2, 1, None)
+        assert row.stage_name == "finetune" and row.finished_at is not None
+        found = events.after(session, job.id, 0, 1000)
+        model = catalog.get(session, tenant_id, str(row.model_id))
+        series = metrics.series(session, job.id)
+        kept = metrics.checkpoints(session, job.id)
+    types = [e.type for e in found]
+    assert types[:2] == ["job.queued", "job.started"] and types[-1] == "job.succeeded"
+    assert types.count("train.step") == 2 and types.count("stage.completed") == 2
+    assert [e.seq for e in found] == list(range(1, len(found) + 1))
+    assert found[-1].data["model_id"] == model.id and model.steps == 2
+    assert [step for step, _ in series["train.loss"]] == [1, 2]
+    assert [c.step for c in kept] == [1, 2]  # every_steps 1, keep_last 2
+    saved = [e for e in found if e.type == "checkpoint.saved"]
+    assert {e.data["checkpoint_id"] for e in saved} == {c.id for c in kept}
+    assert all(not Path(e.data["path"]).is_absolute() for e in saved)  # relative to the data directory
+    assert (settings.data_dir / model.path / "model.safetensors").is_file()
+
+    execute(database, settings, Publisher(None), job.id, "worker-2")  # a duplicate delivery
+    with database.read() as session:
+        assert session.get_one(Job, job.id).last_seq == found[-1].seq
