@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-FINAL = ("job.succeeded", "job.failed", "job.cancelled")
+from models.events import FINAL
 
 
 class ApiError(Exception):

@@ -18,8 +18,6 @@ from app.services import catalog
 from app.tables import Model, new_id
 from models.events import timestamp
 
-EXPORT_FORMATS = ("hf",)
-
 
 def incoming_path(settings: Settings) -> Path:
     d = settings.models_dir / ".incoming"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -88,8 +89,9 @@ def test_train_writes_events_and_model(trained: Path) -> None:
     events = read_events(trained)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert {e["type"] for e in events} <= EVENT_TYPES
-    for e in events:
+    for e in events:  # the CLI's job events and the pipeline's alike: one shape, one time format
         assert set(e) == {"seq", "type", "time", "stage", "step", "data"}
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]), e
     assert events[0]["type"] == "job.started" and events[0]["data"]["total_steps"] == TOTAL
     assert events[-1]["type"] == "job.succeeded" and events[-1]["step"] == TOTAL
     assert [e["step"] for e in events if e["type"] == "train.step"] == list(range(1, TOTAL + 1))

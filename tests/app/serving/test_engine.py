@@ -19,18 +19,6 @@ from models.generate import Sampling, generate_ids
 from models.gpt import KVCache
 from models.serving_gpt import ServingGPT
 from models.tokenizer import Tokenizer
-from tests.conftest import tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = tmp_path_factory.mktemp("engine")
-    dirs = []
-    for seed in range(2):
-        model = tiny_model(tokenizer.vocab_size, seed=seed, block_size=64, n_embd=32)
-        artifact.save_model(root / f"m{seed}", model.state_dict(), model.config, tokenizer, {"name": f"m{seed}"})
-        dirs.append(root / f"m{seed}")
-    return dirs
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn-packed", "addmm"])
