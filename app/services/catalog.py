@@ -81,6 +81,16 @@ def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -
     return page(session, select(Model).where(Model.tenant_id == tenant_id), Model.id, limit, after)
 
 
+def find(session: Session, settings: Settings, tenant_id: str, ref: str) -> ModelInfo | Checkpoint:
+    """A model id (described) or a checkpoint id (its row); 404 if the tenant has neither."""
+    if ref.startswith("ckpt_"):
+        found = checkpoint_of(session, tenant_id, ref)
+        if found is None:
+            raise NotFound(f"no model or checkpoint '{ref}'")
+        return found[0]
+    return describe(session, settings, get(session, tenant_id, ref))
+
+
 def describe(session: Session, settings: Settings, m: Model) -> ModelInfo:
     """The row, with its architecture, its job's stages and the checkpoints servable beside it."""
     try:

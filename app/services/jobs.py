@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -15,7 +15,7 @@ from app.errors import Invalid, NotFound
 from app.services import catalog, datasets, lifecycle
 from app.services.estimates import Estimates, estimate
 from app.services.pagination import page
-from app.tables import Job, JobStatus
+from app.tables import STATUSES, Job, JobStatus
 from models.spec import JobSpec, MultistepStage, SpecError, parse_spec
 
 
@@ -92,6 +92,12 @@ def list_page(
     if status:
         stmt = stmt.where(Job.status == status)
     return page(session, stmt, Job.id, limit, after)
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Every tenant's jobs, counted by status (all statuses, zeros included)."""
+    counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    return {status: counts.get(status, 0) for status in STATUSES}
 
 
 def workdir(settings: Settings, job_id: str) -> Path:

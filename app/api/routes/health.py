@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep
 from app.api.errors import error_body
 from app.api.metrics import JOBS
 from app.migrate import schema_problem
-from app.tables import STATUSES, Job
+from app.services import jobs
 
 router = APIRouter(tags=["health"])
 
@@ -55,7 +55,7 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def prometheus(db: DatabaseDep) -> Response:
     with db.read() as session:
-        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
-    for status in STATUSES:
-        JOBS.labels(status).set(counts.get(status, 0))
+        counts = jobs.count_by_status(session)
+    for status, n in counts.items():
+        JOBS.labels(status).set(n)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

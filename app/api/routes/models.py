@@ -17,8 +17,8 @@ from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, Setti
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
 from app.api.schemas import CheckpointOut, ModelOut, Page
 from app.api.uploads import receive_file
-from app.errors import NotFound
 from app.services import archives, catalog
+from app.tables import Checkpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
 
@@ -35,12 +35,8 @@ def get_model(
     model_id: str, tenant_id: TenantDep, session: ReadSession, settings: SettingsDep
 ) -> ModelOut | CheckpointOut:
     """A model id (`model_...`) or a checkpoint id (`ckpt_...`)."""
-    if model_id.startswith("ckpt_"):
-        found = catalog.checkpoint_of(session, tenant_id, model_id)
-        if found is None:
-            raise NotFound(f"no model or checkpoint '{model_id}'")
-        return shape.checkpoint(found[0])
-    return shape.model(catalog.describe(session, settings, catalog.get(session, tenant_id, model_id)))
+    found = catalog.find(session, settings, tenant_id, model_id)
+    return shape.checkpoint(found) if isinstance(found, Checkpoint) else shape.model(found)
 
 
 UPLOAD_BODY = upload_body(
