@@ -224,9 +224,7 @@ class Decoder:
         # Hold back an unfinished character and anything that may begin a stop string.
         safe = raw.rstrip("\ufffd")
         hold = max((n for s in r.stop for n in range(len(s) - 1, 0, -1) if safe.endswith(s[:n])), default=0)
-        safe = safe[: len(safe) - hold]
-        if r.supervised and safe.startswith(" "):
-            safe = safe[1:]
+        safe = finished_text(safe[: len(safe) - hold], None, r.supervised)  # (stop strings: checked above)
         if len(safe) > len(r.text) and safe.startswith(r.text):
             r.text = safe
 
