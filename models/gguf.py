@@ -22,9 +22,10 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from tokenizers import Tokenizer
 
-from models.gguf_tokenizer import build_tokenizer
+from models.gguf_tokenizer import GGUFError, build_tokenizer
 from models.gguf_tokenizer import metadata_value as _value
-from models.hf import UnsupportedModel
+
+__all__ = ["GGUFCheckpoint", "GGUFError", "hf_name", "read_gguf", "unpermute"]
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 LAYER_TENSORS = {
@@ -52,10 +53,6 @@ def _decimal(value: Any) -> float:
 
 
 KEPT = {GGMLQuantizationType.F32: torch.float32, GGMLQuantizationType.F16: torch.float16}
-
-
-class GGUFError(UnsupportedModel, ValueError):
-    """A GGUF file we cannot read exactly: reported as `unsupported_model` (422 / exit 2)."""
 
 
 @dataclass

@@ -34,8 +34,8 @@ QWEN2_FAMILY = {"qwen2", "deepseek-r1-qwen"}
 SMOLLM_FAMILY = {"smollm"}
 
 
-class GGUFTokenizerError(UnsupportedModel, ValueError):
-    """A GGUF tokenizer we cannot rebuild exactly."""
+class GGUFError(UnsupportedModel, ValueError):
+    """A GGUF file we cannot read exactly: reported as `unsupported_model` (422 / exit 2)."""
 
 
 @dataclass
@@ -82,13 +82,13 @@ def _pre_tokenizer(pre: str | None) -> tuple[Any, Any, bool]:
         split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated")
         return normalizers.NFC(), pre_tokenizers.Sequence([split, byte_level]), False
     known = sorted(GPT2_FAMILY | SMOLLM_FAMILY | LLAMA3_FAMILY | QWEN2_FAMILY)
-    raise GGUFTokenizerError(f"tokenizer.ggml.pre '{pre}' is not supported (supported: {', '.join(known)})")
+    raise GGUFError(f"tokenizer.ggml.pre '{pre}' is not supported (supported: {', '.join(known)})")
 
 
 def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
     kind = metadata_value(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
-        raise GGUFTokenizerError(
+        raise GGUFError(
             f"tokenizer.ggml.model '{kind}' is not supported (only byte-level BPE, 'gpt2'; "
             "sentencepiece 'llama' vocabularies are not read yet)"
         )
@@ -96,10 +96,10 @@ def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
     merges_raw: list[str] = metadata_value(reader, "tokenizer.ggml.merges") or []
     types: list[int] = metadata_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
     if not tokens or len(types) != len(tokens):
-        raise GGUFTokenizerError("tokenizer.ggml.tokens / token_type: missing or of different lengths")
+        raise GGUFError("tokenizer.ggml.tokens / token_type: missing or of different lengths")
     field = reader.fields.get("tokenizer.ggml.token_type")
     if field is not None and field.types[-1] not in (GGUFValueType.INT32, GGUFValueType.UINT32):
-        raise GGUFTokenizerError("tokenizer.ggml.token_type: not an integer array")
+        raise GGUFError("tokenizer.ggml.token_type: not an integer array")
     table = byte_alphabet()
     alphabet = set(table.values())
     # Tokens outside the byte alphabet are raw text (a converter's mislabel): spell their bytes.
@@ -109,13 +109,13 @@ def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
     for n, m in enumerate(merges_raw):
         pair = m.split(" ")
         if len(pair) != 2:
-            raise GGUFTokenizerError(f"tokenizer.ggml.merges[{n}]: '{m}' is not two tokens")
+            raise GGUFError(f"tokenizer.ggml.merges[{n}]: '{m}' is not two tokens")
         merges.append((pair[0], pair[1]))
     normalizer, pre_tok, ignore_merges = _pre_tokenizer(metadata_value(reader, "tokenizer.ggml.pre"))
     try:
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False))
     except Exception as exc:  # tokenizers reports inconsistent merges as a bare Exception
-        raise GGUFTokenizerError(f"tokenizer.ggml.merges: inconsistent with the vocabulary ({exc})") from None
+        raise GGUFError(f"tokenizer.ggml.merges: inconsistent with the vocabulary ({exc})") from None
     if normalizer is not None:
         tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tok
@@ -130,7 +130,7 @@ def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
         if v is None:
             return None
         if not isinstance(v, int) or not 0 <= v < len(tokens):
-            raise GGUFTokenizerError(f"tokenizer.ggml.{key}_token_id: {v!r} is not a token id")
+            raise GGUFError(f"tokenizer.ggml.{key}_token_id: {v!r} is not a token id")
         return v
 
     ids = {k: token_id(k) for k in ("bos", "eos", "unknown", "padding", "eot", "eom")}
