@@ -47,6 +47,8 @@ GLOBAL_TENSORS = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+
+
 def _decimal(value: Any) -> float:
     """A float32 metadata value as the decimal its config.json wrote (1e-05, not 9.9999997e-06)."""
     return float(str(np.float32(value)))
