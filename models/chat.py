@@ -132,6 +132,12 @@ def render_prompt(messages: Sequence[Message], chat: ChatFormat) -> str:
     return render(messages, chat, add_generation_prompt=True)
 
 
+def encode_prompt(messages: Sequence[Message], chat: ChatFormat, tokenizer: Tokenizer) -> list[int]:
+    """Serving: the prompt's token ids. No special tokens are added: the template writes its own
+    (a BOS included), as `apply_chat_template(..., tokenize=True)` does."""
+    return list(tokenizer.encode(render_prompt(messages, chat), add_special_tokens=False).ids)
+
+
 def _special_ids(tokenizer: Tokenizer) -> set[int]:
     return {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
 

@@ -59,14 +59,14 @@ def train_tokenizer(vocab_size: int = 320) -> Tokenizer:
     return tok
 
 
-def tiny_model(arch: str, vocab_size: int, tied: bool, seed: int = 0) -> Any:
+def tiny_model(arch: str, vocab_size: int, tied: bool, seed: int = 0, width: int = 64, ffn: int = 128) -> Any:
     import transformers
 
     torch.manual_seed(seed)
     common: dict[str, Any] = dict(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=width,
+        intermediate_size=ffn,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -159,3 +159,17 @@ def write_gguf(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def random_blocks(rows: int, cols: int, qtype: GGMLQuantizationType, seed: int = 0) -> np.ndarray:
+    """Random bytes in a K-quant layout (256 values a block), with sane fp16 scales: tensors the
+    gguf package cannot quantize to, to check dequantization against another reader."""
+    size = {GGMLQuantizationType.Q4_K: 144, GGMLQuantizationType.Q6_K: 210}[qtype]
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+    scales = rng.uniform(0.001, 0.02, (rows, cols // 256, 2)).astype(np.float16).view(np.uint8)
+    if qtype == GGMLQuantizationType.Q4_K:  # d, dmin lead the block
+        blocks[..., 0:4] = scales.reshape(rows, cols // 256, 4)
+    else:  # d ends the block
+        blocks[..., 208:210] = scales[..., 0:2]
+    return blocks.reshape(rows, -1)

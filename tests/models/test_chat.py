@@ -13,7 +13,15 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from models import artifact, records
-from models.chat import ChatFormat, ChatTemplateError, encode_chat, render, render_prompt, stop_token_ids
+from models.chat import (
+    ChatFormat,
+    ChatTemplateError,
+    encode_chat,
+    encode_prompt,
+    render,
+    render_prompt,
+    stop_token_ids,
+)
 from models.chat_records import example_messages, load_chat_format, save_chat_format, task_prompt
 from models.data import IGNORE, RecordStream
 from models.pipeline import run
@@ -102,6 +110,8 @@ def test_rendering_equals_transformers(chat_tok, name, chat, generation_prompt):
     assert got == want
     if generation_prompt:
         assert render_prompt(CHATS[chat], fmt(template)) == want
+        served = encode_prompt(CHATS[chat], fmt(template), chat_tok.hf)
+        assert served == theirs.apply_chat_template(CHATS[chat], add_generation_prompt=True, return_dict=False)
     else:
         assert (
             encode_chat(CHATS[chat], fmt(template), chat_tok.hf)[0] == theirs(want, add_special_tokens=False).input_ids

@@ -12,7 +12,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from models.gguf import GGUFError, read_gguf
-from tests.models.gguf_files import CHATML, SPECIALS, tiny_model, train_tokenizer, write_gguf
+from tests.models.gguf_files import CHATML, SPECIALS, permute, random_blocks, tiny_model, train_tokenizer, write_gguf
 
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
@@ -99,6 +99,36 @@ def test_written_gguf_reads_back_as_the_hf_state_dict(tmp_path, tok, arch, qtype
             assert all(len(p.strip("Ġ")) <= 1 for p in pieces if any(c.isdigit() for c in p)), pieces
             continue
         assert ours == their_tok.encode(text), (pre, text)
+
+
+def test_k_quants_bf16_and_q4_1_read_as_transformers_reads_them(tmp_path, tok):
+    """Q4_K / Q6_K cannot be written by the gguf package's quantizer: random blocks instead,
+    read by the gguf package here and by transformers' own torch dequantizer there."""
+    from gguf.quants import quantize
+
+    vocab = tok.get_vocab_size()
+    model = tiny_model("llama", vocab, True, width=256, ffn=256)
+    sd = model.state_dict()
+    layout = {
+        "token_embd.weight": (random_blocks(vocab, 256, Q.Q4_K, 1), Q.Q4_K),
+        "blk.0.ffn_up.weight": (random_blocks(256, 256, Q.Q6_K, 2), Q.Q6_K),
+        "blk.1.attn_k.weight": (random_blocks(128, 256, Q.Q4_K, 3), Q.Q4_K),
+        "blk.0.ffn_gate.weight": (quantize(sd["model.layers.0.mlp.gate_proj.weight"].numpy(), Q.Q4_1), Q.Q4_1),
+        # the layout llama.cpp writes: rows permuted, then converted
+        "blk.0.attn_q.weight": (
+            quantize(permute(sd["model.layers.0.self_attn.q_proj.weight"].numpy(), 4), Q.BF16),
+            Q.BF16,
+        ),
+    }
+    write_gguf(tmp_path / "k.gguf", model, tok, replace=layout)
+    ckpt = read_gguf(tmp_path / "k.gguf")
+    assert ckpt.tensors["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+    q = sd["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(ckpt.tensors["model.layers.0.self_attn.q_proj.weight"], q.to(torch.bfloat16))
+    their_state, _ = theirs(tmp_path, "k.gguf")
+    for name, got in ckpt.tensors.items():
+        assert torch.allclose(got.float(), their_state[name].float(), atol=1e-6, rtol=0), name
+    assert float(ckpt.tensors["model.embed_tokens.weight"].abs().max()) > 0
 
 
 def test_unsupported_architecture_and_tokenizer_are_refused(tmp_path, tok):
