@@ -85,37 +85,34 @@ def _pre_tokenizer(pre: str | None) -> tuple[Any, Any, bool]:
     raise GGUFError(f"tokenizer.ggml.pre '{pre}' is not supported (supported: {', '.join(known)})")
 
 
-def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
-    kind = metadata_value(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise GGUFError(
-            f"tokenizer.ggml.model '{kind}' is not supported (only byte-level BPE, 'gpt2'; "
-            "sentencepiece 'llama' vocabularies are not read yet)"
-        )
-    tokens: list[str] = metadata_value(reader, "tokenizer.ggml.tokens") or []
-    merges_raw: list[str] = metadata_value(reader, "tokenizer.ggml.merges") or []
-    types: list[int] = metadata_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    if not tokens or len(types) != len(tokens):
-        raise GGUFError("tokenizer.ggml.tokens / token_type: missing or of different lengths")
-    field = reader.fields.get("tokenizer.ggml.token_type")
-    if field is not None and field.types[-1] not in (GGUFValueType.INT32, GGUFValueType.UINT32):
-        raise GGUFError("tokenizer.ggml.token_type: not an integer array")
+def _merges(reader: GGUFReader) -> list[tuple[str, str]] | None:
+    raw: list[str] | None = metadata_value(reader, "tokenizer.ggml.merges")
+    if raw is None:
+        return None
+    merges = []
+    for n, m in enumerate(raw):
+        pair = m.split(" ")
+        if len(pair) != 2:
+            raise GGUFError(f"tokenizer.ggml.merges[{n}]: '{m}' is not two tokens")
+        merges.append((pair[0], pair[1]))
+    return merges
+
+
+def _bpe(vocab: dict[str, int], merges: list[tuple[str, str]], **options: Any) -> Tokenizer:
+    try:
+        return Tokenizer(models.BPE(vocab=vocab, merges=merges, **options))
+    except Exception as exc:  # tokenizers reports inconsistent merges as a bare Exception
+        raise GGUFError(f"tokenizer.ggml.merges: inconsistent with the vocabulary ({exc})") from None
+
+
+def _byte_level(reader: GGUFReader, tokens: list[str], types: list[int]) -> Tokenizer:
     table = byte_alphabet()
     alphabet = set(table.values())
     # Tokens outside the byte alphabet are raw text (a converter's mislabel): spell their bytes.
     spelled = [t if set(t) <= alphabet else "".join(table[b] for b in t.encode("utf-8")) for t in tokens]
     vocab = {t: i for i, t in reversed(list(enumerate(spelled)))}  # a duplicate keeps its first id
-    merges = []
-    for n, m in enumerate(merges_raw):
-        pair = m.split(" ")
-        if len(pair) != 2:
-            raise GGUFError(f"tokenizer.ggml.merges[{n}]: '{m}' is not two tokens")
-        merges.append((pair[0], pair[1]))
     normalizer, pre_tok, ignore_merges = _pre_tokenizer(metadata_value(reader, "tokenizer.ggml.pre"))
-    try:
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False))
-    except Exception as exc:  # tokenizers reports inconsistent merges as a bare Exception
-        raise GGUFError(f"tokenizer.ggml.merges: inconsistent with the vocabulary ({exc})") from None
+    tok = _bpe(vocab, _merges(reader) or [], ignore_merges=ignore_merges, fuse_unk=False)
     if normalizer is not None:
         tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tok
@@ -124,6 +121,60 @@ def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
     user = [t for t, k in zip(tokens, types, strict=True) if k == USER_DEFINED and t in vocab]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+    return tok
+
+
+def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """A sentencepiece BPE vocabulary's merges, which llama.cpp does not store: every split of a
+    token into two vocabulary tokens is a merge, ranked by the merged token's score (best first;
+    among equals, longer left then right pieces first, then by the pieces' ids)."""
+    vocab = {t: i for i, t in reversed(list(enumerate(tokens)))}
+    found: list[tuple[str, str, float]] = []
+    for token, score in zip(tokens, scores, strict=True):
+        splits = [(token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in vocab and token[k:] in vocab]
+        splits.sort(key=lambda p: (vocab[p[0]], vocab[p[1]]))
+        found.extend((left, right, score) for left, right in splits)
+    found.sort(key=lambda m: (-m[2], -len(m[0]), -len(m[1])))
+    return [(left, right) for left, right, _ in found]
+
+
+def _sentencepiece(reader: GGUFReader, tokens: list[str], types: list[int], unk: int | None) -> Tokenizer:
+    """Llama/Mistral-style sentencepiece BPE: "▁" for spaces, bytes as <0xNN> tokens."""
+    scores = metadata_value(reader, "tokenizer.ggml.scores")
+    merges = _merges(reader)
+    if merges is None:
+        if scores is None or len(scores) != len(tokens):
+            raise GGUFError("tokenizer.ggml.scores: missing or not one per token (needed without merges)")
+        merges = merges_from_scores(tokens, [float(x) for x in scores])
+    vocab = {t: i for i, t in reversed(list(enumerate(tokens)))}
+    unk_token = tokens[unk] if unk is not None else None
+    tok = _bpe(vocab, merges, fuse_unk=True, byte_fallback=True, unk_token=unk_token)
+    prefix = bool(metadata_value(reader, "tokenizer.ggml.add_space_prefix", True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="first" if prefix else "never", split=False
+    )
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence([*steps, decoders.Strip(content=" ", left=1)] if prefix else steps)
+    control = [t for t, k in zip(tokens, types, strict=True) if k == CONTROL]
+    user = [t for t, k in zip(tokens, types, strict=True) if k == USER_DEFINED]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+    return tok
+
+
+def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
+    kind = metadata_value(reader, "tokenizer.ggml.model")
+    if kind not in ("gpt2", "llama"):
+        raise GGUFError(
+            f"tokenizer.ggml.model '{kind}' is not supported (byte-level BPE 'gpt2' and sentencepiece 'llama' are)"
+        )
+    tokens: list[str] = metadata_value(reader, "tokenizer.ggml.tokens") or []
+    types: list[int] = metadata_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    if not tokens or len(types) != len(tokens):
+        raise GGUFError("tokenizer.ggml.tokens / token_type: missing or of different lengths")
+    field = reader.fields.get("tokenizer.ggml.token_type")
+    if field is not None and field.types[-1] not in (GGUFValueType.INT32, GGUFValueType.UINT32):
+        raise GGUFError("tokenizer.ggml.token_type: not an integer array")
 
     def token_id(key: str) -> int | None:
         v = metadata_value(reader, f"tokenizer.ggml.{key}_token_id")
@@ -134,8 +185,13 @@ def build_tokenizer(reader: GGUFReader) -> GGUFTokenizer:
         return v
 
     ids = {k: token_id(k) for k in ("bos", "eos", "unknown", "padding", "eot", "eom")}
+    if kind == "gpt2":
+        tok = _byte_level(reader, tokens, types)
+    else:
+        tok = _sentencepiece(reader, tokens, types, ids["unknown"])
     bos = ids["bos"]
-    if metadata_value(reader, "tokenizer.ggml.add_bos_token", False) and bos is not None:
+    # llama.cpp adds BOS to a sentencepiece vocabulary that does not say otherwise
+    if metadata_value(reader, "tokenizer.ggml.add_bos_token", kind == "llama") and bos is not None:
         tok.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]}:0 $A:0",
             pair=f"{tokens[bos]}:0 $A:0 {tokens[bos]}:1 $B:1",

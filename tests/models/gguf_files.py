@@ -59,6 +59,21 @@ def train_tokenizer(vocab_size: int = 320) -> Tokenizer:
     return tok
 
 
+def sentencepiece_vocab(size: int = 300) -> tuple[list[str], list[float], list[int]]:
+    """A Llama-2-style vocabulary as llama.cpp stores it: <unk>, <s>, </s>, the 256 byte tokens,
+    then "▁"-spelled BPE pieces scored by rank (tokens, scores, token types)."""
+    from tokenizers import SentencePieceBPETokenizer
+
+    sp = SentencePieceBPETokenizer()
+    sp.train_from_iterator(CORPUS * 4, vocab_size=size, show_progress=False)
+    vocab = sp.get_vocab()
+    pieces = sorted(vocab, key=vocab.__getitem__)
+    tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces]
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    types = [2, 3, 3, *[6] * 256, *[1] * len(pieces)]
+    return tokens, scores, types
+
+
 def tiny_model(arch: str, vocab_size: int, tied: bool, seed: int = 0, width: int = 64, ffn: int = 128) -> Any:
     import transformers
 
@@ -109,6 +124,7 @@ def write_gguf(
     arch: str | None = None,
     template: str | None = CHATML,
     replace: dict[str, tuple[np.ndarray, GGMLQuantizationType]] | None = None,
+    sentencepiece: tuple[list[str], list[float], list[int]] | None = None,
 ) -> None:
     """`replace` writes the given (data, type) instead of a tensor, by GGUF name."""
     cfg = model.config
@@ -126,18 +142,28 @@ def write_gguf(
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
     w.add_rope_dimension_count(cfg.hidden_size // heads)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    vocab = tok.get_vocab()
-    tokens = sorted(vocab, key=vocab.__getitem__)
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(0)
-    w.add_add_bos_token(False)
+    if sentencepiece is not None:
+        tokens, scores, types = sentencepiece
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(pre)
+        vocab = tok.get_vocab()
+        tokens = sorted(vocab, key=vocab.__getitem__)
+        merges = json.loads(tok.to_str())["model"]["merges"]
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_pad_token_id(0)
+        w.add_add_bos_token(False)
     if template is not None:
         w.add_chat_template(template)
     for name, t in model.state_dict().items():

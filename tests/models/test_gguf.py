@@ -12,7 +12,16 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from models.gguf import GGUFError, read_gguf
-from tests.models.gguf_files import CHATML, SPECIALS, permute, random_blocks, tiny_model, train_tokenizer, write_gguf
+from tests.models.gguf_files import (
+    CHATML,
+    SPECIALS,
+    permute,
+    random_blocks,
+    sentencepiece_vocab,
+    tiny_model,
+    train_tokenizer,
+    write_gguf,
+)
 
 pytest.importorskip("accelerate")
 transformers = pytest.importorskip("transformers")
@@ -129,6 +138,20 @@ def test_k_quants_bf16_and_q4_1_read_as_transformers_reads_them(tmp_path, tok):
     for name, got in ckpt.tensors.items():
         assert torch.allclose(got.float(), their_state[name].float(), atol=1e-6, rtol=0), name
     assert float(ckpt.tensors["model.embed_tokens.weight"].abs().max()) > 0
+
+
+def test_sentencepiece_vocabulary_encodes_like_transformers(tmp_path, tok):
+    tokens, scores, types = sentencepiece_vocab()
+    model = tiny_model("llama", len(tokens), True)
+    write_gguf(tmp_path / "sp.gguf", model, tok, sentencepiece=(tokens, scores, types))
+    ckpt = read_gguf(tmp_path / "sp.gguf")
+    assert ckpt.special_tokens == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    _, their_tok = theirs(tmp_path, "sp.gguf")
+    for text in [*TEXTS[:3], "emoji 🙂 and 漢字 fall back to bytes", " leading space", "</s>inside<s> text"]:
+        ours = ckpt.tokenizer.encode(text).ids
+        assert ours == their_tok.encode(text), text
+        assert ours[0] == 1  # BOS, as llama.cpp adds it to sentencepiece vocabularies
+        assert ckpt.tokenizer.decode(ours) == their_tok.decode(ours, skip_special_tokens=True), text
 
 
 def test_unsupported_architecture_and_tokenizer_are_refused(tmp_path, tok):
