@@ -11,6 +11,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
+from models.chat import encode_chat, render, stop_token_ids
+from models.chat_records import make_chat_format
 from models.gguf import GGUFError, read_gguf
 from tests.models.gguf_files import (
     CHATML,
@@ -199,11 +201,21 @@ def test_smollm2_matches_transformers_gguf_loader():
     worst = max(float((v.float() - their_state[k].float()).abs().max()) for k, v in ckpt.tensors.items())
     print(f"SmolLM2 Q4_1: {len(ckpt.tensors)} tensors, max |ours - transformers| = {worst:.3g}")
     assert worst <= 1e-3
-    chat = [{"role": "user", "content": "What is 2+2? Answer in French, please."}]
+    chat_turns = [{"role": "user", "content": "What is 2+2? Answer in French, please."}]
     prompts = [
         *TEXTS,
         "def f(x):\n    return x ** 2  # 1234567890",
-        their_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+        their_tok.apply_chat_template(chat_turns, tokenize=False, add_generation_prompt=True),
     ]
     for text in prompts:
         assert ckpt.tokenizer.encode(text).ids == their_tok.encode(text), text
+    # its chat template, rendered by us, as transformers renders it; the loss mask on its tokenizer
+    chat = make_chat_format(ckpt.chat_template, ckpt.special_tokens, ckpt.generation)
+    assert chat is not None
+    convo = [*chat_turns, {"role": "assistant", "content": "Quatre."}]
+    assert render(convo, chat) == their_tok.apply_chat_template(convo, tokenize=False)
+    ids, mask = encode_chat(convo, chat, ckpt.tokenizer)
+    assert ckpt.tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m], skip_special_tokens=False) == (
+        "Quatre.<|im_end|>"
+    )
+    assert stop_token_ids(chat, ckpt.tokenizer) == {2}
