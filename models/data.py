@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from models.chat import ChatFormat
+from models.chat_records import encode_chat_example
 from models.errors import TrainingError
 from models.records import DataError, DataFile, Example, completion_text, load_file
 from models.spec import DataRef
@@ -149,7 +151,12 @@ class TextStream:
             yield Batch(chunk[:, :-1], chunk[:, 1:], chunk[:, 1:], chunk[:, :-1].numel())
 
 
-def collate(seqs: list[tuple[list[int], int]], pad_id: int) -> Batch:
+# A supervised sequence: its ids, and either the separator's index (the completion follows it) or,
+# for a chat-rendered record, a per-token mask of the tokens the loss scores (assistant turns).
+Seq = tuple[list[int], int | list[int]]
+
+
+def collate(seqs: list[Seq], pad_id: int) -> Batch:
     width = max(len(ids) for ids, _ in seqs) - 1
     idx = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     targets = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
@@ -159,16 +166,33 @@ def collate(seqs: list[tuple[list[int], int]], pad_id: int) -> Batch:
         n = len(ids) - 1
         row = torch.tensor(ids, dtype=torch.long)
         idx[r, :n], targets[r, :n] = row[:-1], row[1:]
-        completion[r, sep:n] = row[sep + 1 :]
+        if isinstance(sep, int):
+            completion[r, sep:n] = row[sep + 1 :]
+        else:
+            scored = torch.tensor(sep[1:], dtype=torch.bool)
+            completion[r, :n] = torch.where(scored, row[1:], IGNORE)
         tokens += n
     return Batch(idx, targets, completion, tokens)
 
 
 class RecordStream:
-    """Supervised records in random batches, each padded to its longest; a new shuffle each epoch."""
+    """Supervised records in random batches, each padded to its longest; a new shuffle each epoch.
+    With a chat format, records are rendered by the model's template, scored on assistant turns."""
 
-    def __init__(self, examples: list[Example], tok: Tokenizer, block_size: int, seed: int, key: str):
-        self.seqs = [encode_example(tok, ex, block_size + 1) for ex in examples]
+    def __init__(
+        self,
+        examples: list[Example],
+        tok: Tokenizer,
+        block_size: int,
+        seed: int,
+        key: str,
+        chat: ChatFormat | None = None,
+    ):
+        self.seqs: list[Seq] = (
+            [encode_example(tok, ex, block_size + 1) for ex in examples]
+            if chat is None
+            else [encode_chat_example(ex, chat, tok.hf, block_size + 1) for ex in examples]
+        )
         self.pad_id = tok.pad_id
         self.seed, self.key = seed, key
         self.epoch, self.cursor = 0, 0
@@ -228,7 +252,9 @@ def fork(stream: Stream, key: str) -> Stream:
     return other
 
 
-def make_stream(dataset: DataFile, tok: Tokenizer, block_size: int, seed: int, key: str) -> Stream:
+def make_stream(
+    dataset: DataFile, tok: Tokenizer, block_size: int, seed: int, key: str, chat: ChatFormat | None = None
+) -> Stream:
     if dataset.kind == "text":
         return TextStream(dataset.texts, tok, block_size, seed, key)
-    return RecordStream(dataset.examples, tok, block_size, seed, key)
+    return RecordStream(dataset.examples, tok, block_size, seed, key, chat)

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 
 from models import artifact, checkpoint, data, events
+from models.chat import ChatFormat
+from models.chat_records import load_chat_format, save_chat_format
 from models.evaluate import measure
 from models.gpt import GPT, GPTConfig
 from models.optim import build_optimizer, lr_factor, select_trainable
@@ -111,8 +113,12 @@ class Pipeline:
         init = self.spec.model.init_from
         tok_dir = self.workdir / "tokenizer"
         torch.manual_seed(self.spec.seed)
+        # chat format: a base model with a chat template trains on records rendered by it (models/chat.py)
+        self.chat: ChatFormat | None = None
         if init is not None:
-            self.model, self.tok = artifact.load_model(self.resolve(init.model), dropout=self.spec.model.dropout)
+            source = self.resolve(init.model)
+            self.model, self.tok = artifact.load_model(source, dropout=self.spec.model.dropout)
+            self.chat = load_chat_format(source) if source.is_dir() else None
         else:
             if (tok_dir / "tokenizer.json").exists():
                 self.tok = Tokenizer.load(tok_dir)
@@ -132,10 +138,11 @@ class Pipeline:
             if seg.key not in self.streams:
                 name = seg.part.data
                 if name not in protos:
-                    protos[name] = data.make_stream(self.train_sets[name], self.tok, block, self.spec.seed, name)
+                    train = self.train_sets[name]
+                    protos[name] = data.make_stream(train, self.tok, block, self.spec.seed, name, self.chat)
                 self.streams[seg.key] = data.fork(protos[name], f"{name}/{seg.key}")
         self.val_streams = {
-            name: data.make_stream(ds, self.tok, block, self.spec.seed, f"{name}/val")
+            name: data.make_stream(ds, self.tok, block, self.spec.seed, f"{name}/val", self.chat)
             for name, ds in self.val_sets.items()
             if ds.num_records
         }
@@ -302,6 +309,8 @@ class Pipeline:
             "parameters": self.model.num_parameters(),
         }
         artifact.save_model(model_dir, self.weights.state_dict(), self.model.config, self.tok, info)
+        if self.chat is not None:
+            save_chat_format(model_dir, self.chat)
         checkpoint.write_json(model_dir / "evaluation.json", {"final": final, "history": self.evaluations})
         return RunResult(model_dir, self.global_step, final)
 

@@ -30,6 +30,7 @@ class Example:
     completion: str
     task: str | None = None  # translate | qa | summarize, for task metrics
     fields: dict[str, str] = field(default_factory=dict)
+    messages: list[dict[str, str]] | None = None  # the whole conversation of a `messages` record
 
 
 @dataclass
@@ -162,7 +163,8 @@ def _messages_example(obj: dict[str, Any], line: int, issues: list[dict[str, Any
     if msgs[-1]["role"] != "assistant":
         issues.append({"line": line, "field": "messages", "reason": "the last message must be the assistant's"})
         return None
-    return Example(messages_prompt(msgs[:-1]), msgs[-1]["content"])
+    turns = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    return Example(messages_prompt(msgs[:-1]), msgs[-1]["content"], messages=turns)
 
 
 def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example | str | None:
