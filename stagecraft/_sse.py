@@ -1,0 +1,79 @@
+"""Server-Sent Events: parsing, and a job's event stream that survives dropped connections."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from stagecraft._http import Transport
+from stagecraft.errors import APIConnectionError
+from stagecraft.types import Event
+
+# The server sends a comment every 15 s while a job is quiet; a read this much longer means
+# the connection is dead, so it is dropped and resumed.
+READ_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Message:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+
+def parse(lines: Iterable[str]) -> Iterator[Message]:
+    """Messages from SSE lines (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+    `field: value` lines, a blank line ends a message, `:` lines are comments."""
+    event, last_id = "", None
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield Message(event or "message", "\n".join(data), last_id)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id":
+            last_id = value
+    if data:
+        yield Message(event or "message", "\n".join(data), last_id)
+
+
+def job_events(transport: Transport, job_id: str, after: int = 0, max_drops: int | None = None) -> Iterator[Event]:
+    """Every event of a job after seq `after`, live, until the final one (or until the server
+    closes the stream of a job that has already ended).
+
+    A connection that drops mid-stream is reopened with `Last-Event-ID: <last seq seen>`, so
+    no event is lost or repeated. Opening it uses the transport's retries; `max_drops`
+    (default: the retry policy's max_retries) drops in a row without a new event end it.
+    """
+    limit = transport.retry.max_retries if max_drops is None else max_drops
+    last, drops = after, 0
+    timeout = httpx.Timeout(30.0, read=READ_TIMEOUT_S)
+    while True:
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(last)}
+        response = transport.send("GET", f"/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=timeout)
+        try:
+            for message in parse(response.iter_lines()):
+                event = Event.model_validate(json.loads(message.data))
+                last, drops = event.seq, 0
+                yield event
+                if event.final:
+                    return
+            return  # closed by the server: the job had already ended
+        except httpx.TransportError as exc:
+            drops += 1
+            if drops > limit:
+                raise APIConnectionError(f"the event stream of {job_id} kept dropping: {exc!r}") from exc
+        finally:
+            response.close()
