@@ -31,24 +31,75 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PEOPLE = (
-    "Alice Bruno Chen Dara Emil Fatima Goro Hana Ivan Jia Kofi Lena Mateo Nadia Omar Priya"
-).split()
-THINGS = "apples books coins lamps maps pens shells stamps tickets vases".split()
+PEOPLE = [
+    "Alice",
+    "Bruno",
+    "Chen",
+    "Dara",
+    "Emil",
+    "Fatima",
+    "Goro",
+    "Hana",
+    "Ivan",
+    "Jia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Omar",
+    "Priya",
+]
+THINGS = ["apples", "books", "coins", "lamps", "maps", "pens", "shells", "stamps", "tickets", "vases"]
 PLACES = ("market", "harbour", "library", "station", "garden", "museum")
 LARGEST = 999  # numbers are spelled from 0 up to this
 STORY_COUNTS = range(2, 61)  # how many things a person in a story has
 SHARE_NUMBER_LINES, SHARE_STORY_LINES = 0.4, 0.3  # the rest of the corpus is counting lines
 
-UNITS_EN = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen"
-).split()
+UNITS_EN = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 DECADES_EN = {2: "twenty", 3: "thirty", 4: "forty", 5: "fifty", 6: "sixty", 7: "seventy", 8: "eighty", 9: "ninety"}
-UNITS_FR = (
-    "zéro un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze "
-    "quinze seize dix-sept dix-huit dix-neuf"
-).split()
+UNITS_FR = [
+    "zéro",
+    "un",
+    "deux",
+    "trois",
+    "quatre",
+    "cinq",
+    "six",
+    "sept",
+    "huit",
+    "neuf",
+    "dix",
+    "onze",
+    "douze",
+    "treize",
+    "quatorze",
+    "quinze",
+    "seize",
+    "dix-sept",
+    "dix-huit",
+    "dix-neuf",
+]
 DECADES_FR = {2: "vingt", 3: "trente", 4: "quarante", 5: "cinquante", 6: "soixante"}
 
 
@@ -84,10 +135,7 @@ def french(n: int) -> str:
     hundreds, below = divmod(n, 100)
     if not hundreds:
         return _french_below_100(below)
-    if hundreds == 1:
-        head = "cent"
-    else:
-        head = f"{UNITS_FR[hundreds]} cent" + ("s" if below == 0 else "")
+    head = "cent" if hundreds == 1 else f"{UNITS_FR[hundreds]} cent" + ("s" if below == 0 else "")
     return head if below == 0 else f"{head} {_french_below_100(below)}"
 
 
@@ -142,7 +190,13 @@ class World:
 
     def translate(self) -> dict[str, Any]:
         n = self.number()
-        return {"task": "translate", "source": english(n), "target": french(n), "source_lang": "en", "target_lang": "fr"}
+        return {
+            "task": "translate",
+            "source": english(n),
+            "target": french(n),
+            "source_lang": "en",
+            "target_lang": "fr",
+        }
 
     def qa(self) -> dict[str, Any]:
         story = Story.draw(self.rng)
@@ -153,7 +207,11 @@ class World:
     def summarize(self) -> dict[str, Any]:
         story = Story.draw(self.rng)
         top = story.most()
-        return {"task": "summarize", "document": story.text(), "summary": f"{top.person} has the most: {top.count} {top.thing}."}
+        return {
+            "task": "summarize",
+            "document": story.text(),
+            "summary": f"{top.person} has the most: {top.count} {top.thing}.",
+        }
 
     def corpus(self, lines: int) -> Iterator[str]:
         for _ in range(lines):

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from stagecraft.errors import APIConnectionError, APIError, RateLimitError, UnavailableError, error_from_response
 
@@ -28,7 +35,8 @@ class RetryPolicy:
 
     def __init__(self, max_retries: int = 4, backoff_s: float = 0.5, max_backoff_s: float = 8.0):
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
-        self._backoff = wait_exponential_jitter(initial=backoff_s, max=max_backoff_s, jitter=backoff_s)
+        # backoff_s, 2·backoff_s, 4·backoff_s ... capped, plus up to backoff_s of jitter.
+        self._backoff = wait_exponential(multiplier=backoff_s, max=max_backoff_s) + wait_random(0, backoff_s)
 
     def wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
