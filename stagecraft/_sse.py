@@ -50,12 +50,13 @@ def parse(lines: Iterable[str]) -> Iterator[Message]:
 
 
 def job_events(transport: Transport, job_id: str, after: int = 0, max_drops: int | None = None) -> Iterator[Event]:
-    """Every event of a job after seq `after`, live, until the final one (or until the server
-    closes the stream of a job that has already ended).
+    """Every event of a job after seq `after`, live, until the final one.
 
-    A connection that drops mid-stream is reopened with `Last-Event-ID: <last seq seen>`, so
-    no event is lost or repeated. Opening it uses the transport's retries; `max_drops`
-    (default: the retry policy's max_retries) drops in a row without a new event end it.
+    The stream is reopened with `Last-Event-ID: <last seq seen>` whenever it ends early: a
+    dropped connection, or a server that closed it while shutting down. No event is lost or
+    repeated. Opening it uses the transport's retries (a restarting server is waited for).
+    It ends when a stream closes without a new event (the job had already ended), or after
+    `max_drops` (default: the retry policy's max_retries) broken connections in a row.
     """
     limit = transport.retry.max_retries if max_drops is None else max_drops
     last, drops = after, 0
@@ -63,14 +64,16 @@ def job_events(transport: Transport, job_id: str, after: int = 0, max_drops: int
     while True:
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(last)}
         response = transport.send("GET", f"/v1/jobs/{job_id}/events", headers=headers, stream=True, timeout=timeout)
+        received = 0
         try:
             for message in parse(response.iter_lines()):
                 event = Event.model_validate(json.loads(message.data))
-                last, drops = event.seq, 0
+                last, drops, received = event.seq, 0, received + 1
                 yield event
                 if event.final:
                     return
-            return  # closed by the server: the job had already ended
+            if received == 0:
+                return  # closed with nothing new: the job has ended (its final event is before `after`)
         except httpx.TransportError as exc:
             drops += 1
             if drops > limit:

@@ -15,6 +15,8 @@ from stagecraft._pagination import Paginator
 from stagecraft.errors import StagecraftError
 from stagecraft.types import Checkpoint, Evaluation, Event, Job, Metrics, Validation
 
+REFOLLOW_S = 0.5
+
 
 class WaitTimeout(StagecraftError):
     """`jobs.wait(timeout=...)` ran out before the job ended; `job` is its last state."""
@@ -75,15 +77,20 @@ class Jobs:
         With `timeout` (seconds), raises WaitTimeout when it passes first; the check runs
         as events arrive (a quiet job is looked at at least every 15 s, the stream's keep-alive)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for event in self.events(job_id, after=after):
-            if on_event is not None:
-                on_event(event)
-            if deadline is not None and time.monotonic() > deadline and not event.final:
-                raise WaitTimeout(self.retrieve(job_id))
-        job = self.retrieve(job_id)
-        if not job.finished and deadline is not None:
-            raise WaitTimeout(job)
-        return job
+        last = after
+        while True:
+            for event in self.events(job_id, after=last):
+                last = event.seq
+                if on_event is not None:
+                    on_event(event)
+                if deadline is not None and time.monotonic() > deadline and not event.final:
+                    raise WaitTimeout(self.retrieve(job_id))
+            job = self.retrieve(job_id)
+            if job.finished:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeout(job)
+            time.sleep(REFOLLOW_S)  # the stream closed early (a server restart): follow it again
 
     def metrics(self, job_id: str) -> Metrics:
         """Series `train.loss`, `train.lr`, `train.grad_norm`, `train.tokens_per_s`, `eval.<data>.<metric>`."""

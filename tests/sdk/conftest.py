@@ -54,7 +54,10 @@ class Server:
 
     def start(self) -> Server:
         with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(self.argv, env=clean_env(), stdout=out, stderr=subprocess.STDOUT)
+            # Its own session, so `interrupt` can signal it and its worker as a terminal's Ctrl-C does.
+            self.popen = subprocess.Popen(
+                self.argv, env=clean_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
     def wait_ready(self, path: str = "/readyz") -> None:
@@ -82,6 +85,16 @@ class Server:
                 self.popen.wait()
         code, self.popen = self.popen.returncode, None
         return int(code)
+
+    def interrupt(self) -> int:
+        """Ctrl-C: SIGINT to the process group (`up` and its worker); the exit status."""
+        assert self.popen is not None
+        os.killpg(self.popen.pid, signal.SIGINT)
+        try:
+            self.popen.wait(120)
+        finally:
+            code = self.stop()  # only signals it if it is still running
+        return code
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
