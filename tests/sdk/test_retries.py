@@ -41,8 +41,8 @@ def test_a_late_server_then_503_until_migrated(tmp_path: Path) -> None:
     assert not refused.value.request_sent
     starting = later(1.0, api.start)
     try:
-        with patient(api.url, "sk-sc-unused") as patient:
-            assert patient.health() == {"status": "ok"}  # connection refused, retried until it listens
+        with patient(api.url, "sk-sc-unused") as waiting:
+            assert waiting.health() == {"status": "ok"}  # connection refused, retried until it listens
         starting.join()
         with (
             stagecraft.Client(api.url, "sk-sc-unused", max_retries=0) as impatient,
@@ -58,8 +58,8 @@ def test_a_late_server_then_503_until_migrated(tmp_path: Path) -> None:
             subprocess.run(argv, env=clean_env(), capture_output=True, check=True, timeout=120)
 
         migrating = later(0.5, migrate)
-        with patient(api.url, "sk-sc-unused") as patient:
-            assert patient.ready() == {"status": "ready"}  # 503s retried until the schema is there
+        with patient(api.url, "sk-sc-unused") as waiting:
+            assert waiting.ready() == {"status": "ready"}  # 503s retried until the schema is there
         migrating.join()
     finally:
         api.stop()
