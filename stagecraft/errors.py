@@ -38,7 +38,11 @@ class APIError(StagecraftError):
         *,
         retry_after: float | None = None,
     ):
-        super().__init__(f"{status_code} {code}: {message}")
+        first = (details or [{}])[0]
+        where = first.get("loc") or (f"line {first['line']}" if "line" in first else "")
+        what = first.get("message") or first.get("reason") or ""
+        hint = f" ({where}: {what})" if where and what and what not in message else ""
+        super().__init__(f"{status_code} {code}: {message}{hint}")
         self.status_code, self.code, self.message = status_code, code, message
         self.details: list[dict[str, Any]] = details or []
         self.retry_after = retry_after
