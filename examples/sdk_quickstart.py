@@ -46,7 +46,8 @@ spec: dict[str, Any] = {
     },
     "stages": [
         {"type": "pretrain", "name": "pretrain", "data": "corpus", "steps": 60, "batch_size": 16,
-         "loss": {"type": "causal_lm"}, "optimizer": {"type": "adamw", "lr": 1e-3}, "schedule": {"type": "cosine", "warmup_steps": 6}},
+         "loss": {"type": "causal_lm"}, "optimizer": {"type": "adamw", "lr": 1e-3},
+         "schedule": {"type": "cosine", "warmup_steps": 6}},
         {"type": "finetune", "name": "finetune", "data": "pairs", "steps": 60, "batch_size": 16,
          "loss": {"type": "cross_entropy"}, "optimizer": {"type": "adam", "lr": 5e-4}},
         {"type": "multistep", "name": "refine", "cycles": 2, "batch_size": 16, "phases": [
