@@ -64,7 +64,12 @@ class Transport:
     def __init__(self, url: str, api_key: str, timeout: float, retry: RetryPolicy, http: httpx.Client | None = None):
         self.url, self.retry = url, retry
         headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
-        self.http = http or httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        if http is None:
+            http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        else:  # the caller's client (proxies, certificates, transports): pointed at the service
+            http.base_url = httpx.URL(url)
+            http.headers.update(headers)
+        self.http = http
 
     def close(self) -> None:
         self.http.close()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 import stagecraft
@@ -185,3 +186,10 @@ def test_key_file_of_stagecraft_up(up: Server, monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("STAGECRAFT_DATA_DIR", str(tmp_path))
     with pytest.raises(stagecraft.ConfigurationError, match="STAGECRAFT_API_KEY"):
         stagecraft.Client()
+
+
+def test_a_caller_supplied_http_client(up: Server, trained: Trained) -> None:
+    own = httpx.Client(timeout=30, headers={"X-Trace": "notebook"})
+    with stagecraft.Client(up.url, up.api_key, http_client=own) as c:
+        assert c.jobs.retrieve(trained.job.id).id == trained.job.id
+    assert own.is_closed and own.headers["X-Trace"] == "notebook"
