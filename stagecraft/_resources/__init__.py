@@ -1,0 +1,1 @@
+"""The client's resource groups: `client.datasets`, `client.jobs`, `client.models`."""
