@@ -178,3 +178,62 @@ def test_trainable_beside_an_adapter_trains_those_parts_too(data_dir: Path, base
     assert any(".ln_" in n for n in names) and len(trainee.params) == len(names)
     run(spec, tmp_path / "run")
     assert (tmp_path / "run" / "model" / "base" / MODEL_FILE).is_file()  # the base changed: it is kept
+
+
+def test_a_target_the_base_lacks_fails_the_run_with_its_field_path(
+    data_dir: Path, base_dir: Path, tmp_path: Path
+) -> None:
+    from models.stages import TrainingError
+
+    raw = lora_spec_dict(data_dir, base_dir)
+    raw["stages"][1]["phases"][1]["adapter"]["targets"] = ["attention", "q"]
+    with pytest.raises(TrainingError, match=r"stages\.1\.phases\.1\.adapter\.targets\.1: 'q' is not a projection"):
+        run(parse_spec(raw), tmp_path)
+
+
+class _LlamaNamed(torch.nn.Module):
+    """Only the module names of a Llama-family model (the role table's llama rows)."""
+
+    def __init__(self, width: int = 8, layers: int = 2):
+        super().__init__()
+        block = {
+            "self_attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "mlp": ["gate_proj", "up_proj", "down_proj"],
+        }
+        self.model = torch.nn.Module()
+        self.model.layers = torch.nn.ModuleList()
+        for _ in range(layers):
+            layer = torch.nn.Module()
+            for part, names in block.items():
+                sub = torch.nn.Module()
+                for n in names:
+                    setattr(sub, n, torch.nn.Linear(width, width, bias=False))
+                setattr(layer, part, sub)
+            self.model.layers.append(layer)
+
+
+@pytest.mark.parametrize(
+    ("targets", "adapted"),
+    [
+        (["attention"], ["q_proj", "k_proj", "v_proj", "o_proj"]),
+        (["mlp"], ["gate_proj", "up_proj", "down_proj"]),
+        (["q", "v", "down"], ["q_proj", "v_proj", "down_proj"]),
+    ],
+)
+def test_llama_roles(targets: list[str], adapted: list[str]) -> None:
+    from models.spec import AdapterSpec
+
+    model = _LlamaNamed()
+    paths = lora.add_adapter(model, "x", AdapterSpec(type="lora", rank=2, targets=targets), seed=0)
+    layers = lora.lora_layers(model)
+    assert sorted(layers) == sorted(paths) and len(paths) == 2 * len(adapted)
+    assert {p.rsplit(".", 1)[1] for p in paths} == set(adapted)
+    assert all(".self_attn." in p or ".mlp." in p for p in paths)
+
+
+def test_llama_has_no_fused_qkv() -> None:
+    from models.spec import AdapterSpec
+    from models.stages import TrainingError
+
+    with pytest.raises(TrainingError, match=r"adapter\.targets\.0: 'qkv' is not a projection of arch llama"):
+        lora.add_adapter(_LlamaNamed(), "x", AdapterSpec(type="lora", targets=["qkv"]), seed=0)
