@@ -190,3 +190,28 @@ def merge_adapter(model: nn.Module, adapter: Adapter) -> None:
         w = model.get_submodule(path).weight
         assert isinstance(w, torch.Tensor)
         w += ((b.float() @ a.float()) * adapter.scaling).to(w.device, w.dtype)
+
+
+def load_merged(
+    base_dir: Path, adapter_dir: Path, device: torch.device | str = "cpu", dropout: float | None = None
+) -> tuple[nn.Module, Any]:
+    """The base model directory with the adapter merged in, and the base's tokenizer: a
+    model like any other (for `init_from`, evaluation or export)."""
+    from models.artifact import load_model  # artifact reads adapter directories through this module
+
+    loaded = load_adapter(adapter_dir)
+    model, tok = load_model(base_dir, device, dropout)
+    merge_adapter(model, loaded.adapter)
+    return model, tok
+
+
+def load_with_base(
+    adapter_dir: Path, device: torch.device | str = "cpu", dropout: float | None = None
+) -> tuple[nn.Module, Any]:
+    """An adapter directory whose stagecraft.json names its base model directory (`base_path`),
+    merged (what `artifact.load_model` does for such a directory, e.g. as `init_from`)."""
+    info = adapter_dir / "stagecraft.json"
+    base = read_json(info).get("base_path") if info.is_file() else None
+    if not isinstance(base, str) or not base:
+        raise AdapterError(f"{adapter_dir}: an adapter needs its base: stagecraft.json has no base_path")
+    return load_merged(Path(base), adapter_dir, device, dropout)

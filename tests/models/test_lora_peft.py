@@ -135,3 +135,20 @@ def test_an_adapter_for_another_shape_is_refused(base: tuple[GPT, Path, Path], t
     wide = tiny_model(model.config.vocab_size, n_embd=64)
     with pytest.raises(AdapterError, match=r"transformer\.h\.0\.mlp\.c_fc: adapter is 128x32"):
         merge_adapter(wide, load_adapter(tmp_path / "a").adapter)
+
+
+def test_an_adapter_with_its_base_loads_as_a_model(base: tuple[GPT, Path, Path], tmp_path: Path) -> None:
+    """What init_from and POST /v1/models get for an adapter: the base with it merged."""
+    model, ours, hf = base
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_fc"], init_lora_weights=False, fan_in_fan_out=True)
+    with_peft = peft.get_peft_model(hf_model, config)
+    with_peft.save_pretrained(tmp_path / "a")
+    with pytest.raises(AdapterError, match="no base_path"):
+        artifact.load_model(tmp_path / "a")
+    (tmp_path / "a" / "stagecraft.json").write_text(json.dumps({"base_path": str(ours)}))
+    loaded, tok = artifact.load_model(tmp_path / "a")
+    x = idx(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), hf_logits(with_peft, x), rtol=0, atol=2e-5)
+    assert tok.vocab_size == model.config.vocab_size

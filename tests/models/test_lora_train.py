@@ -237,3 +237,22 @@ def test_llama_has_no_fused_qkv() -> None:
 
     with pytest.raises(TrainingError, match=r"adapter\.targets\.0: 'qkv' is not a projection of arch llama"):
         lora.add_adapter(_LlamaNamed(), "x", AdapterSpec(type="lora", targets=["qkv"]), seed=0)
+
+
+def test_bf16_resume_with_adapters_is_bitwise_exact(data_dir: Path, base_dir: Path, tmp_path: Path) -> None:
+    raw = lora_spec_dict(data_dir, base_dir)
+    raw["precision"] = "bf16"
+    raw["stages"][1]["cycles"] = 1
+    spec = parse_spec(raw)
+    run(spec, tmp_path / "whole")
+    seen = {"step": 0}
+
+    def on_event(e: dict[str, Any]) -> None:
+        if e["type"] == "train.step":
+            seen["step"] = e["step"]
+
+    with pytest.raises(Stopped):
+        run(spec, tmp_path / "parts", on_event=on_event, should_stop=lambda: seen["step"] >= 6)
+    run(spec, tmp_path / "parts", resume=True)
+    a, b = load_tensors(tmp_path / "whole/model" / MODEL_FILE), load_tensors(tmp_path / "parts/model" / MODEL_FILE)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
