@@ -54,14 +54,18 @@ class LoRALinear(nn.Linear):
         self.dropout[name] = dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        if not self.applied:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(-1, self.in_features)
+        y = F.linear(flat, self.weight, self.bias)
         for name in self.applied:
-            h = x
             p = self.dropout[name]
-            if p and self.training:
-                h = F.dropout(h, p, True)
-            y = y + F.linear(F.linear(h, self.lora_A[name]), self.lora_B[name]) * self.scale[name]
-        return y
+            h = F.dropout(flat, p, True) if p and self.training else flat
+            low = F.linear(h, self.lora_A[name])
+            b = self.lora_B[name]
+            # Added in place into the base output: no (tokens, out) temporaries per adapter.
+            y = y.addmm_(low, b.t().to(low.dtype), alpha=self.scale[name])
+        return y.view(*x.shape[:-1], self.out_features)
 
     def delta(self, name: str) -> Tensor:
         """scale * B A: what merging adapter `name` adds to the weight."""

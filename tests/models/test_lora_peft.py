@@ -152,3 +152,31 @@ def test_an_adapter_with_its_base_loads_as_a_model(base: tuple[GPT, Path, Path],
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), hf_logits(with_peft, x), rtol=0, atol=2e-5)
     assert tok.vocab_size == model.config.vocab_size
+
+
+def test_adapter_gradients_match_peft(base: tuple[GPT, Path, Path], tmp_path: Path) -> None:
+    """The training path (LoRALinear, its in-place low-rank update) gives peft's gradients."""
+    model, _, hf = base
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, init_lora_weights=False
+    )
+    with_peft = peft.get_peft_model(hf_model, config)
+    with_peft.save_pretrained(tmp_path / "p")
+    lora.attach_adapter(model, "p", load_adapter(tmp_path / "p").adapter)
+    for n, p in model.named_parameters():
+        p.requires_grad_(lora.is_adapter_param(n))  # a frozen base, as in training
+    x = idx(model)
+    probe = torch.randn(2, 16, model.config.vocab_size, generator=torch.Generator().manual_seed(9))
+    (model.eval()(x) * probe).sum().backward()
+    (with_peft.eval()(input_ids=x).logits * probe).sum().backward()
+    theirs = {n: p.grad for n, p in with_peft.named_parameters() if p.grad is not None}
+    compared = 0
+    for path, layer in lora.lora_layers(model).items():
+        for kind in ("lora_A", "lora_B"):
+            ours = getattr(layer, kind)["p"].grad
+            want = theirs[f"base_model.model.{path}.{kind}.default.weight"]
+            torch.testing.assert_close(ours, want, rtol=1e-4, atol=1e-5)
+            compared += 1
+    assert compared == 2 * 4 * 2
+    assert all(p.grad is None for n, p in model.named_parameters() if not lora.is_adapter_param(n))
