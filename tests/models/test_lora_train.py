@@ -256,3 +256,22 @@ def test_bf16_resume_with_adapters_is_bitwise_exact(data_dir: Path, base_dir: Pa
     run(spec, tmp_path / "parts", resume=True)
     a, b = load_tensors(tmp_path / "whole/model" / MODEL_FILE), load_tensors(tmp_path / "parts/model" / MODEL_FILE)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_lora_layers_train_under_autocast(tokenizer: Tokenizer) -> None:
+    """CUDA runs train under bf16 autocast with fp32 adapters; the CPU autocast takes the same path."""
+    from models.spec import AdapterSpec
+
+    model = tiny_model(tokenizer.vocab_size)
+    lora.add_adapter(model, "a", AdapterSpec(type="lora", rank=4, targets=["attention", "mlp"]), seed=0)
+    lora.apply_adapters(model, ["a"])
+    for n, p in model.named_parameters():
+        p.requires_grad_(lora.is_adapter_param(n))
+    x = torch.randint(0, tokenizer.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    grads = [p.grad for p in lora.adapter_params(model, "a")]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    assert any(bool(g.abs().sum() > 0) for g in grads if g is not None)
