@@ -24,7 +24,7 @@ from models.gpt import GPT, GPTConfig
 from models.optim import build_optimizer, lr_factor, select_trainable
 from models.peft import save_adapter
 from models.precision import Weights, resolve_device, resolve_precision
-from models.spec import JobSpec, adapter_name
+from models.spec import JobSpec, SpecError, adapter_name, parse_spec
 from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
@@ -375,6 +375,16 @@ class Pipeline:
             )
 
 
+def _stored_spec(path: Path) -> Any:
+    """The run's spec as this code reads it: fields added since it was written take their
+    defaults, so a run started before an upgrade still resumes."""
+    stored = json.loads(path.read_text())
+    try:
+        return parse_spec(stored).model_dump(mode="json")
+    except SpecError:
+        return stored
+
+
 def run(
     spec: JobSpec,
     workdir: Path,
@@ -394,7 +404,7 @@ def run(
     if spec_file.exists():
         if not resume:
             raise TrainingError("user_error", f"{workdir} already holds a run: resume it, or use another directory")
-        if json.loads(spec_file.read_text()) != spec_json:
+        if _stored_spec(spec_file) != spec_json:
             raise TrainingError("user_error", f"{workdir} holds a run of a different spec; resume needs the same spec")
     else:
         checkpoint.write_json(spec_file, spec_json)

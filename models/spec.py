@@ -322,14 +322,17 @@ def adapter_parts(spec: JobSpec) -> list[tuple[str, str, AdapterSpec]]:
     return out
 
 
-def adapter_errors(spec: JobSpec) -> list[dict[str, str]]:
-    """Targets the architecture has (known here only for a new model), and shared names that agree."""
+def adapter_errors(spec: JobSpec, base_arch: str | None = None) -> list[dict[str, str]]:
+    """Targets the architecture has, and shared names that agree. The architecture is
+    spec.model's for a new model; with init_from it is the base's: `base_arch` where the
+    caller knows it (the API, from the base model's config), else checked at load time."""
     errors: list[dict[str, str]] = []
     first: dict[str, tuple[str, AdapterSpec]] = {}
+    arch = spec.model.arch if spec.model.init_from is None else base_arch
     for loc, name, a in adapter_parts(spec):
-        if spec.model.init_from is None:  # else the arch is the base model's, checked when it is loaded
+        if arch is not None:
             for k, target in enumerate(a.targets):
-                why = target_error(spec.model.arch, target)
+                why = target_error(arch, target)
                 if why:
                     errors.append({"loc": f"{loc}.targets.{k}", "message": why})
         if name in first:

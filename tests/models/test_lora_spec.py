@@ -90,3 +90,15 @@ def test_with_init_from_the_arch_is_checked_when_the_base_loads(spec_dict: Calla
     raw["model"] = {"init_from": {"model": "some-llama"}}
     raw.pop("tokenizer")
     assert parse_spec(raw).stages[1].adapter is not None  # type: ignore[union-attr]
+
+
+def test_the_api_checks_targets_against_the_base_arch(spec_dict: Callable[..., dict[str, Any]]) -> None:
+    from models.spec import adapter_errors
+
+    raw = with_adapters(spec_dict(), stage={**GOOD, "targets": ["q", "mlp"]})
+    raw["model"] = {"init_from": {"model": "base"}}
+    raw.pop("tokenizer")
+    spec = parse_spec(raw)
+    assert adapter_errors(spec) == []  # unknown arch: left to load time
+    assert [e["loc"] for e in adapter_errors(spec, "gpt")] == ["stages.1.adapter.targets.0"]
+    assert adapter_errors(spec, "llama") == []

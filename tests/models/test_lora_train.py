@@ -275,3 +275,23 @@ def test_lora_layers_train_under_autocast(tokenizer: Tokenizer) -> None:
     grads = [p.grad for p in lora.adapter_params(model, "a")]
     assert all(g is not None and g.dtype == torch.float32 for g in grads)
     assert any(bool(g.abs().sum() > 0) for g in grads if g is not None)
+
+
+def test_a_run_written_before_adapters_existed_still_resumes(spec_dict: Any, data_dir: Path, tmp_path: Path) -> None:
+    """spec.json from older code lacks the new `adapter` fields; resume reads it with their defaults."""
+    raw = spec_dict(data_dir)
+    raw["stages"] = raw["stages"][:1]
+    spec = parse_spec(raw)
+    seen = {"step": 0}
+
+    def on_event(e: dict[str, Any]) -> None:
+        if e["type"] == "train.step":
+            seen["step"] = e["step"]
+
+    with pytest.raises(Stopped):
+        run(spec, tmp_path, on_event=on_event, should_stop=lambda: seen["step"] >= 4)
+    stored = json.loads((tmp_path / "spec.json").read_text())
+    for stage in stored["stages"]:
+        del stage["adapter"]
+    (tmp_path / "spec.json").write_text(json.dumps(stored))
+    assert run(spec, tmp_path, resume=True).steps == 6
