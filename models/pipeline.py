@@ -74,6 +74,8 @@ class Pipeline:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evaluations: list[dict[str, Any]] = []
         self.last_eval: dict[str, dict[str, Any]] = {}  # per data name: the newest measurement
+        self.adapter_of: dict[str, str] = {}  # segment key -> the LoRA adapter it trains (add_adapters)
+        self.base_frozen = False
 
     # --- events ----------------------------------------------------------------------------
 
@@ -149,7 +151,7 @@ class Pipeline:
 
     def add_adapters(self) -> None:
         """Create every adapter the run trains (models/lora.py), before the weights are adopted."""
-        self.adapter_of: dict[str, str] = {}  # segment key -> the adapter it trains
+        self.adapter_of = {}
         for seg in self.segments:
             if seg.part.adapter is None or seg.key in self.adapter_of:
                 continue
