@@ -1,7 +1,8 @@
 """A finished model on disk: model.safetensors + config.json + tokenizer.json.
 
-`load_model` also reads a Hugging Face GPT-2-family directory (models.hf), and an archive
-(.tar.gz / .zip) of either kind.
+`load_model` also reads a Hugging Face GPT-2-family directory (models.hf), an archive
+(.tar.gz / .zip) of either kind, and a PEFT adapter directory whose `stagecraft.json`
+names its base by `base_path` (merged into the base: models.peft).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def load_model(
     if is_archive(directory):
         with tempfile.TemporaryDirectory() as tmp:
             return load_model(unpack(directory, Path(tmp)), device, dropout)
+    if (directory / "adapter_config.json").is_file():
+        from models.peft import load_with_base  # models.peft imports this module
+
+        merged, tok = load_with_base(directory, device, dropout)
+        return merged, tok  # type: ignore[return-value]
     if is_hf_dir(directory):
         model, tok = from_hf(directory, dropout)
         return model.to(device), tok

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from models.generate import Sampling, finished_text, pick
 from models.gpt import GPT, GPTConfig, KVCache
+from models.lora import Adapter
 from models.serving_gpt import ServingGPT
 from models.tokenizer import Tokenizer
 
@@ -47,6 +48,7 @@ class Row:
     cancelled: bool = False  # set by the owner: the row is dropped at the next step
     budget: int = 0
     generator: torch.Generator | None = None
+    adapter: str | None = None  # a LoRA adapter added with Decoder.add_adapter; None: the base alone
 
     def delta(self) -> str:
         """Text produced since the last call."""
@@ -144,7 +146,25 @@ class Decoder:
     def busy(self) -> bool:
         return bool(self.rows or self.waiting)
 
+    def add_adapter(self, name: str, adapter: Adapter) -> None:
+        """Serve `adapter` (models.lora.Adapter) beside the base; rows name it in `Row.adapter`.
+        Call between steps, like `add`; adding a name again replaces that adapter."""
+        self.net.adapters.add(name, adapter)
+
+    def remove_adapter(self, name: str) -> None:
+        if any(r.adapter == name for r in [*self.rows, *self.waiting]):
+            raise ValueError(f"adapter '{name}' is in use")
+        self.net.adapters.remove(name)
+
+    def _adapter_rows(self, rows: list[Row]) -> Tensor | None:
+        if all(r.adapter is None for r in rows):
+            return None
+        slots = [self.net.adapters.index(r.adapter) for r in rows]
+        return torch.tensor(slots, device=self.net.device)
+
     def add(self, row: Row) -> None:
+        if row.adapter is not None and row.adapter not in self.net.adapters.slots:
+            raise ValueError(f"unknown adapter '{row.adapter}'")
         if not row.prompt or len(row.prompt) >= self.block:
             raise ValueError(f"a prompt needs 1 to {self.block - 1} tokens, got {len(row.prompt)}")
         row.budget = min(row.sampling.max_new_tokens, self.block - len(row.prompt))
@@ -166,7 +186,7 @@ class Decoder:
         if old:
             positions, mask = self.cache.prepare()
             last = torch.tensor([[r.tokens[-1]] for r in self.rows], device=positions.device)
-            logits = self.net.last_logits(last, positions, self.cache, mask)
+            logits = self.net.last_logits(last, positions, self.cache, mask, self._adapter_rows(self.rows))
             for i in range(old):
                 self.cache.lens[i] += 1
             self.steps += 1
@@ -188,7 +208,8 @@ class Decoder:
             view = self.cache.admit(length, len(rows))
             idx = torch.tensor([r.prompt for r in rows], device=self.net.device)
             positions = torch.arange(length, device=self.net.device)[None]
-            self._advance(rows, self.net.last_logits(idx, positions, view, None), changed)
+            logits = self.net.last_logits(idx, positions, view, None, self._adapter_rows(rows))
+            self._advance(rows, logits, changed)
         self._drop_finished()
         return changed
 

@@ -35,11 +35,16 @@ def _matches(selector: str, name: str) -> bool:
     return PARTS[selector](name)
 
 
-def select_trainable(model: nn.Module, selectors: list[str]) -> list[nn.Parameter]:
-    """Unfreeze exactly the parameters the selectors name; return them."""
+def select_trainable(model: nn.Module, selectors: list[str], adapter: str | None = None) -> list[nn.Parameter]:
+    """Unfreeze exactly the parameters the selectors name, and LoRA adapter `adapter`
+    (selectors never name adapter weights: `all` is every base weight); return them."""
     chosen = []
+    own = (f".lora_A.{adapter}", f".lora_B.{adapter}")
     for name, p in model.named_parameters():
-        p.requires_grad_(any(_matches(s, name) for s in selectors))
+        if ".lora_A." in name or ".lora_B." in name:
+            p.requires_grad_(adapter is not None and name.endswith(own))
+        else:
+            p.requires_grad_(any(_matches(s, name) for s in selectors))
         if p.requires_grad:
             chosen.append(p)
     return chosen

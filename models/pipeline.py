@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
-from models import artifact, checkpoint, data, events
+from models import artifact, checkpoint, data, events, lora
 from models.chat import ChatFormat
 from models.chat_records import load_chat_format, save_chat_format
 from models.evaluate import measure
 from models.gpt import GPT, GPTConfig
 from models.optim import build_optimizer, lr_factor, select_trainable
+from models.peft import save_adapter
 from models.precision import Weights, resolve_device, resolve_precision
-from models.spec import JobSpec
+from models.spec import JobSpec, SpecError, adapter_name, parse_spec
 from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
@@ -70,6 +71,8 @@ class Pipeline:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evaluations: list[dict[str, Any]] = []
         self.last_eval: dict[str, dict[str, Any]] = {}  # per data name: the newest measurement
+        self.adapter_of: dict[str, str] = {}  # segment key -> the LoRA adapter it trains (add_adapters)
+        self.base_frozen = False
 
     # --- events ----------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class Pipeline:
             m = self.spec.model
             cfg = GPTConfig(self.tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
             self.model = GPT(cfg)
+        self.add_adapters()
         self.adopt(self.model)
         block = self.model.config.block_size
         self.streams: dict[str, data.Stream] = {}
@@ -147,9 +151,37 @@ class Pipeline:
             if ds.num_records
         }
 
+    def add_adapters(self) -> None:
+        """Create every adapter the run trains (models/lora.py), before the weights are adopted."""
+        self.adapter_of = {}
+        for seg in self.segments:
+            if seg.part.adapter is None or seg.key in self.adapter_of:
+                continue
+            phase = int(seg.key.split(".p")[1]) if ".p" in seg.key else None
+            name = adapter_name(seg.stage, phase)
+            if name not in self.adapter_of.values():
+                loc = f"stages.{seg.key.replace('.p', '.phases.')}.adapter"
+                lora.add_adapter(self.model, name, seg.part.adapter, self.spec.seed, loc)
+            self.adapter_of[seg.key] = name
+        # Base weights that no segment trains stay as built: checkpoints then leave them out.
+        self.base_frozen = bool(self.adapter_of) and all(
+            seg.key in self.adapter_of and "trainable" not in seg.part.model_fields_set for seg in self.segments
+        )
+
+    def apply_adapters(self, upto: int) -> None:
+        """Adapters of segments 0..upto are in the forward pass (all of them once trained)."""
+        names = [self.adapter_of[s.key] for s in self.segments[: upto + 1] if s.key in self.adapter_of]
+        lora.apply_adapters(self.model, list(dict.fromkeys(names)))
+
     def trainee(self, seg: Segment) -> Trainee:
-        """Unfreeze what `seg` trains; its optimizer is made on first use and kept for the stage."""
-        params = select_trainable(self.model, seg.part.trainable)
+        """Unfreeze what `seg` trains; its optimizer is made on first use and kept for the stage.
+
+        With an adapter, the base weights train only where `trainable` is given explicitly."""
+        adapter = self.adapter_of.get(seg.key)
+        explicit = adapter is None or "trainable" in seg.part.model_fields_set
+        params = select_trainable(self.model, seg.part.trainable if explicit else [], adapter)
+        if not params:
+            raise TrainingError("user_error", f"{seg.label}: nothing to train")
         opt_params = self.weights.optimizer_params(params)
         if seg.key not in self.optimizers:
             self.optimizers[seg.key] = build_optimizer(seg.part.optimizer, opt_params)
@@ -158,7 +190,10 @@ class Pipeline:
     # --- checkpoints ------------------------------------------------------------------------
 
     def save(self) -> Path:
-        tensors = {f"model/{k}": v for k, v in self.weights.state_dict().items()}
+        weights = self.weights.state_dict()
+        if self.base_frozen:  # the base is rebuilt from init_from (or the seed) on resume
+            weights = {k: v for k, v in weights.items() if lora.is_adapter_param(k)}
+        tensors = {f"model/{k}": v for k, v in weights.items()}
         tensors["rng/torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
@@ -176,6 +211,7 @@ class Pipeline:
             "streams": {k: s.state() for k, s in self.streams.items()},
             "optimizers": metas,
             "evaluations": self.evaluations,
+            "base": "rebuilt" if self.base_frozen else "saved",
         }
         keep = self.spec.checkpointing.keep_last
         path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)
@@ -188,7 +224,10 @@ class Pipeline:
 
     def restore(self, path: Path) -> None:
         tensors, state = checkpoint.load_checkpoint(path)
-        self.weights.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+        if state.get("base") == "rebuilt":
+            weights = {**self.weights.state_dict(), **weights}
+        self.weights.load_state_dict(weights)
         torch.set_rng_state(tensors["rng/torch"])
         if "rng/cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
@@ -239,6 +278,7 @@ class Pipeline:
         began = time.monotonic() - self.elapsed
         for seg_i in range(start_seg, len(self.segments)):
             seg = self.segments[seg_i]
+            self.apply_adapters(seg_i)
             first_step = start_step if seg_i == start_seg else 0
             stage_start = seg.stage_offset == 0 and first_step == 0
             if stage_start:
@@ -298,21 +338,57 @@ class Pipeline:
 
     def finish(self) -> RunResult:
         model_dir = self.workdir / "model"
+        self.apply_adapters(len(self.segments) - 1)
         final: dict[str, dict[str, float]] = {}
         for name in self.val_streams:
             result = self.evaluate_data(None, name, with_tasks=True)
             final[name] = {k: v for k, v in result.items() if isinstance(v, float)}
+        state = self.weights.state_dict()
+        names = list(dict.fromkeys(self.adapter_of.values()))
+        adapters = {n: lora.extract(self.model, n, state) for n in names}
+        merged = lora.merged_state(state, list(adapters.values()))
         info = {
             "name": self.spec.name,
             "steps": self.global_step,
             "created_at": events.timestamp(),
-            "parameters": self.model.num_parameters(),
+            "parameters": sum(v.numel() for v in merged.values()),
         }
-        artifact.save_model(model_dir, self.weights.state_dict(), self.model.config, self.tok, info)
+        if adapters:
+            info["adapters"] = names
+        artifact.save_model(model_dir, merged, self.model.config, self.tok, info)
+        self.save_adapters(model_dir, state, adapters)
         if self.chat is not None:
             save_chat_format(model_dir, self.chat)
         checkpoint.write_json(model_dir / "evaluation.json", {"final": final, "history": self.evaluations})
         return RunResult(model_dir, self.global_step, final)
+
+    def save_adapters(self, model_dir: Path, state: dict[str, torch.Tensor], adapters: dict[str, lora.Adapter]) -> None:
+        """model/adapters/<name>/ in the PEFT layout, each relative to the unmerged base: the
+        init_from model when the base never trained, else model/base/ (written here)."""
+        if not adapters:
+            return
+        init = self.spec.model.init_from
+        base = init.model if self.base_frozen and init is not None else None
+        if base is None:
+            base_state = {k: v for k, v in state.items() if not lora.is_adapter_param(k)}
+            info = {"name": f"{self.spec.name} (base of its adapters)", "steps": self.global_step}
+            artifact.save_model(model_dir / "base", base_state, self.model.config, self.tok, info)
+        for name, adapter in adapters.items():
+            save_adapter(model_dir / "adapters" / name, adapter, base)
+            checkpoint.write_json(
+                model_dir / "adapters" / name / "stagecraft.json",
+                {"adapter": name, "job": self.spec.name, "base": base or "../../base"},
+            )
+
+
+def _stored_spec(path: Path) -> Any:
+    """The run's spec as this code reads it: fields added since it was written take their
+    defaults, so a run started before an upgrade still resumes."""
+    stored = json.loads(path.read_text())
+    try:
+        return parse_spec(stored).model_dump(mode="json")
+    except SpecError:
+        return stored
 
 
 def run(
@@ -334,7 +410,7 @@ def run(
     if spec_file.exists():
         if not resume:
             raise TrainingError("user_error", f"{workdir} already holds a run: resume it, or use another directory")
-        if json.loads(spec_file.read_text()) != spec_json:
+        if _stored_spec(spec_file) != spec_json:
             raise TrainingError("user_error", f"{workdir} holds a run of a different spec; resume needs the same spec")
     else:
         checkpoint.write_json(spec_file, spec_json)

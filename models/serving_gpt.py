@@ -12,7 +12,8 @@ KV cache, in fewer and cheaper operations per token.
   positions whose next token is wanted.
 
 The weights are copies (the GPT can be dropped); logits agree with `GPT` to float
-rounding (tests/inference/test_engine.py).
+rounding (tests/inference/test_engine.py). LoRA adapters join through `self.adapters`
+(models/lora_serving.py): `last_logits(..., adapters=rows)` gives each row its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.gpt import GPT, GPTConfig, KVCache
+from models.lora_serving import AdapterBank
 
 LN_EPS = 1e-5
 PACK_ROWS = 8  # the batch size oneDNN lays the weights out for; 1-16 rows all run well with it
@@ -103,6 +105,11 @@ class ServingGPT:
         self.wpe = sd["transformer.wpe.weight"].clone()
         self.head = Projection(self.wte, None, onednn)  # tied: the vocabulary projection reads the embedding
         self.lnf_w, self.lnf_b = sd["transformer.ln_f.weight"].clone(), sd["transformer.ln_f.bias"].clone()
+        C = self.config.n_embd
+        shapes = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
+        self.paths = [[f"transformer.h.{i}.{name}" for name in shapes] for i in range(self.config.n_layer)]
+        layer_shapes = {path: shape for paths in self.paths for path, shape in zip(paths, shapes.values())}
+        self.adapters = AdapterBank(layer_shapes, self.device, self.dtype)
 
     @property
     def device(self) -> torch.device:
@@ -118,10 +125,15 @@ class ServingGPT:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.inference_mode()
-    def last_logits(self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None) -> Tensor:
+    def last_logits(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, adapters: Tensor | None = None
+    ) -> Tensor:
         """Logits (B, V) for the last position of each row of `idx` (B, T), whose keys and
         values join `cache`. Without `mask`: causal over the new tokens if the cache is
-        empty, else attention to every cached position."""
+        empty, else attention to every cached position. `adapters` (B,): each row's slot in
+        `self.adapters` (0: the base alone); None when every row uses the base."""
+        if adapters is not None:
+            return self._adapted_logits(idx, positions, cache, mask, adapters)
         B, T = idx.shape
         C, H = self.config.n_embd, self.config.n_head
         if cache.length + T > self.config.block_size:
@@ -136,6 +148,33 @@ class ServingGPT:
             x = w.proj(y.transpose(1, 2).reshape(B * T, C)).add_(x)
             h = F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, LN_EPS)
             x = w.out(w.fc(h, gelu=True)).add_(x)
+        cache.length += T
+        last = x.view(B, T, C)[:, -1]
+        return self.head(F.layer_norm(last, (C,), self.lnf_w, self.lnf_b, LN_EPS))
+
+    def _adapted_logits(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, rows: Tensor
+    ) -> Tensor:
+        """`last_logits` with each row's low-rank products added (the MLP's GELU after them)."""
+        B, T = idx.shape
+        C, H = self.config.n_embd, self.config.n_head
+        if cache.length + T > self.config.block_size:
+            raise ValueError(f"sequence of {cache.length + T} tokens is longer than block_size")
+        causal = mask is None and cache.length == 0 and T > 1
+        bank = self.adapters
+        x = (self.wte[idx] + self.wpe[positions]).view(B * T, C)
+        for i, w in enumerate(self.layers):
+            p_attn, p_proj, p_fc, p_out = self.paths[i]
+            h = F.layer_norm(x, (C,), w.ln1_w, w.ln1_b, LN_EPS)
+            qkv = bank.add_delta(p_attn, h, w.attn(h), rows)
+            q, k, v = qkv.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            k, v = cache.update(i, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+            y = y.transpose(1, 2).reshape(B * T, C)
+            x = bank.add_delta(p_proj, y, w.proj(y), rows).add_(x)
+            h = F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, LN_EPS)
+            f = F.gelu(bank.add_delta(p_fc, h, w.fc(h), rows), approximate="tanh")
+            x = bank.add_delta(p_out, f, w.out(f), rows).add_(x)
         cache.length += T
         last = x.view(B, T, C)[:, -1]
         return self.head(F.layer_norm(last, (C,), self.lnf_w, self.lnf_b, LN_EPS))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from models.errors import SpecError
+from models.lora_roles import ALL_TARGETS, target_error
 
 
 def _no_bool(value: Any) -> Any:
@@ -123,6 +124,22 @@ GradAccum = Annotated[StrictInt, Field(ge=1, le=1024)]
 GradClip = Annotated[Number, Field(gt=0.0, le=1e6)]
 
 
+AdapterName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+AdapterTarget = Annotated[str, Field(pattern="^(" + "|".join(ALL_TARGETS) + ")$")]
+
+
+class AdapterSpec(_Strict):
+    """A LoRA adapter (models/lora.py). Parts naming one `name` share one adapter, so they
+    must agree on everything else; without a name a stage or phase has its own."""
+
+    type: Literal["lora"]
+    rank: Annotated[StrictInt, Field(ge=1, le=512)] = 8
+    alpha: Annotated[Number, Field(gt=0.0, le=4096.0)] = 16.0
+    dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+    targets: Annotated[list[AdapterTarget], Field(min_length=1, max_length=16)] = ["attention"]
+    name: AdapterName | None = None
+
+
 # --- stages ----------------------------------------------------------------------------
 
 
@@ -135,6 +152,7 @@ class _Training(_Strict):
     optimizer: Optimizer
     regularization: Regularization = Regularization()
     trainable: Annotated[list[Trainable], Field(min_length=1)] = ["all"]
+    adapter: AdapterSpec | None = None  # with one, only parts `trainable` names explicitly train beside it
 
 
 class PretrainStage(_Training):
@@ -250,6 +268,8 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
     def err(loc: str, message: str) -> None:
         errors.append({"loc": loc, "message": message})
 
+    errors += adapter_errors(spec)
+
     m = spec.model
     if m.n_embd % m.n_head:
         err("model.n_embd", f"must be divisible by model.n_head ({m.n_embd} % {m.n_head} != 0)")
@@ -276,4 +296,53 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
             bad = _blocks_out_of_range(part.trainable, m.n_layer)
             if bad:
                 err(f"{loc}.trainable", bad)
+    return errors
+
+
+def adapter_name(stage: Stage, phase: int | None) -> str:
+    """The adapter a stage (phase None) or a multistep phase trains: its `name`, else its own."""
+    if isinstance(stage, MultistepStage):
+        assert phase is not None
+        part: _Training = stage.phases[phase]
+        own = f"{stage.name}-{stage.phases[phase].name or f'p{phase}'}"
+    else:
+        part, own = stage, stage.name
+    assert part.adapter is not None
+    return part.adapter.name or re.sub(r"[^A-Za-z0-9_-]", "_", own)[:64]
+
+
+def adapter_parts(spec: JobSpec) -> list[tuple[str, str, AdapterSpec]]:
+    """(field path, adapter name, adapter spec) of every stage and phase with an adapter."""
+    out = []
+    for i, stage in enumerate(spec.stages):
+        if isinstance(stage, MultistepStage):
+            for j, phase in enumerate(stage.phases):
+                if phase.adapter is not None:
+                    out.append((f"stages.{i}.phases.{j}.adapter", adapter_name(stage, j), phase.adapter))
+        elif stage.adapter is not None:
+            out.append((f"stages.{i}.adapter", adapter_name(stage, None), stage.adapter))
+    return out
+
+
+def adapter_errors(spec: JobSpec, base_arch: str | None = None) -> list[dict[str, str]]:
+    """Targets the architecture has, and shared names that agree. The architecture is
+    spec.model's for a new model; with init_from it is the base's: `base_arch` where the
+    caller knows it (the API, from the base model's config), else checked at load time."""
+    errors: list[dict[str, str]] = []
+    first: dict[str, tuple[str, AdapterSpec]] = {}
+    arch = spec.model.arch if spec.model.init_from is None else base_arch
+    for loc, name, a in adapter_parts(spec):
+        if arch is not None:
+            for k, target in enumerate(a.targets):
+                why = target_error(arch, target)
+                if why:
+                    errors.append({"loc": f"{loc}.targets.{k}", "message": why})
+        if name in first:
+            where, other = first[name]
+            for field in ("rank", "alpha", "dropout", "targets"):
+                if getattr(a, field) != getattr(other, field):
+                    msg = f"adapter '{name}' is shared with {where}, which has {field} {getattr(other, field)}"
+                    errors.append({"loc": f"{loc}.{field}", "message": msg})
+        else:
+            first[name] = (loc, a)
     return errors

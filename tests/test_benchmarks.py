@@ -36,3 +36,17 @@ def test_train_throughput_benchmark_one_step() -> None:
     report = run("train_throughput.py", "--precision", "fp32", "--warmup", "1", "--steps", "1", "--passes", "1")
     assert report["variants"]["ours_fp32"]["tokens_per_s"] > 0
     assert "hf_gpt2_fp32" in report["variants"] and "ours_fp32" in report["ours_vs_fastest_peer"]
+
+
+def test_lora_serving_benchmark_tiny() -> None:
+    report = run("lora_serving.py", "--tiny", "--passes", "1", "--threads", "1")
+    assert set(report["tokens_per_s"]) == {"lora_seq8", "lora_conc8", "base_conc8"}
+    assert report["concurrent_tokens_match_sequential"] is True
+    assert 0 < report["memory"]["adapters_vs_base"] < 1
+
+
+def test_lora_train_benchmark_one_step() -> None:
+    args = ["--warmup", "1", "--steps", "1", "--passes", "1", "--rss-steps", "1", "--threads", "1"]
+    report = run("lora_train.py", *args)
+    assert set(report["speed"]["fp32"]["tokens_per_s"]) == {"ours_full", "ours_lora", "peft_lora"}
+    assert set(report["memory"]["fp32"]) >= {"ours_full", "ours_lora", "peft_lora", "ours_lora_vs_full"}
