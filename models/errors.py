@@ -7,3 +7,10 @@ class TrainingError(RuntimeError):
     def __init__(self, code: str, message: str):
         self.code = code
         super().__init__(message)
+
+
+class UnsupportedModel(TrainingError):
+    """A checkpoint we cannot represent exactly (an architecture, a layout, a file format)."""
+
+    def __init__(self, message: str):
+        super().__init__("user_error", message)

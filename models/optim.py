@@ -15,31 +15,48 @@ from torch import nn
 
 from models.spec import SGD, Adam, Schedule
 
-PARTS: dict[str, Callable[[str], bool]] = {
-    "all": lambda n: True,
-    "embeddings": lambda n: n in ("transformer.wte.weight", "transformer.wpe.weight"),
-    # The output projection is tied to the token embedding, so `head` trains it too.
-    "head": lambda n: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
-    "attention": lambda n: ".attn." in n,
-    "mlp": lambda n: ".mlp." in n,
-    "norms": lambda n: ".ln_" in n,
+Part = Callable[[str], bool]
+
+# What each `trainable` selector names, per architecture; the same idea on both.
+# `head`: the final norm and the output projection. A tied head *is* the token embedding,
+# so selecting `head` on a tied model trains the embedding too (as `embeddings` does).
+PARTS: dict[str, dict[str, Part]] = {
+    "gpt": {
+        "all": lambda n: True,
+        "embeddings": lambda n: n in ("transformer.wte.weight", "transformer.wpe.weight"),
+        "head": lambda n: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
+        "attention": lambda n: ".attn." in n,
+        "mlp": lambda n: ".mlp." in n,
+        "norms": lambda n: ".ln_" in n,
+    },
+    "llama": {
+        "all": lambda n: True,
+        "embeddings": lambda n: n == "model.embed_tokens.weight",
+        # lm_head.weight exists only when untied; tied, the embedding is the head.
+        "head": lambda n: n.startswith(("model.norm.", "lm_head.")) or n == "model.embed_tokens.weight",
+        "attention": lambda n: ".self_attn." in n,  # q/k/v/o projections (and Qwen3's q/k norms)
+        "mlp": lambda n: ".mlp." in n,
+        "norms": lambda n: n.endswith("layernorm.weight") or n.endswith("_norm.weight") or n == "model.norm.weight",
+    },
 }
+BLOCKS = {"gpt": re.compile(r"transformer\.h\.(\d+)\."), "llama": re.compile(r"model\.layers\.(\d+)\.")}
 
 
-def _matches(selector: str, name: str) -> bool:
+def _matches(arch: str, selector: str, name: str) -> bool:
     m = re.fullmatch(r"blocks\.(\d+)(?:-(\d+))?", selector)
     if m:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        b = re.match(r"transformer\.h\.(\d+)\.", name)
+        b = BLOCKS[arch].match(name)
         return b is not None and lo <= int(b.group(1)) <= hi
-    return PARTS[selector](name)
+    return PARTS[arch][selector](name)
 
 
 def select_trainable(model: nn.Module, selectors: list[str]) -> list[nn.Parameter]:
-    """Unfreeze exactly the parameters the selectors name; return them."""
+    """Unfreeze exactly the parameters the selectors name (see PARTS); return them."""
+    arch = str(model.config.arch)
     chosen = []
     for name, p in model.named_parameters():
-        p.requires_grad_(any(_matches(s, name) for s in selectors))
+        p.requires_grad_(any(_matches(arch, s, name) for s in selectors))
         if p.requires_grad:
             chosen.append(p)
     return chosen

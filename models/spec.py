@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, ValidationError
 
 
 class SpecError(ValueError):
@@ -47,6 +47,8 @@ class InitFrom(_Strict):
 
 
 class ModelSpec(_Strict):
+    """`arch: gpt`: GPT-2 style (learned positions, LayerNorm, GELU MLP, tied head)."""
+
     arch: Literal["gpt"] = "gpt"
     n_layer: Annotated[StrictInt, Field(ge=1, le=96)] = 4
     n_head: Annotated[StrictInt, Field(ge=1, le=128)] = 4
@@ -54,6 +56,57 @@ class ModelSpec(_Strict):
     block_size: Annotated[StrictInt, Field(ge=8, le=32768)] = 256
     dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
     init_from: InitFrom | None = None
+
+
+class Llama3Scaling(_Strict):
+    """Llama 3.1's rotary scaling: long wavelengths slowed by `factor`, short ones kept."""
+
+    type: Literal["llama3"]
+    factor: Annotated[Number, Field(ge=1.0, le=1024.0)]
+    low_freq_factor: Annotated[Number, Field(gt=0.0, le=1024.0)] = 1.0
+    high_freq_factor: Annotated[Number, Field(gt=0.0, le=1024.0)] = 4.0
+    original_max_position_embeddings: Annotated[StrictInt, Field(ge=1, le=1 << 24)] = 8192
+
+
+class LinearScaling(_Strict):
+    """Positions divided by `factor` (position interpolation)."""
+
+    type: Literal["linear"]
+    factor: Annotated[Number, Field(ge=1.0, le=1024.0)]
+
+
+RopeScaling = Annotated[Llama3Scaling | LinearScaling, Field(discriminator="type")]
+
+
+class LlamaModelSpec(_Strict):
+    """`arch: llama`: RMSNorm, rotary positions, SwiGLU MLP, grouped-query attention."""
+
+    arch: Literal["llama"]
+    n_layer: Annotated[StrictInt, Field(ge=1, le=128)] = 4
+    n_head: Annotated[StrictInt, Field(ge=1, le=128)] = 4
+    n_kv_head: Annotated[StrictInt, Field(ge=1, le=128)] | None = None  # None: n_head (plain multi-head)
+    n_embd: Annotated[StrictInt, Field(ge=8, le=16384)] = 256
+    head_dim: Annotated[StrictInt, Field(ge=2, le=1024)] | None = None  # None: n_embd / n_head
+    intermediate_size: Annotated[StrictInt, Field(ge=1, le=65536)] | None = None  # None: ~8/3 n_embd
+    block_size: Annotated[StrictInt, Field(ge=8, le=32768)] = 256
+    rms_norm_eps: Annotated[Number, Field(gt=0.0, le=0.1)] = 1e-5
+    rope_theta: Annotated[Number, Field(ge=1.0, le=1e9)] = 10000.0
+    rope_scaling: RopeScaling | None = None
+    attention_bias: bool = False  # q/k/v projections with a bias (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head of q and k (Qwen3)
+    tie_embeddings: bool = True
+    dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+    init_from: InitFrom | None = None
+
+
+def _arch(value: Any) -> str:
+    arch = value.get("arch", "gpt") if isinstance(value, dict) else getattr(value, "arch", "gpt")
+    return arch if arch in ("gpt", "llama") else "gpt"  # an unknown arch: reported at model.arch
+
+
+AnyModelSpec = Annotated[
+    Annotated[ModelSpec, Tag("gpt")] | Annotated[LlamaModelSpec, Tag("llama")], Discriminator(_arch)
+]
 
 
 class TokenizerSpec(_Strict):
@@ -187,7 +240,7 @@ class Checkpointing(_Strict):
 class JobSpec(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
-    model: ModelSpec = ModelSpec()
+    model: AnyModelSpec = ModelSpec()
     tokenizer: TokenizerSpec | None = None
     data: Annotated[dict[Name, DataRef], Field(min_length=1, max_length=64)]
     stages: Annotated[list[Stage], Field(min_length=1, max_length=16)]
@@ -208,6 +261,10 @@ class JobSpec(_Strict):
 def _loc(parts: tuple[int | str, ...]) -> str:
     # pydantic puts the discriminator tag into the path ("stages.0.pretrain.steps"); drop it.
     tags = {"pretrain", "finetune", "multistep", "causal_lm", "cross_entropy", "sgd", "adam", "adamw"}
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in ("gpt", "llama"):
+        parts = (parts[0], *parts[2:])
+    if len(parts) > 2 and parts[:2] == ("model", "rope_scaling") and parts[2] in ("llama3", "linear"):
+        parts = (*parts[:2], *parts[3:])
     kept = [str(p) for i, p in enumerate(parts) if not (i > 0 and isinstance(parts[i - 1], int) and p in tags)]
     kept = [p for i, p in enumerate(kept) if not (p in tags and i > 0 and kept[i - 1] in ("loss", "optimizer"))]
     kept = [p for p in kept if p != "[key]"]  # a bad mapping key is reported at the key itself
@@ -220,6 +277,9 @@ def parse_spec(raw: Any) -> JobSpec:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
         errors = [{"loc": _loc(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        for e in errors:
+            if e["loc"] == "model.arch" and e["message"].startswith("Input should be"):
+                e["message"] = "Input should be 'gpt' or 'llama'"
         raise SpecError(errors) from None
     problems = cross_field_errors(spec)
     if problems:
@@ -248,7 +308,9 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors.append({"loc": loc, "message": message})
 
     m = spec.model
-    if m.n_embd % m.n_head:
+    if isinstance(m, LlamaModelSpec):
+        errors += _llama_errors(m)
+    elif m.n_embd % m.n_head:
         err("model.n_embd", f"must be divisible by model.n_head ({m.n_embd} % {m.n_head} != 0)")
     if m.init_from is None and spec.tokenizer is None:
         err("tokenizer", "required for a new model (only init_from keeps the base model's tokenizer)")
@@ -273,4 +335,25 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
             bad = _blocks_out_of_range(part.trainable, m.n_layer)
             if bad:
                 err(f"{loc}.trainable", bad)
+    return errors
+
+
+def _llama_errors(m: LlamaModelSpec) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+
+    def err(loc: str, message: str) -> None:
+        errors.append({"loc": f"model.{loc}", "message": message})
+
+    if m.n_kv_head is not None and m.n_head % m.n_kv_head:
+        err("n_kv_head", f"model.n_head must be a multiple of it ({m.n_head} % {m.n_kv_head} != 0)")
+    if m.head_dim is None:
+        if m.n_embd % m.n_head:
+            err("n_embd", f"must be divisible by model.n_head when head_dim is not set ({m.n_embd} % {m.n_head} != 0)")
+        elif (m.n_embd // m.n_head) % 2:
+            err("n_head", f"n_embd / n_head = {m.n_embd // m.n_head} must be even (rotary embeddings rotate pairs)")
+    elif m.head_dim % 2:
+        err("head_dim", "must be even (rotary embeddings rotate pairs)")
+    s = m.rope_scaling
+    if isinstance(s, Llama3Scaling) and s.high_freq_factor <= s.low_freq_factor:
+        err("rope_scaling.high_freq_factor", f"must be greater than low_freq_factor ({s.low_freq_factor})")
     return errors
