@@ -18,7 +18,15 @@ import torch
 
 from models.arch import Model, ModelConfig, build_model, config_from_dict
 from models.archive import is_archive, unpack
-from models.checkpoint import CONFIG_FILE, MODEL_FILE, load_tensors, read_json, save_tensors, write_json
+from models.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_checkpoint,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from models.hf import from_hf, is_hf_dir
 from models.tokenizer import Tokenizer
 
@@ -32,13 +40,28 @@ def save_model(
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / MODEL_FILE, {k: v.float() for k, v in state.items()})
     tok.save(directory)
+    write_json(directory / CONFIG_FILE, {**info, **describe(config, tok)})
+
+
+def describe(config: ModelConfig, tok: Tokenizer) -> dict[str, Any]:
+    """What config.json records of the model: architecture and conversation format."""
     record: dict[str, Any] = {"format": FORMATS[config.arch], "arch": config.arch, config.arch: config.to_dict()}
     if tok.chat_template is not None:
         record["chat_template"] = tok.chat_template
     record["eos_token_ids"] = tok.end_ids
     if tok.generation:
         record["generation"] = tok.generation
-    write_json(directory / CONFIG_FILE, {**info, **record})
+    return record
+
+
+def save_checkpoint_model(ckpt_dir: Path, tokenizer_dir: Path, out: Path, info: dict[str, Any]) -> None:
+    """A training checkpoint (models.pipeline) as a model directory: its weights, the model
+    it records in state.json, the run's tokenizer in `tokenizer_dir`."""
+    tensors, state = load_checkpoint(ckpt_dir)
+    weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    record = state["model"]
+    info = {"steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values()), **info}
+    save_model(out, weights, model_config(record), tokenizer_of(tokenizer_dir, record), info)
 
 
 def load_config(directory: Path) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Step-wise batched decoding for serving: rows join and leave between decode steps.
 
-The forward pass is `models.serving_gpt.ServingGPT` (GPT's function in fewer operations).
+The forward pass is `models.serving_gpt.ServingGPT` (GPT's function in fewer operations)
+or `models.serving_llama.ServingLlama` for the Llama family.
 Each row keeps its own slot of a preallocated KV cache, its own length, sampling
 settings, random generator, stop strings and token budget. New rows are prefilled
 (prompts of one length together, their keys and values written straight into their
@@ -24,8 +25,10 @@ import torch
 from torch import Tensor
 
 from models.generate import Sampling, pick
-from models.gpt import GPT, GPTConfig, KVCache
+from models.arch import Model
+from models.gpt import GPT, CacheShape, KVCache
 from models.serving_gpt import ServingGPT
+from models.serving_llama import ServingLlama
 from models.tokenizer import Tokenizer
 
 
@@ -63,7 +66,7 @@ class SlotCache(KVCache):
     tokens, its next position. When the column reaches the end of the context, rows are
     compacted (their gaps squeezed out)."""
 
-    def __init__(self, config: GPTConfig, slots: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: CacheShape, slots: int, device: torch.device, dtype: torch.dtype):
         super().__init__(config, slots, device, dtype)
         self.block = config.block_size
         self.valid = torch.zeros((slots, self.block), dtype=torch.bool, device=device)
@@ -131,8 +134,10 @@ class SlotCache(KVCache):
 class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
-    def __init__(self, model: GPT, tok: Tokenizer, max_batch: int = 16):
-        self.net, self.tok, self.max_batch = ServingGPT(model), tok, max_batch
+    def __init__(self, model: Model, tok: Tokenizer, max_batch: int = 16):
+        self.net = ServingGPT(model) if isinstance(model, GPT) else ServingLlama(model)
+        self.tok, self.max_batch = tok, max_batch
+        self.end_ids = set(tok.end_ids)  # the model's end-of-sequence / end-of-turn tokens, and ours
         self.block = model.config.block_size
         self.waiting: deque[Row] = deque()
         self.rows: list[Row] = []  # row i is in cache slot i
@@ -202,7 +207,7 @@ class Decoder:
         for r, t in zip(rows, picked):
             if r.cancelled:
                 r.finish_reason = "cancelled"
-            elif t == self.tok.eos_id and not r.ignore_eos:
+            elif t in self.end_ids and not r.ignore_eos:
                 r.finish_reason = "stop"
             else:
                 r.tokens.append(t)

@@ -32,7 +32,7 @@ class LlamaConfig:
     block_size: int = 256
     n_layer: int = 4
     n_head: int = 4
-    n_kv_head: int = 4
+    n_kv_head: int = 0  # 0: n_head (plain multi-head attention)
     n_embd: int = 256
     head_dim: int = 0  # 0: n_embd // n_head
     intermediate_size: int = 688
@@ -46,6 +46,8 @@ class LlamaConfig:
     arch: ClassVar[str] = "llama"
 
     def __post_init__(self) -> None:
+        if not self.n_kv_head:
+            object.__setattr__(self, "n_kv_head", self.n_head)
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
         if self.n_head % self.n_kv_head:

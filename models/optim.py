@@ -15,48 +15,54 @@ from torch import nn
 
 from models.spec import SGD, Adam, Schedule
 
-Part = Callable[[str], bool]
+Part = Callable[[str, set[str]], bool]  # (parameter name, all the model's names)
 
 # What each `trainable` selector names, per architecture; the same idea on both.
 # `head`: the final norm and the output projection. A tied head *is* the token embedding,
 # so selecting `head` on a tied model trains the embedding too (as `embeddings` does).
 PARTS: dict[str, dict[str, Part]] = {
     "gpt": {
-        "all": lambda n: True,
-        "embeddings": lambda n: n in ("transformer.wte.weight", "transformer.wpe.weight"),
-        "head": lambda n: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
-        "attention": lambda n: ".attn." in n,
-        "mlp": lambda n: ".mlp." in n,
-        "norms": lambda n: ".ln_" in n,
+        "all": lambda n, names: True,
+        "embeddings": lambda n, names: n in ("transformer.wte.weight", "transformer.wpe.weight"),
+        "head": lambda n, names: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
+        "attention": lambda n, names: ".attn." in n,
+        "mlp": lambda n, names: ".mlp." in n,
+        "norms": lambda n, names: ".ln_" in n,
     },
     "llama": {
-        "all": lambda n: True,
-        "embeddings": lambda n: n == "model.embed_tokens.weight",
+        "all": lambda n, names: True,
+        "embeddings": lambda n, names: n == "model.embed_tokens.weight",
         # lm_head.weight exists only when untied; tied, the embedding is the head.
-        "head": lambda n: n.startswith(("model.norm.", "lm_head.")) or n == "model.embed_tokens.weight",
-        "attention": lambda n: ".self_attn." in n,  # q/k/v/o projections (and Qwen3's q/k norms)
-        "mlp": lambda n: ".mlp." in n,
-        "norms": lambda n: n.endswith("layernorm.weight") or n.endswith("_norm.weight") or n == "model.norm.weight",
+        "head": lambda n, names: (
+            n.startswith(("model.norm.", "lm_head."))
+            or (n == "model.embed_tokens.weight" and "lm_head.weight" not in names)
+        ),
+        "attention": lambda n, names: ".self_attn." in n,  # q/k/v/o projections (and Qwen3's q/k norms)
+        "mlp": lambda n, names: ".mlp." in n,
+        "norms": lambda n, names: (
+            n.endswith("layernorm.weight") or n.endswith("_norm.weight") or n == "model.norm.weight"
+        ),
     },
 }
 BLOCKS = {"gpt": re.compile(r"transformer\.h\.(\d+)\."), "llama": re.compile(r"model\.layers\.(\d+)\.")}
 
 
-def _matches(arch: str, selector: str, name: str) -> bool:
+def _matches(arch: str, selector: str, name: str, names: set[str]) -> bool:
     m = re.fullmatch(r"blocks\.(\d+)(?:-(\d+))?", selector)
     if m:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         b = BLOCKS[arch].match(name)
         return b is not None and lo <= int(b.group(1)) <= hi
-    return PARTS[arch][selector](name)
+    return PARTS[arch][selector](name, names)
 
 
 def select_trainable(model: nn.Module, selectors: list[str]) -> list[nn.Parameter]:
     """Unfreeze exactly the parameters the selectors name (see PARTS); return them."""
     arch = str(model.config.arch)
+    names = {n for n, _ in model.named_parameters()}
     chosen = []
     for name, p in model.named_parameters():
-        p.requires_grad_(any(_matches(arch, s, name) for s in selectors))
+        p.requires_grad_(any(_matches(arch, s, name, names) for s in selectors))
         if p.requires_grad:
             chosen.append(p)
     return chosen

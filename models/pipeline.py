@@ -20,7 +20,7 @@ import torch
 
 from models import artifact, checkpoint, data
 from models.evaluate import measure
-from models.gpt import GPT, GPTConfig
+from models.arch import Model, build_model, config_from_spec
 from models.optim import build_optimizer, lr_factor, select_trainable
 from models.precision import Weights, resolve_device, resolve_precision
 from models.spec import JobSpec
@@ -103,7 +103,7 @@ class Pipeline:
                     f"but data '{seg.part.data}' is a text corpus",
                 )
 
-    def adopt(self, model: GPT) -> None:
+    def adopt(self, model: Model) -> None:
         """Make `model` the one this run trains, on its device, in its precision."""
         self.model = model.to(self.device).train()
         # bf16 on the CPU: a bf16 model with fp32 masters instead of autocast (see models/precision.py).
@@ -118,6 +118,8 @@ class Pipeline:
         torch.manual_seed(self.spec.seed)
         if init is not None:
             self.model, self.tok = artifact.load_model(self.resolve(init.model), dropout=self.spec.model.dropout)
+            if not (tok_dir / "tokenizer.json").exists():  # the run's tokenizer, beside its checkpoints
+                self.tok.save(tok_dir)
         else:
             if (tok_dir / "tokenizer.json").exists():
                 self.tok = Tokenizer.load(tok_dir)
@@ -127,8 +129,7 @@ class Pipeline:
                 self.tok = Tokenizer.train(texts, self.spec.tokenizer.vocab_size)
                 self.tok.save(tok_dir)
             m = self.spec.model
-            cfg = GPTConfig(self.tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
-            self.model = GPT(cfg)
+            self.model = build_model(config_from_spec(m, self.tok.vocab_size))
         self.adopt(self.model)
         block = self.model.config.block_size
         self.streams: dict[str, data.Stream] = {}
@@ -174,6 +175,7 @@ class Pipeline:
             "streams": {k: s.state() for k, s in self.streams.items()},
             "optimizers": metas,
             "evaluations": self.evaluations,
+            "model": artifact.describe(self.model.config, self.tok),
         }
         keep = self.spec.checkpointing.keep_last
         path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)

@@ -27,6 +27,7 @@ def _no_bool(value: Any) -> Any:
 
 
 StrictInt = Annotated[int, Strict()]  # true/false are not 1/0 here
+StrictBool = Annotated[bool, Strict()]  # "yes" and 1 are not true here
 Number = Annotated[float, BeforeValidator(_no_bool)]  # ints and numeric strings (YAML's 1e-3) are fine
 
 
@@ -92,9 +93,9 @@ class LlamaModelSpec(_Strict):
     rms_norm_eps: Annotated[Number, Field(gt=0.0, le=0.1)] = 1e-5
     rope_theta: Annotated[Number, Field(ge=1.0, le=1e9)] = 10000.0
     rope_scaling: RopeScaling | None = None
-    attention_bias: bool = False  # q/k/v projections with a bias (Qwen2)
-    qk_norm: bool = False  # RMSNorm over each head of q and k (Qwen3)
-    tie_embeddings: bool = True
+    attention_bias: StrictBool = False  # q/k/v projections with a bias (Qwen2)
+    qk_norm: StrictBool = False  # RMSNorm over each head of q and k (Qwen3)
+    tie_embeddings: StrictBool = True
     dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
     init_from: InitFrom | None = None
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from models.data import Batch, Stream
 from models.errors import TrainingError
-from models.gpt import GPT
+from models.arch import Model
 from models.losses import LOSSES, add_regularization_grads
 from models.optim import set_lr
 from models.precision import Weights
@@ -122,7 +122,7 @@ class Trainee:
 
 
 def train_step(
-    model: GPT,
+    model: Model,
     weights: Weights,
     t: Trainee,
     stream: Stream,
