@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from models.generate import Sampling, pick
 from models.arch import Model
+from models.generate import Sampling, pick
 from models.gpt import GPT, CacheShape, KVCache
 from models.serving_gpt import ServingGPT
 from models.serving_llama import ServingLlama

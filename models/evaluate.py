@@ -18,9 +18,9 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
+from models.arch import Model
 from models.data import Batch, Stream, TextStream
 from models.generate import Sampling, complete
-from models.arch import Model
 from models.losses import causal_lm, cross_entropy
 from models.records import Example
 from models.spec import CrossEntropyLoss, Evaluation

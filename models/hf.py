@@ -216,17 +216,17 @@ def from_hf(directory: Path, dropout: float | None = None) -> tuple[GPT | Llama,
     if vocab > wte.size(0):  # new rows: the mean embedding, so new tokens start out neutral
         extra = wte.mean(0, keepdim=True).expand(vocab - wte.size(0), -1)
         weights["transformer.wte.weight"] = torch.cat([wte, extra])
-    model = GPT(replace(config, vocab_size=vocab, dropout=config.dropout if dropout is None else dropout))
+    gpt = GPT(replace(config, vocab_size=vocab, dropout=config.dropout if dropout is None else dropout))
     state = {k: (v.t() if k.endswith(TRANSPOSED) else v) for k, v in weights.items()}
-    expected = set(model.state_dict())
+    expected = set(gpt.state_dict())
     if set(state) != expected:
         wrong = sorted(set(state) ^ expected)[:6]
         raise UnsupportedModel(f"unsupported model: tensors do not match a GPT-2 layout ({wrong} ...)")
     try:
-        model.load_state_dict(state)
+        gpt.load_state_dict(state)
     except RuntimeError as exc:
         raise UnsupportedModel(f"unsupported model: {exc}") from None
-    return model, tok
+    return gpt, tok
 
 
 def _with_dropout(model: Llama, config: LlamaConfig) -> Llama:

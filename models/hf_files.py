@@ -117,8 +117,9 @@ def read_generation(directory: Path, config: dict[str, Any], hf: HFTokenizer) ->
     token = _read(cfg).get("eos_token") if cfg.is_file() else None
     if isinstance(token, dict):  # an AddedToken written out: {"content": ...}
         token = token.get("content")
-    if isinstance(token, str) and hf.token_to_id(token) is not None:
-        eos.append(hf.token_to_id(token))
+    token_id = hf.token_to_id(token) if isinstance(token, str) else None
+    if token_id is not None:
+        eos.append(token_id)
     defaults = {k: gen[k] for k in GENERATION_KEYS if k in gen and gen[k] is not None}
     return list(dict.fromkeys(eos)), defaults
 

@@ -60,7 +60,7 @@ def _rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 def config_from_hf(config: dict[str, Any]) -> LlamaConfig:
     """Our config for a Hugging Face config.json of a Llama-family model_type."""
-    mt = config.get("model_type")
+    mt = str(config.get("model_type"))
     _need(mt in MODEL_TYPES, f"model_type '{mt}' (supported: gpt2, {', '.join(MODEL_TYPES)})")
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
         _need(isinstance(config.get(key), int), f"config.json has no integer '{key}'")
@@ -68,17 +68,32 @@ def config_from_hf(config: dict[str, Any]) -> LlamaConfig:
     _need(act == "silu", f"hidden_act '{act}' (needs silu)")
     _need(not config.get("mlp_bias", False), "MLP biases")
     _need(int(config.get("pretraining_tp", 1) or 1) == 1, "pretraining_tp other than 1")
-    bias = mt == "qwen2"  # Qwen2: q/k/v always biased, o_proj never
     _need(not config.get("attention_bias", False) or mt == "qwen2", f"attention_bias on {mt} (biased o_proj)")
     heads = config["num_attention_heads"]
-    kv_default = {"mistral": 8, "qwen2": heads, "qwen3": heads}.get(mt, heads)
+    kv_default = 8 if mt == "mistral" else heads  # transformers' defaults when the key is absent
     head_dim = config.get("head_dim") or (128 if mt == "qwen3" else config["hidden_size"] // heads)
     block = int(config.get("max_position_embeddings", 2048))
     window = config.get("sliding_window")
     windowed = mt == "mistral" or config.get("use_sliding_window", False)
-    if windowed and window:  # exact as long as no sequence is longer than the window
-        block = min(block, int(window))
+    if windowed and isinstance(window, int) and window > 0:  # exact while no sequence outgrows the window
+        block = min(block, window)
     theta, scaling = _rope(config)
+    try:
+        return _llama_config(config, block, heads, kv_default, int(head_dim), theta, scaling)
+    except (TypeError, ValueError) as exc:
+        raise UnsupportedModel(f"unsupported model: {exc}") from None
+
+
+def _llama_config(
+    config: dict[str, Any],
+    block: int,
+    heads: int,
+    kv_default: int,
+    head_dim: int,
+    theta: float,
+    scaling: dict[str, Any] | None,
+) -> LlamaConfig:
+    mt = config["model_type"]
     return LlamaConfig(
         vocab_size=config["vocab_size"],
         block_size=min(block, MAX_BLOCK),
@@ -86,12 +101,12 @@ def config_from_hf(config: dict[str, Any]) -> LlamaConfig:
         n_head=heads,
         n_kv_head=int(config.get("num_key_value_heads") or kv_default),
         n_embd=config["hidden_size"],
-        head_dim=int(head_dim),
+        head_dim=head_dim,
         intermediate_size=config["intermediate_size"],
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
-        attention_bias=bias,
+        attention_bias=mt == "qwen2",  # Qwen2: q/k/v always biased, o_proj never
         qk_norm=mt == "qwen3",
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         dropout=float(config.get("attention_dropout", 0.0) or 0.0),

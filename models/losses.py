@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.data import IGNORE, Batch
 from models.arch import Model
+from models.data import IGNORE, Batch
 from models.linear_ce import linear_cross_entropy
 from models.spec import CausalLMLoss, CrossEntropyLoss
 

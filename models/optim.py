@@ -58,7 +58,7 @@ def _matches(arch: str, selector: str, name: str, names: set[str]) -> bool:
 
 def select_trainable(model: nn.Module, selectors: list[str]) -> list[nn.Parameter]:
     """Unfreeze exactly the parameters the selectors name (see PARTS); return them."""
-    arch = str(model.config.arch)
+    arch = str(getattr(model.config, "arch"))  # noqa: B009 (nn.Module's attributes are untyped)
     names = {n for n, _ in model.named_parameters()}
     chosen = []
     for name, p in model.named_parameters():

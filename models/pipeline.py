@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from models import artifact, checkpoint, data
-from models.evaluate import measure
 from models.arch import Model, build_model, config_from_spec
+from models.evaluate import measure
 from models.optim import build_optimizer, lr_factor, select_trainable
 from models.precision import Weights, resolve_device, resolve_precision
 from models.spec import JobSpec
