@@ -227,3 +227,19 @@ def test_gpt_only_specs_keep_their_meaning(spec_dict: Callable[..., dict[str, An
         parse_spec(spec_dict(model={"n_kv_head": 2}))  # arch defaults to gpt, which has no kv heads
     assert [e["loc"] for e in info.value.errors] == ["model.n_kv_head"]
     assert parse_spec(spec_dict()).model.arch == "gpt"
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_serving_path_logits_equal_the_model(llama: Llama, onednn: bool) -> None:
+    from models.serving_llama import ServingLlama
+
+    net = ServingLlama(llama, onednn=onednn)
+    idx = torch.randint(0, llama.config.vocab_size, (3, 9))
+    cache = KVCache(llama.config, 3, idx.device, torch.float32)
+    got = [net.last_logits(idx[:, :6], torch.arange(6)[None], cache, None)]
+    for t in range(6, 9):  # one new token per row, per-row positions
+        got.append(net.last_logits(idx[:, t : t + 1], torch.full((3, 1), t), cache, None))
+    with torch.no_grad():
+        want = llama(idx)
+    for j, t in enumerate([5, 6, 7, 8]):
+        assert torch.allclose(got[j], want[:, t], atol=1e-4), (t, (got[j] - want[:, t]).abs().max())
