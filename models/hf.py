@@ -32,7 +32,7 @@ IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older GP
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which our GPT uses
 
 
-__all__ = ["UnsupportedModel", "from_hf", "is_hf_dir", "to_hf"]
+__all__ = ["UnsupportedModel", "from_hf", "from_hf_parts", "is_hf_dir", "service_tokenizer", "to_hf"]
 
 
 def is_hf_dir(directory: Path) -> bool:
@@ -180,14 +180,38 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _service_tokenizer(directory: Path, raw: dict[str, Any], hf: HFTokenizer) -> Tokenizer:
-    """The checkpoint's tokenizer with our special tokens, chat template and end ids."""
+def service_tokenizer(
+    hf: HFTokenizer,
+    eos_ids: list[int] | tuple[int, ...] = (),
+    chat_template: str | None = None,
+    generation: dict[str, Any] | None = None,
+) -> Tokenizer:
+    """A checkpoint's tokenizer as ours: our special tokens added where missing, its end
+    ids (and ours), chat template and generation defaults attached."""
     hf_files.add_service_tokens(hf)
     tok = Tokenizer(hf)
-    eos, tok.generation = hf_files.read_generation(directory, raw, hf)
-    tok.end_ids = list(dict.fromkeys([*eos, tok.eos_id]))
-    tok.chat_template = hf_files.read_chat_template(directory)
+    tok.end_ids = list(dict.fromkeys([*eos_ids, tok.eos_id]))
+    tok.chat_template = chat_template
+    tok.generation = dict(generation or {})
     return tok
+
+
+def from_hf_parts(
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    tok: Tokenizer,
+    dropout: float | None = None,
+) -> Llama:
+    """Our Llama from the parts of a Llama-family checkpoint, wherever they were read
+    (a Hugging Face directory, a GGUF file): its HF config dict, its HF-named tensors, and
+    its tokenizer made by `service_tokenizer` (whose added tokens get embedding rows)."""
+    model, cfg = hf_llama.from_hf_state(config, tensors, tok.vocab_size)
+    return model if dropout is None else _with_dropout(model, replace(cfg, dropout=dropout))
+
+
+def _directory_tokenizer(directory: Path, raw: dict[str, Any], hf: HFTokenizer) -> Tokenizer:
+    eos, generation = hf_files.read_generation(directory, raw, hf)
+    return service_tokenizer(hf, eos, hf_files.read_chat_template(directory), generation)
 
 
 def from_hf(directory: Path, dropout: float | None = None) -> tuple[GPT | Llama, Tokenizer]:
@@ -200,18 +224,15 @@ def from_hf(directory: Path, dropout: float | None = None) -> tuple[GPT | Llama,
         raise UnsupportedModel(f"config.json is not valid JSON ({exc})") from None
     if raw.get("model_type") in hf_llama.MODEL_TYPES:
         hf_llama.config_from_hf(raw)  # refuse an unsupported config before reading any weights
-        tok = _service_tokenizer(directory, raw, hf_files.read_tokenizer(directory))
-        model, cfg = hf_llama.from_hf_state(raw, hf_files.read_weights(directory), tok.vocab_size)
-        if dropout is not None:
-            model = _with_dropout(model, replace(cfg, dropout=dropout))
-        return model, tok
+        tok = _directory_tokenizer(directory, raw, hf_files.read_tokenizer(directory))
+        return from_hf_parts(raw, hf_files.read_weights(directory), tok, dropout), tok
     config = _check(raw)
     weights = _weights(directory)
     head = weights.pop("lm_head.weight", None)
     wte = weights["transformer.wte.weight"]
     if head is not None and not torch.equal(head, wte):
         raise UnsupportedModel("unsupported model: lm_head.weight differs from the token embeddings (untied)")
-    tok = _service_tokenizer(directory, raw, _tokenizer(directory))
+    tok = _directory_tokenizer(directory, raw, _tokenizer(directory))
     vocab = max(config.vocab_size, tok.vocab_size)
     if vocab > wte.size(0):  # new rows: the mean embedding, so new tokens start out neutral
         extra = wte.mean(0, keepdim=True).expand(vocab - wte.size(0), -1)

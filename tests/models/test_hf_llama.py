@@ -197,3 +197,25 @@ def test_older_and_newer_rope_forms_read_alike(tmp_path: Path) -> None:
     new = config_from_hf({**base, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5}})
     assert old == new and old.rope_theta == 5e5 and old.rope_scaling == {"type": "linear", "factor": 2.0}
     shutil.rmtree(tmp_path)
+
+
+def test_parts_from_elsewhere_build_the_model(tokenizer: Tokenizer) -> None:
+    """The entry point for checkpoints read from other formats (GGUF): an HF config dict,
+    HF-named tensors and a tokenizers.Tokenizer lacking our special tokens."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from models.hf import from_hf_parts, service_tokenizer
+
+    raw = json.loads(tokenizer.hf.to_str())
+    raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] != "<|completion|>"]
+    raw["model"]["vocab"].pop("<|completion|>", None)
+    hf = HFTokenizer.from_str(json.dumps(raw))
+    before = hf.get_vocab_size()
+    ref = reference("qwen2", CASES["qwen2-bias"][1], before)
+    tok = service_tokenizer(hf, [7, 8], "{{ messages }}", {"temperature": 0.6})
+    model = from_hf_parts(ref.config.to_dict(), ref.state_dict(), tok)
+    assert tok.sep_id == before and tok.end_ids == [7, 8, tok.eos_id] and tok.generation == {"temperature": 0.6}
+    assert model.config.vocab_size == before + 1 and model.config.attention_bias
+    idx = torch.randint(0, before, (2, 16))
+    with torch.no_grad():
+        assert (ref(idx).logits - model.eval()(idx)[..., :before]).abs().max().item() < 1e-4
