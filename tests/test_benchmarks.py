@@ -36,3 +36,10 @@ def test_train_throughput_benchmark_one_step() -> None:
     report = run("train_throughput.py", "--precision", "fp32", "--warmup", "1", "--steps", "1", "--passes", "1")
     assert report["variants"]["ours_fp32"]["tokens_per_s"] > 0
     assert "hf_gpt2_fp32" in report["variants"] and "ours_fp32" in report["ours_vs_fastest_peer"]
+
+
+def test_llama_train_benchmark_one_step() -> None:
+    report = run("llama_train.py", "--shapes", "small", "--precision", "fp32", "--warmup", "1", "--steps", "1")
+    [result] = report["results"]
+    assert result["tokens_per_s"]["ours"] > 0 and result["tokens_per_s"]["transformers"] > 0
+    assert result["paired_ratio"] > 0 and result["shape"]["n_kv_head"] == 2
