@@ -86,7 +86,7 @@ def to_hf(model_dir: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance = {k: v for k, v in info.items() if k not in ("gpt", "llama", "format", "arch")}
     if isinstance(config, LlamaConfig):
-        _llama_to_hf(config, tok, weights, out_dir, info.get("hf_model_type"))
+        _llama_to_hf(config, tok, weights, out_dir)
         write_json(out_dir / "stagecraft.json", provenance)
         return
     tensors = {k: (v.t() if k.endswith(TRANSPOSED) else v).contiguous().float() for k, v in weights.items()}
@@ -113,10 +113,8 @@ def to_hf(model_dir: Path, out_dir: Path) -> None:
     write_json(out_dir / "stagecraft.json", provenance)
 
 
-def _llama_to_hf(
-    config: LlamaConfig, tok: Tokenizer, weights: dict[str, torch.Tensor], out: Path, source: str | None
-) -> None:
-    model_type = hf_llama.export_type(config, source)
+def _llama_to_hf(config: LlamaConfig, tok: Tokenizer, weights: dict[str, torch.Tensor], out: Path) -> None:
+    model_type = hf_llama.export_type(config)
     eos = [i for i in tok.end_ids if i != tok.eos_id] + [tok.eos_id]  # the model's own first
     ids = {"bos_token_id": None, "eos_token_id": eos if len(eos) > 1 else eos[0], "pad_token_id": tok.pad_id}
     write_atomic(out / MODEL_FILE, st_save(hf_llama.hf_tensors(weights, config), metadata={"format": "pt"}))

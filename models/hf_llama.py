@@ -147,17 +147,12 @@ def from_hf_state(
     return model, cfg
 
 
-def export_type(config: LlamaConfig, source: str | None) -> str:
-    """The Hugging Face model_type that represents `config` exactly, the source's if it can."""
-    if config.qk_norm:
-        need = "qwen3"
-    elif config.attention_bias:
-        need = "qwen2"
-    else:
-        need = source if source in ("llama", "mistral") else "llama"
-    if need == "qwen3" and config.attention_bias:
+def export_type(config: LlamaConfig) -> str:
+    """The Hugging Face model_type that represents `config` exactly: qwen3 for QK-norm,
+    qwen2 for q/k/v biases, else llama (which a Mistral without sliding window also is)."""
+    if config.qk_norm and config.attention_bias:
         raise UnsupportedModel("no Hugging Face model_type has QK-norm and q/k/v-only biases")
-    return need
+    return "qwen3" if config.qk_norm else "qwen2" if config.attention_bias else "llama"
 
 
 def hf_config(config: LlamaConfig, model_type: str, ids: dict[str, Any]) -> dict[str, Any]:

@@ -219,3 +219,16 @@ def test_parts_from_elsewhere_build_the_model(tokenizer: Tokenizer) -> None:
     idx = torch.randint(0, before, (2, 16))
     with torch.no_grad():
         assert (ref(idx).logits - model.eval()(idx)[..., :before]).abs().max().item() < 1e-4
+
+
+def test_context_is_capped_by_a_sliding_window_and_the_serving_limit() -> None:
+    from models.hf_llama import MAX_BLOCK, config_from_hf
+
+    base = {"vocab_size": 300, "num_attention_heads": 4, **SMALL}
+    assert config_from_hf({**base, "model_type": "mistral", "sliding_window": 32}).block_size == 32
+    assert config_from_hf({**base, "model_type": "mistral", "sliding_window": None}).block_size == 64
+    assert config_from_hf({**base, "model_type": "qwen2", "sliding_window": 32}).block_size == 64  # not in use
+    long = {**base, "model_type": "llama", "max_position_embeddings": 131072}
+    assert config_from_hf(long).block_size == MAX_BLOCK
+    with pytest.raises(UnsupportedModel, match="multiple of n_kv_head"):
+        config_from_hf({**base, "model_type": "llama", "num_key_value_heads": 3})
