@@ -224,7 +224,7 @@ def test_parts_from_elsewhere_build_the_model(tokenizer: Tokenizer) -> None:
 def test_context_is_capped_by_a_sliding_window_and_the_serving_limit() -> None:
     from models.hf_llama import MAX_BLOCK, config_from_hf
 
-    base = {"vocab_size": 300, "num_attention_heads": 4, **SMALL}
+    base = {"vocab_size": 300, "num_attention_heads": 4, "num_key_value_heads": 2, **SMALL}
     assert config_from_hf({**base, "model_type": "mistral", "sliding_window": 32}).block_size == 32
     assert config_from_hf({**base, "model_type": "mistral", "sliding_window": None}).block_size == 64
     assert config_from_hf({**base, "model_type": "qwen2", "sliding_window": 32}).block_size == 64  # not in use
