@@ -77,7 +77,7 @@ def generate_ids(
     gen = None
     if sampling.seed is not None:
         gen = torch.Generator(device=device).manual_seed(sampling.seed)
-    cache = KVCache(model.config, B, device, model.head_weight().dtype) if use_cache else None
+    cache = KVCache(model.config, B, device, model.head_weight().dtype, L + budget) if use_cache else None
 
     ends = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     out: list[list[int]] = [[] for _ in range(B)]

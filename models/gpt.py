@@ -54,10 +54,13 @@ class CacheShape(Protocol):
 
 
 class KVCache:
-    """Preallocated keys and values for every layer: (batch, kv head, block_size, head_dim)."""
+    """Preallocated keys and values for every layer: (batch, kv head, positions, head_dim),
+    for `positions` (default block_size) positions."""
 
-    def __init__(self, config: CacheShape, batch: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch, config.n_kv_head, config.block_size, config.head_dim)
+    def __init__(
+        self, config: CacheShape, batch: int, device: torch.device, dtype: torch.dtype, positions: int | None = None
+    ):
+        shape = (batch, config.n_kv_head, positions or config.block_size, config.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled so far

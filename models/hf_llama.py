@@ -24,7 +24,7 @@ ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
-MAX_BLOCK = 4096  # the context we serve an imported model with: KV caches are preallocated to it
+MAX_BLOCK = 2048  # the context we train and serve an imported model with: serving KV caches are preallocated to it
 LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
