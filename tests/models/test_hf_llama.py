@@ -232,3 +232,17 @@ def test_context_is_capped_by_a_sliding_window_and_the_serving_limit() -> None:
     assert config_from_hf(long).block_size == MAX_BLOCK
     with pytest.raises(UnsupportedModel, match="multiple of n_kv_head"):
         config_from_hf({**base, "model_type": "llama", "num_key_value_heads": 3})
+
+
+@pytest.mark.parametrize("case", ["llama-gqa-tied", "qwen3-wide-heads"])
+def test_bf16_logits_follow_transformers_bf16(case: str) -> None:
+    """The same operations in the same order: RMSNorm in fp32 then cast, rotary tables in fp32."""
+    model_type, fields = CASES[case]
+    ref = reference(model_type, fields, 300)
+    ours, _ = from_hf_state(ref.config.to_dict(), ref.state_dict())
+    theirs = transformers.AutoModelForCausalLM.from_config(ref.config, dtype=torch.bfloat16).eval()
+    theirs.load_state_dict(ref.state_dict())  # rotary frequencies computed in fp32, as ours
+    idx = torch.randint(0, 300, (2, 30))
+    with torch.no_grad():
+        diff = (theirs(idx).logits.float() - ours.to(torch.bfloat16).eval()(idx).float()).abs().max().item()
+    assert diff <= 2e-2
