@@ -1,33 +1,68 @@
 """A finished model on disk: model.safetensors + config.json + tokenizer.json.
 
-`load_model` also reads a Hugging Face GPT-2-family directory (models.hf), an archive
-(.tar.gz / .zip) of either kind, and a PEFT adapter directory whose `stagecraft.json`
-names its base by `base_path` (merged into the base: models.peft).
+config.json records the architecture (`arch`, and the config under that name, e.g.
+`"llama": {...}`; `"gpt": {...}` alone for older GPT directories), and for models with a
+conversation format the `chat_template`, the `eos_token_ids` that end a generation and
+the `generation` defaults. `load_model` also reads a Hugging Face directory (models.hf),
+an archive (.tar.gz / .zip) of either kind, and a PEFT adapter directory whose
+`stagecraft.json` names its base by `base_path` (merged into the base: models.peft).
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.arch import Model, ModelConfig, build_model, config_from_dict
 from models.archive import is_archive, unpack
-from models.checkpoint import CONFIG_FILE, MODEL_FILE, load_tensors, read_json, save_tensors, write_json
-from models.gpt import GPT, GPTConfig
+from models.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    load_checkpoint,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from models.hf import from_hf, is_hf_dir
 from models.tokenizer import Tokenizer
 
+FORMATS = {"gpt": "stagecraft-gpt", "llama": "stagecraft-llama"}
+
 
 def save_model(
-    directory: Path, state: dict[str, torch.Tensor], config: GPTConfig, tok: Tokenizer, info: dict[str, Any]
+    directory: Path, state: dict[str, torch.Tensor], config: ModelConfig, tok: Tokenizer, info: dict[str, Any]
 ) -> None:
     """Weights (fp32 as trained), architecture and tokenizer; `info` adds provenance to config.json."""
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / MODEL_FILE, {k: v.float() for k, v in state.items()})
     tok.save(directory)
-    write_json(directory / CONFIG_FILE, {"format": "stagecraft-gpt", "gpt": config.to_dict(), **info})
+    write_json(directory / CONFIG_FILE, {**info, **describe(config, tok)})
+
+
+def describe(config: ModelConfig, tok: Tokenizer) -> dict[str, Any]:
+    """What config.json records of the model: architecture and conversation format."""
+    record: dict[str, Any] = {"format": FORMATS[config.arch], "arch": config.arch, config.arch: config.to_dict()}
+    if tok.chat_template is not None:
+        record["chat_template"] = tok.chat_template
+    record["eos_token_ids"] = tok.end_ids
+    if tok.generation:
+        record["generation"] = tok.generation
+    return record
+
+
+def save_checkpoint_model(ckpt_dir: Path, tokenizer_dir: Path, out: Path, info: dict[str, Any]) -> None:
+    """A training checkpoint (models.pipeline) as a model directory: its weights, the model
+    it records in state.json, the run's tokenizer in `tokenizer_dir`."""
+    tensors, state = load_checkpoint(ckpt_dir)
+    weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    record = state["model"]
+    info = {"steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values()), **info}
+    save_model(out, weights, model_config(record), tokenizer_of(tokenizer_dir, record), info)
 
 
 def load_config(directory: Path) -> dict[str, Any]:
@@ -38,9 +73,23 @@ def load_config(directory: Path) -> dict[str, Any]:
     return config
 
 
+def model_config(record: dict[str, Any]) -> ModelConfig:
+    """The architecture a Stagecraft config.json records."""
+    arch = str(record.get("arch", "gpt"))
+    return config_from_dict(arch, dict(record[arch]))
+
+
+def tokenizer_of(directory: Path, record: dict[str, Any]) -> Tokenizer:
+    tok = Tokenizer.load(directory)
+    tok.chat_template = record.get("chat_template")
+    tok.end_ids = list(record.get("eos_token_ids") or [tok.eos_id])
+    tok.generation = dict(record.get("generation") or {})
+    return tok
+
+
 def load_model(
     directory: Path, device: torch.device | str = "cpu", dropout: float | None = None
-) -> tuple[GPT, Tokenizer]:
+) -> tuple[Model, Tokenizer]:
     if is_archive(directory):
         with tempfile.TemporaryDirectory() as tmp:
             return load_model(unpack(directory, Path(tmp)), device, dropout)
@@ -52,9 +101,10 @@ def load_model(
     if is_hf_dir(directory):
         model, tok = from_hf(directory, dropout)
         return model.to(device), tok
-    fields = dict(load_config(directory)["gpt"])
+    record = load_config(directory)
+    config = model_config(record)
     if dropout is not None:
-        fields["dropout"] = dropout
-    model = GPT(GPTConfig(**fields))
+        config = replace(config, dropout=dropout)
+    model = build_model(config)
     model.load_state_dict(load_tensors(directory / MODEL_FILE))
-    return model.to(device), Tokenizer.load(directory)
+    return model.to(device), tokenizer_of(directory, record)

@@ -1,6 +1,7 @@
 """Step-wise batched decoding for serving: rows join and leave between decode steps.
 
-The forward pass is `models.serving_gpt.ServingGPT` (GPT's function in fewer operations).
+The forward pass is `models.serving_gpt.ServingGPT` (GPT's function in fewer operations)
+or `models.serving_llama.ServingLlama` for the Llama family.
 Each row keeps its own slot of a preallocated KV cache, its own length, sampling
 settings, random generator, stop strings and token budget. New rows are prefilled
 (prompts of one length together, their keys and values written straight into their
@@ -23,10 +24,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from models.arch import Model
 from models.generate import Sampling, finished_text, pick
-from models.gpt import GPT, GPTConfig, KVCache
+from models.gpt import GPT, CacheShape, KVCache
 from models.lora import Adapter
 from models.serving_gpt import ServingGPT
+from models.serving_llama import ServingLlama
 from models.tokenizer import Tokenizer
 
 
@@ -65,7 +68,7 @@ class SlotCache(KVCache):
     tokens, its next position. When the column reaches the end of the context, rows are
     compacted (their gaps squeezed out)."""
 
-    def __init__(self, config: GPTConfig, slots: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: CacheShape, slots: int, device: torch.device, dtype: torch.dtype):
         super().__init__(config, slots, device, dtype)
         self.block = config.block_size
         self.valid = torch.zeros((slots, self.block), dtype=torch.bool, device=device)
@@ -133,8 +136,10 @@ class SlotCache(KVCache):
 class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
-    def __init__(self, model: GPT, tok: Tokenizer, max_batch: int = 16):
-        self.net, self.tok, self.max_batch = ServingGPT(model), tok, max_batch
+    def __init__(self, model: Model, tok: Tokenizer, max_batch: int = 16):
+        self.net = ServingGPT(model) if isinstance(model, GPT) else ServingLlama(model)
+        self.tok, self.max_batch = tok, max_batch
+        self.end_ids = set(tok.end_ids)  # the model's end-of-sequence / end-of-turn tokens, and ours
         self.block = model.config.block_size
         self.waiting: deque[Row] = deque()
         self.rows: list[Row] = []  # row i is in cache slot i
@@ -149,21 +154,34 @@ class Decoder:
     def add_adapter(self, name: str, adapter: Adapter) -> None:
         """Serve `adapter` (models.lora.Adapter) beside the base; rows name it in `Row.adapter`.
         Call between steps, like `add`; adding a name again replaces that adapter."""
-        self.net.adapters.add(name, adapter)
+        self._gpt_net().adapters.add(name, adapter)
+
+    def _gpt_net(self) -> ServingGPT:
+        # The stacked low-rank path (models.lora.AdapterBank) is wired into ServingGPT only so far.
+        if not isinstance(self.net, ServingGPT):
+            raise ValueError("serving adapters beside their base is supported for arch gpt only")
+        return self.net
 
     def remove_adapter(self, name: str) -> None:
         if any(r.adapter == name for r in [*self.rows, *self.waiting]):
             raise ValueError(f"adapter '{name}' is in use")
-        self.net.adapters.remove(name)
+        self._gpt_net().adapters.remove(name)
 
     def _adapter_rows(self, rows: list[Row]) -> Tensor | None:
         if all(r.adapter is None for r in rows):
             return None
-        slots = [self.net.adapters.index(r.adapter) for r in rows]
+        bank = self._gpt_net().adapters
+        slots = [bank.index(r.adapter) for r in rows]
         return torch.tensor(slots, device=self.net.device)
 
+    def _logits(self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, rows: list[Row]) -> Tensor:
+        adapters = self._adapter_rows(rows)
+        if adapters is None:
+            return self.net.last_logits(idx, positions, cache, mask)
+        return self._gpt_net().last_logits(idx, positions, cache, mask, adapters)
+
     def add(self, row: Row) -> None:
-        if row.adapter is not None and row.adapter not in self.net.adapters.slots:
+        if row.adapter is not None and row.adapter not in self._gpt_net().adapters.slots:
             raise ValueError(f"unknown adapter '{row.adapter}'")
         if not row.prompt or len(row.prompt) >= self.block:
             raise ValueError(f"a prompt needs 1 to {self.block - 1} tokens, got {len(row.prompt)}")
@@ -186,7 +204,7 @@ class Decoder:
         if old:
             positions, mask = self.cache.prepare()
             last = torch.tensor([[r.tokens[-1]] for r in self.rows], device=positions.device)
-            logits = self.net.last_logits(last, positions, self.cache, mask, self._adapter_rows(self.rows))
+            logits = self._logits(last, positions, self.cache, mask, self.rows)
             for i in range(old):
                 self.cache.lens[i] += 1
             self.steps += 1
@@ -208,7 +226,7 @@ class Decoder:
             view = self.cache.admit(length, len(rows))
             idx = torch.tensor([r.prompt for r in rows], device=self.net.device)
             positions = torch.arange(length, device=self.net.device)[None]
-            logits = self.net.last_logits(idx, positions, view, None, self._adapter_rows(rows))
+            logits = self._logits(idx, positions, view, None, rows)
             self._advance(rows, logits, changed)
         self._drop_finished()
         return changed
@@ -223,7 +241,7 @@ class Decoder:
         for r, t in zip(rows, picked):
             if r.cancelled:
                 r.finish_reason = "cancelled"
-            elif t == self.tok.eos_id and not r.ignore_eos:
+            elif t in self.end_ids and not r.ignore_eos:
                 r.finish_reason = "stop"
             else:
                 r.tokens.append(t)

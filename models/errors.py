@@ -58,7 +58,7 @@ class ArchiveError(TrainingError):
 
 
 class UnsupportedModel(TrainingError):
-    """A directory that is not a model family this package can represent exactly."""
+    """A checkpoint we cannot represent exactly (an architecture, a layout, a file format)."""
 
     def __init__(self, message: str):
         super().__init__("user_error", message)

@@ -18,9 +18,9 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
+from models.arch import Model
 from models.data import Batch, Stream, TextStream
 from models.generate import Sampling, complete
-from models.gpt import GPT
 from models.losses import causal_lm, cross_entropy
 from models.records import Example
 from models.spec import CrossEntropyLoss, Evaluation
@@ -33,7 +33,7 @@ TASK_METRICS = {"translate": ("bleu", "chrf"), "summarize": ("rouge_l",), "qa": 
 
 
 @torch.no_grad()
-def validation_loss(model: GPT, batches: Iterable[Batch], loss_fn: Callable[[Batch], torch.Tensor]) -> float:
+def validation_loss(model: Model, batches: Iterable[Batch], loss_fn: Callable[[Batch], torch.Tensor]) -> float:
     """Token-weighted mean loss over the batches."""
     was_training = model.training
     model.eval()
@@ -89,7 +89,7 @@ def score(task: str, predictions: list[str], references: list[str]) -> dict[str,
 
 
 def task_metrics(
-    model: GPT,
+    model: Model,
     tok: Tokenizer,
     examples: list[Example],
     metrics: Sequence[str],
@@ -126,7 +126,7 @@ def task_metrics(
 
 
 def measure(
-    model: GPT,
+    model: Model,
     tok: Tokenizer,
     stream: Stream,
     examples: list[Example],

@@ -7,13 +7,14 @@ output does not depend on what else is in the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from models.gpt import GPT, KVCache
+from models.arch import Model
+from models.gpt import KVCache
 from models.tokenizer import Tokenizer
 
 
@@ -49,19 +50,20 @@ def pick(logits: Tensor, s: Sampling, gen: torch.Generator | None) -> Tensor:
 
 @torch.no_grad()
 def generate_ids(
-    model: GPT,
+    model: Model,
     prompts: Sequence[list[int]],
     sampling: Sampling,
-    eos_id: int | None = None,
+    eos_id: int | Collection[int] | None = None,
     use_cache: bool = True,
     stop: list[str] | None = None,
     tokenizer: Tokenizer | None = None,
 ) -> list[list[int]]:
-    """New token ids for each prompt (without the prompt; the end token not included)."""
+    """New token ids for each prompt (without the prompt; the end token not included).
+    `eos_id`: the id, or every id, that ends a row."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     model.eval()
-    device = model.transformer.wte.weight.device
+    device = model.head_weight().device
     B, L = len(prompts), max(len(p) for p in prompts)
     budget = min(sampling.max_new_tokens, model.config.block_size - L)
     if budget < 0:
@@ -75,8 +77,9 @@ def generate_ids(
     gen = None
     if sampling.seed is not None:
         gen = torch.Generator(device=device).manual_seed(sampling.seed)
-    cache = KVCache(model.config, B, device, model.transformer.wte.weight.dtype) if use_cache else None
+    cache = KVCache(model.config, B, device, model.head_weight().dtype, L + budget) if use_cache else None
 
+    ends = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     seq, keys = idx, valid
@@ -101,7 +104,7 @@ def generate_ids(
         for r, t in enumerate(new_tokens.tolist()):
             if done[r]:
                 continue
-            if t == eos_id:
+            if t in ends:
                 done[r] = True
                 continue
             out[r].append(t)
@@ -128,7 +131,7 @@ def finished_text(raw: str, stop: list[str] | None, supervised: bool) -> str:
 
 
 def complete(
-    model: GPT,
+    model: Model,
     tok: Tokenizer,
     prompts: list[str],
     sampling: Sampling,
@@ -143,5 +146,5 @@ def complete(
     if truncate:
         room = max(1, model.config.block_size - sampling.max_new_tokens)
         encoded = [ids[-room:] for ids in encoded]
-    ids = generate_ids(model, encoded, sampling, eos_id=tok.eos_id, stop=stop, tokenizer=tok)
+    ids = generate_ids(model, encoded, sampling, eos_id=tok.end_ids, stop=stop, tokenizer=tok)
     return [finished_text(tok.decode(x), stop, supervised) for x in ids]

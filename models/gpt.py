@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,16 +23,44 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 256
     dropout: float = 0.0
+    arch: ClassVar[str] = "gpt"
 
-    def to_dict(self) -> dict[str, int | float]:
+    @property
+    def n_kv_head(self) -> int:
+        return self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-class KVCache:
-    """Preallocated keys and values for every layer: (batch, head, block_size, head_dim)."""
+class CacheShape(Protocol):
+    """What a KV cache needs of a model config (GPTConfig and LlamaConfig both have it)."""
 
-    def __init__(self, config: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch, config.n_head, config.block_size, config.n_embd // config.n_head)
+    @property
+    def n_layer(self) -> int: ...
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def n_kv_head(self) -> int: ...
+
+    @property
+    def head_dim(self) -> int: ...
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (batch, kv head, positions, head_dim),
+    for `positions` (default block_size) positions."""
+
+    def __init__(
+        self, config: CacheShape, batch: int, device: torch.device, dtype: torch.dtype, positions: int | None = None
+    ):
+        shape = (batch, config.n_kv_head, positions or config.block_size, config.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled so far
@@ -124,6 +153,10 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if include_positions else n - self.transformer.wpe.weight.numel()
 
+    def head_weight(self) -> Tensor:
+        """The (vocab, n_embd) output projection: tied to the token embedding."""
+        return self.transformer.wte.weight
+
     def hidden(
         self,
         idx: Tensor,
@@ -146,7 +179,7 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def logits(self, h: Tensor) -> Tensor:
-        return F.linear(h, self.transformer.wte.weight)
+        return F.linear(h, self.head_weight())
 
     def forward(self, idx: Tensor) -> Tensor:
         """Logits for every position of a causal forward pass."""

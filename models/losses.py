@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.arch import Model
 from models.data import IGNORE, Batch
-from models.gpt import GPT
 from models.linear_ce import linear_cross_entropy
 from models.spec import CausalLMLoss, CrossEntropyLoss
 
 
-def _next_token_loss(model: GPT, idx: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def _next_token_loss(model: Model, idx: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
     h = model.hidden(idx)
     keep = targets != IGNORE
     if bool(keep.all()):
@@ -28,25 +28,25 @@ def _next_token_loss(model: GPT, idx: Tensor, targets: Tensor, label_smoothing: 
         h, targets = h[keep], targets[keep]
     if h.device.type == "cuda":  # fused kernels already; a loop over slabs would be launch-bound
         return F.cross_entropy(model.logits(h).float(), targets, label_smoothing=label_smoothing)
-    weight = model.transformer.wte.weight
+    weight = model.head_weight()
     if torch.is_autocast_enabled(h.device.type):  # the projection in the autocast dtype, as F.linear would be
         dtype = torch.get_autocast_dtype(h.device.type)
         h, weight = h.to(dtype), weight.to(dtype)
     return linear_cross_entropy(h, weight, targets, label_smoothing)
 
 
-def causal_lm(model: GPT, batch: Batch, spec: CausalLMLoss | CrossEntropyLoss) -> Tensor:
+def causal_lm(model: Model, batch: Batch, spec: CausalLMLoss | CrossEntropyLoss) -> Tensor:
     """Mean next-token negative log-likelihood over every real token."""
     return _next_token_loss(model, batch.idx, batch.targets)
 
 
-def cross_entropy(model: GPT, batch: Batch, spec: CausalLMLoss | CrossEntropyLoss) -> Tensor:
+def cross_entropy(model: Model, batch: Batch, spec: CausalLMLoss | CrossEntropyLoss) -> Tensor:
     """Mean cross-entropy over completion tokens (all tokens for a text corpus)."""
     smoothing = spec.label_smoothing if isinstance(spec, CrossEntropyLoss) else 0.0
     return _next_token_loss(model, batch.idx, batch.completion_targets, smoothing)
 
 
-LossFn = Callable[[GPT, Batch, CausalLMLoss | CrossEntropyLoss], Tensor]
+LossFn = Callable[[Model, Batch, CausalLMLoss | CrossEntropyLoss], Tensor]
 LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm, "cross_entropy": cross_entropy}
 
 

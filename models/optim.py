@@ -15,36 +15,59 @@ from torch import nn
 
 from models.spec import SGD, Adam, Schedule, block_range
 
-PARTS: dict[str, Callable[[str], bool]] = {
-    "all": lambda n: True,
-    "embeddings": lambda n: n in ("transformer.wte.weight", "transformer.wpe.weight"),
-    # The output projection is tied to the token embedding, so `head` trains it too.
-    "head": lambda n: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
-    "attention": lambda n: ".attn." in n,
-    "mlp": lambda n: ".mlp." in n,
-    "norms": lambda n: ".ln_" in n,
+Part = Callable[[str, set[str]], bool]  # (parameter name, all the model's names)
+
+# What each `trainable` selector names, per architecture; the same idea on both.
+# `head`: the final norm and the output projection. A tied head *is* the token embedding,
+# so selecting `head` on a tied model trains the embedding too (as `embeddings` does).
+PARTS: dict[str, dict[str, Part]] = {
+    "gpt": {
+        "all": lambda n, names: True,
+        "embeddings": lambda n, names: n in ("transformer.wte.weight", "transformer.wpe.weight"),
+        "head": lambda n, names: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
+        "attention": lambda n, names: ".attn." in n,
+        "mlp": lambda n, names: ".mlp." in n,
+        "norms": lambda n, names: ".ln_" in n,
+    },
+    "llama": {
+        "all": lambda n, names: True,
+        "embeddings": lambda n, names: n == "model.embed_tokens.weight",
+        # lm_head.weight exists only when untied; tied, the embedding is the head.
+        "head": lambda n, names: (
+            n.startswith(("model.norm.", "lm_head."))
+            or (n == "model.embed_tokens.weight" and "lm_head.weight" not in names)
+        ),
+        "attention": lambda n, names: ".self_attn." in n,  # q/k/v/o projections (and Qwen3's q/k norms)
+        "mlp": lambda n, names: ".mlp." in n,
+        "norms": lambda n, names: (
+            n.endswith("layernorm.weight") or n.endswith("_norm.weight") or n == "model.norm.weight"
+        ),
+    },
 }
+BLOCKS = {"gpt": re.compile(r"transformer\.h\.(\d+)\."), "llama": re.compile(r"model\.layers\.(\d+)\.")}
 
 
-def _matches(selector: str, name: str) -> bool:
+def _matches(arch: str, selector: str, name: str, names: set[str]) -> bool:
     blocks = block_range(selector)
     if blocks is not None:
         lo, hi = blocks
-        b = re.match(r"transformer\.h\.(\d+)\.", name)
+        b = BLOCKS[arch].match(name)
         return b is not None and lo <= int(b.group(1)) <= hi
-    return PARTS[selector](name)
+    return PARTS[arch][selector](name, names)
 
 
 def select_trainable(model: nn.Module, selectors: list[str], adapter: str | None = None) -> list[nn.Parameter]:
-    """Unfreeze exactly the parameters the selectors name, and LoRA adapter `adapter`
-    (selectors never name adapter weights: `all` is every base weight); return them."""
+    """Unfreeze exactly the parameters the selectors name (see PARTS), and LoRA adapter
+    `adapter` (selectors never name adapter weights: `all` is every base weight); return them."""
+    arch = str(getattr(model.config, "arch"))  # noqa: B009 (nn.Module's attributes are untyped)
+    names = {n for n, _ in model.named_parameters() if ".lora_A." not in n and ".lora_B." not in n}
     chosen = []
     own = (f".lora_A.{adapter}", f".lora_B.{adapter}")
     for name, p in model.named_parameters():
         if ".lora_A." in name or ".lora_B." in name:
             p.requires_grad_(adapter is not None and name.endswith(own))
         else:
-            p.requires_grad_(any(_matches(s, name) for s in selectors))
+            p.requires_grad_(any(_matches(arch, s, name, names) for s in selectors))
         if p.requires_grad:
             chosen.append(p)
     return chosen

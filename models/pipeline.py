@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from models import artifact, checkpoint, data, events, lora
+from models.arch import Model, build_model, config_from_spec
 from models.chat import ChatFormat
 from models.chat_records import load_chat_format, save_chat_format
 from models.evaluate import measure
-from models.gpt import GPT, GPTConfig
 from models.optim import build_optimizer, lr_factor, select_trainable
 from models.peft import save_adapter
 from models.precision import Weights, resolve_device, resolve_precision
@@ -103,7 +103,7 @@ class Pipeline:
                     f"but data '{seg.part.data}' is a text corpus",
                 )
 
-    def adopt(self, model: GPT) -> None:
+    def adopt(self, model: Model) -> None:
         """Make `model` the one this run trains, on its device, in its precision."""
         self.model = model.to(self.device).train()
         # bf16 on the CPU: a bf16 model with fp32 masters instead of autocast (see models/precision.py).
@@ -122,6 +122,8 @@ class Pipeline:
             source = self.resolve(init.model)
             self.model, self.tok = artifact.load_model(source, dropout=self.spec.model.dropout)
             self.chat = load_chat_format(source) if source.is_dir() else None
+            if not (tok_dir / "tokenizer.json").exists():  # the run's tokenizer, beside its checkpoints
+                self.tok.save(tok_dir)
         else:
             if (tok_dir / "tokenizer.json").exists():
                 self.tok = Tokenizer.load(tok_dir)
@@ -131,8 +133,7 @@ class Pipeline:
                 self.tok = Tokenizer.train(texts, self.spec.tokenizer.vocab_size)
                 self.tok.save(tok_dir)
             m = self.spec.model
-            cfg = GPTConfig(self.tok.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd, m.dropout)
-            self.model = GPT(cfg)
+            self.model = build_model(config_from_spec(m, self.tok.vocab_size))
         self.add_adapters()
         self.adopt(self.model)
         block = self.model.config.block_size
@@ -212,6 +213,7 @@ class Pipeline:
             "optimizers": metas,
             "evaluations": self.evaluations,
             "base": "rebuilt" if self.base_frozen else "saved",
+            "model": artifact.describe(self.model.config, self.tok),
         }
         keep = self.spec.checkpointing.keep_last
         path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)

@@ -9,20 +9,25 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.spec_model import (
+    AnyModelSpec,
+    InitFrom,
+    LinearScaling,
+    Llama3Scaling,
+    LlamaModelSpec,
+    ModelSpec,
+    Number,
+    StrictBool,
+    StrictInt,
+    llama_errors,
+)
+
+__all__ = ["InitFrom", "LinearScaling", "Llama3Scaling", "ModelSpec", "StrictBool"]
 
 from models.errors import SpecError
 from models.lora_roles import ALL_TARGETS, target_error
-
-
-def _no_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("Input should be a number, not a boolean")
-    return value
-
-
-StrictInt = Annotated[int, Strict()]  # true/false are not 1/0 here
-Number = Annotated[float, BeforeValidator(_no_bool)]  # ints and numeric strings (YAML's 1e-3) are fine
 
 
 class _Strict(BaseModel):
@@ -35,20 +40,6 @@ Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.
 
 
 # --- model and tokenizer -------------------------------------------------------------
-
-
-class InitFrom(_Strict):
-    model: Annotated[str, Field(min_length=1, max_length=200)]
-
-
-class ModelSpec(_Strict):
-    arch: Literal["gpt"] = "gpt"
-    n_layer: Annotated[StrictInt, Field(ge=1, le=96)] = 4
-    n_head: Annotated[StrictInt, Field(ge=1, le=128)] = 4
-    n_embd: Annotated[StrictInt, Field(ge=8, le=16384)] = 256
-    block_size: Annotated[StrictInt, Field(ge=8, le=32768)] = 256
-    dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
-    init_from: InitFrom | None = None
 
 
 class TokenizerSpec(_Strict):
@@ -208,7 +199,7 @@ class Checkpointing(_Strict):
 class JobSpec(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
-    model: ModelSpec = ModelSpec()
+    model: AnyModelSpec = ModelSpec()
     tokenizer: TokenizerSpec | None = None
     data: Annotated[dict[Name, DataRef], Field(min_length=1, max_length=64)]
     stages: Annotated[list[Stage], Field(min_length=1, max_length=16)]
@@ -229,6 +220,10 @@ class JobSpec(_Strict):
 def _loc(parts: tuple[int | str, ...]) -> str:
     # pydantic puts the discriminator tag into the path ("stages.0.pretrain.steps"); drop it.
     tags = {"pretrain", "finetune", "multistep", "causal_lm", "cross_entropy", "sgd", "adam", "adamw"}
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in ("gpt", "llama"):
+        parts = (parts[0], *parts[2:])
+    if len(parts) > 2 and parts[:2] == ("model", "rope_scaling") and parts[2] in ("llama3", "linear"):
+        parts = (*parts[:2], *parts[3:])
     kept = [str(p) for i, p in enumerate(parts) if not (i > 0 and isinstance(parts[i - 1], int) and p in tags)]
     kept = [p for i, p in enumerate(kept) if not (p in tags and i > 0 and kept[i - 1] in ("loss", "optimizer"))]
     kept = [p for p in kept if p != "[key]"]  # a bad mapping key is reported at the key itself
@@ -241,6 +236,9 @@ def parse_spec(raw: Any) -> JobSpec:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
         errors = [{"loc": _loc(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        for e in errors:
+            if e["loc"] == "model.arch" and e["message"].startswith("Input should be"):
+                e["message"] = "Input should be 'gpt' or 'llama'"
         raise SpecError(errors) from None
     problems = cross_field_errors(spec)
     if problems:
@@ -271,7 +269,9 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
     errors += adapter_errors(spec)
 
     m = spec.model
-    if m.n_embd % m.n_head:
+    if isinstance(m, LlamaModelSpec):
+        errors += llama_errors(m)
+    elif m.n_embd % m.n_head:
         err("model.n_embd", f"must be divisible by model.n_head ({m.n_embd} % {m.n_head} != 0)")
     if m.init_from is None and spec.tokenizer is None:
         err("tokenizer", "required for a new model (only init_from keeps the base model's tokenizer)")

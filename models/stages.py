@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.arch import Model
 from models.data import Batch, Stream
 from models.errors import TrainingError
-from models.gpt import GPT
 from models.losses import LOSSES, add_regularization_grads
 from models.optim import set_lr
 from models.precision import Weights
@@ -122,7 +122,7 @@ class Trainee:
 
 
 def train_step(
-    model: GPT,
+    model: Model,
     weights: Weights,
     t: Trainee,
     stream: Stream,

@@ -2,6 +2,11 @@
 
 Special tokens: `<|endoftext|>` ends a document or a completion, `<|completion|>` marks
 where a supervised prompt ends and the completion the model must produce begins.
+
+A tokenizer of an imported model also carries what its model directory says about
+conversations: the `chat_template`, every id that ends a generation (`end_ids`: the
+model's own end-of-sequence and end-of-turn tokens as well as ours) and the generation
+defaults. `models.artifact` records them in config.json.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class Tokenizer:
         if len(present) != len(ids):
             raise ValueError(f"tokenizer lacks the special tokens {SPECIAL_TOKENS}")
         self.eos_id, self.sep_id, self.pad_id = present
+        self.chat_template: str | None = None
+        self.end_ids: list[int] = [self.eos_id]
+        self.generation: dict[str, object] = {}
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> Tokenizer:

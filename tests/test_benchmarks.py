@@ -50,3 +50,16 @@ def test_lora_train_benchmark_one_step() -> None:
     report = run("lora_train.py", *args)
     assert set(report["speed"]["fp32"]["tokens_per_s"]) == {"ours_full", "ours_lora", "peft_lora"}
     assert set(report["memory"]["fp32"]) >= {"ours_full", "ours_lora", "peft_lora", "ours_lora_vs_full"}
+
+
+def test_llama_train_benchmark_one_step() -> None:
+    report = run("llama_train.py", "--shapes", "small", "--precision", "fp32", "--warmup", "1", "--steps", "1")
+    [result] = report["results"]
+    assert result["tokens_per_s"]["ours"] > 0 and result["tokens_per_s"]["transformers"] > 0
+    assert result["paired_ratio"] > 0 and result["shape"]["n_kv_head"] == 2
+
+
+def test_llama_decode_benchmark_tiny() -> None:
+    report = run("llama_decode.py", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1")
+    assert set(report["tokens_per_s"]) == {"ours_b1", "hf_b1", "ours_b8", "hf_b8"}
+    assert report["greedy_tokens_match_hf"] == {"b1": True, "b8": True}  # our serving path and transformers agree

@@ -94,7 +94,8 @@ def find(session: Session, settings: Settings, tenant_id: str, ref: str) -> Mode
 def describe(session: Session, settings: Settings, m: Model) -> ModelInfo:
     """The row, with its architecture, its job's stages and the checkpoints servable beside it."""
     try:
-        config = json.loads((settings.data_dir / m.path / CONFIG_FILE).read_text()).get("gpt", {})
+        record = json.loads((settings.data_dir / m.path / CONFIG_FILE).read_text())
+        config = record.get(record.get("arch", "gpt"), {})
     except (OSError, ValueError):
         config = {}
     stages: list[dict[str, Any]] = []
@@ -176,7 +177,11 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
 
 
 def checkpoint_config(settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
-    """The GPT config of a checkpoint: its job's model spec, the vocabulary from the tensors."""
+    """The model config of a checkpoint: the one its state.json records, or (older
+    checkpoints) its job's model spec with the vocabulary from the tensors."""
+    state = json.loads((settings.data_dir / ckpt.path / "state.json").read_text())
+    if "model" in state:
+        return dict(state["model"][state["model"].get("arch", "gpt")])
     shapes = _safetensors_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
     m = job.spec["model"]
     vocab = shapes["model/transformer.wte.weight"][0]
@@ -200,7 +205,8 @@ def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) 
     model = session.get(Model, ref)
     if model is None or model.tenant_id != tenant_id:
         return None
-    config: dict[str, Any] = json.loads((settings.data_dir / model.path / CONFIG_FILE).read_text())["gpt"]
+    record: dict[str, Any] = json.loads((settings.data_dir / model.path / CONFIG_FILE).read_text())
+    config: dict[str, Any] = record[record.get("arch", "gpt")]
     return config
 
 
@@ -224,6 +230,9 @@ def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, out: Path)
     from models.gpt import GPTConfig
     from models.tokenizer import Tokenizer
 
+    if "model" in checkpoint.read_json(ckpt_dir / "state.json"):  # it records its model (any architecture)
+        artifact.save_checkpoint_model(ckpt_dir, tokenizer_dir, out, {"name": job.name})
+        return
     tensors, state = checkpoint.load_checkpoint(ckpt_dir)
     weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     m = job.spec["model"]

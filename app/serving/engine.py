@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, TypeVar
 from prometheus_client import Counter
 
 if TYPE_CHECKING:
+    from models.arch import ModelConfig
     from models.decoder import Decoder, Row
     from models.generate import Sampling
-    from models.gpt import GPTConfig
     from models.tokenizer import Tokenizer
 
 log = logging.getLogger("stagecraft.inference")
@@ -154,7 +154,7 @@ class Batcher:
 @dataclass
 class Served:
     key: str
-    config: GPTConfig
+    config: ModelConfig
     tok: Tokenizer
     nbytes: int
     batcher: Batcher
@@ -177,7 +177,7 @@ def _load(key: str, directory: Path, device: str, max_batch: int, runner: Infere
     model, tok = artifact.load_model(directory, device=device)
     decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
     c = model.config
-    kv = 2 * c.n_layer * max_batch * c.block_size * c.n_embd * 4
+    kv = 2 * c.n_layer * max_batch * c.block_size * c.n_kv_head * c.head_dim * 4
     return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner))
 
 

@@ -101,7 +101,8 @@ def test_missing_special_tokens_are_added(exported: tuple[GPT, Path, Path], tmp_
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model_type": "llama"}, "model_type 'llama'"),
+        ({"model_type": "mamba"}, "model_type 'mamba'"),
+        ({"model_type": "llama"}, "no integer 'hidden_size'"),  # a GPT-2 config is no llama config
         ({"activation_function": "relu"}, "activation_function 'relu'"),
         ({"n_inner": 100}, "n_inner"),
         ({"tie_word_embeddings": False}, "untied"),

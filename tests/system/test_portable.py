@@ -124,12 +124,12 @@ def test_unsupported_uploads_are_refused(served: Served, exported: tuple[bytes, 
             data = p.read_bytes()
             if p.name == "config.json":
                 data = json.dumps(
-                    {**json.loads(data), "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+                    {**json.loads(data), "model_type": "mamba", "architectures": ["MambaForCausalLM"]}
                 ).encode()
             z.writestr(f"m/{p.name}", data)
     with served.api() as api:
         for name, data, words in [
-            ("llama.zip", buf.getvalue(), "model_type 'llama'"),
+            ("mamba.zip", buf.getvalue(), "model_type 'mamba'"),
             ("junk.tar.gz", b"not an archive", "not a readable"),
         ]:
             r = upload(api, name, data)

@@ -1,0 +1,145 @@
+"""Greedy decode tokens/s of our Llama serving path against transformers `generate`, on
+the same random weights (a LlamaForCausalLM of SmolLM2-135M's shape, imported with
+`models.hf_llama.from_hf_state`), batch 1 and 8, and whether the greedy tokens agree.
+
+Ours is `models.decoder.Decoder` stepped directly (ServingLlama, oneDNN-packed
+projections where available, and with `--plain` the plain layout too); theirs is
+`model.generate(do_sample=False)` with its KV cache. Each variant decodes `--new` tokens
+after a `--prompt`-token prompt (no end token stops it); the median of `--passes` runs.
+
+    .venv/bin/python benchmarks/llama_decode.py [--layers 30] [--threads 2]
+
+One JSON object goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from machine import environment, log
+
+from models.decoder import Decoder, Row
+from models.generate import Sampling
+from models.hf_llama import from_hf_state
+from models.serving_llama import ServingLlama
+from models.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+
+def tokenizer(vocab: int) -> Tokenizer:
+    """A word-level tokenizer with `vocab` ids and our special tokens (ids are all we need)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    words = {f"w{i}": i for i in range(vocab - len(SPECIAL_TOKENS))}
+    hf = HFTokenizer(models.WordLevel(words, unk_token="w0"))
+    hf.add_special_tokens(SPECIAL_TOKENS)
+    return Tokenizer(hf)
+
+
+def ours(model: Any, tok: Tokenizer, prompts: list[list[int]], new: int, onednn: bool) -> Callable[[], list[list[int]]]:
+    dec = Decoder(model, tok, max_batch=len(prompts))  # built once per model load, as in serving
+    if not onednn:
+        dec.net = ServingLlama(model, onednn=False)
+
+    def go() -> list[list[int]]:
+        rows = [Row(p, Sampling(max_new_tokens=new), ignore_eos=True) for p in prompts]
+        for r in rows:
+            dec.add(r)
+        while dec.busy:
+            dec.step()
+        return [r.tokens for r in rows]
+
+    return go
+
+
+def theirs(hf: Any, prompts: list[list[int]], new: int) -> Callable[[], list[list[int]]]:
+    x = torch.tensor(prompts)
+
+    def go() -> list[list[int]]:
+        with torch.inference_mode():
+            out = hf.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return [list(map(int, row[x.size(1) :])) for row in out]
+
+    return go
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--plain", action="store_true", help="also time the plain (not oneDNN-packed) layout")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=args.layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        attn_implementation="sdpa",
+    )
+    hf = LlamaForCausalLM(cfg).eval()
+    model, _ = from_hf_state(hf.config.to_dict(), hf.state_dict())
+    tok = tokenizer(model.config.vocab_size)
+    g = torch.Generator().manual_seed(1)
+    out: dict[str, Any] = {
+        "benchmark": "llama_decode",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **environment(),
+        "tokens_per_s": {},
+        "greedy_tokens_match_hf": {},
+    }
+    for batch in (1, 8):
+        prompts = torch.randint(0, 49152, (batch, args.prompt), generator=g).tolist()
+        variants = {
+            f"ours_b{batch}": ours(model, tok, prompts, args.new, True),
+            f"hf_b{batch}": theirs(hf, prompts, args.new),
+        }
+        if args.plain:
+            variants[f"ours_plain_b{batch}"] = ours(model, tok, prompts, args.new, False)
+        results: dict[str, list[list[int]]] = {}
+        for name, go in variants.items():
+            results[name] = go()  # warm-up, and the tokens to compare
+            times = []
+            for _ in range(args.passes):
+                t0 = time.perf_counter()
+                go()
+                times.append(time.perf_counter() - t0)
+            out["tokens_per_s"][name] = round(batch * args.new / statistics.median(times), 1)
+            log(f"{name}: {out['tokens_per_s'][name]} tok/s")
+        out["greedy_tokens_match_hf"][f"b{batch}"] = results[f"ours_b{batch}"] == results[f"hf_b{batch}"]
+        out[f"ours_vs_hf_b{batch}"] = round(
+            out["tokens_per_s"][f"ours_b{batch}"] / out["tokens_per_s"][f"hf_b{batch}"], 3
+        )
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

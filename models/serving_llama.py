@@ -1,0 +1,125 @@
+"""The Llama family's forward pass laid out for serving: the same function as
+`models.llama.Llama` with a KV cache, in fewer operations per token.
+
+- q, k and v are one projection (their weights concatenated), and so are the SwiGLU's
+  gate and up: two matmuls fewer per layer. Every projection is a
+  `models.serving_gpt.Projection`, so on a CPU with oneDNN (fp32) its weight is laid out
+  once for batches of a few rows, as on the GPT path.
+- No `nn.Module` calls and no dropout; the output projection runs only for the
+  positions whose next token is wanted.
+
+It takes the decoder's caches as they are (`models.decoder.SlotCache` holds n_kv_head
+heads per layer) and per-row positions, so rows that joined at different times rotate
+their keys at their own positions. The weights are copies (the Llama can be dropped);
+logits agree with `Llama` to float rounding (tests/models/test_llama.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.gpt import KVCache
+from models.llama import Llama, LlamaConfig, rotate_half
+from models.serving_gpt import Projection
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """As `models.llama.RMSNorm`: normalised in fp32, cast back, then scaled."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+@dataclass
+class Layer:
+    ln1: Tensor
+    qkv: Projection  # C -> (H + 2 KV) D
+    q_norm: Tensor | None
+    k_norm: Tensor | None
+    o: Projection  # H D -> C
+    ln2: Tensor
+    gate_up: Projection  # C -> 2 I
+    down: Projection  # I -> C
+
+    def tensors(self) -> list[Tensor]:
+        norms = [t for t in (self.ln1, self.ln2, self.q_norm, self.k_norm) if t is not None]
+        return norms + [t for p in (self.qkv, self.o, self.gate_up, self.down) for t in p.tensors()]
+
+
+class ServingLlama:
+    def __init__(self, model: Llama, onednn: bool = True):
+        """`onednn=False` keeps the plain `addmm` layout even where oneDNN could pack."""
+        self.config: LlamaConfig = model.config
+        sd = {k: v.detach() for k, v in model.state_dict().items()}
+        self.layers: list[Layer] = []
+        for i in range(self.config.n_layer):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            qkv_w = torch.cat([sd[a + f"{n}_proj.weight"] for n in "qkv"])
+            qkv_b = torch.cat([sd[a + f"{n}_proj.bias"] for n in "qkv"]) if self.config.attention_bias else None
+            gate_up = torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]])
+            qn, kn = sd.get(a + "q_norm.weight"), sd.get(a + "k_norm.weight")
+            self.layers.append(
+                Layer(
+                    sd[p + "input_layernorm.weight"].clone(),
+                    Projection(qkv_w, qkv_b, onednn),
+                    None if qn is None else qn.clone(),
+                    None if kn is None else kn.clone(),
+                    Projection(sd[a + "o_proj.weight"], None, onednn),
+                    sd[p + "post_attention_layernorm.weight"].clone(),
+                    Projection(gate_up, None, onednn),
+                    Projection(sd[p + "mlp.down_proj.weight"], None, onednn),
+                )
+            )
+        self.embed = sd["model.embed_tokens.weight"].clone()
+        self.norm = sd["model.norm.weight"].clone()
+        self.head = Projection(model.head_weight().detach(), None, onednn)
+        self.cos, self.sin = model.rope_cos.clone(), model.rope_sin.clone()
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    def nbytes(self) -> int:
+        tensors = [self.embed, self.norm, self.cos, self.sin, *self.head.tensors()]
+        tensors += [t for layer in self.layers for t in layer.tensors()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @torch.inference_mode()
+    def last_logits(self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None) -> Tensor:
+        """Logits (B, V) for the last position of each row of `idx` (B, T), whose keys and
+        values join `cache`; `positions` (B or 1, T). Without `mask`: causal over the new
+        tokens if the cache is empty, else attention to every cached position."""
+        B, T = idx.shape
+        c = self.config
+        C, H, KV, D, eps = c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.rms_norm_eps
+        if cache.length + T > c.block_size:
+            raise ValueError(f"sequence of {cache.length + T} tokens is longer than block_size")
+        causal = mask is None and cache.length == 0 and T > 1
+        cos = self.cos[positions].to(self.dtype)[:, None]  # (B or 1, 1, T, D)
+        sin = self.sin[positions].to(self.dtype)[:, None]
+        x = self.embed[idx].view(B * T, C)
+        for i, w in enumerate(self.layers):
+            qkv = w.qkv(rms_norm(x, w.ln1, eps)).view(B, T, H + 2 * KV, D)
+            q, k, v = qkv.split([H, KV, KV], dim=2)
+            if w.q_norm is not None and w.k_norm is not None:
+                q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            k, v = cache.update(i, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=KV != H)
+            x = w.o(y.transpose(1, 2).reshape(B * T, H * D)).add_(x)
+            gate, up = w.gate_up(rms_norm(x, w.ln2, eps)).chunk(2, dim=-1)
+            x = w.down(F.silu(gate).mul_(up)).add_(x)
+        cache.length += T
+        last = x.view(B, T, C)[:, -1]
+        return self.head(rms_norm(last, self.norm, eps))

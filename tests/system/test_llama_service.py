@@ -1,0 +1,106 @@
+"""A Llama-family checkpoint through the service: a Hugging Face Qwen2 directory uploaded
+as an archive is served (as the local model generates), fine-tuned with `init_from`, its
+checkpoints served, and exported as a directory transformers loads with the same logits."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from models import artifact
+from models.generate import Sampling, complete
+from models.llama import Llama
+from tests.system.stack import Api, Served, example_spec
+
+transformers = pytest.importorskip("transformers")
+PROMPT = "At the market, Nadia has"
+
+
+def generate(api: Api, model: str) -> httpx.Response:
+    return api.http.post(f"/v1/models/{model}/generate", json={"prompt": PROMPT, "max_new_tokens": 12})
+
+
+@pytest.fixture(scope="module")
+def qwen2_zip(served: Served, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
+    """A random Qwen2 (GQA, q/k/v biases, tied) saved by transformers, with the served model's tokenizer."""
+    _, tok = artifact.load_model(served.model_dir)
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    ref = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+    d = tmp_path_factory.mktemp("qwen2")
+    ref.save_pretrained(d)
+    tok.save(d)
+    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages[0]['content'] }}"}))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in d.iterdir():
+            z.write(p, f"qwen2/{p.name}")
+    return buf.getvalue(), d
+
+
+def test_a_qwen2_upload_is_served_trained_and_exported(
+    served: Served, qwen2_zip: tuple[bytes, Path], tmp_path: Path
+) -> None:
+    archive, source = qwen2_zip
+    local, tok = artifact.load_model(source)
+    assert isinstance(local, Llama) and tok.chat_template is not None
+    [want] = complete(local, tok, [PROMPT], Sampling(max_new_tokens=12))
+    with served.api() as api:
+        r = api.http.post("/v1/models", files={"file": ("q.zip", archive)}, data={"name": "qwen2-tiny"})
+        assert r.status_code == 201, r.text
+        model = r.json()
+        assert model["config"]["n_layer"] == 2 and model["parameters"] == local.num_parameters()
+        out = generate(api, model["id"])
+        assert out.status_code == 200 and out.json()["text"] == want
+
+        spec = example_spec(served.datasets)
+        job = api.submit(
+            {
+                "name": "tune-qwen2",
+                "model": {"init_from": {"model": model["id"]}},
+                "data": {"pairs": spec["data"]["pairs"]},
+                "stages": [dict(spec["stages"][1], steps=4)],
+                "evaluation": {"every_steps": 100, "metrics": ["loss"], "max_samples": 0},
+                "checkpointing": {"every_steps": 2, "keep_last": 2},
+                "precision": "fp32",
+                "device": "cpu",
+            }
+        )
+        events = api.follow(job["id"])
+        assert events[-1]["type"] == "job.succeeded", events[-1]
+        tuned = events[-1]["data"]["model_id"]
+        assert generate(api, tuned).status_code == 200
+        ckpts = api.http.get(f"/v1/models/{tuned}").json()["checkpoints"]
+        assert ckpts and generate(api, ckpts[0]["id"]).status_code == 200
+
+        r = api.http.get(f"/v1/models/{model['id']}/export", params={"format": "hf"})
+        assert r.status_code == 200, r.text
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as t:
+        t.extractall(tmp_path, filter="data")
+    [folder] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(hf).__name__ == "Qwen2ForCausalLM"
+    x = torch.tensor([tok.encode(PROMPT)])
+    with torch.no_grad():
+        assert (hf(x).logits - local.eval()(x)).abs().max().item() < 1e-4
+    assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"] == tok.chat_template
