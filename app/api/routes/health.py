@@ -47,7 +47,7 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
         except Exception as exc:
             problems.append({"component": name, "message": str(exc)[:500]})
     if problems:
-        body = error_body("not_ready", "a dependency is unreachable or not migrated", problems)
+        body = error_body("not_ready", "a dependency is unreachable or not migrated", problems, 503)
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
 
