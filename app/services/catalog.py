@@ -82,7 +82,10 @@ def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -
 
 
 def find(session: Session, settings: Settings, tenant_id: str, ref: str) -> ModelInfo | Checkpoint:
-    """A model id (described) or a checkpoint id (its row); 404 if the tenant has neither."""
+    """A model id (described), a checkpoint id (its row) or a job id (its final model, as the
+    serving routes take it: 409 until the job has succeeded); 404 if the tenant has none."""
+    if ref.startswith("job_"):
+        ref = _job_model(session, tenant_id, ref)
     if ref.startswith("ckpt_"):
         found = checkpoint_of(session, tenant_id, ref)
         if found is None:
@@ -143,20 +146,25 @@ def servable(session: Session, settings: Settings, tenant_id: str, ref: str) -> 
     """The model directory to serve for a model id, checkpoint id or job id (its final model):
     404 if unknown to this tenant, 409 if the job has not succeeded (yet)."""
     if ref.startswith("job_"):
-        job = session.get(Job, ref)
-        if job is None or job.tenant_id != tenant_id:
-            raise NotFound(f"no model '{ref}'")
-        if job.status != "succeeded" or job.model_id is None:
-            raise Conflict(
-                f"job '{ref}' is {job.status}: its model exists once the job has succeeded "
-                "(its checkpoints can be served meanwhile)",
-                code="model_not_ready",
-            )
-        ref = job.model_id
+        ref = _job_model(session, tenant_id, ref)
     found = model_dir(session, settings, tenant_id, ref)
     if found is None:
         raise NotFound(f"no model '{ref}'")
     return found
+
+
+def _job_model(session: Session, tenant_id: str, job_id: str) -> str:
+    """The model id of a succeeded job: 404 if unknown to this tenant, 409 until it has succeeded."""
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"no model '{job_id}'")
+    if job.status != "succeeded" or job.model_id is None:
+        raise Conflict(
+            f"job '{job_id}' is {job.status}: its model exists once the job has succeeded "
+            "(its checkpoints can be served meanwhile)",
+            code="model_not_ready",
+        )
+    return job.model_id
 
 
 def checkpoint_of(session: Session, tenant_id: str, ckpt_id: str) -> tuple[Checkpoint, Job] | None:
