@@ -183,10 +183,17 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
 
 
-def checkpoint_config(settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
-    """The GPT config of a checkpoint: its job's model spec, the vocabulary from the tensors."""
+def _architecture(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
+    """The model shape a job trains: its spec's, or (with init_from) its base model's."""
+    base = (job.spec["model"].get("init_from") or {}).get("model")
+    found = base_config(session, settings, job.tenant_id, base) if base else None
+    return {**job.spec["model"], **(found or {}), "dropout": job.spec["model"]["dropout"]}
+
+
+def checkpoint_config(session: Session, settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
+    """The GPT config of a checkpoint: its job's model shape, the vocabulary from the tensors."""
     shapes = _safetensors_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
-    m = job.spec["model"]
+    m = _architecture(session, settings, job)
     vocab = shapes["model/transformer.wte.weight"][0]
     return {
         "vocab_size": vocab,
@@ -204,7 +211,7 @@ def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) 
         found = checkpoint_of(session, tenant_id, ref)
         if found is None or not (settings.data_dir / found[0].path).is_dir():
             return None
-        return checkpoint_config(settings, *found)
+        return checkpoint_config(session, settings, *found)
     model = session.get(Model, ref)
     if model is None or model.tenant_id != tenant_id:
         return None
@@ -223,18 +230,21 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
     ckpt, job = found
     out = settings.jobs_dir / job.id / EXPORTS / ckpt.id
     if not (out / CONFIG_FILE).exists():  # the first request for it exports it (torch: see the module doc)
-        _export_checkpoint(settings.data_dir / ckpt.path, settings.jobs_dir / job.id / "tokenizer", job, out)
+        tokenizer = settings.jobs_dir / job.id / "tokenizer"
+        base = (job.spec["model"].get("init_from") or {}).get("model")
+        if not tokenizer.is_dir() and base:  # a job from init_from trains no tokenizer: it has its base's
+            tokenizer = model_dir(session, settings, tenant_id, base) or tokenizer
+        _export_checkpoint(settings.data_dir / ckpt.path, tokenizer, job, _architecture(session, settings, job), out)
     return out
 
 
-def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, out: Path) -> None:
+def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, m: dict[str, Any], out: Path) -> None:
     from models import artifact, checkpoint
     from models.gpt import GPTConfig
     from models.tokenizer import Tokenizer
 
     tensors, state = checkpoint.load_checkpoint(ckpt_dir)
     weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    m = job.spec["model"]
     vocab = weights["transformer.wte.weight"].shape[0]
     config = GPTConfig(vocab, m["block_size"], m["n_layer"], m["n_head"], m["n_embd"], m["dropout"])
     info = {"name": job.name, "steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values())}

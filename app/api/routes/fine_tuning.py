@@ -5,10 +5,11 @@ or an unknown parameter is a 422 naming it in `param`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from app.api import openai_objects as objects
 from app.api.deps import ReadSession, SettingsDep, TenantDep, WriteSession
@@ -27,10 +28,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def auto_or(kind: type[int] | type[float], low: float, high: float) -> Any:
+    """`"auto"` or a number in [low, high] (for an int, low included; for a float, excluded), with
+    one error naming both (a plain union would report one error per branch)."""
+    what = f"a whole number from {low:g} to {high:g}" if kind is int else f"a number above {low:g}, at most {high:g}"
+
+    def check(value: Any) -> Any:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        whole = number and (kind is float or float(value).is_integer())
+        ok = value == "auto" or (whole and (low <= value if kind is int else low < value) and value <= high)
+        if not ok:
+            raise PydanticCustomError("auto_or_number", "must be 'auto' or {what}", {"what": what})
+        return value if value == "auto" else kind(value)
+
+    return Annotated[str | int | float, BeforeValidator(check)]
+
+
 class Hyperparameters(Strict):
-    n_epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=50)] = "auto"
-    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=256)] = "auto"
-    learning_rate_multiplier: Literal["auto"] | Annotated[float, Field(gt=0.0, le=20.0)] = "auto"
+    n_epochs: auto_or(int, 1, 50) = "auto"  # type: ignore[valid-type]
+    batch_size: auto_or(int, 1, 256) = "auto"  # type: ignore[valid-type]
+    learning_rate_multiplier: auto_or(float, 0, 20) = "auto"  # type: ignore[valid-type]
 
 
 class Supervised(Strict):
