@@ -184,7 +184,7 @@ def test_bad_and_unsupported_parameters_are_named(client: Any, served: Served, f
     assert err.param == "integrations" and err.type == "invalid_request_error"
     err = error_of(lambda: jobs.create(model=served.model_id, training_file=train, hyperparameters={"n_epochs": 0}),
                    unprocessable)  # fmt: skip
-    assert err.param == "hyperparameters.n_epochs" and err.message.startswith("hyperparameters.n_epochs: ")
+    assert err.param == "hyperparameters.n_epochs" and err.body["message"].startswith("hyperparameters.n_epochs: ")
     err = error_of(lambda: jobs.create(model="gpt-4o-mini", training_file=train), unprocessable)
     assert err.param == "model" and "gpt-4o-mini" in err.message
     err = error_of(lambda: jobs.create(model=served.model_id, training_file="ds_nope"), unprocessable)
