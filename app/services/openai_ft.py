@@ -39,7 +39,8 @@ KEEP_CHECKPOINTS = 3
 Auto = int | float | str  # "auto" or a number
 
 
-def unsupported(param: str, message: str, code: str = "unsupported_parameter") -> Invalid:
+def bad_param(param: str, message: str, code: str = "unsupported_parameter") -> Invalid:
+    """A 422 whose `param` (app/api/errors.py) is the request parameter at fault."""
     return Invalid(f"{param}: {message}", [{"loc": param, "message": message}], code=code)
 
 
@@ -60,9 +61,9 @@ def _file(session: Session, tenant_id: str, file_id: str, param: str) -> Dataset
     try:
         ds = datasets.get(session, tenant_id, file_id)
     except NotFound:
-        raise unsupported(param, f"no file '{file_id}'", "invalid_file") from None
+        raise bad_param(param, f"no file '{file_id}'", "invalid_file") from None
     if ds.kind != "records":
-        raise unsupported(
+        raise bad_param(
             param, f"'{file_id}' is a text corpus; fine-tuning needs JSONL records (messages or prompt/completion)",
             "invalid_file",
         )  # fmt: skip
@@ -76,9 +77,9 @@ def _base_model(session: Session, tenant_id: str, model: str) -> str:
     try:
         job = jobs.get(session, tenant_id, model)
     except NotFound:
-        raise unsupported("model", f"no model '{model}'", "model_not_found") from None
+        raise bad_param("model", f"no model '{model}'", "model_not_found") from None
     if job.model_id is None:
-        raise unsupported("model", f"job '{model}' is {job.status}: it has no model yet", "model_not_ready")
+        raise bad_param("model", f"job '{model}' is {job.status}: it has no model yet", "model_not_ready")
     return job.model_id
 
 
@@ -200,7 +201,7 @@ def events_page(session: Session, job: Job, limit: int, after: str | None) -> tu
     if after:
         prefix, _, seq = after.rpartition("-")
         if prefix != f"ftevent-{job.id}" or not seq.isdigit():
-            raise unsupported("after", f"not an event id of this job: '{after}'", "invalid_request")
+            raise bad_param("after", f"not an event id of this job: '{after}'", "invalid_request")
         stmt = stmt.where(JobEvent.seq < int(seq))
     rows = list(session.scalars(stmt.order_by(JobEvent.seq.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit

@@ -152,6 +152,9 @@ def test_cancel_list_pages_and_auto_hyperparameters(
     assert cancelled.id == long.id and cancelled.status == "cancelled"
     assert wait_until_finished(client, long.id).status == "cancelled"
     assert native.job(long.id)["status"] == "cancelled"
+    r = native.http.get(f"/v1/models/{long.id}")  # a job id is its model only once it has succeeded
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_not_ready" and long.id in r.text
+    assert native.http.get("/v1/models/job_nope").status_code == 404
     auto = client.fine_tuning.jobs.create(model=served.model_id, training_file=files["train"].id)
     assert auto.hyperparameters.n_epochs == 3 and isinstance(auto.seed, int)
     client.fine_tuning.jobs.cancel(auto.id)

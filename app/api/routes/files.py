@@ -16,7 +16,7 @@ from app.api.deps import DatabaseDep, ReadSession, SettingsDep, TenantDep, Write
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error
 from app.api.uploads import receive_file
 from app.services import datasets
-from app.services.openai_ft import unsupported
+from app.services.openai_ft import bad_param
 from app.services.pagination import MAX_LIMIT
 
 router = APIRouter(prefix="/v1/files", tags=["openai fine-tuning"], responses=ERRORS)
@@ -50,7 +50,7 @@ async def create_file(request: Request, tenant_id: TenantDep, settings: Settings
     upload = await receive_file(request, datasets.incoming_path(settings, tenant_id), settings.max_upload_bytes)
     if upload.purpose != "fine-tune":
         upload.path.unlink(missing_ok=True)
-        raise unsupported("purpose", f"'{upload.purpose}' is not supported: only 'fine-tune' is")
+        raise bad_param("purpose", f"'{upload.purpose}' is not supported: only 'fine-tune' is")
 
     def save() -> dict[str, Any]:
         with db.write() as session:

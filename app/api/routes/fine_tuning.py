@@ -15,7 +15,7 @@ from app.api import openai_objects as objects
 from app.api.deps import ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, error
 from app.services import openai_ft
-from app.services.openai_ft import unsupported
+from app.services.openai_ft import bad_param
 from app.services.pagination import MAX_LIMIT
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai fine-tuning"], responses=ERRORS)
@@ -74,16 +74,16 @@ class FineTuneIn(Strict):
 
     def request(self) -> openai_ft.Request:
         if self.integrations:
-            raise unsupported("integrations", "integrations are not supported")
+            raise bad_param("integrations", "integrations are not supported")
         hyper = self.hyperparameters
         if self.method is not None:
             if self.method.type != "supervised":
-                raise unsupported("method.type", f"'{self.method.type}' is not supported: only 'supervised' is")
+                raise bad_param("method.type", f"'{self.method.type}' is not supported: only 'supervised' is")
             if self.method.dpo is not None or self.method.reinforcement is not None:
-                raise unsupported("method", "only `supervised` settings go with method type 'supervised'")
+                raise bad_param("method", "only `supervised` settings go with method type 'supervised'")
             inner = self.method.supervised.hyperparameters if self.method.supervised else None
             if hyper is not None and inner is not None and hyper != inner:
-                raise unsupported("hyperparameters", "differs from method.supervised.hyperparameters: give one")
+                raise bad_param("hyperparameters", "differs from method.supervised.hyperparameters: give one")
             hyper = inner or hyper
         return openai_ft.Request(
             model=self.model,
