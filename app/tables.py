@@ -184,3 +184,20 @@ class Model(Base):
     evaluation: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (Index(None, "tenant_id", "id"),)
+
+
+class FineTune(Base):
+    """What a job created through the OpenAI fine-tuning API was asked with (app.services.openai_ft):
+    the job itself is an ordinary finetune job."""
+
+    __tablename__ = "fine_tunes"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200))  # the base model as the caller named it
+    training_file: Mapped[str] = mapped_column(ID)
+    validation_file: Mapped[str | None] = mapped_column(ID)
+    hyperparameters: Mapped[dict[str, Any]]  # n_epochs, batch_size, learning_rate_multiplier, as resolved
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    user_metadata: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index(None, "tenant_id", "job_id"),)

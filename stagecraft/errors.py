@@ -27,7 +27,8 @@ class APIConnectionError(StagecraftError):
 
 class APIError(StagecraftError):
     """An error response. `code` is the API's machine-readable code (e.g. `invalid_spec`),
-    `details` its list of findings (for a spec: `{loc, message}` with a dotted field path)."""
+    `details` its list of findings (for a spec: `{loc, message}` with a dotted field path),
+    `param` the one field at fault when there is one."""
 
     def __init__(
         self,
@@ -37,6 +38,7 @@ class APIError(StagecraftError):
         details: list[dict[str, Any]] | None = None,
         *,
         retry_after: float | None = None,
+        param: str | None = None,
     ):
         first = (details or [{}])[0]
         where = first.get("loc") or (f"line {first['line']}" if "line" in first else "")
@@ -46,6 +48,7 @@ class APIError(StagecraftError):
         self.status_code, self.code, self.message = status_code, code, message
         self.details: list[dict[str, Any]] = details or []
         self.retry_after = retry_after
+        self.param = param
 
 
 class BadRequestError(APIError):
@@ -121,8 +124,10 @@ def error_from_response(response: httpx.Response) -> APIError:
         body = response.json()
         err = body["error"]
         code, message, details = str(err.get("code", "")), str(err.get("message", "")), err.get("details") or []
+        param = err.get("param") if isinstance(err.get("param"), str) else None
     except (ValueError, KeyError, TypeError, AttributeError):
         code, message, details = "http_error", response.text[:500] or response.reason_phrase, []
+        param = None
     status = response.status_code
     cls = _BY_STATUS.get(status) or (InternalServerError if status >= 500 else APIError)
-    return cls(status, code, message, list(details), retry_after=_retry_after(response))
+    return cls(status, code, message, list(details), retry_after=_retry_after(response), param=param)

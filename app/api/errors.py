@@ -1,5 +1,9 @@
-"""One JSON error shape for every response, `{"error": {"code", "message", "details"}}`: the
-service's own errors (app.errors) and FastAPI's 404/405/422s alike."""
+"""One JSON error shape for every response, `{"error": {"code", "message", "details", "param",
+"type"}}`: the service's own errors (app.errors) and FastAPI's 404/405/422s alike.
+
+`message` names the first problem (a 422's details list them all); `param` is the one field
+at fault, when there is one (OpenAI's error objects have the same `message`, `param`, `type`
+and `code`, so the `openai` client reads ours as its own)."""
 
 from __future__ import annotations
 
@@ -32,13 +36,56 @@ HTTP_CODES = {
 }
 
 
-def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details or []}}
+def error_type(status: int) -> str:
+    """OpenAI's `type` for a status."""
+    return {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+
+
+def _field(loc: str) -> str:
+    """A detail's loc as the parameter a caller wrote: `body.temperature` -> `temperature`."""
+    head, _, rest = loc.partition(".")
+    return rest if head in ("body", "query", "path", "header") and rest else loc
+
+
+def _problem(detail: dict[str, Any]) -> str | None:
+    if "loc" in detail and "message" in detail:
+        return f"{_field(str(detail['loc']))}: {detail['message']}"
+    if "line" in detail and "reason" in detail:
+        where = f"line {detail['line']}: " if detail["line"] else ""
+        return f"{where}{detail.get('field', '')}: {detail['reason']}"
+    return None
+
+
+def param_of(details: list[dict[str, Any]]) -> str | None:
+    """The one field every detail is about, if there is one."""
+    locs = {_field(str(d["loc"])) for d in details if "loc" in d}
+    return locs.pop() if len(locs) == 1 and all("loc" in d for d in details) else None
+
+
+def first_problem(message: str, details: list[dict[str, Any]]) -> str:
+    """`message` led by the first problem of `details` (unless it says that already): the
+    summary alone ("the job spec has 3 error(s)") tells a reader nothing to fix."""
+    first = _problem(details[0]) if details else None
+    if first is None or str(details[0].get("message", details[0].get("reason", ""))) in message:
+        return message
+    return first if len(details) == 1 else f"{first} ({message}; all in details)"
+
+
+def error_body(
+    code: str, message: str, details: list[dict[str, Any]] | None = None, status: int = 400
+) -> dict[str, Any]:
+    details = details or []
+    if status == 422:
+        message = first_problem(message, details)
+    param = param_of(details) if status == 422 else None
+    return {"error": {"code": code, "message": message, "details": details, "param": param, "type": error_type(status)}}
 
 
 def _response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, details, status), status_code=status, headers=headers)
 
 
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -75,7 +122,7 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
             ctx = e.get("ctx", {})
             return _response(400, "invalid_json", f"request body is not valid JSON: {ctx.get('error', e['msg'])}")
         details.append({"loc": loc, "message": e.get("msg", "invalid")})
-    return _response(422, "invalid_request", "the request has invalid fields", details)
+    return _response(422, "invalid_request", f"the request has {len(details)} invalid field(s)", details)
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api import errors, openapi
 from app.api.metrics import PrometheusMiddleware
-from app.api.routes import datasets, events, generate, health, jobs, models, openai
+from app.api.routes import datasets, events, files, fine_tuning, generate, health, jobs, landing, models, openai
 from app.config import Settings, get_settings
 from app.db import get_database
 from app.queue.broker import Broker
@@ -28,7 +29,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.waiters.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc from the fastapi-offline package: no CDN.
+    app = FastAPIOffline(
         title="Stagecraft",
         version="0.1.0",
         summary="Training-as-a-service for language models: pretrain, fine-tune and multi-step optimization.",
@@ -46,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(PrometheusMiddleware)
-    for module in (datasets, jobs, events, models, generate, openai, health):
+    for module in (datasets, jobs, events, models, generate, openai, files, fine_tuning, health, landing):
         app.include_router(module.router)
     app.openapi = lambda: openapi.with_job_spec(app)  # type: ignore[method-assign]
     return app

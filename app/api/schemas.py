@@ -16,8 +16,10 @@ T = TypeVar("T")
 
 class ErrorBody(BaseModel):
     code: str
-    message: str
+    message: str = Field(description="the first problem (with a count when details list more)")
     details: list[dict[str, Any]] = []
+    param: str | None = Field(None, description="the one field at fault, when there is one (as OpenAI's errors)")
+    type: str = Field("invalid_request_error", description="OpenAI's error type for the status")
 
 
 class ErrorResponse(BaseModel):

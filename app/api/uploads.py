@@ -29,6 +29,7 @@ class Upload:
     name: str = ""
     size: int = 0
     sha256: str = ""
+    purpose: str = ""  # the `purpose` part OpenAI's files API sends (routes/files.py)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class _Parts:
     file: IO[bytes] | None = None
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     name_buf: bytearray = field(default_factory=bytearray)
+    purpose_buf: bytearray = field(default_factory=bytearray)
     seen_file: bool = False
 
     def on_part_begin(self) -> None:
@@ -81,6 +83,8 @@ class _Parts:
             self.name_buf += chunk
             if len(self.name_buf) > 4 * MAX_NAME:
                 raise Invalid("name is too long", [{"loc": "name", "message": f"at most {MAX_NAME} characters"}])
+        elif self.current == "purpose" and len(self.purpose_buf) < MAX_NAME:
+            self.purpose_buf += chunk
 
     def on_part_end(self) -> None:
         if self.current == "file" and self.file is not None:
@@ -127,4 +131,5 @@ async def receive_file(request: Request, dest: Path, max_bytes: int) -> Upload:
         raise Invalid("no file in the upload", [{"loc": "file", "message": "a `file` part is required"}])
     upload.name = parts.name_buf.decode("utf-8", "replace").strip()[:MAX_NAME] or upload.filename
     upload.sha256 = parts.hasher.hexdigest()
+    upload.purpose = parts.purpose_buf.decode("utf-8", "replace").strip()
     return upload

@@ -82,7 +82,10 @@ def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -
 
 
 def find(session: Session, settings: Settings, tenant_id: str, ref: str) -> ModelInfo | Checkpoint:
-    """A model id (described) or a checkpoint id (its row); 404 if the tenant has neither."""
+    """A model id (described), a checkpoint id (its row) or a job id (its final model, as the
+    serving routes take it: 409 until the job has succeeded); 404 if the tenant has none."""
+    if ref.startswith("job_"):
+        ref = _job_model(session, tenant_id, ref)
     if ref.startswith("ckpt_"):
         found = checkpoint_of(session, tenant_id, ref)
         if found is None:
@@ -144,20 +147,25 @@ def servable(session: Session, settings: Settings, tenant_id: str, ref: str) -> 
     """The model directory to serve for a model id, checkpoint id or job id (its final model):
     404 if unknown to this tenant, 409 if the job has not succeeded (yet)."""
     if ref.startswith("job_"):
-        job = session.get(Job, ref)
-        if job is None or job.tenant_id != tenant_id:
-            raise NotFound(f"no model '{ref}'")
-        if job.status != "succeeded" or job.model_id is None:
-            raise Conflict(
-                f"job '{ref}' is {job.status}: its model exists once the job has succeeded "
-                "(its checkpoints can be served meanwhile)",
-                code="model_not_ready",
-            )
-        ref = job.model_id
+        ref = _job_model(session, tenant_id, ref)
     found = model_dir(session, settings, tenant_id, ref)
     if found is None:
         raise NotFound(f"no model '{ref}'")
     return found
+
+
+def _job_model(session: Session, tenant_id: str, job_id: str) -> str:
+    """The model id of a succeeded job: 404 if unknown to this tenant, 409 until it has succeeded."""
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"no model '{job_id}'")
+    if job.status != "succeeded" or job.model_id is None:
+        raise Conflict(
+            f"job '{job_id}' is {job.status}: its model exists once the job has succeeded "
+            "(its checkpoints can be served meanwhile)",
+            code="model_not_ready",
+        )
+    return job.model_id
 
 
 def checkpoint_of(session: Session, tenant_id: str, ckpt_id: str) -> tuple[Checkpoint, Job] | None:
@@ -176,14 +184,21 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
     return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
 
 
-def checkpoint_config(settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
-    """The model config of a checkpoint: the one its state.json records, or (older
-    checkpoints) its job's model spec with the vocabulary from the tensors."""
+def _architecture(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
+    """The model shape a job trains: its spec's, or (with init_from) its base model's."""
+    base = (job.spec["model"].get("init_from") or {}).get("model")
+    found = base_config(session, settings, job.tenant_id, base) if base else None
+    return {**job.spec["model"], **(found or {}), "dropout": job.spec["model"]["dropout"]}
+
+
+def checkpoint_config(session: Session, settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
+    """The model config of a checkpoint: the one its state.json records, or (older GPT
+    checkpoints) its job's model shape with the vocabulary from the tensors."""
     state = json.loads((settings.data_dir / ckpt.path / "state.json").read_text())
     if "model" in state:
         return dict(state["model"][state["model"].get("arch", "gpt")])
     shapes = _safetensors_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
-    m = job.spec["model"]
+    m = _architecture(session, settings, job)
     vocab = shapes["model/transformer.wte.weight"][0]
     return {
         "vocab_size": vocab,
@@ -201,7 +216,7 @@ def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) 
         found = checkpoint_of(session, tenant_id, ref)
         if found is None or not (settings.data_dir / found[0].path).is_dir():
             return None
-        return checkpoint_config(settings, *found)
+        return checkpoint_config(session, settings, *found)
     model = session.get(Model, ref)
     if model is None or model.tenant_id != tenant_id:
         return None
@@ -221,11 +236,15 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
     ckpt, job = found
     out = settings.jobs_dir / job.id / EXPORTS / ckpt.id
     if not (out / CONFIG_FILE).exists():  # the first request for it exports it (torch: see the module doc)
-        _export_checkpoint(settings.data_dir / ckpt.path, settings.jobs_dir / job.id / "tokenizer", job, out)
+        tokenizer = settings.jobs_dir / job.id / "tokenizer"
+        base = (job.spec["model"].get("init_from") or {}).get("model")
+        if not tokenizer.is_dir() and base:  # a job from init_from trains no tokenizer: it has its base's
+            tokenizer = model_dir(session, settings, tenant_id, base) or tokenizer
+        _export_checkpoint(settings.data_dir / ckpt.path, tokenizer, job, _architecture(session, settings, job), out)
     return out
 
 
-def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, out: Path) -> None:
+def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, m: dict[str, Any], out: Path) -> None:
     from models import artifact, checkpoint
     from models.gpt import GPTConfig
     from models.tokenizer import Tokenizer
@@ -235,7 +254,6 @@ def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, out: Path)
         return
     tensors, state = checkpoint.load_checkpoint(ckpt_dir)
     weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    m = job.spec["model"]
     vocab = weights["transformer.wte.weight"].shape[0]
     config = GPTConfig(vocab, m["block_size"], m["n_layer"], m["n_head"], m["n_embd"], m["dropout"])
     info = {"name": job.name, "steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values())}

@@ -42,6 +42,9 @@ def test_status_families(status: int, cls: type[stagecraft.APIError]) -> None:
     err = error_from_response(response(status, {"error": {"code": "c", "message": "m", "details": details}}))
     assert type(err) is cls and isinstance(err, stagecraft.APIError)
     assert (err.status_code, err.code, err.message, err.details) == (status, "c", "m", details)
+    assert err.param is None
+    body = {"error": {"code": "c", "message": "m", "details": details, "param": "stages.0.steps"}}
+    assert error_from_response(response(status, body)).param == "stages.0.steps"
 
 
 def test_a_body_that_is_not_the_error_shape() -> None:

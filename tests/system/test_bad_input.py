@@ -32,7 +32,7 @@ def spec(api: Api, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details", "param", "type"}, body
     assert body["error"]["code"] == code and body["error"]["message"], body
     out: dict[str, Any] = body["error"]
     return out
@@ -72,6 +72,14 @@ def test_every_spec_error_is_listed_with_its_field(api: Api, spec: dict[str, Any
     bad["colour"] = "blue"
     err = error(api.http.post(path, json=bad), 422, "invalid_spec")
     assert {"stages.0.stepz", "stages.0.steps", "stages.1.optimizer.lr", "model.dropout", "colour"} <= locs(err)
+    first = err["details"][0]
+    assert err["message"].startswith(f"{first['loc']}: {first['message']} (") and "all in details" in err["message"]
+    assert err["param"] is None  # several fields are at fault
+    one = copy.deepcopy(spec)
+    one["stages"][1]["optimizer"]["lr"] = -1.0
+    err = error(api.http.post(path, json=one), 422, "invalid_spec")
+    assert err["message"] == "stages.1.optimizer.lr: Input should be greater than 0"
+    assert err["param"] == "stages.1.optimizer.lr" and err["type"] == "invalid_request_error"
 
 
 def test_unknown_and_mismatched_datasets_are_named(api: Api, spec: dict[str, Any]) -> None:
@@ -105,6 +113,8 @@ def test_bad_data_lines_are_reported_by_line_and_field(api: Api, tmp_path: Path)
     got = {(d["line"], d["field"]) for d in err["details"]}
     assert {(2, "(line)"), (3, "completion"), (4, "question"), (4, "answer")} <= got
     assert all(d["reason"] for d in err["details"])
+    first = err["details"][0]
+    assert err["message"].startswith(f"line {first['line']}: {first['field']}: {first['reason']} (bad.jsonl: ")
     err = error(api.http.post("/v1/datasets", files={"file": ("data.csv", b"a,b\n")}), 422, "invalid_dataset")
     assert err["details"][0]["line"] == 0
 
@@ -135,7 +145,9 @@ def test_upload_needs_multipart_with_a_file(api: Api) -> None:
 
 
 def test_parameters_routes_and_methods(api: Api) -> None:
-    assert "query.limit" in locs(error(api.http.get("/v1/jobs", params={"limit": 0}), 422, "invalid_request"))
+    err = error(api.http.get("/v1/jobs", params={"limit": 0}), 422, "invalid_request")
+    assert "query.limit" in locs(err) and err["param"] == "limit"
+    assert err["message"] == "limit: Input should be greater than or equal to 1"
     assert "query.status" in locs(error(api.http.get("/v1/jobs", params={"status": "x"}), 422, "invalid_request"))
     error(api.http.get("/v1/jobs/job_nope"), 404, "not_found")
     error(api.http.get("/v1/jobs/job_nope/events"), 404, "not_found")

@@ -30,6 +30,17 @@ ROUTES = {
     ("post", "/v1/completions"),
     ("post", "/v1/chat/completions"),
     ("get", "/v1/jobs/{job_id}/evaluation"),
+    ("post", "/v1/files"),
+    ("get", "/v1/files"),
+    ("get", "/v1/files/{file_id}"),
+    ("get", "/v1/files/{file_id}/content"),
+    ("delete", "/v1/files/{file_id}"),
+    ("post", "/v1/fine_tuning/jobs"),
+    ("get", "/v1/fine_tuning/jobs"),
+    ("get", "/v1/fine_tuning/jobs/{job_id}"),
+    ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"),
+    ("get", "/v1/fine_tuning/jobs/{job_id}/events"),
+    ("get", "/v1/fine_tuning/jobs/{job_id}/checkpoints"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -53,5 +64,7 @@ def test_openapi_documents_every_route(pg_stack: Stack) -> None:
     assert "text/event-stream" in ops[("get", "/v1/jobs/{job_id}/events")]["responses"]["200"]["content"]
     assert "text/event-stream" in ops[("post", "/v1/models/{model_id}/generate")]["responses"]["200"]["content"]
     assert "multipart/form-data" in ops[("post", "/v1/models")]["requestBody"]["content"]
+    assert "multipart/form-data" in ops[("post", "/v1/files")]["requestBody"]["content"]
+    assert doc["components"]["schemas"]["ErrorBody"]["properties"].keys() >= {"code", "message", "param", "type"}
     docs = httpx.get(pg_stack.url + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -143,7 +143,7 @@ def test_unsupported_uploads_are_refused(served: Served, exported: tuple[bytes, 
 def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details", "param", "type"}, body
     assert body["error"]["code"] == code, body
     out: dict[str, Any] = body["error"]
     return out

@@ -64,7 +64,7 @@ async def generate(
                     yield sse.json_message({"text": u.text}, "token")
                 reason, tokens = u.finish_reason or reason, u.tokens
         except ServiceError as exc:
-            yield sse.json_message(error_body(exc.code, exc.message), "error")
+            yield sse.json_message(error_body(exc.code, exc.message, exc.details, exc.status), "error")
             return
         yield sse.json_message(generation(model_id, p, "".join(parts), reason, tokens).model_dump(), "done")
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import DatabaseDep
 from app.api.errors import error_body
 from app.api.metrics import JOBS
+from app.db import Database
 from app.migrate import schema_problem
 from app.services import jobs
 
@@ -32,6 +33,15 @@ def _check_broker(request: Request) -> None:
     responses={503: {"description": "the database or the broker is unreachable, or the schema is not migrated"}},
 )
 async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
+    problems = await readiness_problems(request, db)
+    if problems:
+        body = error_body("not_ready", "a dependency is unreachable or not migrated", problems, 503)
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def readiness_problems(request: Request, db: Database) -> list[dict[str, str]]:
+    """{component, message} for each dependency that is down or not migrated (also the landing page's)."""
     problems = []
 
     def check_db() -> None:
@@ -46,10 +56,7 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
             await run_in_threadpool(check)
         except Exception as exc:
             problems.append({"component": name, "message": str(exc)[:500]})
-    if problems:
-        body = error_body("not_ready", "a dependency is unreachable or not migrated", problems)
-        return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready"})
+    return problems
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

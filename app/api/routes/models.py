@@ -30,11 +30,11 @@ def list_models(tenant_id: TenantDep, session: ReadSession, settings: SettingsDe
     return shape.page(data, more, rows[-1].id if rows else None)
 
 
-@router.get("/{model_id}")
+@router.get("/{model_id}", responses={409: error("`model_not_ready`: a job id whose job has not succeeded")})
 def get_model(
     model_id: str, tenant_id: TenantDep, session: ReadSession, settings: SettingsDep
 ) -> ModelOut | CheckpointOut:
-    """A model id (`model_...`) or a checkpoint id (`ckpt_...`)."""
+    """A model id (`model_...`), a checkpoint id (`ckpt_...`) or a job id (`job_...`: its final model)."""
     found = catalog.find(session, settings, tenant_id, model_id)
     return shape.checkpoint(found) if isinstance(found, Checkpoint) else shape.model(found)
 

@@ -159,7 +159,7 @@ def _streaming(
                 if reason is not None:  # as OpenAI: the finish reason in a chunk of its own
                     yield sse.json_message({**head, "choices": [chunk(i, "", reason)]})
         except ServiceError as exc:
-            yield sse.json_message(error_body(exc.code, exc.message))
+            yield sse.json_message(error_body(exc.code, exc.message, exc.details, exc.status))
             return
         if include_usage:
             prompt = sum(len(p.prompt) for p in choices)
