@@ -3,6 +3,7 @@
     train, generate          app/cli/local.py    (a spec on this machine; generation)
     up, api, worker, migrate app/cli/service.py  (running the service's parts)
     keys ...                 app/cli/keys.py     (API keys, in the database)
+    status                   app/cli/status.py   (is the service at STAGECRAFT_URL ready)
     datasets ...             app/cli/datasets.py (clients of a running service, on the SDK:
     jobs ...                 app/cli/jobs.py      connect.py makes the client, submit.py
     models ...               app/cli/catalog.py   checks a spec and its files before upload)
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import catalog, datasets, jobs, keys, local, service
+from app.cli import catalog, datasets, jobs, keys, local, service, status
 
 cli = typer.Typer(
     help="Stagecraft: train language models from a job spec, locally or as a service.",
@@ -28,6 +29,7 @@ for command, epilog in (
     (service.api, "Example: stagecraft api --host 0.0.0.0 --port 8000"),
     (service.worker, "Example: stagecraft worker --data-dir /srv/stagecraft"),
     (service.up, "Example: stagecraft up --port 8000 --data-dir ~/.stagecraft"),
+    (status.status, "Example: stagecraft up & stagecraft status --wait 60"),
 ):
     cli.command(epilog=epilog)(command)
 cli.add_typer(keys.keys_cli, name="keys")

@@ -20,7 +20,7 @@ from rich.table import Table
 import stagecraft
 from stagecraft.types import APIObject
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 T = TypeVar("T")

@@ -180,7 +180,9 @@ def checkpoints(job_id: JobId, json_: JsonOption = False) -> None:
 def generate_remote(model_id: str, task: str | None, body: dict[str, Any]) -> None:
     """`stagecraft generate MODEL_ID ...` against the service: print the text (streamed
     piece by piece with `stream`)."""
-    sampling: dict[str, Any] = {k: body.get(k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")}
+    sampling: dict[str, Any] = {
+        k: body.get(k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+    }
     with connect() as c:
         if task == "translate":
             langs = {"source_lang": body["source_lang"], "target_lang": body["target_lang"]}

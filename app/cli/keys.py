@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 keys_cli = typer.Typer(
     help="API keys, in the service's database (STAGECRAFT_DATABASE_URL or --data-dir).", no_args_is_help=True
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @contextmanager

@@ -14,18 +14,13 @@ import typer
 from rich.console import Console
 
 from app.cli.display import RunDisplay, summary_table
-from app.cli.specfile import checked_spec, print_data_error, read_raw
+from app.cli.specfile import checked_spec, local_data, print_data_error, read_raw
 from models import events
 from models.errors import DataError, StagecraftError
 from models.records import TASK_INPUTS, task_prompt
 from models.spec import JobSpec
 
-err = Console(stderr=True)
-
-
-def load_spec_file(path: Path) -> JobSpec:
-    """Read a YAML or JSON spec; on any problem print every error with its field path and exit 2."""
-    return checked_spec(read_raw(path), path)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def refuse_out(out: Path, spec: JobSpec, resume: bool) -> None:
@@ -85,9 +80,11 @@ def train(
     """
     from models.pipeline import Stopped, run  # torch loads here, not for every command
 
-    spec = load_spec_file(spec_path)
+    raw = read_raw(spec_path)
+    spec = checked_spec(raw, spec_path)
     base = spec_path.resolve().parent
     refuse_out(out, spec, resume)
+    local_data(raw, base)  # every bad line of every file, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     stop = {"requested": False}
 

@@ -16,7 +16,7 @@ from models.errors import DataError
 from models.records import load_file
 from models.spec import JobSpec, MultistepStage, SpecError, parse_spec
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 DATA_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -68,6 +68,7 @@ class LocalData:
     """A `data.NAME.dataset` that names a file on this machine."""
 
     name: str
+    given: str  # the path as the spec writes it
     path: Path
     kind: str
     sha256: str
@@ -94,7 +95,7 @@ def local_data(raw: dict[str, Any], base: Path) -> dict[str, LocalData]:
             print_data_error(exc)
             bad += 1
             continue
-        found[name] = LocalData(name, path, parsed.kind, hashlib.sha256(path.read_bytes()).hexdigest())
+        found[name] = LocalData(name, value, path, parsed.kind, hashlib.sha256(path.read_bytes()).hexdigest())
     if bad:
         raise typer.Exit(2)
     return found

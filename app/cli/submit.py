@@ -49,7 +49,7 @@ def prepared(path: Path, c: stagecraft.Client) -> tuple[dict[str, Any], dict[str
     for name, data in local.items():
         reuse = have.get(data.sha256)
         if reuse is not None and reuse.kind == data.kind:
-            err.print(f"data.{name}: {data.path.name} is already uploaded as {reuse.id} (same sha256), reusing it")
+            err.print(f"data.{name}: reusing {reuse.id} for {data.given} (already uploaded: same sha256)")
             raw["data"][name]["dataset"] = reuse.id
         else:
             pending[name] = data
@@ -75,7 +75,7 @@ def upload_pending(c: stagecraft.Client, raw: dict[str, Any], pending: dict[str,
     for name, data in pending.items():
         d = c.datasets.upload(data.path)
         what = "supervised records" if d.kind == "records" else "texts"
-        err.print(f"data.{name}: uploaded {data.path.name} as {d.id} ({d.num_records} {what})")
+        err.print(f"data.{name}: uploaded {data.given} as {d.id} ({d.num_records} {what})")
         raw["data"][name]["dataset"] = d.id
 
 
