@@ -130,7 +130,7 @@ def test_submit_reuses_datasets_by_sha256_then_wait_and_cancel(
     assert len(after_first - before) == 1
     second = run_cli("jobs", "submit", str(spec), "--json", env=env, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "uploaded" not in second.stderr and second.stderr.count("reusing") == 2
+    assert ": uploaded" not in second.stderr and second.stderr.count(": reusing ds_") == 2
     assert dataset_ids(served) == after_first, "the second submit uploaded nothing"
     job2 = json.loads(second.stdout)
     job1 = first.stdout.strip()
