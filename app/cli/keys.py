@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,13 +65,21 @@ def keys_create(
 def keys_list(
     tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
     data_dir: DataDir = None,
+    json_: Annotated[bool, typer.Option("--json", help="print the keys as JSON (for scripts)")] = False,
 ) -> None:
     """List keys: id, tenant, the key's first characters, creation time (keys themselves are not stored)."""
     from app.services import auth
 
     with migrated(data_dir, write=False) as session:
-        for key, tenant_name in auth.list_keys(session, tenant):
-            print(f"{key.id}\t{tenant_name}\t{key.prefix}...\t{key.created_at.isoformat(timespec='seconds')}")
+        rows = [
+            {"id": k.id, "tenant": t, "prefix": k.prefix, "created_at": k.created_at.isoformat(timespec="seconds")}
+            for k, t in auth.list_keys(session, tenant)
+        ]
+    if json_:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['id']}\t{r['tenant']}\t{r['prefix']}...\t{r['created_at']}")
 
 
 @keys_cli.command("revoke", epilog="Example: stagecraft keys revoke sk-sc-X1uOUn...")
