@@ -119,6 +119,7 @@ def test_submit_reuses_datasets_by_sha256_then_wait_and_cancel(
     spec = write_spec(tmp_path, Path("corpus.txt"), Path("pairs.jsonl"))
     raw = yaml.safe_load(spec.read_text())
     raw["tokenizer"]["vocab_size"] = 300
+    raw["stages"][0]["steps"] = 5000  # long enough to be cancelled while it runs
     spec.write_text(yaml.safe_dump(raw))
     env = client_env(served)
     before = dataset_ids(served)
@@ -135,13 +136,15 @@ def test_submit_reuses_datasets_by_sha256_then_wait_and_cancel(
     job2 = json.loads(second.stdout)
     job1 = first.stdout.strip()
     assert job2["spec"]["data"] == cli_json(served, "jobs", "show", job1)["spec"]["data"]
-    cancelled = cli_json(served, "jobs", "cancel", job2["id"])
-    assert cancelled["status"] in ("cancelled", "cancelling")
-    waited = run_cli("jobs", "wait", job1, "-q", env=env, timeout=300)
-    assert waited.returncode == 0, waited.stderr[-3000:]
-    assert waited.stdout.strip() == cli_json(served, "jobs", "show", job1)["model_id"]
-    ended = run_cli("jobs", "wait", job2["id"], env=env, timeout=300)
-    assert ended.returncode == 1 and "cancelled" in ended.stderr
+    queued = cli_json(served, "jobs", "cancel", job2["id"])  # behind job 1: ends at once
+    assert queued["status"] == "cancelled", queued
+    running = cli_json(served, "jobs", "cancel", job1)
+    assert running["status"] in ("cancelled", "cancelling"), running
+    for job_id in (job1, job2["id"]):
+        ended = run_cli("jobs", "wait", job_id, env=env, timeout=300)
+        assert ended.returncode == 1 and f"job {job_id} ended cancelled" in ended.stderr, ended.stderr[-2000:]
+    done = run_cli("jobs", "wait", served.job["id"], "-q", env=env)
+    assert done.returncode == 0 and done.stdout.strip() == served.model_id, done.stderr
 
 
 def test_submit_reports_every_bad_line_of_every_file_and_uploads_nothing(served: Served, tmp_path: Path) -> None:
