@@ -17,11 +17,7 @@ def status(
 ) -> None:
     """Whether the service answers and is ready (database migrated, broker reachable). Exits 0
     when ready, 1 otherwise."""
-    try:
-        client, key = stagecraft.Client(max_retries=0), "found"
-    except stagecraft.ConfigurationError as exc:
-        client, key = stagecraft.Client(api_key="-", max_retries=0), f"missing ({exc})"
-    with client:
+    with stagecraft.Client(api_key="-", max_retries=0) as client:  # readiness needs no key
         try:
             client.wait_until_ready(timeout=wait)
             ready, problem = True, ""
@@ -29,6 +25,11 @@ def status(
             ready, problem = False, f"cannot reach it ({exc})"
         except stagecraft.APIError as exc:
             ready, problem = False, "; ".join(f"{d.get('component')}: {d.get('message')}" for d in exc.details)
+    try:  # looked for once the service is up: `up` writes its key file on its first start
+        stagecraft.Client().close()
+        key = "found"
+    except stagecraft.ConfigurationError as exc:
+        key = f"missing ({exc})"
     if json_:
         print_json({"url": client.url, "ready": ready, "problem": problem or None, "api_key": key})
     else:

@@ -46,8 +46,9 @@ def readme_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def shrink(raw: dict[str, Any]) -> dict[str, Any]:
-    """The example spec at a few seconds' size: its stages, phases and data unchanged."""
-    raw["model"] = {"arch": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0}
+    """The example spec at a few seconds' size: its stages, phases, data and trainable parts
+    unchanged (4 layers, as `blocks.2-3` needs)."""
+    raw["model"] = {"arch": "gpt", "n_layer": 4, "n_head": 2, "n_embd": 32, "block_size": 64, "dropout": 0.0}
     raw["tokenizer"]["vocab_size"] = 512
     for stage in raw["stages"]:
         stage["batch_size"] = 4
