@@ -239,7 +239,7 @@ def parse_spec(raw: Any) -> JobSpec:
         for e in errors:
             if e["loc"] == "model.arch" and e["message"].startswith("Input should be"):
                 e["message"] = "Input should be 'gpt' or 'llama'"
-        raise SpecError(errors) from None
+        raise SpecError(errors + _raw_reference_errors(raw, {e["loc"] for e in errors})) from None
     problems = cross_field_errors(spec)
     if problems:
         raise SpecError(problems)
@@ -346,3 +346,26 @@ def adapter_errors(spec: JobSpec, base_arch: str | None = None) -> list[dict[str
         else:
             first[name] = (loc, a)
     return errors
+
+
+def _raw_reference_errors(raw: Any, reported: set[str]) -> list[dict[str, str]]:
+    """The name checks of cross_field_errors, run on the raw mapping when fields are invalid
+    too, so one pass reports both (fields already reported are skipped)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+        return []
+    known = sorted(str(k) for k in raw["data"])
+    refs: list[tuple[str, Any]] = []
+    tok, stages = raw.get("tokenizer"), raw.get("stages")
+    if isinstance(tok, dict) and isinstance(tok.get("train_on"), list):
+        refs += [(f"tokenizer.train_on.{i}", n) for i, n in enumerate(tok["train_on"])]
+    for i, st in enumerate(stages if isinstance(stages, list) else []):
+        phases = st.get("phases") if isinstance(st, dict) else None
+        parts = [(f"stages.{i}.phases.{j}", p) for j, p in enumerate(phases)] if isinstance(phases, list) else []
+        for loc, part in parts or [(f"stages.{i}", st)]:
+            if isinstance(part, dict) and "data" in part:
+                refs.append((f"{loc}.data", part["data"]))
+    return [
+        {"loc": loc, "message": f"unknown data name '{name}' (known: {', '.join(known)})"}
+        for loc, name in refs
+        if isinstance(name, str) and name not in raw["data"] and loc not in reported
+    ]

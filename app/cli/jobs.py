@@ -1,183 +1,199 @@
-"""`stagecraft jobs submit | list | show | events | cancel`: a client of a running service
-(STAGECRAFT_URL, STAGECRAFT_API_KEY)."""
+"""`stagecraft jobs ...`: a client of a running service, built on the SDK (`stagecraft.Client`).
+validate and submit are in submit.py; the rest here."""
 
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
-import yaml
-from rich.console import Console
-from rich.table import Table
 
+import stagecraft
+from app.cli import submit as submitting
+from app.cli.connect import JsonOption, connect, err, out, print_fields, print_json, print_table, take, when
 from app.cli.display import RunDisplay
-from app.client import ApiError, Client
-from app.config import get_settings
-from models.spec import parse_spec
+from models.spec import SpecError, parse_spec
+from stagecraft.types import Job
 
-jobs_cli = typer.Typer(help="Jobs on a running service (STAGECRAFT_URL, STAGECRAFT_API_KEY).", no_args_is_help=True)
-err = Console(stderr=True)
-out = Console()
+jobs_cli = typer.Typer(
+    help="Jobs on a running service (STAGECRAFT_URL; the key from STAGECRAFT_API_KEY or `up`'s key file).",
+    no_args_is_help=True,
+)
+jobs_cli.command("validate", epilog=submitting.VALIDATE_EPILOG)(submitting.validate)
+jobs_cli.command("submit", epilog=submitting.SUBMIT_EPILOG)(submitting.submit)
 
-JobId = Annotated[str, typer.Argument(metavar="JOB", help="a job id")]
+JobId = Annotated[str, typer.Argument(metavar="JOB", help="a job id (job_...)")]
 
 
-@contextmanager
-def client() -> Iterator[Client]:
-    settings = get_settings()
-    if not settings.api_key:
-        err.print("[red]error:[/red] set STAGECRAFT_API_KEY (from `stagecraft keys create --tenant NAME`)")
-        raise typer.Exit(2)
-    c = Client(settings.url, settings.api_key)
+def job_fields(j: Job) -> dict[str, object]:
+    stage = f"{j.stage.index} {j.stage.name}" if j.stage else None
+    error = f"{j.error.code}: {j.error.message}" if j.error else None
+    return {"id": j.id, "name": j.name, "status": j.status, "stage": stage, "step": f"{j.step}/{j.total_steps}"} | {
+        "model": j.model_id, "error": error, "attempt": j.attempt, "created": when(j.created_at),
+        "started": when(j.started_at), "finished": when(j.finished_at),
+    }  # fmt: skip
+
+
+def follow_to_end(c: stagecraft.Client, job_id: str, quiet: bool = False) -> Job:
+    """Follow a job (progress bars on stderr unless quiet) to its end; exit 1 unless it succeeded."""
+    job = c.jobs.retrieve(job_id)
     try:
-        yield c
-    except ApiError as exc:
-        err.print(f"[red]error ({exc.status} {exc.code}):[/red] {exc.message}")
-        for d in exc.details:
-            where = d.get("loc") or (f"line {d['line']}, {d.get('field')}" if "line" in d else "")
-            err.print(f"  {where}: {d.get('message') or d.get('reason')}")
-        raise typer.Exit(1) from None
-    except httpx.TransportError as exc:
-        err.print(f"[red]error:[/red] cannot reach {settings.url}: {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        c.close()
-
-
-def upload_local_files(c: Client, raw: dict[str, Any], base: Path, say: Callable[[str], None]) -> None:
-    """Replace every `data.*.dataset` that names a local file with the id of its upload."""
-    for ref in (raw.get("data") or {}).values():
-        value = ref.get("dataset") if isinstance(ref, dict) else None
-        if not isinstance(value, str):
-            continue
-        path = (base / value).expanduser()
-        if path.is_file():
-            ds = c.upload(path)
-            what = "supervised records" if ds["kind"] == "records" else "lines of text"
-            say(f"uploaded {value} as {ds['id']} ({ds['num_records']} {what})")
-            ref["dataset"] = ds["id"]
-
-
-def follow(c: Client, job: dict[str, Any]) -> str:
-    """Show a job's progress from its event stream; returns its final event type."""
-    final = ""
-    with RunDisplay(parse_spec(job["spec"]), err) as display:
-        for event in c.events(job["id"]):
-            display(event)
-            final = event["type"]
-            if final == "job.failed":
-                err.print(f"[red]failed ({event['data'].get('code')}):[/red] {event['data'].get('message')}")
-    return final
-
-
-@jobs_cli.command("submit")
-def submit(
-    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="job spec, YAML or JSON")],
-    wait: Annotated[bool, typer.Option("--wait", help="follow the job to its end with a progress bar")] = False,
-) -> None:
-    """Submit a spec. Datasets given as local file paths (relative to the spec) are uploaded first."""
-    try:
-        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        err.print(f"[red]error:[/red] cannot read {spec_path}: {exc}")
-        raise typer.Exit(2) from None
-    if not isinstance(raw, dict):
-        err.print(f"[red]error:[/red] {spec_path} is not a mapping")
-        raise typer.Exit(2)
-    with client() as c:
-        upload_local_files(c, raw, spec_path.resolve().parent, err.print)
-        job = c.request("POST", "/v1/jobs", json=raw, headers={"Idempotency-Key": uuid.uuid4().hex})
-        print(job["id"])
-        if not wait:
-            return
-        try:
-            final = follow(c, job)
-        except KeyboardInterrupt:
-            err.print(f"\nstopped following; the job goes on (stagecraft jobs events {job['id']} --follow)")
-            raise typer.Exit(130) from None
-        job = c.request("GET", f"/v1/jobs/{job['id']}")
-    if final != "job.succeeded":
-        err.print(f"job {job['id']} ended {job['status']}")
+        if quiet:
+            job = c.jobs.wait(job_id)
+        else:
+            try:
+                spec = parse_spec(job.spec)
+            except SpecError:  # a spec this CLI does not know (a newer server): events as lines
+                job = c.jobs.wait(job_id, on_event=lambda e: err.print(e.type, e.step, highlight=False))
+            else:
+                with RunDisplay(spec, err) as display:
+                    job = c.jobs.wait(job_id, on_event=lambda e: display(e.to_dict()))
+    except KeyboardInterrupt:
+        err.print(f"\nstopped following; the job goes on (stagecraft jobs wait {job_id})")
+        raise typer.Exit(130) from None
+    if job.status != "succeeded":
+        reason = f" ({job.error.code}: {job.error.message})" if job.error else ""
+        err.print(f"[red]job {job.id} ended {job.status}[/red]{reason}", highlight=False)
         raise typer.Exit(1)
-    err.print(f"job {job['id']} succeeded: model {job['model_id']}")
+    if not quiet:
+        err.print(f"job {job.id} succeeded: model {job.model_id}", highlight=False)
+    return job
 
 
-@jobs_cli.command("list")
+@jobs_cli.command("wait", epilog="Example: MODEL=$(stagecraft jobs wait $JOB -q)   # the model id, once it succeeds")
+def wait(
+    job_id: JobId,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress; print only the model id")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Follow a job to its end (progress on stderr). Exits 0 if it succeeded, 1 otherwise."""
+    with connect() as c:
+        job = follow_to_end(c, job_id, quiet or json_)
+    if json_:
+        print_json(job)
+    elif quiet:
+        print(job.model_id)
+
+
+@jobs_cli.command("list", epilog="Example: stagecraft jobs list --status running --json")
 def list_jobs(
     status: Annotated[str | None, typer.Option(help="only jobs with this status")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 20,
+    json_: JsonOption = False,
 ) -> None:
     """The newest jobs."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
-    with client() as c:
-        page = c.request("GET", "/v1/jobs", params=params)
-    table = Table("id", "name", "status", "progress", "created")
-    for j in page["data"]:
-        table.add_row(j["id"], j["name"], j["status"], f"{j['progress']:.0%}", j["created_at"][:19])
-    out.print(table)
+    with connect() as c:
+        found = take(c.jobs.list(status=status, limit=min(limit, 100)), limit)
+    if json_:
+        print_json(found)
+        return
+    rows = [[j.id, j.name, j.status, f"{j.step}/{j.total_steps}", j.model_id or "", when(j.created_at)] for j in found]
+    print_table(["id", "name", "status", "step", "model", "created"], rows)
 
 
-@jobs_cli.command("show")
-def show(job_id: JobId) -> None:
-    """A job as JSON."""
-    with client() as c:
-        print(json.dumps(c.request("GET", f"/v1/jobs/{job_id}"), indent=2))
+@jobs_cli.command(
+    "show",
+    epilog="Example: MODEL=$(stagecraft jobs show $JOB -q)   # or: stagecraft jobs show $JOB --json | "
+    "python -c \"import json,sys; print(json.load(sys.stdin)['model_id'])\"",
+)
+def show(
+    job_id: JobId,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="print only the model id (empty until it succeeds)")
+    ] = False,
+    json_: JsonOption = False,
+) -> None:
+    """A job: status, step, model id, error (with --json every field, the spec included)."""
+    with connect() as c:
+        job = c.jobs.retrieve(job_id)
+    if json_:
+        print_json(job)
+    elif quiet:
+        print(job.model_id or "")
+    else:
+        print_fields(job_fields(job))
 
 
-@jobs_cli.command("events")
+@jobs_cli.command("events", epilog="Example: stagecraft jobs events $JOB --follow")
 def events(
     job_id: JobId,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
     after: Annotated[int, typer.Option(min=0, help="only events after this seq")] = 0,
 ) -> None:
     """A job's events, one JSON object per line."""
-    with client() as c:
-        if follow_:
-            for event in c.events(job_id, after):
-                print(json.dumps(event), flush=True)
-            return
-        while True:
-            page = c.request("GET", f"/v1/jobs/{job_id}/events", params={"after": after, "limit": 1000})
-            for event in page["data"]:
-                print(json.dumps(event))
-            if not page["has_more"]:
-                return
-            after = int(page["next_cursor"])
+    with connect() as c:
+        for event in c.jobs.events(job_id, after=after, follow=follow_, limit=1000):
+            print(json.dumps(event.to_dict()), flush=True)
 
 
-@jobs_cli.command("cancel")
-def cancel(job_id: JobId) -> None:
+@jobs_cli.command("cancel", epilog="Example: stagecraft jobs cancel $JOB")
+def cancel(job_id: JobId, json_: JsonOption = False) -> None:
     """Cancel a job (a running one stops at its next step)."""
-    with client() as c:
-        job = c.request("POST", f"/v1/jobs/{job_id}/cancel")
-    err.print(f"job {job_id}: {job['status']}")
+    with connect() as c:
+        job = c.jobs.cancel(job_id)
+    if json_:
+        print_json(job)
+    else:
+        err.print(f"job {job_id}: {job.status}")
 
 
-TASK_ROUTES = {
-    "translate": ("translate", "translation"),
-    "qa": ("answer", "answer"),
-    "summarize": ("summarize", "summary"),
-}
+@jobs_cli.command("metrics", epilog="Example: stagecraft jobs metrics $JOB --json")
+def metrics(job_id: JobId, json_: JsonOption = False) -> None:
+    """Every series the job recorded (train.loss, train.lr, eval.DATA.METRIC, ...): its
+    points, last step and value."""
+    with connect() as c:
+        result = c.jobs.metrics(job_id)
+    if json_:
+        print_json(result)
+        return
+    rows = [[name, len(pts), pts[-1][0], f"{pts[-1][1]:.6g}"] for name, pts in result.series.items() if pts]
+    print_table(["series", "points", "last step", "last value"], rows)
+
+
+@jobs_cli.command("evaluation", epilog="Example: stagecraft jobs evaluation $JOB --json")
+def evaluation(job_id: JobId, json_: JsonOption = False) -> None:
+    """The evaluation report: each stage's validation metrics and the final ones."""
+    with connect() as c:
+        report = c.jobs.evaluation(job_id)
+    if json_:
+        print_json(report)
+        return
+    rows: list[list[Any]] = []
+    for st in report.stages:
+        rows += [[st.name, st.step, data, m, f"{v:.4f}"] for data, ms in st.metrics.items() for m, v in ms.items()]
+    rows += [["final", "", data, m, f"{v:.4f}"] for data, ms in report.final.items() for m, v in ms.items()]
+    out.print(f"job {report.job_id}: {report.status}, model {report.model_id or '-'}", highlight=False)
+    print_table(["stage", "step", "data", "metric", "value"], rows)
+
+
+@jobs_cli.command("checkpoints", epilog="Example: stagecraft jobs checkpoints $JOB   # ids usable as init_from")
+def checkpoints(job_id: JobId, json_: JsonOption = False) -> None:
+    """The job's kept checkpoints, oldest first; each id can be served or used as `init_from`."""
+    with connect() as c:
+        found = c.jobs.checkpoints(job_id)
+    if json_:
+        print_json(found)
+        return
+    print_table(["id", "step", "stage", "created"], [[k.id, k.step, k.stage or "", when(k.created_at)] for k in found])
 
 
 def generate_remote(model_id: str, task: str | None, body: dict[str, Any]) -> None:
     """`stagecraft generate MODEL_ID ...` against the service: print the text (streamed
-    token by token with `stream` in the body)."""
-    with client() as c:
-        if task is not None:
-            route, key = TASK_ROUTES[task]
-            print(c.request("POST", f"/v1/models/{model_id}/{route}", json=body)[key])
+    piece by piece with `stream`)."""
+    sampling: dict[str, Any] = {
+        k: body.get(k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop")
+    }
+    with connect() as c:
+        if task == "translate":
+            langs = {"source_lang": body["source_lang"], "target_lang": body["target_lang"]}
+            print(c.models.translate(model_id, body["text"], **langs, **sampling).translation)
+        elif task == "qa":
+            print(c.models.answer(model_id, body["question"], body["context"], **sampling).answer)
+        elif task == "summarize":
+            print(c.models.summarize(model_id, body["text"], **sampling).summary)
         elif not body.get("stream"):
-            print(c.request("POST", f"/v1/models/{model_id}/generate", json=body)["text"])
+            print(c.models.generate(model_id, body["prompt"], **sampling).text)
         else:
-            for piece in c.generate_stream(model_id, body):
+            for piece in c.models.stream(model_id, body["prompt"], **sampling):
                 print(piece, end="", flush=True)
             print()

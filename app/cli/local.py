@@ -11,35 +11,37 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 
 from app.cli.display import RunDisplay, summary_table
+from app.cli.specfile import checked_spec, local_data, print_data_error, read_raw
 from models import events
-from models.errors import StagecraftError
+from models.errors import DataError, StagecraftError
 from models.records import TASK_INPUTS, task_prompt
-from models.spec import JobSpec, SpecError, parse_spec
+from models.spec import JobSpec
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
-def load_spec_file(path: Path) -> JobSpec:
-    """Read a YAML or JSON spec; on any problem print every error with its field path and exit 2."""
+def refuse_out(out: Path, spec: JobSpec, resume: bool) -> None:
+    """Exit 2, writing nothing there, when --out holds another run (or, with --resume, a
+    run of a different spec)."""
+    spec_file = out / "spec.json"
+    if out.exists() and not out.is_dir():
+        err.print(f"[red]error:[/red] --out {out} is a file, not a run directory")
+        raise typer.Exit(2)
+    if not spec_file.exists():
+        return
+    if not resume:
+        err.print(f"[red]error:[/red] {out} already holds a run: add --resume to continue it, or choose another --out")
+        raise typer.Exit(2)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        err.print(f"[red]error:[/red] cannot read {path}: {exc.strerror}")
-        raise typer.Exit(2) from None
-    except yaml.YAMLError as exc:
-        err.print(f"[red]error:[/red] {path} is not valid YAML/JSON: {exc}")
-        raise typer.Exit(2) from None
-    try:
-        return parse_spec(raw)
-    except SpecError as exc:
-        err.print(f"[red]error:[/red] invalid spec {path}:")
-        for e in exc.errors:
-            err.print(f"  {e['loc']}: {e['message']}")
-        raise typer.Exit(2) from None
+        same = json.loads(spec_file.read_text(encoding="utf-8")) == spec.model_dump(mode="json")
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        err.print(f"[red]error:[/red] {out} holds a run of a different spec; --resume needs the same spec")
+        raise typer.Exit(2)
 
 
 class EventLog:
@@ -78,8 +80,11 @@ def train(
     """
     from models.pipeline import Stopped, run  # torch loads here, not for every command
 
-    spec = load_spec_file(spec_path)
+    raw = read_raw(spec_path)
+    spec = checked_spec(raw, spec_path)
     base = spec_path.resolve().parent
+    refuse_out(out, spec, resume)
+    local_data(raw, base)  # every bad line of every file, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     stop = {"requested": False}
 
@@ -112,7 +117,10 @@ def train(
             code = exc.code
             log.job("job.failed", log.step, {"code": code, "message": str(exc)})
             display.progress.stop()
-            err.print(f"[red]error ({code}):[/red] {exc}")
+            if isinstance(exc, DataError):
+                print_data_error(exc)
+            else:
+                err.print(f"[red]error ({code}):[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
         else:
             log.job("job.succeeded", result.steps, {"model_dir": str(result.model_dir)})
@@ -120,7 +128,12 @@ def train(
             signal.signal(signal.SIGINT, previous)
             log.close()
     err.print(summary_table(result.evaluation))
-    err.print(f"model: {result.model_dir}  ({result.steps} steps in {time.monotonic() - started:.0f} s)")
+    ran = result.steps - display.resumed_from
+    resumed = f", resumed at step {display.resumed_from}" if display.resumed_from else ""
+    took = time.monotonic() - started
+    err.print(
+        f"model: {result.model_dir}  ({ran} steps in {took:.0f} s{resumed}; {result.steps} in all)", highlight=False
+    )
 
 
 SERVED_IDS = ("model_", "ckpt_", "job_")

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
@@ -86,14 +87,14 @@ def up(
     settings = settings_for(data_dir)
     upgrade(settings.db_url)
     db = get_database(settings.db_url)
+    key_file = settings.data_dir / "api_key"
     with db.write() as session:
         if session.query(ApiKey).first() is None:
             key = auth.create_key(session, "local")
             session.commit()
-            key_file = settings.data_dir / "api_key"
             key_file.write_text(key + "\n")
             key_file.chmod(0o600)
-            err.print(f"created an API key for tenant 'local' (also in {key_file}):\n  {key}")
+            err.print(f"created an API key for tenant 'local' (also in {key_file})")
     server = _serve(settings, host, port)
     proc = subprocess.Popen(worker_argv(settings.queue))
 
@@ -104,6 +105,7 @@ def up(
 
     threading.Thread(target=watch_worker, daemon=True).start()
     err.print(f"stagecraft is up on http://{host}:{port} (data in {settings.data_dir}); Ctrl-C stops it")
+    print(export_line(host, port, key_file), file=sys.stderr, flush=True)
     # uvicorn re-raises the signal that stopped it; SIGTERM must end up here too, not kill us
     # before the worker is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -122,6 +124,19 @@ def up(
     if proc.returncode != 0:
         err.print(f"[red]the worker exited with {proc.returncode}[/red]")
         raise typer.Exit(1)
+
+
+def export_line(host: str, port: int, key_file: Path) -> str:
+    """The shell line that points clients in other terminals at this service (printed plainly:
+    a console would wrap it). Clients with the same STAGECRAFT_DATA_DIR find the key anyway."""
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    try:
+        key = key_file.read_text(encoding="utf-8").strip()
+    except OSError:
+        key = ""
+    if not key:
+        return f"export STAGECRAFT_URL={url}   # and STAGECRAFT_API_KEY from `stagecraft keys create --tenant NAME`"
+    return f"export STAGECRAFT_URL={url} STAGECRAFT_API_KEY={key}"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

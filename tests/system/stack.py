@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import yaml
 
-from app.client import FINAL, parse_sse
+from models.events import FINAL
+from stagecraft._sse import parse as parse_sse
 from tests.conftest import BASE_SPEC, NAMES, SHARED_EXAMPLES, corpus_texts, record_objects, write_jsonl
 from tests.system.processes import Proc, run_cli, stagecraft, wait_ready
 
@@ -118,7 +119,7 @@ class Api:
         ) as r:
             assert r.status_code == 200, r.read()
             assert r.headers["content-type"].startswith("text/event-stream")
-            for msg in parse_sse(r.iter_lines()):
+            for msg in map(vars, parse_sse(r.iter_lines())):
                 event: dict[str, Any] = json.loads(msg["data"])
                 assert int(msg["id"]) == event["seq"] and msg["event"] == event["type"]
                 yield event

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.client import parse_sse
 from models import artifact, records
 from models.generate import Sampling, complete
 from models.gpt import GPT
 from models.tokenizer import Tokenizer
+from stagecraft._sse import parse as parse_sse
 from tests.system.processes import run_cli
 from tests.system.stack import Served
 
@@ -71,7 +71,7 @@ def stream(served: Served, body: dict[str, Any]) -> list[dict[str, str]]:
         api.http.stream("POST", f"/v1/models/{served.model_id}/generate", json={**body, "stream": True}) as r,
     ):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        return list(parse_sse(r.iter_lines()))
+        return [vars(m) for m in parse_sse(r.iter_lines())]
 
 
 def test_checkpoints_are_servable(served: Served) -> None:

@@ -83,8 +83,9 @@ def test_jobs_client_commands(up: Up, tmp_path: Path, example_dir: Path) -> None
     submit = run_cli("jobs", "submit", "spec.yaml", "--wait", env=env, cwd=tmp_path, timeout=300)
     assert submit.returncode == 0, submit.stderr[-3000:]
     job_id = submit.stdout.strip()
-    assert job_id.startswith("job_") and "uploaded data/corpus.txt" in submit.stderr and "succeeded" in submit.stderr
-    shown = json.loads(run_cli("jobs", "show", job_id, env=env).stdout)
+    sent = "uploaded data/corpus.txt" in submit.stderr or "for data/corpus.txt (already uploaded" in submit.stderr
+    assert job_id.startswith("job_") and sent and "succeeded" in submit.stderr
+    shown = json.loads(run_cli("jobs", "show", job_id, "--json", env=env).stdout)
     assert shown["status"] == "succeeded" and shown["spec"]["data"]["corpus"]["dataset"].startswith("ds_")
     assert job_id in run_cli("jobs", "list", "--status", "succeeded", env=env).stdout
     lines = run_cli("jobs", "events", job_id, env=env).stdout.splitlines()
@@ -96,4 +97,4 @@ def test_jobs_client_commands(up: Up, tmp_path: Path, example_dir: Path) -> None
     bad_spec = tmp_path / "bad.yaml"
     bad_spec.write_text(yaml.safe_dump({**spec, "seed": -1}))
     bad = run_cli("jobs", "submit", str(bad_spec), env=env, cwd=tmp_path)
-    assert bad.returncode == 1 and "seed" in bad.stderr
+    assert bad.returncode == 2 and "seed" in bad.stderr  # refused by the local check, before any upload

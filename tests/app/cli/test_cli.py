@@ -191,6 +191,9 @@ def test_sigint_then_resume_gives_the_same_weights(project: Project, trained: Pa
 
     proc2 = cli("train", project.spec, "--out", out, "--resume")
     assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert (
+        f"({TOTAL - stopped} steps in " in proc2.stderr and f"resumed at step {stopped}; {TOTAL} in all" in proc2.stderr
+    )
     events = read_events(out)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert {e["type"] for e in events} <= EVENT_TYPES
