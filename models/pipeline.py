@@ -29,6 +29,9 @@ from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
 EventSink = Callable[[events.Event], None]
+# Given a staged checkpoint, its final directory and its `checkpoint.saved` event: make it
+# resumable (register it, move it into place, emit the event) or raise to stop the run.
+PublishHook = Callable[[Path, Path, events.Event], None]
 
 
 class Stopped(Exception):
@@ -54,8 +57,13 @@ class Pipeline:
         on_event: EventSink | None,
         should_stop: Callable[[], bool] | None,
         resolve: Callable[[str], Path],
+        publish: PublishHook | None = None,
+        staging: Path | None = None,
     ):
         self.spec, self.workdir = spec, workdir
+        # With a publish hook, checkpoints and the final model are written under `staging`
+        # (one run's own folder) and only the hook moves them where others read them.
+        self.publish, self.staging = publish, staging or workdir
         self.on_event = on_event or (lambda e: None)
         self.should_stop = should_stop or (lambda: False)
         self.resolve = resolve
@@ -178,12 +186,16 @@ class Pipeline:
             "evaluations": self.evaluations,
         }
         keep = self.spec.checkpointing.keep_last
+        seg = self.segments[min(seg_i, len(self.segments) - 1)]
+        if self.publish is not None:
+            path = checkpoint.checkpoint_dir(self.ckpt_root, self.global_step)
+            staged = checkpoint.stage_checkpoint(self.staging / "checkpoints", self.global_step, tensors, state)
+            ref: events.StageRef = {"index": seg.stage_index, "name": seg.stage.name}
+            payload = {"path": str(path), "global_step": self.global_step}
+            self.publish(staged, path, events.make("checkpoint.saved", self.global_step, payload, ref))
+            return path
         path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)
-        self.emit(
-            "checkpoint.saved",
-            self.segments[min(seg_i, len(self.segments) - 1)],
-            {"path": str(path), "global_step": self.global_step},
-        )
+        self.emit("checkpoint.saved", seg, {"path": str(path), "global_step": self.global_step})
         return path
 
     def restore(self, path: Path) -> None:
@@ -297,7 +309,7 @@ class Pipeline:
                 self.optimizers.clear()
 
     def finish(self) -> RunResult:
-        model_dir = self.workdir / "model"
+        model_dir = self.staging / "model"
         final: dict[str, dict[str, float]] = {}
         for name in self.val_streams:
             result = self.evaluate_data(None, name, with_tasks=True)
@@ -322,11 +334,15 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     resolve: Callable[[str], Path] = Path,
     resume: bool = False,
+    publish: PublishHook | None = None,
+    staging: Path | None = None,
 ) -> RunResult:
     """Train `spec` in `workdir`. With resume, continue from the newest checkpoint there.
 
     Raises TrainingError (with a code) for runs that cannot go on, and Stopped after
-    checkpointing when should_stop() returned True between two steps.
+    checkpointing when should_stop() returned True between two steps. With `publish`,
+    checkpoints and the model are staged under `staging` and published by the hook
+    (the service fences them by its lease); RunResult.model_dir is then the staged model.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec_file = workdir / "spec.json"
@@ -339,7 +355,7 @@ def run(
     else:
         checkpoint.write_json(spec_file, spec_json)
     ckpts = checkpoint.list_checkpoints(workdir / "checkpoints")
-    p = Pipeline(spec, workdir, on_event, should_stop, resolve)
+    p = Pipeline(spec, workdir, on_event, should_stop, resolve, publish, staging)
     p.load_data()
     p.build_model()
     if resume and ckpts:
