@@ -91,7 +91,6 @@ class JobRun:
         """Pipeline hook: store the events up to this checkpoint and its row, and move it into
         place, in one transaction that holds the lease. Waits out a database outage; raises
         LeaseLost (the staged copy deleted) if the job is no longer this worker's."""
-        self.on_event(event)
         step = event["step"]
 
         def move_into_place(session: Session) -> None:
@@ -99,7 +98,7 @@ class JobRun:
             metrics.drop_missing_checkpoints(session, self.settings, self.claim.job_id)
 
         try:
-            self.flush_retrying(move_into_place, "registering a checkpoint")
+            self.flush_retrying(move_into_place, "registering a checkpoint", event)
         except Exception:
             shutil.rmtree(staged, ignore_errors=True)
             raise
@@ -121,13 +120,13 @@ class JobRun:
         self.thread.join()
         self.flush_retrying(None, "writing the last events")
 
-    def flush_retrying(self, then: Callable[[Session], None] | None, doing: str) -> None:
+    def flush_retrying(self, then: Callable[[Session], None] | None, doing: str, last: Event | None = None) -> None:
         """flush(then), waiting out a database outage (not a shutdown: then the lease lapses
         and the job goes to another worker)."""
         delay = 0.2
         while True:
             try:
-                self.flush(then)
+                self.flush(then, last)
                 self.outage.ok()
                 return
             except Exception as exc:
@@ -174,25 +173,25 @@ class JobRun:
         except redis.RedisError as exc:
             log.warning("control channel: %s (cancel is still polled)", exc)
 
-    def flush(self, then: Callable[[Session], None] | None = None) -> bool:
-        """Write the pending events in one transaction, calling `then` in it last if the lease
-        held; False if there were none.
+    def flush(self, then: Callable[[Session], None] | None = None, last: Event | None = None) -> bool:
+        """Write the pending events (and `last`, kept out of the pending list so that no other
+        flush writes it without `then`) in one transaction, calling `then` in it if the lease
+        held; False if there was nothing to write.
 
         On a database error the events stay pending, for the next try.
         """
         with self.writing:
-            return self._flush(then)
+            return self._flush(then, last)
 
-    def _flush(self, then: Callable[[Session], None] | None) -> bool:
+    def _flush(self, then: Callable[[Session], None] | None, last: Event | None) -> bool:
         if self.lost.is_set():
             return True
         with self.lock:
             pending = list(self.pending)
-        if not pending:
-            if then is not None:
-                raise AssertionError("flush(then) with no event to store with it")
+        if not pending and last is None:
             return False
-        batch: list[Event] = [{**e, "data": dict(e["data"])} for e in pending]  # copies: see checkpoint paths
+        events = pending + ([last] if last is not None else [])
+        batch: list[Event] = [{**e, "data": dict(e["data"])} for e in events]  # copies: see checkpoint paths
         with self.db.write() as session:
             created = metrics.record(session, self.settings, self.claim.job_id, batch, self.recent)
             for e in batch:
