@@ -74,6 +74,7 @@ class Pipeline:
         self.segments = plan(spec.stages)
         self.ckpt_root = workdir / "checkpoints"
         self.global_step, self.elapsed = 0, 0.0
+        self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.position = (0, 0)  # (segment index, steps done in it)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evaluations: list[dict[str, Any]] = []
@@ -166,6 +167,9 @@ class Pipeline:
     # --- checkpoints ------------------------------------------------------------------------
 
     def save(self) -> Path:
+        if self.saved_step == self.global_step:  # (a stop right after a checkpoint, or a resume)
+            return checkpoint.checkpoint_dir(self.ckpt_root, self.global_step)
+        self.saved_step = self.global_step
         tensors = {f"model/{k}": v for k, v in self.weights.state_dict().items()}
         tensors["rng/torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
@@ -206,6 +210,7 @@ class Pipeline:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.position = (state["segment"], state["segment_step"])
         self.global_step, self.elapsed = state["global_step"], state["elapsed_s"]
+        self.saved_step = self.global_step
         self.evaluations = state["evaluations"]
         for key, s in state["streams"].items():
             self.streams[key].load_state(s)
