@@ -26,7 +26,9 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 512 * 1024 * 1024
     lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
-    max_attempts: int = 3  # claims of one job before worker losses fail it
+    max_attempts: int = 3  # worker losses (lapsed leases) that fail a job; hand-backs do not count
+    resend_unclaimed_s: float = 60.0  # a queued job's message no worker took in this long is sent again
+    worker_idle_exit_s: float = 180.0  # an idle worker that leaves a sent job unclaimed this long exits
     cancel_poll_s: float = 0.5  # how often a worker reads its job's cancel flag
     event_flush_s: float = 0.5  # how long training-step events may wait to be written in a batch
     sse_poll_s: float = 0.5  # SSE: how often to look for new events without Redis

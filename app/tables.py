@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -119,7 +120,8 @@ class Job(Base):
     step: Mapped[int] = mapped_column(BigInteger, default=0)
     stage_index: Mapped[int | None] = mapped_column(Integer)
     stage_name: Mapped[str | None] = mapped_column(String(64))
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims, hand-backs included
+    losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # leases that lapsed
     lease_owner: Mapped[str | None]
     lease_expires_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -149,6 +151,9 @@ class JobEvent(Base):
     stage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     step: Mapped[int] = mapped_column(BigInteger)
     data: Mapped[dict[str, Any]]
+    # Reported by an attempt after the checkpoint a later attempt resumed from: that later
+    # attempt reports these steps again, so readers skip the earlier report (events.supersede).
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Metric(Base):

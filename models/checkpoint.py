@@ -93,17 +93,35 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 
 def save_checkpoint(root: Path, step: int, tensors: dict[str, Tensor], state: dict[str, Any], keep_last: int) -> Path:
     """Write tensors + state.json as checkpoint `step` under root; keep the newest keep_last."""
-    final = checkpoint_dir(root, step)
-    tmp = root / f".{final.name}.partial"
     for leftover in root.glob(".step-*.partial"):  # from a crash mid-save
         shutil.rmtree(leftover, ignore_errors=True)
+    staged = stage_checkpoint(root, step, tensors, state, f".step-{step:09d}.partial")
+    return publish_checkpoint(staged, root, step, keep_last)
+
+
+def stage_checkpoint(
+    staging: Path, step: int, tensors: dict[str, Tensor], state: dict[str, Any], name: str | None = None
+) -> Path:
+    """Write checkpoint `step` complete (fsynced) under `staging`, not yet where runs resume from."""
+    tmp = staging / (name or checkpoint_dir(staging, step).name)
+    if tmp.exists():
+        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_tensors(tmp / "tensors.safetensors", tensors)
     write_json(tmp / "state.json", state)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    return tmp
+
+
+def publish_checkpoint(staged: Path, root: Path, step: int, keep_last: int) -> Path:
+    """Move a staged checkpoint into place as `root/step-N` (atomically) and keep the newest
+    keep_last. Idempotent: a checkpoint already moved is left as it is."""
+    final = checkpoint_dir(root, step)
+    if staged.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -30,6 +30,9 @@ from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
 EventSink = Callable[[events.Event], None]
+# Given a staged checkpoint, its final directory and its `checkpoint.saved` event: make it
+# resumable (register it, move it into place, emit the event) or raise to stop the run.
+PublishHook = Callable[[Path, Path, events.Event], None]
 
 
 class Stopped(Exception):
@@ -55,8 +58,13 @@ class Pipeline:
         on_event: EventSink | None,
         should_stop: Callable[[], bool] | None,
         resolve: Callable[[str], Path],
+        publish: PublishHook | None = None,
+        staging: Path | None = None,
     ):
         self.spec, self.workdir = spec, workdir
+        # With a publish hook, checkpoints and the final model are written under `staging`
+        # (one run's own folder) and only the hook moves them where others read them.
+        self.publish, self.staging = publish, staging or workdir
         self.on_event = on_event or (lambda e: None)
         self.should_stop = should_stop or (lambda: False)
         self.resolve = resolve
@@ -67,6 +75,7 @@ class Pipeline:
         self.segments = plan(spec.stages)
         self.ckpt_root = workdir / "checkpoints"
         self.global_step, self.elapsed = 0, 0.0
+        self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.position = (0, 0)  # (segment index, steps done in it)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evaluations: list[dict[str, Any]] = []
@@ -191,6 +200,9 @@ class Pipeline:
     # --- checkpoints ------------------------------------------------------------------------
 
     def save(self) -> Path:
+        if self.saved_step == self.global_step:  # (a stop right after a checkpoint, or a resume)
+            return checkpoint.checkpoint_dir(self.ckpt_root, self.global_step)
+        self.saved_step = self.global_step
         weights = self.weights.state_dict()
         if self.base_frozen:  # the base is rebuilt from init_from (or the seed) on resume
             weights = {k: v for k, v in weights.items() if lora.is_adapter_param(k)}
@@ -216,12 +228,16 @@ class Pipeline:
             "model": artifact.describe(self.model.config, self.tok),
         }
         keep = self.spec.checkpointing.keep_last
+        seg = self.segments[min(seg_i, len(self.segments) - 1)]
+        if self.publish is not None:
+            path = checkpoint.checkpoint_dir(self.ckpt_root, self.global_step)
+            staged = checkpoint.stage_checkpoint(self.staging / "checkpoints", self.global_step, tensors, state)
+            ref: events.StageRef = {"index": seg.stage_index, "name": seg.stage.name}
+            payload = {"path": str(path), "global_step": self.global_step}
+            self.publish(staged, path, events.make("checkpoint.saved", self.global_step, payload, ref))
+            return path
         path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)
-        self.emit(
-            "checkpoint.saved",
-            self.segments[min(seg_i, len(self.segments) - 1)],
-            {"path": str(path), "global_step": self.global_step},
-        )
+        self.emit("checkpoint.saved", seg, {"path": str(path), "global_step": self.global_step})
         return path
 
     def restore(self, path: Path) -> None:
@@ -235,6 +251,7 @@ class Pipeline:
             torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
         self.position = (state["segment"], state["segment_step"])
         self.global_step, self.elapsed = state["global_step"], state["elapsed_s"]
+        self.saved_step = self.global_step
         self.evaluations = state["evaluations"]
         for key, s in state["streams"].items():
             self.streams[key].load_state(s)
@@ -339,7 +356,7 @@ class Pipeline:
                 self.optimizers.clear()
 
     def finish(self) -> RunResult:
-        model_dir = self.workdir / "model"
+        model_dir = self.staging / "model"
         self.apply_adapters(len(self.segments) - 1)
         final: dict[str, dict[str, float]] = {}
         for name in self.val_streams:
@@ -400,11 +417,15 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     resolve: Callable[[str], Path] = Path,
     resume: bool = False,
+    publish: PublishHook | None = None,
+    staging: Path | None = None,
 ) -> RunResult:
     """Train `spec` in `workdir`. With resume, continue from the newest checkpoint there.
 
     Raises TrainingError (with a code) for runs that cannot go on, and Stopped after
-    checkpointing when should_stop() returned True between two steps.
+    checkpointing when should_stop() returned True between two steps. With `publish`,
+    checkpoints and the model are staged under `staging` and published by the hook
+    (the service fences them by its lease); RunResult.model_dir is then the staged model.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec_file = workdir / "spec.json"
@@ -417,7 +438,7 @@ def run(
     else:
         checkpoint.write_json(spec_file, spec_json)
     ckpts = checkpoint.list_checkpoints(workdir / "checkpoints")
-    p = Pipeline(spec, workdir, on_event, should_stop, resolve)
+    p = Pipeline(spec, workdir, on_event, should_stop, resolve, publish, staging)
     p.load_data()
     p.build_model()
     if resume and ckpts:

@@ -3,26 +3,36 @@
 Configuration is app.queue.broker.make_celery (JSON only, late acks, prefetch 1, the `train`
 queue). Here: the task module, a shutdown flag the training loop reads between steps (so
 Ctrl-C or SIGTERM checkpoints the job and requeues it instead of waiting for it to end),
-and a reaper thread that requeues jobs whose worker died.
+and a reaper thread that requeues jobs whose worker died and re-sends messages no worker
+took. The same thread watches this worker: idle while a job that was sent (and re-sent)
+waits unclaimed for `worker_idle_exit_s`, it has stopped consuming (a broker restart can
+leave Celery connected to nothing), so it exits for its supervisor to start a fresh one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from datetime import timedelta
 from typing import Any
 
 from celery import signals
+from sqlalchemy import select
 
 from app.config import get_settings
-from app.db import get_database
+from app.db import Database, get_database
+from app.outage import OutageLog, unreachable
 from app.queue import outbox
 from app.queue.broker import Broker
 from app.queue.wakeups import Publisher
 from app.services import lifecycle
+from app.tables import Job, utcnow
 from workers.reporter import SHUTDOWN
 
 log = logging.getLogger(__name__)
+NOT_CONSUMING_EXIT = 75  # EX_TEMPFAIL: start me again
+BUSY = threading.Event()  # set while this worker runs a job (workers.tasks)
 settings = get_settings()
 broker = Broker(settings, get_database(settings.db_url).write)
 celery_app = broker.celery
@@ -39,15 +49,31 @@ def reap_forever(stop: threading.Event) -> None:
     db = get_database(settings.db_url)
     sender = outbox.Outbox(broker, Publisher(settings.pubsub_url))
     interval = max(1.0, min(30.0, settings.lease_s / 3))
+    outage = OutageLog(log, "the database")
     while True:
         try:
             with db.write() as session:
                 lifecycle.reap(outbox.bind(session, sender), settings)
                 session.commit()  # the requeued jobs' wake-ups leave now
-        except Exception:
-            log.exception("reaper failed; retrying")
+            if not BUSY.is_set() and _left_waiting(db):
+                log.error("idle while a sent job waits unclaimed: not consuming from the broker; exiting")
+                os._exit(NOT_CONSUMING_EXIT)
+            outage.ok()
+        except Exception as exc:
+            if unreachable(exc):
+                outage.failed(exc, "reaping")
+            else:
+                log.exception("reaper failed; retrying")
         if stop.wait(interval):
             return
+
+
+def _left_waiting(db: Database) -> bool:
+    """A job queued (and its message sent) for longer than worker_idle_exit_s."""
+    since = utcnow() - timedelta(seconds=settings.worker_idle_exit_s)
+    stmt = select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_not(None), Job.updated_at < since)
+    with db.read() as session:
+        return session.scalar(stmt.limit(1)) is not None
 
 
 @signals.worker_ready.connect

@@ -1,16 +1,29 @@
 """Claim a job, run the pipeline with the JobRun callbacks, and finish the row. Every change
-of the job's state is a call to app.services.lifecycle."""
+of the job's state is a call to app.services.lifecycle.
+
+The job's folder holds only what its row vouches for: at each claim, checkpoint folders
+without a row (a crash between their move and its commit) and other attempts' staging
+folders are removed, so the run resumes from the newest registered checkpoint. This
+attempt writes checkpoints and its model under `staging/attempt-N/`; they move into
+place only in a transaction that still holds the lease (JobRun.publish, `_finish`).
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from celery.exceptions import Reject
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
+from app.outage import OutageLog, unreachable
 from app.queue.wakeups import Publisher
-from app.services import catalog, jobs, lifecycle
+from app.services import catalog, events, jobs, lifecycle, metrics
 from app.tables import Job
 from models.checkpoint import list_checkpoints
 from models.errors import StagecraftError
@@ -33,16 +46,25 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
         raise Reject("worker shutting down", requeue=True)
     owner = f"{worker}:{job_id[-6:]}"
     workdir = jobs.workdir(settings, job_id)
+    restart = False
     with db.write() as session:
         claim = lifecycle.claim(session, job_id, owner, settings.lease_s)
-        if claim is not None and not list_checkpoints(workdir / "checkpoints"):
-            lifecycle.reset_progress(session, job_id)  # a new run, or a retry with nothing to resume
+        if claim is not None:
+            metrics.drop_missing_checkpoints(session, settings, job_id)
+            registered = {c.step for c in metrics.checkpoints(session, job_id)}
+            _keep_only_registered(workdir, registered, claim.attempt)
+            if not list_checkpoints(workdir / "checkpoints"):
+                lifecycle.reset_progress(session, job_id)  # a new run, or a retry with nothing to resume
+                restart = events.has_run_events(session, job_id)  # an earlier attempt's, all superseded
         session.commit()
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or unknown); dropping this delivery", job_id)
         return
-    job_run = JobRun(db, settings, claim, publisher)
+    keep_last = parse_spec(claim.spec).checkpointing.keep_last
+    job_run = JobRun(db, settings, claim, publisher, keep_last)
     job_run.on_event(make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
+    if restart:
+        job_run.on_event(make("job.restarted", 0, {"from_step": 0, "checkpoint": None}))
     job_run.start()
     log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
     result: RunResult | None = None
@@ -55,7 +77,9 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
             on_event=job_run.on_event,
             should_stop=job_run.should_stop,
             resolve=job_run.resolve,
-            resume=True,  # the workdir is the job's own: a retry continues whatever is there
+            resume=True,  # the workdir is the job's own: a retry continues its registered checkpoint
+            publish=job_run.publish,
+            staging=workdir / "staging" / f"attempt-{claim.attempt}",
         )
     except Stopped:
         stopped = True
@@ -69,25 +93,71 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     job_run.close()
     if job_run.lost.is_set():
         return
-    with db.write() as session:
+
+    def finish(session: Session) -> tuple[bool, str]:
         if result is not None:
+            if not lifecycle.renew(session, claim, settings.lease_s):  # locks the row: the model is ours
+                return False, ""
+            model_dir = _move_into_place(result.model_dir, workdir / "model")
             job = session.get_one(Job, job_id)
-            model = catalog.register(session, settings, job, result.model_dir, result.evaluation)
+            model = catalog.register(session, settings, job, model_dir, result.evaluation)
             session.flush()
             summary = {"model_id": model.id, "steps": result.steps, "evaluation": result.evaluation}
             final = make("job.succeeded", result.steps, summary)
-            ok, outcome = lifecycle.finish(session, claim, "succeeded", final, model_id=model.id), "succeeded"
-        elif error is not None:
+            return lifecycle.finish(session, claim, "succeeded", final, model_id=model.id), "succeeded"
+        if error is not None:
             final = make("job.failed", job_run.step, {"code": error[0], "message": error[1]})
-            ok, outcome = lifecycle.finish(session, claim, "failed", final, error=error), f"failed ({error[0]})"
-        elif stopped and job_run.cancelled.is_set():
+            return lifecycle.finish(session, claim, "failed", final, error=error), f"failed ({error[0]})"
+        if stopped and job_run.cancelled.is_set():
             final = make("job.cancelled", job_run.step, {"reason": "cancelled by request"})
-            ok, outcome = lifecycle.finish(session, claim, "cancelled", final), "cancelled"
-        else:
-            reason = "the worker shut down; resuming from the last checkpoint"
-            ok, outcome = lifecycle.release(session, claim, reason), "handed back to the queue"
-        if ok:
-            session.commit()
-        else:
-            session.rollback()
+            return lifecycle.finish(session, claim, "cancelled", final), "cancelled"
+        reason = "the worker shut down; resuming from the last checkpoint"
+        return lifecycle.release(session, claim, reason), "handed back to the queue"
+
+    ok, outcome = _write_retrying(db, finish)
+    if ok:
+        shutil.rmtree(workdir / "staging", ignore_errors=True)
     log.info("job %s: %s", job_id, outcome if ok else "lease lost before it could be finished")
+
+
+def _write_retrying(db: Database, body: Callable[[Session], tuple[bool, str]]) -> tuple[bool, str]:
+    """Run `body` in a write transaction, committed if it returns True; waits out an outage."""
+    outage, delay = OutageLog(log, "the database"), 0.2
+    while True:
+        try:
+            with db.write() as session:
+                ok, outcome = body(session)
+                if ok:
+                    session.commit()
+                else:
+                    session.rollback()
+            outage.ok()
+            return ok, outcome
+        except Exception as exc:
+            if not unreachable(exc) or SHUTDOWN.is_set():
+                raise
+            outage.failed(exc, "finishing a job")
+        time.sleep(delay)
+        delay = min(2.0, delay * 2)
+
+
+def _keep_only_registered(workdir: Path, registered: set[int], attempt: int) -> None:
+    """Remove checkpoint folders the database does not vouch for, and staging left by other
+    attempts (a stalled worker's attempt, if it wakes, finds its folder gone and its lease too)."""
+    for path in list_checkpoints(workdir / "checkpoints"):
+        if int(path.name.split("-")[1]) not in registered:
+            log.warning("%s: removing checkpoint %s, which has no row", workdir.name, path.name)
+            shutil.rmtree(path, ignore_errors=True)
+    staging = workdir / "staging"
+    if staging.is_dir():
+        for other in staging.iterdir():
+            if other.name != f"attempt-{attempt}":
+                shutil.rmtree(other, ignore_errors=True)
+
+
+def _move_into_place(staged: Path, final: Path) -> Path:
+    if staged != final and staged.exists():
+        if final.exists():
+            shutil.rmtree(final)
+        staged.replace(final)
+    return final

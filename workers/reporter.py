@@ -6,21 +6,32 @@ The training loop never waits on the database: `on_event` appends to a list and
 every `event_flush_s`, at once for anything but a training step), renews the lease with
 each write, and polls the cancel flag every `cancel_poll_s` (or at once on a Redis
 wake-up). If another worker has taken the job over, `should_stop` raises LeaseLost.
+
+Checkpoints are fenced by the lease: the pipeline stages each one in this attempt's own
+folder, and `publish` stores every event up to it, registers its row and moves it into
+place in one transaction whose first statement checks the lease. So a checkpoint on disk
+has its row, and a worker that lost its job never publishes into the job's folder.
+While the database is unreachable the events wait in memory (one log line per outage).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
+from app.outage import OutageLog, unreachable
 from app.queue.wakeups import CONTROL, EVENTS, Publisher
 from app.services import catalog, datasets, lifecycle, metrics
+from models import checkpoint
 from models.errors import TrainingError
 from models.events import Event
 
@@ -33,10 +44,13 @@ class LeaseLost(Exception):
 
 
 class JobRun:
-    def __init__(self, db: Database, settings: Settings, claim: lifecycle.Claim, publisher: Publisher):
+    def __init__(self, db: Database, settings: Settings, claim: lifecycle.Claim, publisher: Publisher, keep_last: int):
         self.db, self.settings, self.claim, self.publisher = db, settings, claim, publisher
+        self.keep_last = keep_last
+        self.outage = OutageLog(log, "the database")
         self.pending: list[Event] = []
         self.lock = threading.Lock()
+        self.writing = threading.Lock()  # one flush at a time (reporter thread, or a publish)
         self.wake = threading.Event()
         self.done = threading.Event()
         self.cancelled = threading.Event()
@@ -73,6 +87,25 @@ class JobRun:
             raise TrainingError("user_error", f"unknown dataset or model '{ref}' (deleted since the job was queued?)")
         return found
 
+    def publish(self, staged: Path, final: Path, event: Event) -> None:
+        """Pipeline hook: store the events up to this checkpoint and its row, and move it into
+        place, in one transaction that holds the lease. Waits out a database outage; raises
+        LeaseLost (the staged copy deleted) if the job is no longer this worker's."""
+        step = event["step"]
+
+        def move_into_place(session: Session) -> None:
+            checkpoint.publish_checkpoint(staged, final.parent, step, self.keep_last)
+            metrics.drop_missing_checkpoints(session, self.settings, self.claim.job_id)
+
+        try:
+            self.flush_retrying(move_into_place, "registering a checkpoint", event)
+        except Exception:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        if self.lost.is_set():
+            shutil.rmtree(staged, ignore_errors=True)
+            raise LeaseLost(self.claim.job_id)
+
     # --- reporter thread --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -85,7 +118,23 @@ class JobRun:
         self.done.set()
         self.wake.set()
         self.thread.join()
-        self.flush()
+        self.flush_retrying(None, "writing the last events")
+
+    def flush_retrying(self, then: Callable[[Session], None] | None, doing: str, last: Event | None = None) -> None:
+        """flush(then), waiting out a database outage (not a shutdown: then the lease lapses
+        and the job goes to another worker)."""
+        delay = 0.2
+        while True:
+            try:
+                self.flush(then, last)
+                self.outage.ok()
+                return
+            except Exception as exc:
+                if not unreachable(exc) or SHUTDOWN.is_set():
+                    raise
+                self.outage.failed(exc, doing)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
     def _report(self) -> None:
         tick = min(self.settings.event_flush_s, self.settings.cancel_poll_s)
@@ -106,8 +155,12 @@ class JobRun:
                 with self.db.read() as session:
                     if lifecycle.cancel_requested(session, self.claim.job_id):
                         self.cancelled.set()
-            except Exception:  # the database may be back by the next tick; the lease covers the gap
-                log.exception("job %s: reporting failed", self.claim.job_id)
+                self.outage.ok()
+            except Exception as exc:  # the events wait in memory; the lease covers a short gap
+                if unreachable(exc):
+                    self.outage.failed(exc, f"reporting job {self.claim.job_id}")
+                else:
+                    log.exception("job %s: reporting failed", self.claim.job_id)
 
     def _listen_control(self) -> None:
         try:
@@ -120,16 +173,25 @@ class JobRun:
         except redis.RedisError as exc:
             log.warning("control channel: %s (cancel is still polled)", exc)
 
-    def flush(self) -> bool:
-        """Write the pending events in one transaction; False if there were none.
+    def flush(self, then: Callable[[Session], None] | None = None, last: Event | None = None) -> bool:
+        """Write the pending events (and `last`, kept out of the pending list so that no other
+        flush writes it without `then`) in one transaction, calling `then` in it if the lease
+        held; False if there was nothing to write.
 
         On a database error the events stay pending, for the next try.
         """
+        with self.writing:
+            return self._flush(then, last)
+
+    def _flush(self, then: Callable[[Session], None] | None, last: Event | None) -> bool:
+        if self.lost.is_set():
+            return True
         with self.lock:
             pending = list(self.pending)
-        if not pending:
+        if not pending and last is None:
             return False
-        batch: list[Event] = [{**e, "data": dict(e["data"])} for e in pending]  # copies: see checkpoint paths
+        events = pending + ([last] if last is not None else [])
+        batch: list[Event] = [{**e, "data": dict(e["data"])} for e in events]  # copies: see checkpoint paths
         with self.db.write() as session:
             created = metrics.record(session, self.settings, self.claim.job_id, batch, self.recent)
             for e in batch:
@@ -142,6 +204,8 @@ class JobRun:
                 session.rollback()
                 self.lost.set()
                 return True
+            if then is not None:
+                then(session)
             session.commit()
         with self.lock:
             del self.pending[: len(pending)]

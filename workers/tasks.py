@@ -9,7 +9,7 @@ import uuid
 
 from app.db import get_database
 from app.queue.wakeups import EVENTS, Publisher
-from workers.celery_app import celery_app, settings
+from workers.celery_app import BUSY, celery_app, settings
 from workers.execute import execute
 
 log = logging.getLogger(__name__)
@@ -20,5 +20,9 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 def run_job(job_id: str) -> None:
     db = get_database(settings.db_url)
     publisher = Publisher(settings.pubsub_url)
-    execute(db, settings, publisher, job_id, WORKER_ID)
+    BUSY.set()
+    try:
+        execute(db, settings, publisher, job_id, WORKER_ID)
+    finally:
+        BUSY.clear()
     publisher.publish(EVENTS, job_id)

@@ -14,9 +14,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from app.errors import ServiceError
+from app.outage import unreachable
 
 log = logging.getLogger("stagecraft.api")
 
@@ -130,7 +132,24 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
     return _response(500, "internal_error", "internal error; it has been logged")
 
 
+# --- the database unreachable: 503, never 500 --------------------------------------------
+
+DB_RETRY_AFTER_S = 5
+
+
+async def database_unreachable_handler(request: Request, exc: Exception) -> JSONResponse:
+    """OperationalError and the like: the database is down or refusing connections. The answer
+    names no host, port or driver message; the log has them."""
+    if not unreachable(exc):
+        return await unexpected_error_handler(request, exc)
+    log.warning("database unreachable in %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    response = _response(503, "unavailable", "the service's database is unreachable; retry shortly")
+    response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
+    return response
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(SQLAlchemyError, database_unreachable_handler)
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

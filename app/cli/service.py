@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -20,6 +18,7 @@ import uvicorn
 from rich.console import Console
 
 from app.cli.datadir import DataDir, settings_for
+from app.cli.supervise import WorkerSupervisor
 from app.config import Settings
 
 err = Console(stderr=True)
@@ -96,14 +95,8 @@ def up(
             key_file.chmod(0o600)
             err.print(f"created an API key for tenant 'local' (also in {key_file})")
     server = _serve(settings, host, port)
-    proc = subprocess.Popen(worker_argv(settings.queue))
-
-    def watch_worker() -> None:
-        if proc.wait() != 0 and not server.should_exit:
-            err.print(f"[red]the worker exited ({proc.returncode}); stopping[/red]")
-        server.should_exit = True
-
-    threading.Thread(target=watch_worker, daemon=True).start()
+    worker = WorkerSupervisor(worker_argv(settings.queue), lambda line: err.print(f"[yellow]{line}[/yellow]"))
+    worker.start()
     err.print(f"stagecraft is up on http://{host}:{port} (data in {settings.data_dir}); Ctrl-C stops it")
     print(export_line(host, port, key_file), file=sys.stderr, flush=True)
     # uvicorn re-raises the signal that stopped it; SIGTERM must end up here too, not kill us
@@ -112,17 +105,11 @@ def up(
     try:
         server.run()
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C or SIGTERM: a clean stop, status 0
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # (on Ctrl-C the worker got SIGINT from the terminal too)
-            try:
-                proc.wait(WORKER_STOP_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    if proc.returncode != 0:
-        err.print(f"[red]the worker exited with {proc.returncode}[/red]")
+        code = worker.stop(WORKER_STOP_S)  # the worker checkpoints its job and hands it back
+    if code != 0:
+        err.print(f"[red]the worker exited with {code}[/red]")
         raise typer.Exit(1)
 
 

@@ -33,7 +33,9 @@ class Evaluation:
 
 def report(session: Session, job: Job) -> Evaluation:
     events = session.scalars(
-        select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "eval").order_by(JobEvent.seq)
+        select(JobEvent)
+        .where(JobEvent.job_id == job.id, JobEvent.type == "eval", JobEvent.superseded.is_(False))
+        .order_by(JobEvent.seq)
     )
     stages: dict[int, StageEvaluation] = {}
     final: dict[str, dict[str, float]] = {}

@@ -170,7 +170,19 @@ def report(session: Session, claim: Claim, batch: list[Event], lease_s: float) -
     stage = next((e["stage"] for e in reversed(batch) if e["stage"] is not None), None)
     if stage is not None:
         values.update(stage_index=stage["index"], stage_name=stage["name"])
+    restarts = [e for e in batch if e["type"] == "job.restarted"]
+    if restarts and not renew(session, claim, lease_s):  # lock the row (and check the lease) first
+        return False
+    for e in restarts:  # before the batch is stored: only earlier attempts' rows are superseded
+        restart(session, claim.job_id, int(e["data"]["from_step"]))
     return events.append(session, claim.job_id, batch, where=claim.holds, values=values) is not None
+
+
+def restart(session: Session, job_id: str, from_step: int) -> None:
+    """An attempt resumes from checkpoint `from_step` (0: from the start): what earlier attempts
+    reported after it is superseded, and their checkpoints past it are no longer the job's."""
+    events.supersede(session, job_id, from_step)
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step > from_step))
 
 
 def cancel_requested(session: Session, job_id: str) -> bool:
@@ -200,36 +212,38 @@ def finish(
 
 def release(session: Session, claim: Claim, reason: str) -> bool:
     """Give a running job back to the queue (its worker is stopping). No message is sent: this
-    worker would take it again; the reaper of another worker, or of the next to start, does."""
+    worker would take it again; the reaper of another worker, or of the next to start, does.
+    A hand-back is not a loss: it does not count toward max_attempts."""
     values = {"status": "queued", "enqueued_at": None, **_NO_LEASE}
     ev = make("job.queued", 0, {"reason": reason})
     return events.append(session, claim.job_id, [ev], where=claim.holds, values=values) is not None
 
 
 def reap(session: Session, settings: Settings) -> list[str]:
-    """Requeue (or fail at max_attempts, or finish cancelling) jobs whose lease expired, and
-    send queued jobs whose wake-up never reached the broker, once the caller commits.
-    Returns the ids of the jobs sent."""
+    """Requeue (or fail at max_attempts losses, or finish cancelling) jobs whose lease expired,
+    and send, once the caller commits, queued jobs whose wake-up never reached the broker or
+    that no worker claimed within `resend_unclaimed_s` of it (the broker may have lost the
+    message; a duplicate finds nothing to claim). Returns the ids of the jobs sent."""
     now = utcnow()
     to_send = []
     expired = session.execute(
-        select(Job.id, Job.status, Job.attempt, Job.step).where(
+        select(Job.id, Job.status, Job.attempt, Job.losses, Job.step).where(
             Job.status.in_(("running", "cancelling")), Job.lease_expires_at < now
         )
     ).all()
-    for job_id, status, attempt, step in expired:
+    for job_id, status, attempt, losses, step in expired:
         values: dict[str, Any]
         if status == "cancelling":
             values = {"status": "cancelled", "finished_at": now, **_NO_LEASE}
             ev = make("job.cancelled", step, {"reason": "its worker was lost while cancelling"})
-        elif attempt >= settings.max_attempts:
-            message = f"the worker was lost {attempt} time(s); giving up"
+        elif losses + 1 >= settings.max_attempts:
+            message = f"the worker was lost {losses + 1} time(s); giving up"
             values = {"status": "failed", "finished_at": now, "error_code": "worker_lost", "error_message": message}
-            values.update(_NO_LEASE)
+            values.update(_NO_LEASE, losses=losses + 1)
             ev = make("job.failed", step, {"code": "worker_lost", "message": message})
         else:
-            values = {"status": "queued", "enqueued_at": None, **_NO_LEASE}
-            ev = make("job.queued", step, {"reason": "worker lost", "attempt": attempt})
+            values = {"status": "queued", "enqueued_at": None, "losses": losses + 1, **_NO_LEASE}
+            ev = make("job.queued", step, {"reason": "worker lost", "attempt": attempt, "losses": losses + 1})
         # Still as seen, in case another worker's reaper (or the job's own worker) got there first.
         lapsed = (Job.status == status, Job.lease_expires_at < now)
         if events.append(session, job_id, [ev], where=lapsed, values=values) is not None:
@@ -241,6 +255,8 @@ def reap(session: Session, settings: Settings) -> list[str]:
     stale = now - timedelta(seconds=max(10.0, settings.lease_s / 2))
     unsent = select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None))
     to_send += session.scalars(unsent.where((Job.attempt > 0) | (Job.updated_at < stale))).all()
+    unclaimed = now - timedelta(seconds=settings.resend_unclaimed_s)
+    to_send += session.scalars(select(Job.id).where(Job.status == "queued", Job.enqueued_at < unclaimed)).all()
     for job_id in to_send:
         outbox.enqueue(session, job_id)
     return to_send

@@ -72,11 +72,14 @@ def record(
             }
             _insert_ignoring_duplicates(session, Checkpoint, [row])
     _insert_ignoring_duplicates(session, Metric, _metric_rows(job_id, rows))
-    if created:  # the pipeline keeps only the newest few checkpoints on disk; so do the rows
-        for ckpt in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)):
-            if not (settings.data_dir / ckpt.path).is_dir():
-                session.delete(ckpt)
     return created
+
+
+def drop_missing_checkpoints(session: Session, settings: Settings, job_id: str) -> None:
+    """The pipeline keeps only the newest few checkpoints on disk; so do the rows."""
+    for ckpt in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)):
+        if not (settings.data_dir / ckpt.path).is_dir():
+            session.delete(ckpt)
 
 
 def _metric_rows(job_id: str, rows: dict[tuple[str, int], float]) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@ to end, a clean Ctrl-C mid-job that the next `up` resumes, and the `stagecraft j
 from __future__ import annotations
 
 import json
+import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +100,31 @@ def test_jobs_client_commands(up: Up, tmp_path: Path, example_dir: Path) -> None
     bad_spec.write_text(yaml.safe_dump({**spec, "seed": -1}))
     bad = run_cli("jobs", "submit", str(bad_spec), env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "seed" in bad.stderr  # refused by the local check, before any upload
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid`, whichever of its threads started them."""
+    return sorted(int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split())
+
+
+@pytest.mark.slow
+def test_up_restarts_a_crashed_worker_and_keeps_serving(up: Up, example_dir: Path) -> None:
+    """SIGKILL `up`'s worker (as an OOM kill would): the API stays up, a new worker starts
+    (after a backoff) and runs the next job."""
+    assert up.proc.popen is not None
+    deadline = time.monotonic() + 120
+    while not _children(up.proc.popen.pid):
+        assert time.monotonic() < deadline, "no worker"
+        time.sleep(0.2)
+    [worker] = _children(up.proc.popen.pid)
+    time.sleep(3)  # (a worker still starting is killed just the same; let it be a running one)
+    os.kill(worker, signal.SIGKILL)
+    with Api(up.url, up.key) as api:
+        while not ((kids := _children(up.proc.popen.pid)) and kids != [worker]):
+            assert api.http.get("/readyz").status_code == 200, "the API went down with its worker"
+            assert time.monotonic() < deadline, "no new worker"
+            time.sleep(0.2)
+        spec = example_spec(api.upload_examples(example_dir), pretrain=4, finetune=2)
+        events = api.follow(api.submit(spec)["id"])
+    assert events[-1]["type"] == "job.succeeded"
+    assert up.proc.popen.poll() is None and "the worker exited (-9)" in up.proc.tail(20000)

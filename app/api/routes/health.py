@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +18,11 @@ from app.migrate import schema_problem
 from app.services import jobs
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("stagecraft.api")
+
+
+class SchemaBehind(Exception):
+    """The database schema is not at this code's revision (the message says what to run)."""
 
 
 @router.get("/healthz")
@@ -49,13 +56,16 @@ async def readiness_problems(request: Request, db: Database) -> list[dict[str, s
             session.execute(text("SELECT 1"))
             problem = schema_problem(session)
             if problem:
-                raise RuntimeError(problem)
+                raise SchemaBehind(problem)
 
     for name, check in (("database", check_db), ("broker", lambda: _check_broker(request))):
         try:
             await run_in_threadpool(check)
-        except Exception as exc:
-            problems.append({"component": name, "message": str(exc)[:500]})
+        except SchemaBehind as exc:  # our own message: what to run
+            problems.append({"component": name, "message": str(exc)})
+        except Exception as exc:  # the driver's text names hosts and ports: logged, not answered
+            log.warning("readyz: %s unreachable: %s", name, exc)
+            problems.append({"component": name, "message": f"the {name} is unreachable"})
     return problems
 
 

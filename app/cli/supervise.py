@@ -1,0 +1,72 @@
+"""The worker process of `stagecraft up`, kept running: restarted with backoff when it exits
+on its own (an OOM kill, a crash, a worker that stopped consuming), stopped with one
+SIGTERM when `up` stops.
+
+The worker runs in a session of its own, so a terminal's Ctrl-C reaches `up` only: the
+worker then gets exactly one SIGTERM, checkpoints its job and hands it back (a second
+signal would make Celery stop cold, mid-step).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+HEALTHY_S = 60.0  # a worker that ran this long resets the backoff
+
+
+class WorkerSupervisor:
+    def __init__(self, argv: list[str], say: Callable[[str], None]):
+        self.argv, self.say = argv, say
+        self.stopping = threading.Event()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        with self.lock:
+            if self.stopping.is_set():
+                return None
+            self.proc = subprocess.Popen(self.argv, start_new_session=True)
+            return self.proc
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            proc = self._spawn()
+            if proc is None:
+                return
+            began = time.monotonic()
+            code = proc.wait()
+            if self.stopping.is_set():
+                return
+            failures = 0 if time.monotonic() - began > HEALTHY_S else failures + 1
+            delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1] if failures else BACKOFF_S[0]
+            self.restarts += 1
+            self.say(f"the worker exited ({code}); starting another in {delay:.0f} s")
+            if self.stopping.wait(delay):
+                return
+
+    def stop(self, timeout: float) -> int:
+        """SIGTERM the worker once and wait for it (then kill it); its exit status."""
+        with self.lock:
+            self.stopping.set()
+            proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.thread.join(5)
+        return proc.returncode
