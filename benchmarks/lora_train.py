@@ -80,8 +80,8 @@ def build_ours(lora: bool, precision: str, batches: Batches) -> Callable[[], int
     pipe, seg = plan(spec)
     torch.manual_seed(0)
     pipe.model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD))
-    pipe.add_adapters()  # what Pipeline.build_model does after loading the base
-    pipe.apply_adapters(0)
+    pipe.adapters.create(pipe.model)  # what Pipeline.build_model does after loading the base
+    pipe.adapters.apply(pipe.model, 0)
     return segment_step(pipe, seg, pipe.model, RandomBatches(batches))
 
 

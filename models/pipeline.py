@@ -1,4 +1,4 @@
-"""`run(spec, workdir, ...)`: tokenizer → stages → final model, with exact resume.
+"""The training run of one spec (models.run.run drives it): tokenizer → stages → final model.
 
 Workdir layout: `spec.json`, `tokenizer/`, `checkpoints/step-NNNNNNNNN/`, `model/`.
 A checkpoint holds the model, every live optimizer, the RNG states and each data
@@ -8,7 +8,6 @@ stream's position, so a resumed run produces the same weights as an uninterrupte
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,9 +22,9 @@ from models.chat import ChatFormat
 from models.chat_records import load_chat_format, save_chat_format
 from models.evaluate import measure
 from models.optim import build_optimizer, lr_factor, select_trainable
-from models.peft import save_adapter
 from models.precision import Weights, resolve_device, resolve_precision
-from models.spec import JobSpec, SpecError, adapter_name, parse_spec
+from models.run_adapters import RunAdapters
+from models.spec import JobSpec
 from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
@@ -80,8 +79,7 @@ class Pipeline:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evaluations: list[dict[str, Any]] = []
         self.last_eval: dict[str, dict[str, Any]] = {}  # per data name: the newest measurement
-        self.adapter_of: dict[str, str] = {}  # segment key -> the LoRA adapter it trains (add_adapters)
-        self.base_frozen = False
+        self.adapters = RunAdapters(spec, self.segments)
 
     # --- events ----------------------------------------------------------------------------
 
@@ -143,7 +141,7 @@ class Pipeline:
                 self.tok.save(tok_dir)
             m = self.spec.model
             self.model = build_model(config_from_spec(m, self.tok.vocab_size))
-        self.add_adapters()
+        self.adapters.create(self.model)
         self.adopt(self.model)
         block = self.model.config.block_size
         self.streams: dict[str, data.Stream] = {}
@@ -161,33 +159,11 @@ class Pipeline:
             if ds.num_records
         }
 
-    def add_adapters(self) -> None:
-        """Create every adapter the run trains (models/lora.py), before the weights are adopted."""
-        self.adapter_of = {}
-        for seg in self.segments:
-            if seg.part.adapter is None or seg.key in self.adapter_of:
-                continue
-            phase = int(seg.key.split(".p")[1]) if ".p" in seg.key else None
-            name = adapter_name(seg.stage, phase)
-            if name not in self.adapter_of.values():
-                loc = f"stages.{seg.key.replace('.p', '.phases.')}.adapter"
-                lora.add_adapter(self.model, name, seg.part.adapter, self.spec.seed, loc)
-            self.adapter_of[seg.key] = name
-        # Base weights that no segment trains stay as built: checkpoints then leave them out.
-        self.base_frozen = bool(self.adapter_of) and all(
-            seg.key in self.adapter_of and "trainable" not in seg.part.model_fields_set for seg in self.segments
-        )
-
-    def apply_adapters(self, upto: int) -> None:
-        """Adapters of segments 0..upto are in the forward pass (all of them once trained)."""
-        names = [self.adapter_of[s.key] for s in self.segments[: upto + 1] if s.key in self.adapter_of]
-        lora.apply_adapters(self.model, list(dict.fromkeys(names)))
-
     def trainee(self, seg: Segment) -> Trainee:
         """Unfreeze what `seg` trains; its optimizer is made on first use and kept for the stage.
 
         With an adapter, the base weights train only where `trainable` is given explicitly."""
-        adapter = self.adapter_of.get(seg.key)
+        adapter = self.adapters.of.get(seg.key)
         explicit = adapter is None or "trainable" in seg.part.model_fields_set
         params = select_trainable(self.model, seg.part.trainable if explicit else [], adapter)
         if not params:
@@ -204,7 +180,7 @@ class Pipeline:
             return checkpoint.checkpoint_dir(self.ckpt_root, self.global_step)
         self.saved_step = self.global_step
         weights = self.weights.state_dict()
-        if self.base_frozen:  # the base is rebuilt from init_from (or the seed) on resume
+        if self.adapters.base_frozen:  # the base is rebuilt from init_from (or the seed) on resume
             weights = {k: v for k, v in weights.items() if lora.is_adapter_param(k)}
         tensors = {f"model/{k}": v for k, v in weights.items()}
         tensors["rng/torch"] = torch.get_rng_state()
@@ -224,7 +200,7 @@ class Pipeline:
             "streams": {k: s.state() for k, s in self.streams.items()},
             "optimizers": metas,
             "evaluations": self.evaluations,
-            "base": "rebuilt" if self.base_frozen else "saved",
+            "base": "rebuilt" if self.adapters.base_frozen else "saved",
             "model": artifact.describe(self.model.config, self.tok),
         }
         keep = self.spec.checkpointing.keep_last
@@ -297,7 +273,7 @@ class Pipeline:
         began = time.monotonic() - self.elapsed
         for seg_i in range(start_seg, len(self.segments)):
             seg = self.segments[seg_i]
-            self.apply_adapters(seg_i)
+            self.adapters.apply(self.model, seg_i)
             first_step = start_step if seg_i == start_seg else 0
             stage_start = seg.stage_offset == 0 and first_step == 0
             if stage_start:
@@ -357,13 +333,13 @@ class Pipeline:
 
     def finish(self) -> RunResult:
         model_dir = self.staging / "model"
-        self.apply_adapters(len(self.segments) - 1)
+        self.adapters.apply(self.model, len(self.segments) - 1)
         final: dict[str, dict[str, float]] = {}
         for name in self.val_streams:
             result = self.evaluate_data(None, name, with_tasks=True)
             final[name] = {k: v for k, v in result.items() if isinstance(v, float)}
         state = self.weights.state_dict()
-        names = list(dict.fromkeys(self.adapter_of.values()))
+        names = self.adapters.names
         adapters = {n: lora.extract(self.model, n, state) for n in names}
         merged = lora.merged_state(state, list(adapters.values()))
         info = {
@@ -375,80 +351,8 @@ class Pipeline:
         if adapters:
             info["adapters"] = names
         artifact.save_model(model_dir, merged, self.model.config, self.tok, info)
-        self.save_adapters(model_dir, state, adapters)
+        self.adapters.save(model_dir, state, adapters, self.model, self.tok, self.global_step)
         if self.chat is not None:
             save_chat_format(model_dir, self.chat)
         checkpoint.write_json(model_dir / "evaluation.json", {"final": final, "history": self.evaluations})
         return RunResult(model_dir, self.global_step, final)
-
-    def save_adapters(self, model_dir: Path, state: dict[str, torch.Tensor], adapters: dict[str, lora.Adapter]) -> None:
-        """model/adapters/<name>/ in the PEFT layout, each relative to the unmerged base: the
-        init_from model when the base never trained, else model/base/ (written here)."""
-        if not adapters:
-            return
-        init = self.spec.model.init_from
-        base = init.model if self.base_frozen and init is not None else None
-        if base is None:
-            base_state = {k: v for k, v in state.items() if not lora.is_adapter_param(k)}
-            info = {"name": f"{self.spec.name} (base of its adapters)", "steps": self.global_step}
-            artifact.save_model(model_dir / "base", base_state, self.model.config, self.tok, info)
-        for name, adapter in adapters.items():
-            save_adapter(model_dir / "adapters" / name, adapter, base)
-            checkpoint.write_json(
-                model_dir / "adapters" / name / "stagecraft.json",
-                {"adapter": name, "job": self.spec.name, "base": base or "../../base"},
-            )
-
-
-def _stored_spec(path: Path) -> Any:
-    """The run's spec as this code reads it: fields added since it was written take their
-    defaults, so a run started before an upgrade still resumes."""
-    stored = json.loads(path.read_text())
-    try:
-        return parse_spec(stored).model_dump(mode="json")
-    except SpecError:
-        return stored
-
-
-def run(
-    spec: JobSpec,
-    workdir: Path,
-    on_event: EventSink | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    resolve: Callable[[str], Path] = Path,
-    resume: bool = False,
-    publish: PublishHook | None = None,
-    staging: Path | None = None,
-) -> RunResult:
-    """Train `spec` in `workdir`. With resume, continue from the newest checkpoint there.
-
-    Raises TrainingError (with a code) for runs that cannot go on, and Stopped after
-    checkpointing when should_stop() returned True between two steps. With `publish`,
-    checkpoints and the model are staged under `staging` and published by the hook
-    (the service fences them by its lease); RunResult.model_dir is then the staged model.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec_file = workdir / "spec.json"
-    spec_json = spec.model_dump(mode="json")
-    if spec_file.exists():
-        if not resume:
-            raise TrainingError("user_error", f"{workdir} already holds a run: resume it, or use another directory")
-        if _stored_spec(spec_file) != spec_json:
-            raise TrainingError("user_error", f"{workdir} holds a run of a different spec; resume needs the same spec")
-    else:
-        checkpoint.write_json(spec_file, spec_json)
-    ckpts = checkpoint.list_checkpoints(workdir / "checkpoints")
-    p = Pipeline(spec, workdir, on_event, should_stop, resolve, publish, staging)
-    p.load_data()
-    p.build_model()
-    if resume and ckpts:
-        p.restore(ckpts[-1])
-        p.emit("job.restarted", None, {"from_step": p.global_step, "checkpoint": ckpts[-1].name})
-    if p.should_stop():  # asked to stop while data and model were loading
-        p.save()
-        raise Stopped(p.global_step)
-    for _ in p.train():
-        if p.should_stop():
-            p.save()
-            raise Stopped(p.global_step)
-    return p.finish()

@@ -28,7 +28,7 @@ from app.tables import Job
 from models.checkpoint import list_checkpoints
 from models.errors import StagecraftError
 from models.events import make
-from models.pipeline import RunResult, Stopped, run
+from models.run import RunResult, Stopped, run
 from models.spec import parse_spec
 from workers.reporter import SHUTDOWN, JobRun, LeaseLost
 

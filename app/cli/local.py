@@ -78,7 +78,7 @@ def train(
     Dataset entries are file paths, relative to the spec file. Ctrl-C saves a checkpoint
     and exits; `--resume` continues from it and ends with the same weights.
     """
-    from models.pipeline import Stopped, run  # torch loads here, not for every command
+    from models.run import Stopped, run  # torch loads here, not for every command
 
     raw = read_raw(spec_path)
     spec = checked_spec(raw, spec_path)

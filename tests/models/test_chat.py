@@ -24,7 +24,7 @@ from models.chat import (
 )
 from models.chat_records import example_messages, load_chat_format, save_chat_format, task_prompt
 from models.data import IGNORE, RecordStream
-from models.pipeline import run
+from models.run import run
 from models.spec import parse_spec
 from models.tokenizer import SPECIAL_TOKENS, Tokenizer
 from tests.conftest import corpus_texts, record_objects, tiny_model, write_jsonl

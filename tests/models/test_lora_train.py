@@ -13,7 +13,8 @@ import torch
 from models import artifact, lora
 from models.checkpoint import MODEL_FILE, list_checkpoints, load_checkpoint, load_tensors
 from models.peft import load_adapter
-from models.pipeline import Pipeline, Stopped, run
+from models.pipeline import Pipeline
+from models.run import Stopped, run
 from models.spec import JobSpec, parse_spec
 from models.tokenizer import Tokenizer
 from tests.conftest import BASE_SPEC, tiny_model
@@ -79,7 +80,7 @@ def test_each_segment_changes_only_its_own_adapter(spec: JobSpec, tmp_path: Path
             next(steps)
         after = snapshot(p)
         changed = {k for k in after if not torch.equal(before[k], after[k])}
-        own = p.adapter_of[seg.key]
+        own = p.adapters.of[seg.key]
         assert changed, seg.label
         assert all(k.endswith((f".lora_A.{own}", f".lora_B.{own}")) for k in changed), (seg.label, changed)
         # frozen weights have no gradients, and only the segment's adapter has optimizer state
@@ -100,9 +101,9 @@ def test_adapters_are_applied_from_their_first_phase_on(spec: JobSpec, tmp_path:
     p.build_model()
     layer = p.model.get_submodule("transformer.h.0.mlp.c_fc")
     assert isinstance(layer, lora.LoRALinear)
-    p.apply_adapters(0)
+    p.adapters.apply(p.model, 0)
     assert layer.applied == ["tune"]
-    p.apply_adapters(3)  # tune, alpha, beta, shared: shared is the only other one on c_fc
+    p.adapters.apply(p.model, 3)  # tune, alpha, beta, shared: shared is the only other one on c_fc
     assert layer.applied == ["tune", "shared"]
     assert p.model.get_submodule("transformer.h.1.attn.c_attn").applied == ["alpha", "beta"]  # type: ignore[union-attr]
 

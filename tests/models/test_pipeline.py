@@ -1,4 +1,4 @@
-"""models.pipeline.run end to end on a tiny model: events, checkpoints, exact resume, divergence."""
+"""models.run.run end to end on a tiny model: events, checkpoints, exact resume, divergence."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from models.checkpoint import MODEL_FILE, list_checkpoints, load_tensors
 from models.gpt import GPT, GPTConfig
 from models.optim import lr_factor
-from models.pipeline import RunResult, Stopped, run
+from models.run import RunResult, Stopped, run
 from models.spec import JobSpec, MultistepStage, parse_spec
 from models.stages import TrainingError
 from models.tokenizer import Tokenizer
