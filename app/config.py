@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     queue: str = "train"
 
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_json_bytes: int = 8 << 20  # a JSON request body over this is a 413 (app/api/body.py)
+    # What one job spec may ask for (422 resource_limit_exceeded past them, app/services/spec_limits.py).
+    max_job_parameters: int = 2_000_000_000
+    max_job_tokens: int = 10**12
+    max_job_steps: int = 1_000_000
+    max_job_checkpoints: int = 1_000  # checkpoints one job writes (total steps / checkpointing.every_steps)
+    max_json_depth: int = 64  # arrays/objects nested deeper are a 400, in bodies and JSONL lines
     lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
     max_attempts: int = 3  # claims of one job before worker losses fail it
     cancel_poll_s: float = 0.5  # how often a worker reads its job's cancel flag

@@ -96,6 +96,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except UnicodeDecodeError:
         raise ServiceError("request body is not UTF-8", code="invalid_json") from None
+    except RecursionError:
+        raise ServiceError("request body nests arrays/objects too deeply", code="invalid_json") from None
     except json.JSONDecodeError as exc:
         detail = {"loc": "body", "line": exc.lineno, "column": exc.colno, "message": exc.msg}
         raise ServiceError(

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import errors, openapi
+from app.api import body, errors, openapi
 from app.api.metrics import PrometheusMiddleware
 from app.api.routes import datasets, events, generate, health, jobs, models, openai
 from app.config import Settings, get_settings
@@ -45,8 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s.inference_cache_bytes, s.inference_max_batch, s.inference_device, s.inference_threads
     )
     errors.install(app)
+    app.add_middleware(body.JsonBodyGuard, max_bytes=s.max_json_bytes, max_depth=s.max_json_depth)
     app.add_middleware(PrometheusMiddleware)
     for module in (datasets, jobs, events, models, generate, openai, health):
         app.include_router(module.router)
+    body.use_parsed_json(app)
     app.openapi = lambda: openapi.with_job_spec(app)  # type: ignore[method-assign]
     return app

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from app.api import shape
+from app.api.body import PARSED
 from app.api.deps import JobDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.errors import parse_json
 from app.api.openapi import ERRORS, SPEC_BODY, SPEC_ERRORS, error
@@ -18,6 +19,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
 
 
 async def json_body(request: Request) -> Any:
+    """The body app.api.body parsed off the event loop (bounded in size and depth)."""
+    if PARSED in request.scope:
+        return request.scope[PARSED]
     return parse_json(await request.body())
 
 
