@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     inference_device: str = "auto"  # auto | cpu | cuda
     inference_threads: int = 0  # torch intra-op threads in the API process (0: torch's default)
     max_model_upload_bytes: int = 2 << 30
+    max_model_parameters: int = 2_000_000_000  # an uploaded config declaring more is a 422 before any allocation
+    max_archive_entries: int = 1_000  # members of an uploaded model archive
 
     @field_validator("data_dir")
     @classmethod

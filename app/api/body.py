@@ -28,44 +28,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import error_body
 from app.errors import PayloadTooLarge, ServiceError
 from app.services import auth
+from models.bounded_json import TooDeep, loads
 
 PARSED = "stagecraft.json"  # the scope key of the parsed body
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-class TooDeep(ValueError):
-    pass
-
-
-def check_depth(value: Any, limit: int) -> None:
-    """Raise TooDeep if arrays/objects nest more than `limit` levels (iterative: no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict):
-            children: Any = v.values()
-        elif isinstance(v, list):
-            children = v
-        else:
-            continue
-        if depth > limit:
-            raise TooDeep(f"the JSON nests more than {limit} levels of arrays and objects")
-        stack.extend((c, depth + 1) for c in children)
-
-
-def loads_bounded(data: bytes | str, max_depth: int) -> Any:
-    """json.loads with a nesting bound; TooDeep (a ValueError) past it."""
-    try:
-        value = json.loads(data)
-    except RecursionError:
-        raise TooDeep(f"the JSON nests more than {max_depth} levels of arrays and objects") from None
-    check_depth(value, max_depth)
-    return value
-
-
 def _parse(body: bytes, max_depth: int) -> tuple[Any, ServiceError | None]:
     try:
-        return loads_bounded(body, max_depth), None
+        return loads(body, max_depth), None
     except UnicodeDecodeError:
         return None, ServiceError("request body is not UTF-8", code="invalid_json")
     except json.JSONDecodeError as exc:

@@ -1,8 +1,8 @@
 """/v1/models: finished and uploaded models, and checkpoints by id (all usable as `init_from`
 and servable); uploading a Hugging Face GPT-2-family model; exporting one in that layout.
 
-Import and export run torch, so they run on the serving cache's one torch thread
-(`ModelCache.run`), as checkpoint exports for serving do."""
+Import extracts and checks an archive on a worker thread and converts it on the serving
+cache's one torch thread (`ModelCache.run`), as exports do (app.services.archives)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.api import shape
 from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep
@@ -59,14 +60,16 @@ async def upload_model(
 ) -> ModelOut:
     """Import a model trained elsewhere; its id then serves, exports and seeds `init_from`."""
     upload = await receive_file(request, archives.incoming_path(settings), settings.max_model_upload_bytes)
+    source = await run_in_threadpool(archives.unpack_checked, settings, upload.path)
+    final = await cache.run(lambda: archives.convert(settings, tenant_id, source, upload.name))
 
     def save() -> ModelOut:
         with db.write() as session:
-            model = archives.import_archive(session, settings, tenant_id, upload.path, upload.name)
+            model = archives.register(session, settings, tenant_id, upload.name, final)
             session.commit()
             return shape.model(catalog.describe(session, settings, model))
 
-    return await cache.run(save)
+    return await run_in_threadpool(save)
 
 
 @router.get(
