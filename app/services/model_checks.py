@@ -113,8 +113,9 @@ def check_config(directory: Path, settings: Settings) -> int | None:
     params = gpt_parameters(dims["vocab_size"], dims.get("block_size", 256), dims.get("n_layer", 4),
                             dims.get("n_embd", 256))  # fmt: skip
     if params > settings.max_model_parameters:
-        raise refuse(CONFIG_FILE, f"declares a model of {params:.3g} parameters; this service imports at most "
-                     f"{settings.max_model_parameters:.3g} (setting MAX_MODEL_PARAMETERS)", "resource_limit_exceeded")  # fmt: skip
+        limit = f"{settings.max_model_parameters:.3g} (setting MAX_MODEL_PARAMETERS)"
+        message = f"declares a model of {params:.3g} parameters; this service imports at most {limit}"
+        raise refuse(CONFIG_FILE, message, "resource_limit_exceeded")
     return params
 
 

@@ -19,7 +19,7 @@ from models.tokenizer import Tokenizer
 from tests.app.api.conftest import Client, error
 from tests.conftest import tiny_model
 
-Edit = Callable[[Path], None]
+Edit = Callable[[Path], object]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ CASES: list[tuple[str, Edit, str, str]] = [
         config_edit(lambda c: {**c, "x": json.loads("[" * 200 + "]" * 200)}),
         "unsupported_model",
         "config.json: not valid JSON",
-    ),  # fmt: skip
+    ),
     ("truncated weights", truncate, "unsupported_model", "model.safetensors: "),
     ("lying header", lying_header, "unsupported_model", "do not match its shape"),
     (
@@ -97,14 +97,14 @@ CASES: list[tuple[str, Edit, str, str]] = [
         lambda d: (d / "tokenizer.json").write_text("{nope"),
         "unsupported_model",
         "tokenizer.json: not valid JSON",
-    ),  # fmt: skip
+    ),
     ("tokenizer a list", lambda d: (d / "tokenizer.json").write_text("[]"), "unsupported_model", "tokenizer.json"),
     (
         "tokenizer garbage",
         lambda d: (d / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3}}'),
         "unsupported_model",
         "not a model this service can import",
-    ),  # fmt: skip
+    ),
     ("no weights", lambda d: (d / "model.safetensors").unlink(), "unsupported_model", "model.safetensors"),
 ]
 
