@@ -12,7 +12,7 @@ from app.config import Settings
 from app.errors import Conflict, Invalid, NotFound
 from app.services.pagination import page
 from app.tables import ACTIVE, Dataset, Job, new_id
-from models.records import DataError, parse_bytes
+from models.records import DataError, scan_path
 
 SUFFIXES = (".txt", ".jsonl")
 
@@ -33,7 +33,7 @@ def register(
     """
     try:
         try:
-            parsed = parse_bytes(upload.read_bytes(), filename)
+            parsed = scan_path(upload, filename)
         except DataError as exc:
             details = [{"line": i["line"], "field": i["field"], "reason": i["reason"]} for i in exc.issues]
             more = f" (showing the first {len(exc.issues)})" if exc.total > len(exc.issues) else ""
