@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import tarfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,38 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from models import artifact
-from models.tokenizer import Tokenizer
-from tests.app.api.conftest import Client, error
-from tests.conftest import tiny_model
-
-Edit = Callable[[Path], object]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("upload") / "tiny"
-    model = tiny_model(tokenizer.vocab_size, block_size=64)
-    artifact.save_model(d, model.state_dict(), model.config, tokenizer, {"name": "tiny"})
-    return d
-
-
-def archive(model_dir: Path, tmp_path: Path, edit: Edit | None = None) -> bytes:
-    work = tmp_path / "tiny"
-    work.mkdir()
-    for p in model_dir.iterdir():
-        (work / p.name).write_bytes(p.read_bytes())
-    if edit:
-        edit(work)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        for p in sorted(work.iterdir()):
-            t.add(p, f"tiny/{p.name}")
-    return buf.getvalue()
-
-
-def upload(client: Client, data: bytes, name: str = "m.tar.gz") -> object:
-    return client.post("/v1/models", files={"file": (name, data)})
+from tests.app.api.conftest import Client, Edit, archive, error, upload
 
 
 def config_edit(change: Callable[[dict[str, object]], object]) -> Edit:
@@ -137,7 +105,7 @@ def test_many_entries_are_refused_before_extracting(client: Client, settings: Se
 
 def test_a_good_archive_imports_and_generates(client: Client, model_dir: Path, tmp_path: Path) -> None:
     r = upload(client, archive(model_dir, tmp_path))
-    assert r.status_code == 201, r.text  # type: ignore[attr-defined]
-    model_id = r.json()["id"]  # type: ignore[attr-defined]
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
     out = client.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", "max_new_tokens": 3})
     assert out.status_code == 200 and out.json()["usage"]["completion_tokens"] <= 3, out.text
