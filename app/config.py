@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     max_model_upload_bytes: int = 2 << 30
     max_model_parameters: int = 2_000_000_000  # an uploaded config declaring more is a 422 before any allocation
     max_archive_entries: int = 1_000  # members of an uploaded model archive
+    export_cache_bytes: int = 10 << 30  # export archives kept for reuse; the least recently used go first
 
     @field_validator("data_dir")
     @classmethod

@@ -78,7 +78,8 @@ class JsonBodyGuard:
         headers = Headers(scope=scope)
         content_type = headers.get("content-type", "")
         declared = headers.get("content-length")
-        if content_type.lower().startswith("multipart/") or (declared == "0" and "transfer-encoding" not in headers):
+        no_body = declared in (None, "0") and "transfer-encoding" not in headers  # HTTP/1.1: no body
+        if content_type.lower().startswith("multipart/") or no_body:
             return await self.app(scope, receive, send)
         try:
             if scope["path"].startswith("/v1/"):
@@ -86,7 +87,7 @@ class JsonBodyGuard:
             body = await self._read(receive, declared)
         except ServiceError as exc:
             return await self._error(exc, scope, receive, send)
-        if not content_type or _is_json(content_type):
+        if body and (not content_type or _is_json(content_type)):
             parsed, problem = await anyio.to_thread.run_sync(_parse, body, self.max_depth)
             if problem is not None and (content_type or scope["path"].startswith("/v1/")):
                 return await self._error(problem, scope, receive, send)

@@ -42,6 +42,18 @@ class Deleted(BaseModel):
     deleted: Literal[True] = True
 
 
+class DeletedJob(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    deleted: Literal[True] = True
+
+
+class DeletedModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: Literal[True] = True
+
+
 class StageRef(BaseModel):
     index: int
     name: str

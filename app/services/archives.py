@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Invalid
-from app.services import catalog, model_checks
+from app.services import catalog, deletion, model_checks
 from app.tables import Model, new_id
 from models.events import timestamp
 
@@ -109,6 +109,7 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
     key = str(model_dir.relative_to(settings.data_dir)).replace("/", "-")
     out = settings.models_dir / "exports" / key / f"{name}-{fmt}.{kind}"
     if out.is_file():
+        out.touch()  # most recently used: the cache evicts the others first
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{fmt}-{new_id('x')}"
@@ -118,4 +119,5 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
         tmp.replace(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    deletion.evict_exports(settings, out)
     return out

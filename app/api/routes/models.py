@@ -14,11 +14,11 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import shape
-from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep
+from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
-from app.api.schemas import CheckpointOut, ModelOut, Page
+from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page
 from app.api.uploads import receive_file
-from app.services import archives, catalog
+from app.services import archives, catalog, deletion
 from app.tables import Checkpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
@@ -70,6 +70,15 @@ async def upload_model(
             return shape.model(catalog.describe(session, settings, model))
 
     return await run_in_threadpool(save)
+
+
+@router.delete("/{model_id}", responses={409: error("`in_use`: an unfinished job starts from it (init_from)")})
+def delete_model(model_id: str, tenant_id: TenantDep, session: WriteSession, settings: SettingsDep) -> DeletedModel:
+    """Delete a model and its files (its export archives too); a job that trained it stays."""
+    paths = deletion.delete_model(session, settings, tenant_id, model_id)
+    session.commit()
+    deletion.remove(paths)
+    return DeletedModel(id=model_id)
 
 
 @router.get(
