@@ -37,7 +37,8 @@ def delete_job(session: Session, settings: Settings, tenant_id: str, job_id: str
     job = jobs.get(session, tenant_id, job_id)
     if job.status not in FINISHED:
         raise Conflict(
-            f"job '{job_id}' is {job.status}: cancel it (POST /v1/jobs/{job_id}/cancel) and delete it once it has ended",
+            f"job '{job_id}' is {job.status}: cancel it (POST /v1/jobs/{job_id}/cancel), "
+            "and delete it once it has ended",
             code="job_active",
         )
     refs = {job.id, *session.scalars(select(Checkpoint.id).where(Checkpoint.job_id == job.id))}

@@ -81,15 +81,10 @@ def cancel_job(job_id: str, tenant_id: TenantDep, session: WriteSession) -> JobO
     return shape.job(job)
 
 
-@router.delete(
-    "/{job_id}",
-    responses={
-        409: error(
-            "`job_active`: the job has not ended (cancel it first); `in_use`: an unfinished job "
-            "starts from its model or checkpoints"
-        )
-    },  # fmt: skip
-)
+JOB_IN_USE = "`job_active`: the job has not ended (cancel it first); `in_use`: an unfinished job starts from it"
+
+
+@router.delete("/{job_id}", responses={409: error(JOB_IN_USE)})
 def delete_job(job_id: str, tenant_id: TenantDep, session: WriteSession, settings: SettingsDep) -> DeletedJob:
     """Delete a finished job with everything it made: events, metrics, checkpoints, its model
     and their files. A queued or running job must be cancelled first (409 `job_active`)."""

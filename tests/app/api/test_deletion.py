@@ -93,5 +93,5 @@ def test_deleting_a_job_removes_everything_it_made(
     with database.read() as session:
         for table in (JobEvent, Checkpoint, Model):
             assert session.scalar(select(func.count()).select_from(table).where(table.job_id == mine)) == 0
-            assert session.scalar(select(func.count()).select_from(table).where(table.job_id == theirs)) > 0
+            assert (session.scalar(select(func.count()).select_from(table).where(table.job_id == theirs)) or 0) > 0
     assert client.get(f"/v1/jobs/{theirs}", headers=other).status_code == 200
