@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     max_job_tokens: int = 10**12
     max_job_steps: int = 1_000_000
     max_job_checkpoints: int = 1_000  # checkpoints one job writes (total steps / checkpointing.every_steps)
+    # Per API key and per tenant (app/services/rate_limit.py, quotas.py): 429 past them.
+    rate_limit_per_s: float = 100.0  # requests a second per API key, on average (0: no limit)
+    rate_limit_burst: int = 400  # requests a key may send at once
+    tenant_max_queued_jobs: int = 50
+    tenant_max_unfinished_jobs: int = 100  # queued, running and cancelling
+    tenant_max_storage_bytes: int = 100 << 30  # datasets and uploaded models
     max_json_depth: int = 64  # arrays/objects nested deeper are a 400, in bodies and JSONL lines
     lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
     max_attempts: int = 3  # claims of one job before worker losses fail it

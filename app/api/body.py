@@ -31,6 +31,7 @@ from app.services import auth
 from models.bounded_json import TooDeep, loads
 
 PARSED = "stagecraft.json"  # the scope key of the parsed body
+TENANT = "stagecraft.tenant"  # the scope key of the authenticated tenant
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -47,8 +48,12 @@ def _parse(body: bytes, max_depth: int) -> tuple[Any, ServiceError | None]:
         return None, ServiceError(str(exc), [{"loc": "body", "message": str(exc)}], code="invalid_json")
 
 
-async def authenticate(app: Any, authorization: str | None) -> str:
-    """The tenant of an `Authorization: Bearer` header (401 otherwise); cached keys cost no query."""
+async def authenticate(app: Any, authorization: str | None, scope: Scope | None = None) -> str:
+    """The tenant of an `Authorization: Bearer` header (401 otherwise; cached keys cost no
+    query), once per request (kept in `scope`); the key's rate limit is checked then (429)."""
+    if scope is not None and TENANT in scope:
+        tenant: str = scope[TENANT]
+        return tenant
     key_hash = auth.bearer_key_hash(authorization)
     cache: auth.KeyCache = app.state.key_cache
     tenant_id = cache.get(key_hash)
@@ -60,6 +65,11 @@ async def authenticate(app: Any, authorization: str | None) -> str:
 
         tenant_id = await anyio.to_thread.run_sync(lookup)
         cache.put(key_hash, tenant_id)
+    limiter = getattr(app.state, "limiter", None)
+    if limiter is not None:
+        await limiter.check(key_hash)
+    if scope is not None:
+        scope[TENANT] = tenant_id
     return tenant_id
 
 
@@ -83,7 +93,7 @@ class JsonBodyGuard:
             return await self.app(scope, receive, send)
         try:
             if scope["path"].startswith("/v1/"):
-                await authenticate(scope["app"], headers.get("authorization"))
+                await authenticate(scope["app"], headers.get("authorization"), scope)
             body = await self._read(receive, declared)
         except ServiceError as exc:
             return await self._error(exc, scope, receive, send)
@@ -116,6 +126,7 @@ class JsonBodyGuard:
 
     async def _error(self, exc: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        headers.update(getattr(exc, "headers", {}))
         if exc.status == 413:
             headers["Connection"] = "close"  # the rest of the body is not read
         response = JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, headers=headers)

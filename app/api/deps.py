@@ -81,7 +81,7 @@ async def tenant(
 ) -> str:
     """The caller's tenant id (401 without a valid key); cached keys cost no query. Requests
     with a JSON body were authenticated already, before it was read (app.api.body)."""
-    return await body.authenticate(request.app, authorization)
+    return await body.authenticate(request.app, authorization, request.scope)
 
 
 TenantDep = Annotated[str, Depends(tenant)]

@@ -43,7 +43,9 @@ def _response(status: int, code: str, message: str, details: list[dict[str, Any]
 
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return _response(exc.status, exc.code, exc.message, exc.details)
+    response = _response(exc.status, exc.code, exc.message, exc.details)
+    response.headers.update(getattr(exc, "headers", {}))  # Retry-After of a 429
+    return response
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,7 @@ from app.db import get_database
 from app.queue.broker import Broker
 from app.queue.outbox import Outbox
 from app.queue.wakeups import EventWaiters, Publisher
-from app.services import auth
+from app.services import auth, rate_limit
 from app.serving.engine import ModelCache
 
 
@@ -27,6 +27,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.waiters.start()
         yield
         await app.state.waiters.stop()
+        if app.state.limiter is not None:
+            await app.state.limiter.close()
 
     app = FastAPI(
         title="Stagecraft",
@@ -41,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.outbox = Outbox(app.state.broker, Publisher(s.pubsub_url))
     app.state.waiters = EventWaiters(s.pubsub_url, s.sse_poll_s)
     app.state.key_cache = auth.KeyCache(s.key_cache_s)
+    app.state.limiter = rate_limit.make_limiter(s)
     app.state.models = ModelCache(
         s.inference_cache_bytes, s.inference_max_batch, s.inference_device, s.inference_threads
     )

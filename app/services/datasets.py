@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, Invalid, NotFound
+from app.services import quotas
 from app.services.pagination import page
 from app.tables import ACTIVE, Dataset, Job, new_id
 from models.records import DataError, scan_path
@@ -32,6 +33,7 @@ def register(
     The caller commits; on any error the uploaded file is removed.
     """
     try:
+        quotas.check_storage(session, settings, tenant_id, upload.stat().st_size)
         try:
             parsed = scan_path(upload, filename)
         except DataError as exc:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Invalid, NotFound
-from app.services import catalog, datasets, lifecycle, spec_limits
+from app.services import catalog, datasets, lifecycle, quotas, spec_limits
 from app.services.estimates import Estimates, estimate
 from app.services.pagination import page
 from app.tables import STATUSES, Job, JobStatus
@@ -78,6 +78,7 @@ def submit(
 ) -> tuple[Job, bool]:
     """Validate a spec completely and create its job (lifecycle.create); returns (job, created)."""
     spec, est = validate(session, settings, tenant_id, raw)
+    quotas.check_jobs(session, settings, tenant_id)
     return lifecycle.create(
         session, tenant_id, spec.name, spec.model_dump(mode="json"), asdict(est), spec.total_steps, idempotency_key
     )

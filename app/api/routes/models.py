@@ -18,7 +18,7 @@ from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, Setti
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
 from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page
 from app.api.uploads import receive_file
-from app.services import archives, catalog, deletion
+from app.services import archives, catalog, deletion, quotas
 from app.tables import Checkpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
@@ -60,7 +60,17 @@ async def upload_model(
 ) -> ModelOut:
     """Import a model trained elsewhere; its id then serves, exports and seeds `init_from`."""
     upload = await receive_file(request, archives.incoming_path(settings), settings.max_model_upload_bytes)
-    source = await run_in_threadpool(archives.unpack_checked, settings, upload.path)
+
+    def check() -> Path:
+        try:
+            with db.read() as session:
+                quotas.check_storage(session, settings, tenant_id, upload.size)
+        except BaseException:
+            upload.path.unlink(missing_ok=True)
+            raise
+        return archives.unpack_checked(settings, upload.path)
+
+    source = await run_in_threadpool(check)
     final = await cache.run(lambda: archives.convert(settings, tenant_id, source, upload.name))
 
     def save() -> ModelOut:
