@@ -36,23 +36,50 @@ def refuse(file: str, message: str, code: str = "unsupported_model") -> Invalid:
     return Invalid(f"{file}: {message}", [{"loc": "file", "file": file, "message": message}], code=code)
 
 
+def _zip_directory(archive: Path) -> tuple[int, int] | None:
+    """(entries, central directory bytes) from a zip's end record, without reading the
+    directory itself (zipfile parses every entry in Python first); None if not a zip."""
+    size = archive.stat().st_size
+    with archive.open("rb") as f:
+        f.seek(max(0, size - 65_557))  # the end record (22 bytes) and a comment of up to 64 KiB
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return None
+        entries, cd_size = struct.unpack("<HI", tail[at + 10 : at + 16])
+        locator = tail[at - 20 : at] if at >= 20 else b""
+        if locator[:4] == b"PK\x06\x07":  # zip64: the counts are in the zip64 end record
+            (offset,) = struct.unpack("<Q", locator[8:16])
+            f.seek(offset)
+            record = f.read(56)
+            if record[:4] != b"PK\x06\x06" or len(record) < 56:
+                return None
+            entries, cd_size = struct.unpack("<QQ", record[32:48])
+    return entries, cd_size
+
+
 def check_entries(archive: Path, max_entries: int) -> None:
-    """422 for an archive of more than `max_entries` members (counted before extracting)."""
-    count = 0
+    """422 for an archive of more than `max_entries` members, counted before extracting: a
+    zip by its end record (and a directory too large for that many entries), a tar by its
+    headers, stopping past the limit."""
+    too_many = refuse("file", f"the archive has more than {max_entries} entries (setting MAX_ARCHIVE_ENTRIES)")
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as z:
-                count = len(z.infolist())
-        else:
-            with tarfile.open(archive) as t:
-                for _ in t:
-                    count += 1
-                    if count > max_entries:
-                        break
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError):
+            found = _zip_directory(archive)
+            if found is None:
+                raise refuse("file", "not a readable .zip archive (no end of central directory)")
+            entries, cd_size = found
+            if entries > max_entries or cd_size > max_entries * (46 + 1024):  # 46: fixed part of an entry
+                raise too_many
+            return
+        count = 0
+        with tarfile.open(archive) as t:
+            for _ in t:
+                count += 1
+                if count > max_entries:
+                    raise too_many
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, struct.error):
         raise refuse("file", "not a readable .tar.gz or .zip archive") from None
-    if count > max_entries:
-        raise refuse("file", f"the archive has more than {max_entries} entries (setting MAX_ARCHIVE_ENTRIES)")
 
 
 def _json_file(directory: Path, name: str, depth: int) -> Any:
