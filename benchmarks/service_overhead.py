@@ -194,7 +194,14 @@ def production(root: Path, redis_url: str, pg_admin: str) -> Iterator[tuple[str,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    env = base_env(data_dir=str(root / "data"), database_url=db, broker_url=redis_url, queue=f"bench-{name}", url=url, rate_limit_per_s="0")
+    env = base_env(
+        data_dir=str(root / "data"),
+        database_url=db,
+        broker_url=redis_url,
+        queue=f"bench-{name}",
+        url=url,
+        rate_limit_per_s="0",
+    )
     procs = []
     try:
         assert run_cli("migrate", env=env).returncode == 0
