@@ -128,6 +128,9 @@ class SlotCache(KVCache):
             self.length = 0
 
 
+PREFILL_TOKENS_PER_STEP = 4096  # prompt tokens admitted in one step (at least one prompt, whatever its length)
+
+
 class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
@@ -174,12 +177,17 @@ class Decoder:
             self._advance(self.rows, logits, changed)
             self._drop_finished()
         joining: list[Row] = []
+        budget = PREFILL_TOKENS_PER_STEP  # so one step's prefill, and the rows' wait for it, stays bounded
         while self.waiting and len(self.rows) + len(joining) < self.max_batch:
-            row = self.waiting.popleft()
+            row = self.waiting[0]
+            if joining and len(row.prompt) > budget:
+                break  # it joins at the next step
+            self.waiting.popleft()
             if row.cancelled:
                 row.finish_reason = "cancelled"
                 changed.append(row)
             else:
+                budget -= len(row.prompt)
                 joining.append(row)
         # Prompts of one length are prefilled together: one forward for requests that came at once.
         for length, group in itertools.groupby(sorted(joining, key=lambda r: len(r.prompt)), lambda r: len(r.prompt)):
