@@ -22,7 +22,6 @@ from schemathesis.specs.openapi.checks import (
 from tests.system.processes import Proc, base_env, free_port, stagecraft, wait_ready
 from tests.system.stack import PROCS
 
-pytestmark = pytest.mark.slow
 EXAMPLES = 8  # per operation: the suite stays within a minute or two
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
