@@ -25,6 +25,19 @@ class Settings(BaseSettings):
     queue: str = "train"
 
     max_upload_bytes: int = 512 * 1024 * 1024
+    max_json_bytes: int = 8 << 20  # a JSON request body over this is a 413 (app/api/body.py)
+    # What one job spec may ask for (422 resource_limit_exceeded past them, app/services/spec_limits.py).
+    max_job_parameters: int = 2_000_000_000
+    max_job_tokens: int = 10**12
+    max_job_steps: int = 1_000_000
+    max_job_checkpoints: int = 1_000  # checkpoints one job writes (total steps / checkpointing.every_steps)
+    # Per API key and per tenant (app/services/rate_limit.py, quotas.py): 429 past them.
+    rate_limit_per_s: float = 100.0  # requests a second per API key, on average (0: no limit)
+    rate_limit_burst: int = 400  # requests a key may send at once
+    tenant_max_queued_jobs: int = 50
+    tenant_max_unfinished_jobs: int = 100  # queued, running and cancelling
+    tenant_max_storage_bytes: int = 100 << 30  # datasets and uploaded models
+    max_json_depth: int = 64  # arrays/objects nested deeper are a 400, in bodies and JSONL lines
     lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
     max_attempts: int = 3  # worker losses (lapsed leases) that fail a job; hand-backs do not count
     resend_unclaimed_s: float = 60.0  # a queued job's message no worker took in this long is sent again
@@ -41,6 +54,9 @@ class Settings(BaseSettings):
     inference_device: str = "auto"  # auto | cpu | cuda
     inference_threads: int = 0  # torch intra-op threads in the API process (0: torch's default)
     max_model_upload_bytes: int = 2 << 30
+    max_model_parameters: int = 2_000_000_000  # an uploaded config declaring more is a 422 before any allocation
+    max_archive_entries: int = 1_000  # members of an uploaded model archive
+    export_cache_bytes: int = 10 << 30  # export archives kept for reuse; the least recently used go first
 
     @field_validator("data_dir")
     @classmethod

@@ -38,7 +38,8 @@ import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.service.stack import Api, Proc, base_env, free_port, run_cli, stagecraft, wait_ready  # noqa: E402
+from tests.system.processes import Proc, base_env, free_port, run_cli, stagecraft, wait_ready  # noqa: E402
+from tests.system.stack import Api  # noqa: E402
 
 WORDS = [
     "apples",
@@ -175,7 +176,7 @@ def embedded(root: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     root.mkdir(parents=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = base_env(url=url)
+    env = base_env(url=url, rate_limit_per_s="0")  # measuring the API, not its rate limit
     proc = Proc("up", [*stagecraft(), "up", "--port", str(port), "--data-dir", str(root / "data")], env, root)
     proc.start()
     try:
@@ -194,7 +195,14 @@ def production(root: Path, redis_url: str, pg_admin: str) -> Iterator[tuple[str,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
-    env = base_env(data_dir=str(root / "data"), database_url=db, broker_url=redis_url, queue=f"bench-{name}", url=url)
+    env = base_env(
+        data_dir=str(root / "data"),
+        database_url=db,
+        broker_url=redis_url,
+        queue=f"bench-{name}",
+        url=url,
+        rate_limit_per_s="0",
+    )
     procs = []
     try:
         assert run_cli("migrate", env=env).returncode == 0

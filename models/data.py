@@ -69,9 +69,14 @@ def load_splits(
             continue
         items: list[Any] = ds.texts if ds.kind == "text" else ds.examples
         train, val = split(items, ref.validation_fraction, stable_seed(seed, name))
-        field = "texts" if ds.kind == "text" else "examples"
-        train_sets[name] = DataFile(ds.kind, ds.format, **{field: train})
-        val_sets[name] = DataFile(ds.kind, ds.format, **{field: val})
+        if ds.kind == "text":
+            train_sets[name], val_sets[name] = (
+                DataFile(ds.kind, ds.format, texts=train),
+                DataFile(ds.kind, ds.format, texts=val),
+            )
+        else:
+            train_sets[name] = DataFile(ds.kind, ds.format, examples=train)
+            val_sets[name] = DataFile(ds.kind, ds.format, examples=val)
     if problems:
         raise TrainingError("user_error", "; ".join(problems))
     return train_sets, val_sets

@@ -133,6 +133,9 @@ class SlotCache(KVCache):
             self.length = 0
 
 
+PREFILL_TOKENS_PER_STEP = 4096  # prompt tokens admitted in one step (at least one prompt, whatever its length)
+
+
 class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
@@ -212,12 +215,17 @@ class Decoder:
             self._advance(self.rows, logits, changed)
             self._drop_finished()
         joining: list[Row] = []
+        budget = PREFILL_TOKENS_PER_STEP  # so one step's prefill, and the rows' wait for it, stays bounded
         while self.waiting and len(self.rows) + len(joining) < self.max_batch:
-            row = self.waiting.popleft()
+            row = self.waiting[0]
+            if joining and len(row.prompt) > budget:
+                break  # it joins at the next step
+            self.waiting.popleft()
             if row.cancelled:
                 row.finish_reason = "cancelled"
                 changed.append(row)
             else:
+                budget -= len(row.prompt)
                 joining.append(row)
         # Prompts of one length are prefilled together: one forward for requests that came at once.
         for length, group in itertools.groupby(sorted(joining, key=lambda r: len(r.prompt)), lambda r: len(r.prompt)):
@@ -262,7 +270,7 @@ class Decoder:
             return
         # Hold back an unfinished character and anything that may begin a stop string.
         safe = raw.rstrip("\ufffd")
-        hold = max((n for s in r.stop for n in range(len(s) - 1, 0, -1) if safe.endswith(s[:n])), default=0)
+        hold = max((pending_prefix(safe, s) for s in r.stop), default=0)
         safe = finished_text(safe[: len(safe) - hold], None, r.supervised)  # (stop strings: checked above)
         if len(safe) > len(r.text) and safe.startswith(r.text):
             r.text = safe
@@ -288,3 +296,26 @@ class Decoder:
         self.rows.clear()
         self.waiting.clear()
         self.cache = None
+
+
+def pending_prefix(text: str, stop: str) -> int:
+    """The length of the longest proper prefix of `stop` that `text` ends with: what must be
+    held back while it may still become `stop`. Knuth-Morris-Pratt over the last len(stop)-1
+    characters, so linear in len(stop) (checking every prefix with endswith is quadratic)."""
+    if len(stop) < 2:
+        return 0
+    fail = [0] * len(stop)  # fail[i]: longest proper prefix of stop[:i+1] that is also its suffix
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = fail[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        fail[i] = k
+    k = 0
+    for ch in text[-(len(stop) - 1) :]:
+        while k and (k == len(stop) or ch != stop[k]):
+            k = fail[k - 1]
+        if ch == stop[k]:
+            k += 1
+    return k if k < len(stop) else fail[k - 1]

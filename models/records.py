@@ -9,12 +9,14 @@ fixed templates below, which the task endpoints use again at inference time.
 from __future__ import annotations
 
 import codecs
-import json
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from models.errors import DataError
+from models import bounded_json
+from models.errors import MAX_REPORTED, DataError
 
 ROLES = ("system", "user", "assistant")
 TASK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -39,9 +41,12 @@ class DataFile:
     format: str  # txt | jsonl-text | jsonl-records
     texts: list[str] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
+    counted: int = -1  # records seen, where they were not kept (scan_path)
 
     @property
     def num_records(self) -> int:
+        if self.counted >= 0:
+            return self.counted
         return len(self.texts) if self.kind == "text" else len(self.examples)
 
     def as_texts(self) -> list[str]:
@@ -194,26 +199,50 @@ def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example |
 
 def parse_bytes(data: bytes, filename: str) -> DataFile:
     """Parse a whole file; raise `DataError` listing every bad line."""
+    return parse_lines(data.removeprefix(codecs.BOM_UTF8).split(b"\n"), filename)
+
+
+def scan_path(path: Path, filename: str) -> DataFile:
+    """Validate a file as `parse_bytes` does, reading it line by line and keeping only counts
+    (`DataFile.counted`; no texts or examples): memory stays around the longest line."""
+    with path.open("rb") as f:
+        first = f.readline().removeprefix(codecs.BOM_UTF8)
+        lines = itertools.chain([first], f)
+        return parse_lines((line.removesuffix(b"\n") for line in lines), filename, keep=False)
+
+
+def parse_lines(lines: Iterable[bytes], filename: str, keep: bool = True) -> DataFile:
+    """The lines of a file (without their newline): every bad one is a DataError issue."""
     suffix = Path(filename).suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "expected a .txt or .jsonl file"}])
     issues: list[dict[str, Any]] = []
-    lines = data.removeprefix(codecs.BOM_UTF8).split(b"\n")
+    bad = 0
+
+    def issue(item: dict[str, Any]) -> None:  # the first MAX_REPORTED are kept; all are counted
+        nonlocal bad
+        bad += 1
+        if len(issues) < MAX_REPORTED:
+            issues.append(item)
+
+    count = 0
     if suffix == ".txt":
         texts = []
         for n, raw in enumerate(lines, 1):
             try:
                 text = raw.decode("utf-8").rstrip("\r")
             except UnicodeDecodeError as exc:
-                issues.append({"line": n, "field": "(line)", "reason": f"not UTF-8 ({exc.reason})"})
+                issue({"line": n, "field": "(line)", "reason": f"not UTF-8 ({exc.reason})"})
                 continue
             if text.strip():
-                texts.append(text)
+                count += 1
+                if keep:
+                    texts.append(text)
         if issues:
-            raise DataError(filename, issues)
-        if not texts:
+            raise DataError(filename, issues, bad)
+        if not count:
             raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no text"}])
-        return DataFile("text", "txt", texts=texts)
+        return DataFile("text", "txt", texts=texts, counted=count)
 
     docs: list[str] = []
     examples: list[Example] = []
@@ -222,29 +251,34 @@ def parse_bytes(data: bytes, filename: str) -> DataFile:
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            issues.append({"line": n, "field": "(line)", "reason": f"invalid JSON ({exc})"})
+            obj = bounded_json.loads(raw)
+        except ValueError as exc:  # not UTF-8, not JSON, or nested past bounded_json.MAX_DEPTH
+            issue({"line": n, "field": "(line)", "reason": f"invalid JSON ({exc})"})
             continue
-        item = parse_record(obj, n, issues)
+        found: list[dict[str, Any]] = []
+        item = parse_record(obj, n, found)
+        for f in found:
+            issue(f)
         if item is None:
             continue
         kind = "text" if isinstance(item, str) else "records"
         first_kind = first_kind or kind
         if kind != first_kind:
             want = "a {text} line" if first_kind == "text" else "a supervised record"
-            issues.append({"line": n, "field": "(line)", "reason": f"mixed formats: expected {want} like the first"})
-        elif isinstance(item, str):
+            issue({"line": n, "field": "(line)", "reason": f"mixed formats: expected {want} like the first"})
+            continue
+        count += 1
+        if keep and isinstance(item, str):
             docs.append(item)
-        else:
+        elif keep and not isinstance(item, str):
             examples.append(item)
     if issues:
-        raise DataError(filename, issues)
+        raise DataError(filename, issues, bad)
     if first_kind is None:
         raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no records"}])
     if first_kind == "text":
-        return DataFile("text", "jsonl-text", texts=docs)
-    return DataFile("records", "jsonl-records", examples=examples)
+        return DataFile("text", "jsonl-text", texts=docs, counted=count)
+    return DataFile("records", "jsonl-records", examples=examples, counted=count)
 
 
 def load_file(path: Path) -> DataFile:

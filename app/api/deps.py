@@ -9,12 +9,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
+from app.api import body
 from app.config import Settings
 from app.db import Database
 from app.queue import outbox
-from app.services import auth, jobs
+from app.services import jobs
 from app.services.pagination import MAX_LIMIT
 from app.serving.engine import ModelCache
 from app.tables import Job
@@ -79,19 +79,9 @@ async def tenant(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     _scheme: object = Depends(bearer),
 ) -> str:
-    """The caller's tenant id (401 without a valid key); cached keys cost no query."""
-    key_hash = auth.bearer_key_hash(authorization)
-    cache: auth.KeyCache = request.app.state.key_cache
-    tenant_id = cache.get(key_hash)
-    if tenant_id is None:
-
-        def lookup() -> str:
-            with app_database(request).read() as session:
-                return auth.tenant_of(session, key_hash)
-
-        tenant_id = await run_in_threadpool(lookup)
-        cache.put(key_hash, tenant_id)
-    return tenant_id
+    """The caller's tenant id (401 without a valid key); cached keys cost no query. Requests
+    with a JSON body were authenticated already, before it was read (app.api.body)."""
+    return await body.authenticate(request.app, authorization, request.scope)
 
 
 TenantDep = Annotated[str, Depends(tenant)]

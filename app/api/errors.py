@@ -92,7 +92,9 @@ def _response(status: int, code: str, message: str, details: list[dict[str, Any]
 
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return _response(exc.status, exc.code, exc.message, exc.details)
+    response = _response(exc.status, exc.code, exc.message, exc.details)
+    response.headers.update(getattr(exc, "headers", {}))  # Retry-After of a 429
+    return response
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -162,6 +164,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except UnicodeDecodeError:
         raise ServiceError("request body is not UTF-8", code="invalid_json") from None
+    except RecursionError:
+        raise ServiceError("request body nests arrays/objects too deeply", code="invalid_json") from None
     except json.JSONDecodeError as exc:
         detail = {"loc": "body", "line": exc.lineno, "column": exc.colno, "message": exc.msg}
         raise ServiceError(

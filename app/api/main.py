@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api import errors, openapi
+from app.api import body, errors, openapi
 from app.api.metrics import PrometheusMiddleware
 from app.api.routes import datasets, events, files, fine_tuning, generate, health, jobs, landing, models, openai
 from app.config import Settings, get_settings
@@ -16,7 +16,7 @@ from app.db import get_database
 from app.queue.broker import Broker
 from app.queue.outbox import Outbox
 from app.queue.wakeups import EventWaiters, Publisher
-from app.services import auth
+from app.services import auth, rate_limit
 from app.serving.engine import ModelCache
 
 
@@ -28,6 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.waiters.start()
         yield
         await app.state.waiters.stop()
+        if app.state.limiter is not None:
+            await app.state.limiter.close()
 
     # /docs and /redoc with Swagger UI and ReDoc from the fastapi-offline package: no CDN.
     app = FastAPIOffline(
@@ -43,12 +45,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.outbox = Outbox(app.state.broker, Publisher(s.pubsub_url))
     app.state.waiters = EventWaiters(s.pubsub_url, s.sse_poll_s)
     app.state.key_cache = auth.KeyCache(s.key_cache_s)
+    app.state.limiter = rate_limit.make_limiter(s)
     app.state.models = ModelCache(
         s.inference_cache_bytes, s.inference_max_batch, s.inference_device, s.inference_threads
     )
     errors.install(app)
+    app.add_middleware(body.JsonBodyGuard, max_bytes=s.max_json_bytes, max_depth=s.max_json_depth)
     app.add_middleware(PrometheusMiddleware)
     for module in (datasets, jobs, events, models, generate, openai, files, fine_tuning, health, landing):
         app.include_router(module.router)
+    body.use_parsed_json(app)
     app.openapi = lambda: openapi.with_job_spec(app)  # type: ignore[method-assign]
     return app

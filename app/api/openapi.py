@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from app.api import openapi_truth
 from app.api.schemas import ErrorResponse
 from models.spec import JobSpec
 
@@ -85,5 +86,5 @@ def with_job_spec(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     _, defs = models_json_schema([(JobSpec, "validation")], ref_template="#/components/schemas/{model}")
     schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-    app.openapi_schema = schema
+    app.openapi_schema = openapi_truth.correct(schema)
     return schema

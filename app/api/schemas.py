@@ -8,7 +8,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.serving.requests import MAX_NEW_TOKENS
+from app.serving.requests import MAX_NEW_TOKENS, MAX_SEED
 from app.tables import JobStatus
 
 T = TypeVar("T")
@@ -41,6 +41,18 @@ class DatasetOut(BaseModel):
 class Deleted(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"
+    deleted: Literal[True] = True
+
+
+class DeletedJob(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    deleted: Literal[True] = True
+
+
+class DeletedModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
     deleted: Literal[True] = True
 
 
@@ -163,7 +175,9 @@ class EvaluationOut(BaseModel):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields are refused, and types are not coerced: `true` is not a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SamplingIn(Strict):
@@ -171,7 +185,7 @@ class SamplingIn(Strict):
     temperature: Annotated[float, Field(ge=0.0, le=10.0, description="0: greedy")] = 0.0
     top_k: Annotated[int, Field(ge=0, description="0: no limit")] = 0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    seed: int | None = None
+    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED)] = None
 
 
 class GenerateIn(SamplingIn):

@@ -129,7 +129,8 @@ async def receive_file(request: Request, dest: Path, max_bytes: int) -> Upload:
         raise
     if not parts.seen_file:
         raise Invalid("no file in the upload", [{"loc": "file", "message": "a `file` part is required"}])
-    upload.name = parts.name_buf.decode("utf-8", "replace").strip()[:MAX_NAME] or upload.filename
+    upload.filename = upload.filename.replace("\x00", "")  # PostgreSQL text cannot hold NUL
+    upload.name = parts.name_buf.decode("utf-8", "replace").replace("\x00", "").strip()[:MAX_NAME] or upload.filename
     upload.sha256 = parts.hasher.hexdigest()
     upload.purpose = parts.purpose_buf.decode("utf-8", "replace").strip()
     return upload

@@ -1,12 +1,14 @@
 """Models in and out as archives: importing an uploaded Hugging Face GPT-2-family (or
 exported Stagecraft) model, and exporting any servable model in the Hugging Face layout.
 
-Both run torch code: the routes run them on the inference thread (`ModelCache.run`, in
-app.serving), never on the event loop or a thread-pool thread.
+Import is three steps: extracting and checking the archive (no torch: a worker thread),
+converting it (torch: the inference thread, `ModelCache.run`), registering it (a worker
+thread). Export runs torch code, on the inference thread too.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -14,9 +16,11 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Invalid
-from app.services import catalog
+from app.services import catalog, deletion, model_checks
 from app.tables import Model, new_id
 from models.events import timestamp
+
+log = logging.getLogger("stagecraft.api")
 
 
 def incoming_path(settings: Settings) -> Path:
@@ -25,33 +29,76 @@ def incoming_path(settings: Settings) -> Path:
     return d / new_id("up")
 
 
-def import_archive(session: Session, settings: Settings, tenant_id: str, archive: Path, name: str) -> Model:
-    """Unpack, convert to our model directory (tokenizer included) and register; 422
-    `unsupported_model` for anything that is not a GPT-2-family model we can represent."""
-    from models import artifact
+def _clean(message: str, *paths: Path) -> str:
+    """A message without the server's paths (the folder an archive was unpacked into, say)."""
+    for p in sorted({str(p) for p in paths}, key=len, reverse=True):
+        message = message.replace(p + "/", "").replace(p, "(archive)")
+    return message
+
+
+def _unsupported(message: str) -> Invalid:
+    return Invalid(message, [{"loc": "file", "message": message}], code="unsupported_model")
+
+
+def unpack_checked(settings: Settings, archive: Path) -> Path:
+    """Extract an uploaded archive and check it (app.services.model_checks) before anything is
+    allocated for its model; returns the model folder inside the scratch folder. No torch:
+    run it on a worker thread, not the inference thread. Removes the archive; on an error,
+    the scratch folder too."""
     from models.archive import unpack
     from models.errors import TrainingError
 
-    model_id = new_id("model")
     scratch = archive.with_name(archive.name + ".d")
-    final = settings.models_dir / tenant_id / model_id
     try:
+        model_checks.check_entries(archive, settings.max_archive_entries)
         source = unpack(archive, scratch, max_bytes=4 * settings.max_model_upload_bytes)
+        model_checks.check_model_dir(source, settings)
+        return source
+    except BaseException as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(exc, TrainingError):
+            raise _unsupported(_clean(str(exc), scratch, settings.data_dir)) from None
+        raise
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path:
+    """Load a checked model folder and save it as ours under the tenant's models (torch: on the
+    inference thread); returns its folder, named by its new model id. Removes `source`'s
+    scratch folder whatever happens."""
+    from models import artifact
+
+    scratch = next(p for p in (source, *source.parents) if p.name.endswith(".d"))
+    model_id = new_id("model")
+    final = settings.models_dir / tenant_id / model_id
+    tmp = final.with_name(f".{model_id}.partial")
+    try:
         model, tok = artifact.load_model(source)
-        created = timestamp()
-        info = {"name": name, "steps": 0, "created_at": created, "parameters": model.num_parameters(), "source": name}
-        tmp = final.with_name(f".{model_id}.partial")
+        info = {"name": name, "steps": 0, "created_at": timestamp(), "parameters": model.num_parameters(),
+                "source": name}  # fmt: skip
         artifact.save_model(tmp, model.state_dict(), model.config, tok, info)
         tmp.rename(final)
-    except TrainingError as exc:
-        raise Invalid(str(exc), [{"loc": "file", "message": str(exc)}], code="unsupported_model") from None
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        message = f"not a model archive: {exc}"
-        raise Invalid(message, [{"loc": "file", "message": message}], code="unsupported_model") from None
+    except Exception as exc:  # what the loaders raise on data the checks let through
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            raise
+        log.info("model import refused: %r", exc)
+        raise _unsupported(_clean(f"not a model this service can import: {exc}", scratch, settings.data_dir)) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        archive.unlink(missing_ok=True)
-    return catalog.register_upload(session, settings, tenant_id, name, final)
+    return final
+
+
+def register(session: Session, settings: Settings, tenant_id: str, name: str, final: Path) -> Model:
+    """The converted model's row; if adding it fails, its folder goes too (no orphans)."""
+    try:
+        model = catalog.register_upload(session, settings, tenant_id, name, final)
+        session.flush()
+        return model
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        raise
 
 
 def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kind: str) -> Path:
@@ -62,6 +109,7 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
     key = str(model_dir.relative_to(settings.data_dir)).replace("/", "-")
     out = settings.models_dir / "exports" / key / f"{name}-{fmt}.{kind}"
     if out.is_file():
+        out.touch()  # most recently used: the cache evicts the others first
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{fmt}-{new_id('x')}"
@@ -71,4 +119,5 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
         tmp.replace(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    deletion.evict_exports(settings, out)
     return out

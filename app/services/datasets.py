@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, Invalid, NotFound
+from app.services import quotas
 from app.services.pagination import page
 from app.tables import ACTIVE, Dataset, Job, new_id
-from models.records import DataError, parse_bytes
+from models.records import DataError, scan_path
 
 SUFFIXES = (".txt", ".jsonl")
 
@@ -32,8 +33,9 @@ def register(
     The caller commits; on any error the uploaded file is removed.
     """
     try:
+        quotas.check_storage(session, settings, tenant_id, upload.stat().st_size)
         try:
-            parsed = parse_bytes(upload.read_bytes(), filename)
+            parsed = scan_path(upload, filename)
         except DataError as exc:
             details = [{"line": i["line"], "field": i["field"], "reason": i["reason"]} for i in exc.issues]
             more = f" (showing the first {len(exc.issues)})" if exc.total > len(exc.issues) else ""

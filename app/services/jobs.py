@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Invalid, NotFound
-from app.services import catalog, datasets, lifecycle
+from app.services import catalog, datasets, lifecycle, quotas, spec_limits
 from app.services.estimates import Estimates, estimate
 from app.services.pagination import page
 from app.tables import STATUSES, Job, JobStatus
@@ -57,7 +57,10 @@ def _reference_errors(
 
 
 def validate(session: Session, settings: Settings, tenant_id: str, raw: Any) -> tuple[JobSpec, Estimates]:
-    """Parse and check a spec completely, or raise 422 `invalid_spec` listing every error."""
+    """Parse and check a spec completely, or raise 422 `invalid_spec` listing every error
+    (422 `resource_limit_exceeded` for a valid spec over the service's limits)."""
+    if nul := spec_limits.nul_errors(raw):
+        raise _invalid(nul)
     try:
         spec = parse_spec(raw)
     except SpecError as exc:
@@ -65,7 +68,9 @@ def validate(session: Session, settings: Settings, tenant_id: str, raw: Any) -> 
     errors, base = _reference_errors(session, settings, tenant_id, spec)
     if errors:
         raise _invalid(errors)
-    return spec, estimate(spec, base)
+    est = estimate(spec, base)
+    spec_limits.check_resources(settings, spec, est)
+    return spec, est
 
 
 def submit(
@@ -73,6 +78,7 @@ def submit(
 ) -> tuple[Job, bool]:
     """Validate a spec completely and create its job (lifecycle.create); returns (job, created)."""
     spec, est = validate(session, settings, tenant_id, raw)
+    quotas.check_jobs(session, settings, tenant_id)
     return lifecycle.create(
         session, tenant_id, spec.name, spec.model_dump(mode="json"), asdict(est), spec.total_steps, idempotency_key
     )

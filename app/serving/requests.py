@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 MAX_NEW_TOKENS = 2048
 MAX_STOPS = 4
+MAX_STOP_CHARS = 1000  # each; what the decoder holds back per step is linear in it (models.decoder)
+MAX_SEED = 2**63 - 1  # seeds are torch generator seeds; OpenAI's n choices add up to n - 1
+MAX_PROMPTS = 16  # prompts in one OpenAI completions request (each decoded `n` times)
 LONG_PROMPT = 20_000  # characters; longer prompts are encoded off the event loop
 
 
@@ -70,8 +73,8 @@ class Prepared:
 
 def stop_list(stop: str | list[str] | None, loc: str) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > MAX_STOPS or any(not s for s in stops):
-        message = f"at most {MAX_STOPS} non-empty strings"
+    if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+        message = f"at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters"
         raise Invalid(f"stop: {message}", [{"loc": loc, "message": message}])
     return stops
 

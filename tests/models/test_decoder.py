@@ -133,3 +133,33 @@ def test_cancelled_rows_leave_and_bad_prompts_are_refused(peaked: GPT, tokenizer
         dec.add(Row(list(range(48)), Sampling()))
     with pytest.raises(ValueError, match="prompt needs"):
         dec.add(Row([], Sampling()))
+
+
+def test_one_step_prefills_a_bounded_number_of_prompt_tokens(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long prompts arriving together join over several steps, and a row already decoding
+    gets a token at each of them; the results are those of each prompt alone."""
+    import models.decoder
+
+    monkeypatch.setattr(models.decoder, "PREFILL_TOKENS_PER_STEP", 100)
+    model = tiny_model(tokenizer.vocab_size, block_size=128)
+    dec = Decoder(model, tokenizer, max_batch=8)
+    short = Row([5, 6, 7], Sampling(max_new_tokens=20), ignore_eos=True)
+    dec.add(short)
+    dec.step()
+    longs = [Row([(i * 7 + j) % 200 + 3 for j in range(60)], Sampling(max_new_tokens=3)) for i in range(4)]
+    for r in longs:
+        dec.add(r)
+    admitted = []
+    for _ in range(4):
+        before = len(short.tokens)
+        dec.step()
+        admitted.append(sum(1 for r in longs if r.tokens or r.finish_reason))
+        assert len(short.tokens) == before + 1
+    assert admitted[:2] == [1, 2], admitted  # 60 tokens a step with a budget of 100
+    while dec.busy:
+        dec.step()
+    for r in longs:
+        alone = generate_ids(model, [r.prompt], Sampling(max_new_tokens=3), eos_id=tokenizer.eos_id)[0]
+        assert r.tokens == alone[: len(r.tokens)] and len(r.tokens) >= 1

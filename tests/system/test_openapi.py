@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from tests.system.stack import Stack
@@ -15,6 +17,8 @@ ROUTES = {
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{job_id}"),
+    ("delete", "/v1/jobs/{job_id}"),
+    ("delete", "/v1/models/{model_id}"),
     ("post", "/v1/jobs/{job_id}/cancel"),
     ("get", "/v1/jobs/{job_id}/events"),
     ("get", "/v1/jobs/{job_id}/metrics"),
@@ -66,5 +70,10 @@ def test_openapi_documents_every_route(pg_stack: Stack) -> None:
     assert "multipart/form-data" in ops[("post", "/v1/models")]["requestBody"]["content"]
     assert "multipart/form-data" in ops[("post", "/v1/files")]["requestBody"]["content"]
     assert doc["components"]["schemas"]["ErrorBody"]["properties"].keys() >= {"code", "message", "param", "type"}
+    for (_, path), op in ops.items():  # what every route may answer besides its own codes
+        assert not path.startswith("/v1/") or {"429", "503"} <= set(op["responses"]), path
+        if "application/json" in op.get("requestBody", {}).get("content", {}):
+            assert {"400", "413", "415"} <= set(op["responses"]), path
+    assert '"gt"' not in json.dumps(doc) and '"exclusiveMinimum"' in json.dumps(doc)
     docs = httpx.get(pg_stack.url + "/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()

@@ -16,6 +16,7 @@ from app.api.deps import DatabaseDep, JobDep, ReadSession, SettingsDep
 from app.api.openapi import ERRORS, EVENT_STREAM
 from app.api.schemas import CheckpointOut, EvaluationOut, EventOut, MetricsOut, Page
 from app.db import Database
+from app.errors import Invalid
 from app.queue.wakeups import EventWaiters
 from app.services import evaluation, events, metrics
 from app.tables import FINISHED, JobEvent
@@ -23,6 +24,7 @@ from models.events import FINAL
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=ERRORS)
 SSE_BATCH = 500
+MAX_SEQ = 2**63 - 1  # seqs are BIGINT: a larger cursor cannot be compared in SQL
 
 
 def _read(db: Database, job_id: str, after: int) -> tuple[list[JobEvent], str | None]:
@@ -67,12 +69,15 @@ async def job_events(
     job: JobDep,
     db: DatabaseDep,
     settings: SettingsDep,
-    after: Annotated[int, Query(ge=0, description="only events with a larger seq")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="only events with a larger seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="JSON pages only")] = 100,
     accept: Annotated[str, Header(include_in_schema=False)] = "",
     last_event_id: Annotated[str | None, Header(description="SSE: resume after this seq")] = None,
 ) -> Page[EventOut] | StreamingResponse:
     if last_event_id and last_event_id.strip().isdigit():
+        if int(last_event_id) > MAX_SEQ:
+            message = f"Last-Event-ID must be an event seq (at most {MAX_SEQ})"
+            raise Invalid(message, [{"loc": "header.last-event-id", "message": message}])
         after = max(after, int(last_event_id))
     if "text/event-stream" in accept:
         return StreamingResponse(

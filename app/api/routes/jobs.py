@@ -7,17 +7,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from app.api import shape
+from app.api.body import PARSED
 from app.api.deps import JobDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.errors import parse_json
 from app.api.openapi import ERRORS, SPEC_BODY, SPEC_ERRORS, error
-from app.api.schemas import JobOut, Page, ValidationOut
-from app.services import jobs, lifecycle
+from app.api.schemas import DeletedJob, JobOut, Page, ValidationOut
+from app.services import deletion, jobs, lifecycle
 from app.tables import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
 
 
 async def json_body(request: Request) -> Any:
+    """The body app.api.body parsed off the event loop (bounded in size and depth)."""
+    if PARSED in request.scope:
+        return request.scope[PARSED]
     return parse_json(await request.body())
 
 
@@ -75,3 +79,16 @@ def cancel_job(job_id: str, tenant_id: TenantDep, session: WriteSession) -> JobO
     job = lifecycle.cancel(session, tenant_id, job_id)
     session.commit()  # its worker and its event streams are woken now
     return shape.job(job)
+
+
+JOB_IN_USE = "`job_active`: the job has not ended (cancel it first); `in_use`: an unfinished job starts from it"
+
+
+@router.delete("/{job_id}", responses={409: error(JOB_IN_USE)})
+def delete_job(job_id: str, tenant_id: TenantDep, session: WriteSession, settings: SettingsDep) -> DeletedJob:
+    """Delete a finished job with everything it made: events, metrics, checkpoints, its model
+    and their files. A queued or running job must be cancelled first (409 `job_active`)."""
+    paths = deletion.delete_job(session, settings, tenant_id, job_id)
+    session.commit()
+    deletion.remove(paths)
+    return DeletedJob(id=job_id)

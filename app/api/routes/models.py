@@ -1,8 +1,8 @@
 """/v1/models: finished and uploaded models, and checkpoints by id (all usable as `init_from`
 and servable); uploading a Hugging Face GPT-2-family model; exporting one in that layout.
 
-Import and export run torch, so they run on the serving cache's one torch thread
-(`ModelCache.run`), as checkpoint exports for serving do."""
+Import extracts and checks an archive on a worker thread and converts it on the serving
+cache's one torch thread (`ModelCache.run`), as exports do (app.services.archives)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.api import shape
-from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep
+from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
-from app.api.schemas import CheckpointOut, ModelOut, Page
+from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page
 from app.api.uploads import receive_file
-from app.services import archives, catalog
+from app.services import archives, catalog, deletion, quotas
 from app.tables import Checkpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
@@ -60,13 +61,34 @@ async def upload_model(
     """Import a model trained elsewhere; its id then serves, exports and seeds `init_from`."""
     upload = await receive_file(request, archives.incoming_path(settings), settings.max_model_upload_bytes)
 
+    def check() -> Path:
+        try:
+            with db.read() as session:
+                quotas.check_storage(session, settings, tenant_id, upload.size)
+        except BaseException:
+            upload.path.unlink(missing_ok=True)
+            raise
+        return archives.unpack_checked(settings, upload.path)
+
+    source = await run_in_threadpool(check)
+    final = await cache.run(lambda: archives.convert(settings, tenant_id, source, upload.name))
+
     def save() -> ModelOut:
         with db.write() as session:
-            model = archives.import_archive(session, settings, tenant_id, upload.path, upload.name)
+            model = archives.register(session, settings, tenant_id, upload.name, final)
             session.commit()
             return shape.model(catalog.describe(session, settings, model))
 
-    return await cache.run(save)
+    return await run_in_threadpool(save)
+
+
+@router.delete("/{model_id}", responses={409: error("`in_use`: an unfinished job starts from it (init_from)")})
+def delete_model(model_id: str, tenant_id: TenantDep, session: WriteSession, settings: SettingsDep) -> DeletedModel:
+    """Delete a model and its files (its export archives too); a job that trained it stays."""
+    paths = deletion.delete_model(session, settings, tenant_id, model_id)
+    session.commit()
+    deletion.remove(paths)
+    return DeletedModel(id=model_id)
 
 
 @router.get(

@@ -29,7 +29,7 @@ from app.config import Settings
 from app.db import Database
 from app.errors import Invalid, ServiceError
 from app.serving.engine import ModelCache
-from app.serving.requests import MAX_NEW_TOKENS, Prepared, prepare, stop_list
+from app.serving.requests import MAX_NEW_TOKENS, MAX_PROMPTS, MAX_SEED, Prepared, prepare, stop_list
 from models.records import messages_prompt
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses={**ERRORS, **SERVE_ERRORS})
@@ -39,7 +39,7 @@ Chunk = dict[str, Any]
 class OpenAIIn(BaseModel):
     """Parameters both routes share. Accepted and ignored: penalties, logit_bias, user."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no coercion: `true` is not a number
     model: str
     max_tokens: Annotated[int | None, Field(ge=1, le=MAX_NEW_TOKENS)] = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
@@ -48,7 +48,7 @@ class OpenAIIn(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED)] = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -56,7 +56,7 @@ class OpenAIIn(BaseModel):
 
 
 class CompletionIn(OpenAIIn):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
     max_tokens: Annotated[int | None, Field(ge=1, le=MAX_NEW_TOKENS)] = 16
     echo: bool = False
     logprobs: Literal[None] = None
@@ -76,7 +76,7 @@ class Message(BaseModel):
 
 
 class ChatIn(OpenAIIn):
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=1000)]
     max_completion_tokens: Annotated[int | None, Field(ge=1, le=MAX_NEW_TOKENS)] = None
     logprobs: Literal[None, False] = None
 
