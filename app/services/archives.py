@@ -1,5 +1,5 @@
-"""Models in and out as archives: importing an uploaded Hugging Face GPT-2-family (or
-exported Stagecraft) model, and exporting any servable model in the Hugging Face layout.
+"""Models in and out as archives: importing an uploaded Hugging Face model archive (GPT-2 or
+Llama family), a GGUF file, or an exported Stagecraft model, and exporting any servable model in the Hugging Face layout.
 
 Both run torch code: the routes run them on the inference thread (`ModelCache.run`, in
 app.serving), never on the event loop or a thread-pool thread.
@@ -30,18 +30,23 @@ def import_archive(session: Session, settings: Settings, tenant_id: str, archive
     `unsupported_model` for anything that is not a GPT-2-family model we can represent."""
     from models import artifact
     from models.archive import unpack
+    from models.chat_records import save_chat_format
     from models.errors import TrainingError
 
     model_id = new_id("model")
     scratch = archive.with_name(archive.name + ".d")
     final = settings.models_dir / tenant_id / model_id
     try:
-        source = unpack(archive, scratch, max_bytes=4 * settings.max_model_upload_bytes)
+        is_file = artifact.is_gguf(archive)  # a GGUF file is the model itself, not an archive
+        source = archive if is_file else unpack(archive, scratch, max_bytes=4 * settings.max_model_upload_bytes)
         model, tok = artifact.load_model(source)
         created = timestamp()
         info = {"name": name, "steps": 0, "created_at": created, "parameters": model.num_parameters(), "source": name}
         tmp = final.with_name(f".{model_id}.partial")
         artifact.save_model(tmp, model.state_dict(), model.config, tok, info)
+        chat = artifact.chat_format_of(source)
+        if chat is not None:  # where serving and init_from find the conversation format
+            save_chat_format(tmp, chat)
         tmp.rename(final)
     except TrainingError as exc:
         raise Invalid(str(exc), [{"loc": "file", "message": str(exc)}], code="unsupported_model") from None
