@@ -19,6 +19,8 @@ import torch
 
 from models.arch import Model, ModelConfig, build_model, config_from_dict
 from models.archive import is_archive, unpack
+from models.chat import ChatFormat
+from models.chat_records import load_chat_format, make_chat_format
 from models.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -28,8 +30,6 @@ from models.checkpoint import (
     save_tensors,
     write_json,
 )
-from models.chat import ChatFormat
-from models.chat_records import load_chat_format, make_chat_format
 from models.hf import from_hf, from_hf_parts, is_hf_dir, service_tokenizer
 from models.tokenizer import Tokenizer
 

@@ -1,5 +1,6 @@
 """Models in and out as archives: importing an uploaded Hugging Face model archive (GPT-2 or
-Llama family), a GGUF file, or an exported Stagecraft model, and exporting any servable model in the Hugging Face layout.
+Llama family), a GGUF file, or an exported Stagecraft model; and exporting any servable
+model in the Hugging Face layout.
 
 Both run torch code: the routes run them on the inference thread (`ModelCache.run`, in
 app.serving), never on the event loop or a thread-pool thread.
