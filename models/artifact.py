@@ -4,7 +4,7 @@ config.json records the architecture (`arch`, and the config under that name, e.
 `"llama": {...}`; `"gpt": {...}` alone for older GPT directories), and for models with a
 conversation format the `chat_template`, the `eos_token_ids` that end a generation and
 the `generation` defaults. `load_model` also reads a Hugging Face directory (models.hf),
-an archive (.tar.gz / .zip) of either kind, and a PEFT adapter directory whose
+an archive (.tar.gz / .zip) of either kind, a GGUF file (models.gguf), and a PEFT adapter directory whose
 `stagecraft.json` names its base by `base_path` (merged into the base: models.peft).
 """
 
@@ -19,6 +19,8 @@ import torch
 
 from models.arch import Model, ModelConfig, build_model, config_from_dict
 from models.archive import is_archive, unpack
+from models.chat import ChatFormat
+from models.chat_records import load_chat_format, make_chat_format
 from models.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -28,7 +30,7 @@ from models.checkpoint import (
     save_tensors,
     write_json,
 )
-from models.hf import from_hf, is_hf_dir
+from models.hf import from_hf, from_hf_parts, is_hf_dir, service_tokenizer
 from models.tokenizer import Tokenizer
 
 FORMATS = {"gpt": "stagecraft-gpt", "llama": "stagecraft-llama"}
@@ -87,9 +89,47 @@ def tokenizer_of(directory: Path, record: dict[str, Any]) -> Tokenizer:
     return tok
 
 
+def is_gguf(path: Path) -> bool:
+    """A GGUF file, known by its magic bytes (an upload's scratch name has no suffix)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def load_gguf(path: Path, dropout: float | None = None) -> tuple[Model, Tokenizer]:
+    """A llama/qwen2 GGUF file as our Llama: dequantized by models.gguf, the tokenizer rebuilt
+    from its metadata, its end ids, chat template and generation defaults attached."""
+    from models.gguf import read_gguf
+
+    ckpt = read_gguf(path)
+    eos = ckpt.generation.get("eos_token_id")
+    eos_ids = eos if isinstance(eos, list) else ([] if eos is None else [int(eos)])
+    tok = service_tokenizer(ckpt.tokenizer, eos_ids, ckpt.chat_template, ckpt.generation)
+    return from_hf_parts(ckpt.config, ckpt.tensors, tok, dropout), tok
+
+
+def chat_format_of(source: Path) -> ChatFormat | None:
+    """The chat format of what `load_model` reads at `source` (None without a template): a model
+    directory's (models.chat_records), or a GGUF file's metadata (no tensor is read)."""
+    if source.is_dir():
+        return load_chat_format(source)
+    if is_gguf(source):
+        from models.gguf import _open
+        from models.gguf_tokenizer import build_tokenizer
+
+        meta = build_tokenizer(_open(source))
+        generation = {k: v for k, v in meta.generation.items() if v is not None}
+        return make_chat_format(meta.chat_template, meta.special_tokens, generation)
+    return None
+
+
 def load_model(
     directory: Path, device: torch.device | str = "cpu", dropout: float | None = None
 ) -> tuple[Model, Tokenizer]:
+    if is_gguf(directory):
+        model, tok = load_gguf(directory, dropout)
+        return model.to(device), tok
     if is_archive(directory):
         with tempfile.TemporaryDirectory() as tmp:
             return load_model(unpack(directory, Path(tmp)), device, dropout)

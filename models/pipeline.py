@@ -19,7 +19,7 @@ import torch
 from models import artifact, checkpoint, data, events, lora
 from models.arch import Model, build_model, config_from_spec
 from models.chat import ChatFormat
-from models.chat_records import load_chat_format, save_chat_format
+from models.chat_records import save_chat_format
 from models.evaluate import measure
 from models.optim import build_optimizer, lr_factor, select_trainable
 from models.precision import Weights, resolve_device, resolve_precision
@@ -128,7 +128,7 @@ class Pipeline:
         if init is not None:
             source = self.resolve(init.model)
             self.model, self.tok = artifact.load_model(source, dropout=self.spec.model.dropout)
-            self.chat = load_chat_format(source) if source.is_dir() else None
+            self.chat = artifact.chat_format_of(source)
             if not (tok_dir / "tokenizer.json").exists():  # the run's tokenizer, beside its checkpoints
                 self.tok.save(tok_dir)
         else:

@@ -1,5 +1,6 @@
-"""Models in and out as archives: importing an uploaded Hugging Face GPT-2-family (or
-exported Stagecraft) model, and exporting any servable model in the Hugging Face layout.
+"""Models in and out as archives: importing an uploaded Hugging Face model archive (GPT-2 or
+Llama family), a GGUF file, or an exported Stagecraft model; and exporting any servable
+model in the Hugging Face layout.
 
 Import is three steps: extracting and checking the archive (no torch: a worker thread),
 converting it (torch: the inference thread, `ModelCache.run`), registering it (a worker
@@ -50,6 +51,10 @@ def unpack_checked(settings: Settings, archive: Path) -> Path:
 
     scratch = archive.with_name(archive.name + ".d")
     try:
+        with archive.open("rb") as f:
+            if f.read(4) == b"GGUF":  # a GGUF file is the model itself (its reader checks its shapes)
+                scratch.mkdir()
+                return archive.rename(scratch / "model.gguf")
         model_checks.check_entries(archive, settings.max_archive_entries)
         source = unpack(archive, scratch, max_bytes=4 * settings.max_model_upload_bytes)
         model_checks.check_model_dir(source, settings)
@@ -68,6 +73,7 @@ def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path
     inference thread); returns its folder, named by its new model id. Removes `source`'s
     scratch folder whatever happens."""
     from models import artifact
+    from models.chat_records import save_chat_format
 
     scratch = next(p for p in (source, *source.parents) if p.name.endswith(".d"))
     model_id = new_id("model")
@@ -78,6 +84,9 @@ def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path
         info = {"name": name, "steps": 0, "created_at": timestamp(), "parameters": model.num_parameters(),
                 "source": name}  # fmt: skip
         artifact.save_model(tmp, model.state_dict(), model.config, tok, info)
+        chat = artifact.chat_format_of(source)
+        if chat is not None:  # where serving and init_from find the conversation format
+            save_chat_format(tmp, chat)
         tmp.rename(final)
     except Exception as exc:  # what the loaders raise on data the checks let through
         shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,10 @@ transformers = pytest.importorskip("transformers")
 PROMPT = "At the market, Nadia has"
 
 
+# A minimal template that writes every turn verbatim (training masks all but the assistant's).
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+
 def generate(api: Api, model: str) -> httpx.Response:
     return api.http.post(f"/v1/models/{model}/generate", json={"prompt": PROMPT, "max_new_tokens": 12})
 
@@ -50,7 +54,7 @@ def qwen2_zip(served: Served, tmp_path_factory: pytest.TempPathFactory) -> tuple
     d = tmp_path_factory.mktemp("qwen2")
     ref.save_pretrained(d)
     tok.save(d)
-    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages[0]['content'] }}"}))
+    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         for p in d.iterdir():
@@ -87,7 +91,7 @@ def test_a_qwen2_upload_is_served_trained_and_exported(
             }
         )
         events = api.follow(job["id"])
-        assert events[-1]["type"] == "job.succeeded", events[-1]
+        assert events[-1]["type"] == "job.succeeded", events[-1]["data"]
         tuned = events[-1]["data"]["model_id"]
         assert generate(api, tuned).status_code == 200
         ckpts = api.http.get(f"/v1/models/{tuned}").json()["checkpoints"]
@@ -104,3 +108,30 @@ def test_a_qwen2_upload_is_served_trained_and_exported(
     with torch.no_grad():
         assert (hf(x).logits - local.eval()(x)).abs().max().item() < 1e-4
     assert json.loads((folder / "tokenizer_config.json").read_text())["chat_template"] == tok.chat_template
+
+
+def test_a_gguf_upload_is_served_and_an_unreadable_one_is_a_422(served: Served, tmp_path: Path) -> None:
+    """`POST /v1/models` with a .gguf file: served with the text the file gives locally; a
+    quantization type the reader lacks is a 422 `unsupported_model` naming tensor and type."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+
+    from tests.models.gguf_files import tiny_model, train_tokenizer, write_gguf
+
+    tok = train_tokenizer()
+    ref = tiny_model("llama", tok.get_vocab_size(), tied=True)
+    write_gguf(tmp_path / "tiny.gguf", ref, tok)
+    local, local_tok = artifact.load_model(tmp_path / "tiny.gguf")
+    [want] = complete(local, local_tok, ["hello"], Sampling(max_new_tokens=8))
+    q81 = {"token_embd.weight": (np.zeros((tok.get_vocab_size(), 64 // 32 * 40), np.uint8), Q.Q8_1)}
+    write_gguf(tmp_path / "q81.gguf", ref, tok, replace=q81)
+    with served.api() as api:
+        r = api.http.post("/v1/models", files={"file": ("tiny.gguf", (tmp_path / "tiny.gguf").read_bytes())})
+        assert r.status_code == 201, r.text
+        out = api.http.post(f"/v1/models/{r.json()['id']}/generate", json={"prompt": "hello", "max_new_tokens": 8})
+        assert out.status_code == 200 and out.json()["text"] == want
+        bad = api.http.post("/v1/models", files={"file": ("q81.gguf", (tmp_path / "q81.gguf").read_bytes())})
+        assert bad.status_code == 422, bad.text
+        error = bad.json()["error"]
+        assert error["code"] == "unsupported_model" and "token_embd.weight" in error["message"]
+        assert "Q8_1" in error["message"] and str(tmp_path) not in bad.text

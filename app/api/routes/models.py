@@ -41,8 +41,8 @@ def get_model(
 
 
 UPLOAD_BODY = upload_body(
-    ".tar.gz or .zip of a GPT-2-family model folder (Hugging Face layout: config.json, model.safetensors, "
-    "tokenizer.json or vocab.json + merges.txt), or of a Stagecraft export"
+    ".tar.gz or .zip of a Hugging Face model folder (GPT-2, Llama, Mistral, Qwen2/3: config.json, "
+    "safetensors, tokenizer.json or vocab.json + merges.txt), of a Stagecraft export, or a .gguf file"
 )
 
 

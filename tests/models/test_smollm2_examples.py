@@ -1,0 +1,43 @@
+"""The SmolLM2 example specs parse, and the LoRA one trains (steps shrunk) from a tiny GGUF
+standing in for the real file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from models import artifact
+from models.llama import Llama
+from models.spec import parse_spec
+from tests.models.gguf_files import tiny_model, train_tokenizer, write_gguf
+from tests.models.test_pipeline import train
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_lora.yaml"])
+def test_the_smollm2_specs_parse(name: str) -> None:
+    spec = parse_spec(yaml.safe_load((EXAMPLES / name).read_text()))
+    assert spec.model.init_from is not None and spec.model.init_from.model.endswith(".gguf")
+    if name == "smollm2_lora.yaml":
+        adapter = spec.stages[0].adapter  # type: ignore[union-attr]
+        assert adapter is not None and set(adapter.targets) == {"q", "k", "v", "o", "gate", "up", "down"}
+
+
+def test_the_lora_spec_trains_from_a_stand_in_gguf(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    tok = train_tokenizer()
+    gguf = tmp_path / "stand-in.gguf"
+    write_gguf(gguf, tiny_model("llama", tok.get_vocab_size(), tied=True), tok)
+    raw = yaml.safe_load((EXAMPLES / "smollm2_lora.yaml").read_text())
+    raw["model"]["init_from"]["model"] = str(gguf)
+    raw["data"]["pairs"]["dataset"] = str(data_dir / "pairs.jsonl")
+    raw["stages"][0].update(steps=3, batch_size=2)
+    raw["evaluation"].update(every_steps=3, max_samples=4)
+    raw["checkpointing"]["every_steps"] = 3
+    run = train(parse_spec(raw), tmp_path / "run")
+    assert run.result is not None and run.result.steps == 3
+    model, _ = artifact.load_model(tmp_path / "run" / "model")
+    assert isinstance(model, Llama)
