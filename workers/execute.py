@@ -69,6 +69,7 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
     result: RunResult | None = None
     error: tuple[str, str] | None = None
+    crash: Exception | None = None
     stopped = False
     try:
         result = run(
@@ -84,15 +85,20 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     except Stopped:
         stopped = True
     except LeaseLost:
-        log.warning("job %s: lease lost to another worker; stopping quietly", job_id)
+        job_run.lost.set()
     except StagecraftError as exc:
         error = (exc.code, str(exc))
     except Exception as exc:
-        log.exception("job %s failed", job_id)
+        crash = exc
         error = ("system_error", f"{type(exc).__name__}: {exc}")
     job_run.close()
     if job_run.lost.is_set():
+        # A stalled worker that lost its job may also have crashed on the new owner clearing
+        # its staging folder: that is the loss showing, not a failure of the job.
+        log.warning("job %s: lease lost to another worker; stopping quietly", job_id)
         return
+    if crash is not None:
+        log.error("job %s failed", job_id, exc_info=crash)
 
     def finish(session: Session) -> tuple[bool, str]:
         if result is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.conftest import BASE_SPEC, NAMES, SHARED_EXAMPLES, corpus_texts, reco
 from tests.system.processes import Proc, run_cli, stagecraft, wait_ready
 
 UPLOAD_LIMIT = 3_000_000  # above the example corpus (1.9 MB)
+STREAM_DEADLINE_S = 420  # no test's job runs this long, even on a loaded machine
 LEASE_S = 4  # short, so a killed worker's job is requeued within seconds
 TASK_METRICS = ["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]
 PROCS: list[Proc] = []  # every process started, for the failure report (conftest's hook)
@@ -111,15 +113,22 @@ class Api:
         out: dict[str, Any] = r.json()
         return out
 
-    def stream(self, job_id: str, last_event_id: int = 0, timeout: float = 180) -> Iterator[dict[str, Any]]:
-        """The job's SSE stream from `last_event_id` until the server closes it."""
+    def stream(
+        self, job_id: str, last_event_id: int = 0, timeout: float = 180, deadline_s: float = STREAM_DEADLINE_S
+    ) -> Iterator[dict[str, Any]]:
+        """The job's SSE stream from `last_event_id` until the server closes it.
+
+        Keep-alives keep a stream open for ever; past `deadline_s` the test fails with the
+        job's state instead of hanging the suite.
+        """
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(last_event_id)}
+        deadline = time.monotonic() + deadline_s
         with self.http.stream(
             "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=httpx.Timeout(10, read=timeout)
         ) as r:
             assert r.status_code == 200, r.read()
             assert r.headers["content-type"].startswith("text/event-stream")
-            for msg in map(vars, parse_sse(r.iter_lines())):
+            for msg in map(vars, parse_sse(_until(r.iter_lines(), deadline))):
                 event: dict[str, Any] = json.loads(msg["data"])
                 assert int(msg["id"]) == event["seq"] and msg["event"] == event["type"]
                 yield event
@@ -137,6 +146,13 @@ class Api:
             if e["type"] == kind:
                 return seen
         raise AssertionError(f"no {kind} event; last events: {seen[-3:]}")
+
+
+def _until(lines: Iterator[str], deadline: float) -> Iterator[str]:
+    for line in lines:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the event stream was still open after {STREAM_DEADLINE_S:.0f} s")
+        yield line
 
 
 def tiny_spec(datasets: dict[str, str]) -> dict[str, Any]:
