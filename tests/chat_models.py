@@ -65,7 +65,7 @@ def save_chat_llama(directory: Path, silent: bool = False, template: str | None 
     )
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.3)
         if silent:

@@ -43,8 +43,8 @@ def test_chat_and_task_endpoints_on_a_chat_model(client: Client, silent_dir: Pat
     chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
 
-    qa = client.post(f"/v1/models/{model_id}/answer", json={"question": "Where is Paris?",
-                                                             "context": "Paris is in France.", "max_new_tokens": 8})  # fmt: skip
+    question = {"question": "Where is Paris?", "context": "Paris is in France.", "max_new_tokens": 8}
+    qa = client.post(f"/v1/models/{model_id}/answer", json=question)
     assert qa.status_code == 200, qa.text
     user = records.qa_prompt("Where is Paris?", "Paris is in France.").strip()
     assert qa.json()["finish_reason"] == "stop" and qa.json()["answer"] == ""
@@ -52,7 +52,9 @@ def test_chat_and_task_endpoints_on_a_chat_model(client: Client, silent_dir: Pat
 
 
 def test_a_template_that_refuses_the_messages_is_a_422(client: Client, silent_dir: Path, tmp_path: Path) -> None:
-    strict = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with the user') }}{% endif %}"
+    strict = (
+        "{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with the user') }}{% endif %}"
+    )
 
     def edit(d: Path) -> None:
         cfg = json.loads((d / "tokenizer_config.json").read_text())

@@ -84,7 +84,7 @@ def test_generation_stops_on_end_of_turn_and_every_end_id(dirs: dict[str, Path])
     cache, plain = load(dirs["plain"])
     assert plain.chat is None and tok.token_to_id(END_OF_TURN) not in plain.batcher.decoder.end_ids
     ids, supervised = encode(plain, TaskPrompt(QA))
-    assert ids == plain.tok.encode(QA) + [plain.tok.sep_id] and supervised
+    assert ids == [*plain.tok.encode(QA), plain.tok.sep_id] and supervised
     assert generate(cache, plain, TaskPrompt(QA), 8) == ("", "length", 8)
 
 
