@@ -10,7 +10,7 @@ third peer: our model exported as a transformers directory (`models.hf.to_hf`, w
 `TransformersConverter` (fp32, no quantization) and run by `ctranslate2.Generator`
 (`generate_batch`, greedy, the batch of 8 as one call, `intra_threads` = `--threads`). Each
 variant decodes `--new` tokens after a `--prompt`-token prompt (no end token stops it); the
-median of `--passes` runs.
+median of `--passes` runs, the variants taking turns in each pass.
 
     .venv/bin/python benchmarks/llama_decode.py [--layers 30] [--threads 2] [--ctranslate2]
 
@@ -177,15 +177,15 @@ def main() -> None:
             variants[f"ours_plain_b{batch}"] = ours(model, tok, prompts, args.new, False)
         if ct2 is not None:
             variants[f"ct2_b{batch}"] = ctranslate2_go(ct2, tok, prompts, args.new)
-        results: dict[str, list[list[int]]] = {}
-        for name, go in variants.items():
-            results[name] = go()  # warm-up, and the tokens to compare
-            times = []
-            for _ in range(args.passes):
+        results = {name: go() for name, go in variants.items()}  # warm-up, and the tokens to compare
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.passes):  # the variants take turns, so a change of load hits them all
+            for name, go in variants.items():
                 t0 = time.perf_counter()
                 go()
-                times.append(time.perf_counter() - t0)
-            out["tokens_per_s"][name] = round(batch * args.new / statistics.median(times), 1)
+                times[name].append(time.perf_counter() - t0)
+        for name in variants:
+            out["tokens_per_s"][name] = round(batch * args.new / statistics.median(times[name]), 1)
             log(f"{name}: {out['tokens_per_s'][name]} tok/s")
         out["greedy_tokens_match_hf"][f"b{batch}"] = results[f"ours_b{batch}"] == results[f"hf_b{batch}"]
         out[f"ours_vs_hf_b{batch}"] = round(
