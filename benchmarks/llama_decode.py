@@ -4,10 +4,18 @@ the same random weights (a LlamaForCausalLM of SmolLM2-135M's shape, imported wi
 
 Ours is `models.decoder.Decoder` stepped directly (ServingLlama, oneDNN-packed
 projections where available, and with `--plain` the plain layout too); theirs is
-`model.generate(do_sample=False)` with its KV cache. Each variant decodes `--new` tokens
-after a `--prompt`-token prompt (no end token stops it); the median of `--passes` runs.
+`model.generate(do_sample=False)` with its KV cache. With `--ctranslate2`, CTranslate2 is a
+third peer: our model exported as a transformers directory (`models.hf.to_hf`, what
+`GET /v1/models/{id}/export?format=hf` writes), converted with CTranslate2's
+`TransformersConverter` (fp32, no quantization) and run by `ctranslate2.Generator`
+(`generate_batch`, greedy, the batch of 8 as one call, `intra_threads` = `--threads`). Each
+variant decodes `--new` tokens after a `--prompt`-token prompt (no end token stops it); the
+median of `--passes` runs, the variants taking turns in each pass.
 
-    .venv/bin/python benchmarks/llama_decode.py [--layers 30] [--threads 2]
+    .venv/bin/python benchmarks/llama_decode.py [--layers 30] [--threads 2] [--ctranslate2]
+
+CTranslate2 is a benchmark-only extra, not a dependency of Stagecraft:
+`pip install ctranslate2` (it brings its own oneDNN/OpenMP; 4.8.5 was measured).
 
 One JSON object goes to stdout, progress to stderr.
 """
@@ -17,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +89,38 @@ def theirs(hf: Any, prompts: list[list[int]], new: int) -> Callable[[], list[lis
     return go
 
 
+def ctranslate2_peer(model: Any, tok: Tokenizer, work: Path, threads: int) -> Any:
+    """Our model through our transformers export, converted to a CTranslate2 model directory."""
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    from models import artifact
+    from models.hf import to_hf
+
+    artifact.save_model(work / "ours", model.state_dict(), model.config, tok, {"name": "bench"})
+    to_hf(work / "ours", work / "hf")
+    # CTranslate2's Llama loader needs a bos_token string; our models declare none (prompts
+    # here are given whole, so which token it names changes nothing).
+    cfg = json.loads((work / "hf" / "tokenizer_config.json").read_text())
+    (work / "hf" / "tokenizer_config.json").write_text(json.dumps({**cfg, "bos_token": cfg["eos_token"]}))
+    TransformersConverter(str(work / "hf")).convert(str(work / "ct2"), force=True)
+    gen = ctranslate2.Generator(str(work / "ct2"), device="cpu", compute_type="float32", intra_threads=threads)
+    shutil.rmtree(work)  # loaded: the files are no longer needed
+    return gen
+
+
+def ctranslate2_go(gen: Any, tok: Tokenizer, prompts: list[list[int]], new: int) -> Callable[[], list[list[int]]]:
+    start = [[str(tok.hf.id_to_token(i)) for i in p] for p in prompts]
+
+    def go() -> list[list[int]]:
+        results = gen.generate_batch(
+            start, max_length=new, min_length=new, sampling_topk=1, include_prompt_in_result=False, end_token=[]
+        )
+        return [list(map(int, r.sequences_ids[0])) for r in results]
+
+    return go
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=30)
@@ -87,6 +129,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--plain", action="store_true", help="also time the plain (not oneDNN-packed) layout")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--ctranslate2", action="store_true", help="also time CTranslate2 (pip install ctranslate2)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -116,6 +159,14 @@ def main() -> None:
         "tokens_per_s": {},
         "greedy_tokens_match_hf": {},
     }
+    ct2 = None
+    if args.ctranslate2:
+        import ctranslate2
+
+        out["ctranslate2_version"] = ctranslate2.__version__
+        out["greedy_tokens_match_ctranslate2"] = {}
+        work = Path(tempfile.mkdtemp(prefix="llama-decode-ct2-"))
+        ct2 = ctranslate2_peer(model, tok, work, args.threads)
     for batch in (1, 8):
         prompts = torch.randint(0, 49152, (batch, args.prompt), generator=g).tolist()
         variants = {
@@ -124,20 +175,27 @@ def main() -> None:
         }
         if args.plain:
             variants[f"ours_plain_b{batch}"] = ours(model, tok, prompts, args.new, False)
-        results: dict[str, list[list[int]]] = {}
-        for name, go in variants.items():
-            results[name] = go()  # warm-up, and the tokens to compare
-            times = []
-            for _ in range(args.passes):
+        if ct2 is not None:
+            variants[f"ct2_b{batch}"] = ctranslate2_go(ct2, tok, prompts, args.new)
+        results = {name: go() for name, go in variants.items()}  # warm-up, and the tokens to compare
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.passes):  # the variants take turns, so a change of load hits them all
+            for name, go in variants.items():
                 t0 = time.perf_counter()
                 go()
-                times.append(time.perf_counter() - t0)
-            out["tokens_per_s"][name] = round(batch * args.new / statistics.median(times), 1)
+                times[name].append(time.perf_counter() - t0)
+        for name in variants:
+            out["tokens_per_s"][name] = round(batch * args.new / statistics.median(times[name]), 1)
             log(f"{name}: {out['tokens_per_s'][name]} tok/s")
         out["greedy_tokens_match_hf"][f"b{batch}"] = results[f"ours_b{batch}"] == results[f"hf_b{batch}"]
         out[f"ours_vs_hf_b{batch}"] = round(
             out["tokens_per_s"][f"ours_b{batch}"] / out["tokens_per_s"][f"hf_b{batch}"], 3
         )
+        if ct2 is not None:
+            out["greedy_tokens_match_ctranslate2"][f"b{batch}"] = results[f"ours_b{batch}"] == results[f"ct2_b{batch}"]
+            out[f"ours_vs_ct2_b{batch}"] = round(
+                out["tokens_per_s"][f"ours_b{batch}"] / out["tokens_per_s"][f"ct2_b{batch}"], 3
+            )
     print(json.dumps(out, indent=2))
 
 

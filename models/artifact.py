@@ -20,7 +20,7 @@ import torch
 from models.arch import Model, ModelConfig, build_model, config_from_dict
 from models.archive import is_archive, unpack
 from models.chat import ChatFormat
-from models.chat_records import load_chat_format, make_chat_format
+from models.chat_records import CHAT_FILE, load_chat_format, make_chat_format
 from models.checkpoint import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -65,6 +65,8 @@ def save_checkpoint_model(ckpt_dir: Path, tokenizer_dir: Path, out: Path, info: 
     record = state["model"]
     info = {"steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values()), **info}
     save_model(out, weights, model_config(record), tokenizer_of(tokenizer_dir, record), info)
+    if (tokenizer_dir / CHAT_FILE).is_file():  # the run's chat format (models.pipeline keeps it there)
+        (out / CHAT_FILE).write_bytes((tokenizer_dir / CHAT_FILE).read_bytes())
 
 
 def load_config(directory: Path) -> dict[str, Any]:
@@ -122,6 +124,15 @@ def chat_format_of(source: Path) -> ChatFormat | None:
         generation = {k: v for k, v in meta.generation.items() if v is not None}
         return make_chat_format(meta.chat_template, meta.special_tokens, generation)
     return None
+
+
+def served_chat_format(directory: Path, tok: Tokenizer) -> ChatFormat | None:
+    """The chat format a loaded model generates with: the one at `directory`, else the template
+    its config.json records (then without special-token variables), else None."""
+    chat = chat_format_of(directory)
+    if chat is None and tok.chat_template:
+        chat = ChatFormat(tok.chat_template, {}, tuple(tok.end_ids))
+    return chat
 
 
 def load_model(

@@ -15,6 +15,7 @@ first special token the template writes after it (the end-of-turn token, <|im_en
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,7 +197,9 @@ def stop_token_ids(chat: ChatFormat | None, tokenizer: Tokenizer, eos_ids: Seque
     """Every id generation stops on: the model's end-of-sequence ids and the template's end of turn."""
     stops = set(eos_ids)
     if chat is not None:
-        stops |= set(chat.eos_token_ids) | end_of_turn_ids(chat, tokenizer)
+        stops |= set(chat.eos_token_ids)
+        with contextlib.suppress(ChatTemplateError):  # a template that refuses the probe: declared ids only
+            stops |= end_of_turn_ids(chat, tokenizer)
         eos = chat.special_tokens.get("eos_token")
         if eos is not None and (i := tokenizer.token_to_id(eos)) is not None:
             stops.add(i)

@@ -19,8 +19,9 @@ import torch
 from rouge_score import rouge_scorer
 
 from models.arch import Model
+from models.chat import ChatFormat
 from models.data import Batch, Stream, TextStream
-from models.generate import Sampling, complete
+from models.generate import Sampling, complete_tasks
 from models.losses import causal_lm, cross_entropy
 from models.records import Example
 from models.spec import CrossEntropyLoss, Evaluation
@@ -96,8 +97,11 @@ def task_metrics(
     max_samples: int,
     batch_size: int = 32,
     max_new_tokens: int = 48,
+    chat: ChatFormat | None = None,
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """Greedy-generate completions for up to max_samples records per task and score them.
+    """Greedy-generate completions for up to max_samples records per task and score them. On a
+    chat model (`chat`), through its template, as training renders the records and the task
+    endpoints serve them (models.generate.complete_tasks).
 
     Returns ({"translate.chrf": ..., ...}, a few sample generations).
     """
@@ -111,11 +115,10 @@ def task_metrics(
         predictions: list[str] = []
         for b in range(0, len(chosen), batch_size):
             part = chosen[b : b + batch_size]
-            predictions += complete(
-                model, tok, [e.prompt for e in part], Sampling(max_new_tokens), supervised=True, truncate=True
-            )
+            prompts = [e.prompt for e in part]
+            predictions += complete_tasks(model, tok, prompts, Sampling(max_new_tokens), chat, truncate=True)
         references = [e.completion for e in chosen]
-        for name, value in score(task, [p.strip() for p in predictions], references).items():
+        for name, value in score(task, predictions, references).items():
             if name in wanted:
                 results[f"{task}.{name}"] = round(value, 4)
         samples += [
@@ -132,6 +135,7 @@ def measure(
     examples: list[Example],
     spec: Evaluation,
     to_device: Callable[[Batch], Batch],
+    chat: ChatFormat | None = None,
 ) -> dict[str, Any]:
     """The metrics `spec` asks for: validation loss and perplexity on `stream` (about
     EVAL_TOKENS tokens), and task metrics by generation for `examples` (if any)."""
@@ -144,7 +148,7 @@ def measure(
     if "perplexity" in spec.metrics:
         result["perplexity"] = round(perplexity(loss), 4)
     if examples and spec.max_samples:
-        scores, samples = task_metrics(model, tok, examples, spec.metrics, spec.max_samples)
+        scores, samples = task_metrics(model, tok, examples, spec.metrics, spec.max_samples, chat=chat)
         result.update(scores)
         if samples:
             result["samples"] = samples

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 
 from models.arch import Model
+from models.chat import ChatFormat, stop_token_ids
+from models.chat_records import task_prompt
 from models.gpt import KVCache
 from models.tokenizer import Tokenizer
 
@@ -138,13 +140,39 @@ def complete(
     stop: list[str] | None = None,
     supervised: bool = False,
     truncate: bool = False,
+    end_ids: Collection[int] | None = None,
 ) -> list[str]:
     """Generate text for each prompt. `supervised` appends the completion marker, as training did;
-    `truncate` drops the beginning of prompts that leave no room for max_new_tokens."""
+    `truncate` drops the beginning of prompts that leave no room for max_new_tokens; `end_ids`:
+    the ids that end a generation (default: the tokenizer's `end_ids`)."""
     encoded = [tok.encode(p) + ([tok.sep_id] if supervised else []) for p in prompts]
     encoded = [ids or [tok.eos_id] for ids in encoded]
     if truncate:
         room = max(1, model.config.block_size - sampling.max_new_tokens)
         encoded = [ids[-room:] for ids in encoded]
-    ids = generate_ids(model, encoded, sampling, eos_id=tok.end_ids, stop=stop, tokenizer=tok)
+    ends = tok.end_ids if end_ids is None else end_ids
+    ids = generate_ids(model, encoded, sampling, eos_id=ends, stop=stop, tokenizer=tok)
     return [finished_text(tok.decode(x), stop, supervised) for x in ids]
+
+
+def complete_tasks(
+    model: Model,
+    tok: Tokenizer,
+    prompts: list[str],
+    sampling: Sampling,
+    chat: ChatFormat | None = None,
+    stop: list[str] | None = None,
+    truncate: bool = False,
+) -> list[str]:
+    """Answers to task prompts (models.records), as training taught them and the task endpoints
+    give them: on a chat model each prompt is the user turn of a conversation its template renders
+    (models.chat_records.task_prompt), and generation stops on every end-of-sequence and
+    end-of-turn id (models.chat.stop_token_ids); otherwise the prompt ends with the completion
+    marker. Surrounding space removed."""
+    if chat is None:
+        out = complete(model, tok, prompts, sampling, stop, supervised=True, truncate=truncate)
+    else:
+        rendered = [task_prompt(p, chat) for p in prompts]
+        ends = stop_token_ids(chat, tok.hf, tok.end_ids)
+        out = complete(model, tok, rendered, sampling, stop, truncate=truncate, end_ids=ends)
+    return [o.strip() for o in out]

@@ -131,6 +131,8 @@ class Pipeline:
             self.chat = artifact.chat_format_of(source)
             if not (tok_dir / "tokenizer.json").exists():  # the run's tokenizer, beside its checkpoints
                 self.tok.save(tok_dir)
+                if self.chat is not None:  # and its chat format, for the checkpoints served
+                    save_chat_format(tok_dir, self.chat)
         else:
             if (tok_dir / "tokenizer.json").exists():
                 self.tok = Tokenizer.load(tok_dir)
@@ -256,7 +258,7 @@ class Pipeline:
         examples = self.val_sets[name].examples if with_tasks else []
         with self.autocast():
             result = measure(
-                self.model, self.tok, self.val_streams[name], examples, self.spec.evaluation, self.to_device
+                self.model, self.tok, self.val_streams[name], examples, self.spec.evaluation, self.to_device, self.chat
             )
         self.model.train()
         return {"data": name, **result}

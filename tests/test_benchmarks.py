@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,3 +65,11 @@ def test_llama_decode_benchmark_tiny() -> None:
     report = run("llama_decode.py", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1")
     assert set(report["tokens_per_s"]) == {"ours_b1", "hf_b1", "ours_b8", "hf_b8"}
     assert report["greedy_tokens_match_hf"] == {"b1": True, "b8": True}  # our serving path and transformers agree
+
+
+def test_llama_decode_benchmark_ctranslate2_tiny() -> None:
+    """Only where CTranslate2 is installed (a benchmark-only extra, not a dev dependency)."""
+    pytest.importorskip("ctranslate2")
+    report = run("llama_decode.py", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1", "--ctranslate2")
+    assert {"ct2_b1", "ct2_b8"} <= set(report["tokens_per_s"])
+    assert report["greedy_tokens_match_ctranslate2"] == {"b1": True, "b8": True}  # our export, converted, agrees

@@ -188,7 +188,7 @@ def generate(
         generate_remote(model_ref, task, {**fields, **body, "seed": seed})
         return
     from models import artifact
-    from models.generate import Sampling, complete
+    from models.generate import Sampling, complete, complete_tasks
 
     directory = path / "model" if (path / "model" / "config.json").exists() else path
     try:
@@ -198,8 +198,12 @@ def generate(
         raise typer.Exit(2) from None
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed)
     try:
-        [output] = complete(model, tok, [str(prompt)], sampling, stop=stop, supervised=task is not None)
-    except ValueError as exc:
+        if task is None:
+            [output] = complete(model, tok, [str(prompt)], sampling, stop=stop)
+        else:  # a task's answer, as the task endpoints give it (through the chat template, if any)
+            chat = artifact.served_chat_format(directory, tok)
+            [output] = complete_tasks(model, tok, [str(prompt)], sampling, chat, stop=stop)
+    except (ValueError, StagecraftError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    print(output.strip() if task else output)  # a task's answer, as the task endpoints give it
+    print(output)

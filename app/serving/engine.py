@@ -29,6 +29,7 @@ from prometheus_client import Counter
 
 if TYPE_CHECKING:
     from models.arch import ModelConfig
+    from models.chat import ChatFormat
     from models.decoder import Decoder, Row
     from models.generate import Sampling
     from models.tokenizer import Tokenizer
@@ -158,6 +159,7 @@ class Served:
     tok: Tokenizer
     nbytes: int
     batcher: Batcher
+    chat: ChatFormat | None = None  # its chat template: chat and task prompts are rendered by it
 
     @property
     def block_size(self) -> int:
@@ -168,6 +170,7 @@ def _load(key: str, directory: Path, device: str, max_batch: int, runner: Infere
     import torch
 
     from models import artifact
+    from models.chat import stop_token_ids
     from models.decoder import Decoder
 
     if threads > 0:
@@ -176,9 +179,12 @@ def _load(key: str, directory: Path, device: str, max_batch: int, runner: Infere
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = artifact.load_model(directory, device=device)
     decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
+    chat = artifact.served_chat_format(directory, tok)
+    if chat is not None:  # every generation on a chat model ends at its end-of-turn tokens too
+        decoder.end_ids |= stop_token_ids(chat, tok.hf, tok.end_ids)
     c = model.config
     kv = 2 * c.n_layer * max_batch * c.block_size * c.n_kv_head * c.head_dim * 4
-    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner))
+    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner), chat)
 
 
 class ModelCache:

@@ -2,8 +2,14 @@
 on the model cache. Shared by the native routes (/generate and the task endpoints) and the
 OpenAI-compatible ones; nothing here knows HTTP.
 
-Task endpoints render the training templates (models.records.task_prompt) and generate
-after the completion marker; their answer is the text with surrounding space removed.
+A prompt is plain text (continued as it is), a chat (`ChatPrompt`: OpenAI's messages) or a
+task prompt (`TaskPrompt`: the training template, models.records.task_prompt). On a model with
+a chat template (models.chat), chats are rendered by it as transformers' `apply_chat_template(...,
+add_generation_prompt=True)` renders them, and a task prompt is the user turn of a one-turn chat
+(models.chat_records.task_prompt, as training renders task records); the decoder stops on the
+model's end-of-turn tokens (app.serving.engine). On a model without one, both are rendered as
+training renders supervised records and generate after the completion marker. A task's answer
+is the text with surrounding space removed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from app.db import Database
 from app.errors import InternalError, Invalid
 from app.services import catalog
 from app.serving.engine import ModelCache, Served, Update
-from models.records import TASK_INPUTS, task_prompt
+from models import chat_records
+from models.chat import ChatTemplateError, render_prompt
+from models.records import TASK_INPUTS, messages_prompt, task_prompt
 
 if TYPE_CHECKING:
     from models.generate import Sampling
@@ -71,6 +79,47 @@ class Prepared:
         return "".join(parts), reason, tokens
 
 
+@dataclass(frozen=True)
+class ChatPrompt:
+    messages: list[dict[str, str]]  # role and content of each turn
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    text: str  # a task's training prompt (models.records.task_prompt)
+
+
+Prompt = str | ChatPrompt | TaskPrompt
+
+
+def prompt_text(served: Served, prompt: Prompt) -> tuple[str, bool]:
+    """The text a prompt is fed as, and whether the completion marker follows it (`supervised`).
+    A chat template that refuses the chat raises ChatTemplateError."""
+    chat = served.chat
+    if isinstance(prompt, str):
+        return prompt, False
+    if chat is None:
+        text = prompt.text if isinstance(prompt, TaskPrompt) else messages_prompt(prompt.messages)
+        return text, True
+    if isinstance(prompt, TaskPrompt):
+        return chat_records.task_prompt(prompt.text, chat), False
+    return render_prompt(prompt.messages, chat), False
+
+
+def encode(served: Served, prompt: Prompt) -> tuple[list[int], bool]:
+    """The prompt's token ids as the decoder is fed them, and `supervised` (see prompt_text).
+    Rendered text is encoded without added special tokens: a template writes its own."""
+    text, supervised = prompt_text(served, prompt)
+    ids = served.tok.encode(text) + ([served.tok.sep_id] if supervised else [])
+    return ids or [served.tok.eos_id], supervised
+
+
+def _size(prompt: Prompt) -> int:
+    if isinstance(prompt, ChatPrompt):
+        return sum(len(m["content"]) for m in prompt.messages)
+    return len(prompt if isinstance(prompt, str) else prompt.text)
+
+
 def stop_list(stop: str | list[str] | None, loc: str) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
@@ -85,13 +134,13 @@ async def prepare(
     settings: Settings,
     tenant_id: str,
     ref: str,
-    prompt: str,
+    prompt: Prompt,
     sampling: SamplingFields,
     stop: list[str],
-    supervised: bool,
     loc: str = "body.prompt",
 ) -> Prepared:
-    """404/409 for the model, 422 for a prompt that leaves no room in its context."""
+    """404/409 for the model, 422 for a prompt that leaves no room in its context (or that
+    the model's chat template refuses)."""
 
     def find() -> Path:  # may export a checkpoint as a model directory: torch, so on the inference thread
         with db.read() as session:
@@ -99,10 +148,11 @@ async def prepare(
 
     directory = await cache.run(find)
     served = await cache.get(str(directory), directory)
-    tok = served.tok
-    ids = await run_in_threadpool(tok.encode, prompt) if len(prompt) > LONG_PROMPT else tok.encode(prompt)
-    ids += [tok.sep_id] if supervised else []
-    ids = ids or [tok.eos_id]
+    long = _size(prompt) > LONG_PROMPT
+    try:
+        ids, supervised = await run_in_threadpool(encode, served, prompt) if long else encode(served, prompt)
+    except ChatTemplateError as exc:
+        raise Invalid(str(exc), [{"loc": loc, "message": str(exc)}]) from None
     if len(ids) >= served.block_size:
         message = f"the prompt is {len(ids)} tokens; this model's context holds {served.block_size} in all"
         raise Invalid(message, [{"loc": loc, "message": message}], code="context_length_exceeded")
@@ -130,8 +180,8 @@ async def run_task(
     fields: dict[str, str],
     sampling: SamplingFields,
 ) -> TaskAnswer:
-    """A task endpoint's generation: the task's training template, after the completion marker."""
-    prompt = task_prompt(task, {k: fields[k] for k in TASK_INPUTS[task]})
-    p = await prepare(cache, db, settings, tenant_id, ref, prompt, sampling, [], True, loc="body")
+    """A task endpoint's generation: the task's training template, rendered as training renders it."""
+    prompt = TaskPrompt(task_prompt(task, {k: fields[k] for k in TASK_INPUTS[task]}))
+    p = await prepare(cache, db, settings, tenant_id, ref, prompt, sampling, [], loc="body")
     text, reason, tokens = await p.text()
     return TaskAnswer(text.strip(), reason, len(p.prompt), tokens)

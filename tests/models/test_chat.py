@@ -23,6 +23,7 @@ from models.chat import (
     stop_token_ids,
 )
 from models.chat_records import example_messages, load_chat_format, save_chat_format, task_prompt
+from models.checkpoint import list_checkpoints
 from models.data import IGNORE, RecordStream
 from models.run import run
 from models.spec import parse_spec
@@ -221,6 +222,7 @@ def test_messages_records_train_on_a_chat_model(tmp_path, chat_tok):
                 }
             ],
             "evaluation": {"every_steps": 3, "metrics": ["loss"], "max_samples": 0},
+            "checkpointing": {"every_steps": 3, "keep_last": 1},
             "precision": "fp32",
             "device": "cpu",
         }
@@ -232,3 +234,7 @@ def test_messages_records_train_on_a_chat_model(tmp_path, chat_tok):
     evals = [e["data"]["loss"] for e in events if e["type"] == "eval" and "loss" in e["data"]]
     assert evals[-1] < evals[0]
     assert load_chat_format(result.model_dir) == load_chat_format(base)  # the template stays with the model
+    # and with its checkpoints, as the service exports them to serve them
+    [ckpt, *_] = list_checkpoints(tmp_path / "run" / "checkpoints")
+    artifact.save_checkpoint_model(ckpt, tmp_path / "run" / "tokenizer", tmp_path / "ckpt", {"name": "ckpt"})
+    assert load_chat_format(tmp_path / "ckpt") == load_chat_format(base)

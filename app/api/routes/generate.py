@@ -1,5 +1,5 @@
 """Serving a model: /generate (optionally streamed as SSE) and the task endpoints, which
-render the same prompt templates as training and generate after the completion marker.
+render the same prompt templates as training (through the model's chat template, if it has one).
 Model ids may also be checkpoint ids, or job ids (their final model). The work is in
 app.serving.requests."""
 
@@ -50,7 +50,7 @@ async def generate(
 ) -> GenerationOut | StreamingResponse:
     """Continue `prompt`. Greedy unless `temperature` > 0; `seed` makes sampling repeatable."""
     stop = stop_list(body.stop, "body.stop")
-    p = await prepare(cache, db, settings, tenant_id, model_id, body.prompt, body, stop, False)
+    p = await prepare(cache, db, settings, tenant_id, model_id, body.prompt, body, stop)
     p.ignore_eos = body.ignore_eos
     if not body.stream:
         return generation(model_id, p, *(await p.text()))

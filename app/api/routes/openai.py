@@ -3,8 +3,11 @@
 model id (or checkpoint id, or job id). Streams send OpenAI's chunk objects as `data:`
 lines and end with `data: [DONE]`.
 
-Completions continue the prompt as plain text; chat renders the messages with the
-template of `messages` training records and generates after the completion marker.
+Completions continue the prompt as plain text. Chat renders the messages with the model's
+chat template, as transformers' `apply_chat_template(..., add_generation_prompt=True)` does, and
+stops at its end-of-turn tokens (finish_reason "stop"); a model without a template gets them as
+`messages` training records are rendered, and generates after the completion marker
+(app.serving.requests).
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ from app.config import Settings
 from app.db import Database
 from app.errors import Invalid, ServiceError
 from app.serving.engine import ModelCache
-from app.serving.requests import MAX_NEW_TOKENS, MAX_PROMPTS, MAX_SEED, Prepared, prepare, stop_list
-from models.records import messages_prompt
+from app.serving.requests import MAX_NEW_TOKENS, MAX_PROMPTS, MAX_SEED, ChatPrompt, Prepared, Prompt, prepare, stop_list
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses={**ERRORS, **SERVE_ERRORS})
 Chunk = dict[str, Any]
@@ -103,7 +105,7 @@ ServingDep = Annotated[Serving, Depends(serving)]
 
 
 async def _prepared(
-    s: Serving, body: OpenAIIn, prompts: list[str], max_tokens: int | None, supervised: bool
+    s: Serving, body: OpenAIIn, prompts: list[Prompt], max_tokens: int | None, loc: str
 ) -> list[Prepared]:
     """One Prepared per choice: each prompt n times (seeds seed, seed+1, ...)."""
     stop = stop_list(body.stop, "body.stop")
@@ -114,7 +116,7 @@ async def _prepared(
             sampling = SamplingIn(max_new_tokens=max_tokens or MAX_NEW_TOKENS, temperature=body.temperature,
                                   top_p=body.top_p, seed=seed)  # fmt: skip
             out.append(await prepare(s.cache, s.db, s.settings, s.tenant_id, body.model, prompt, sampling, stop,
-                                     supervised))  # fmt: skip
+                                     loc))  # fmt: skip
     return out
 
 
@@ -183,10 +185,10 @@ async def completions(body: CompletionIn, s: ServingDep) -> Chunk | StreamingRes
     """OpenAI's legacy completions: plain-text continuation of `prompt` (a string or a list)."""
     if body.echo:
         raise Invalid("echo is not supported", [{"loc": "body.echo", "message": "not supported"}])
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    prompts: list[Prompt] = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not prompts:
         raise Invalid("prompt: at least one", [{"loc": "body.prompt", "message": "at least one prompt"}])
-    choices = await _prepared(s, body, prompts, body.max_tokens, supervised=False)
+    choices = await _prepared(s, body, prompts, body.max_tokens, "body.prompt")
     head = _head("cmpl", "text_completion", body.model)
     if body.stream:
 
@@ -207,12 +209,11 @@ async def completions(body: CompletionIn, s: ServingDep) -> Chunk | StreamingRes
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatIn, s: ServingDep) -> Chunk | StreamingResponse:
-    """OpenAI's chat completions: the messages as `role: content` lines, then `assistant:`."""
-    prompt = messages_prompt(
-        [{"role": m.role.replace("developer", "system"), "content": m.text()} for m in body.messages]
-    )
+    """OpenAI's chat completions: the messages rendered by the model's chat template (without one:
+    as `role: content` lines, then `assistant:`); `developer` turns are `system` turns."""
+    prompt = ChatPrompt([{"role": m.role.replace("developer", "system"), "content": m.text()} for m in body.messages])
     max_tokens = body.max_completion_tokens or body.max_tokens
-    choices = await _prepared(s, body, [prompt], max_tokens, supervised=True)
+    choices = await _prepared(s, body, [prompt], max_tokens, "body.messages")
     head = _head("chatcmpl", "chat.completion.chunk", body.model)
     if body.stream:
         started: set[int] = set()

@@ -206,3 +206,27 @@ def test_sigint_then_resume_gives_the_same_weights(project: Project, trained: Pa
     a, b = load_tensors(trained / "model" / MODEL_FILE), load_tensors(out / "model" / MODEL_FILE)
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_generate_a_task_on_a_chat_model_uses_its_template(tmp_path: Path) -> None:
+    """On a Hugging Face directory with a chat template, `--task` answers as the task endpoints
+    do: the task prompt as the user turn (apply_chat_template), stopping at the end of turn."""
+    transformers = pytest.importorskip("transformers")
+    from models.chat import stop_token_ids
+    from models.records import qa_prompt
+    from tests.chat_models import save_chat_llama, template_ids, transformers_tokenizer
+
+    directory = save_chat_llama(tmp_path / "chat")
+    proc = cli("generate", directory, "--task", "qa", "--question", "Where?", "--context", "In Lyon.",
+               "--max-new-tokens", "8")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    _, tok = artifact.load_model(directory)
+    chat = artifact.served_chat_format(directory, tok)
+    assert chat is not None
+    ids = template_ids(directory, [{"role": "user", "content": qa_prompt("Where?", "In Lyon.").strip()}])
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    ends = sorted(stop_token_ids(chat, tok.hf, tok.end_ids))
+    with torch.no_grad():
+        out = theirs.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=ends)
+    want = transformers_tokenizer(directory).decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+    assert proc.stdout == want + "\n"
