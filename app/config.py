@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     event_flush_s: float = 0.5  # how long training-step events may wait to be written in a batch
     sse_poll_s: float = 0.5  # SSE: how often to look for new events without Redis
     sse_keepalive_s: float = 15.0
+    # Database connections one process keeps (at most; as many as the API's 40 threads use at
+    # once). On PostgreSQL, API processes x db_pool_size must fit under max_connections.
+    db_pool_size: int = 40
     key_cache_s: float = 10.0  # how long the API trusts a key it has checked: a revocation applies within this
 
     # Serving (app/inference.py): the in-process model cache and its dynamic batches.

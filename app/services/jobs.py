@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -89,6 +89,16 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"no job '{job_id}'")
     return job
+
+
+def record(session: Session, tenant_id: str, job_id: str) -> Row[Any]:
+    """The tenant's job as a row (the columns, by name, as on Job) or 404: what GET reads,
+    without building an ORM object."""
+    query = select(Job.__table__).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    row = session.connection().execute(query).first()
+    if row is None:
+        raise NotFound(f"no job '{job_id}'")
+    return row
 
 
 def list_page(
