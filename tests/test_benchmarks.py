@@ -63,3 +63,8 @@ def test_llama_decode_benchmark_tiny() -> None:
     report = run("llama_decode.py", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1")
     assert set(report["tokens_per_s"]) == {"ours_b1", "hf_b1", "ours_b8", "hf_b8"}
     assert report["greedy_tokens_match_hf"] == {"b1": True, "b8": True}  # our serving path and transformers agree
+
+
+def test_get_job_cpu_benchmark_runs() -> None:
+    report = run("get_job_cpu.py", "--requests", "20", "--rounds", "1")
+    assert report["database"] == "sqlite" and report["cpu_ms_per_request_min"] > 0
