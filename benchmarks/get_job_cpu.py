@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ["STAGECRAFT_RATE_LIMIT_PER_S"] = "0"
-from app.api.main import create_app  # noqa: E402
-from app.config import Settings  # noqa: E402
-from app.migrate import upgrade  # noqa: E402
-from app.services import auth  # noqa: E402
-from app.tables import Job, new_id  # noqa: E402
+from app.api.main import create_app
+from app.config import Settings
+from app.migrate import upgrade
+from app.services import auth
+from app.tables import Job, new_id
 
 
 async def call(app: Any, path: str, key: str) -> int:
