@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 400  # requests a key may send at once
     tenant_max_queued_jobs: int = 50
     tenant_max_unfinished_jobs: int = 100  # queued, running and cancelling
+    # Running (and cancelling) jobs per tenant, checked when a worker claims one (0: no limit):
+    # past it the job stays queued and its wake-up is sent again after tenant_busy_retry_s.
+    tenant_max_running_jobs: int = 10
+    tenant_busy_retry_s: float = 5.0
     tenant_max_storage_bytes: int = 100 << 30  # datasets and uploaded models
     max_json_depth: int = 64  # arrays/objects nested deeper are a 400, in bodies and JSONL lines
     lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
