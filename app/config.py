@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # past it the job stays queued and its wake-up is sent again after tenant_busy_retry_s.
     tenant_max_running_jobs: int = 10
     tenant_busy_retry_s: float = 5.0
-    tenant_max_storage_bytes: int = 100 << 30  # datasets and uploaded models
+    tenant_max_storage_bytes: int = 100 << 30  # datasets, uploaded models and jobs' folders
     max_json_depth: int = 64  # arrays/objects nested deeper are a 400, in bodies and JSONL lines
     lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
     max_attempts: int = 3  # worker losses (lapsed leases) that fail a job; hand-backs do not count

@@ -79,6 +79,7 @@ def submit(
     """Validate a spec completely and create its job (lifecycle.create); returns (job, created)."""
     spec, est = validate(session, settings, tenant_id, raw)
     quotas.check_jobs(session, settings, tenant_id)
+    quotas.check_storage(session, settings, tenant_id)  # checkpoints of its jobs included
     return lifecycle.create(
         session, tenant_id, spec.name, spec.model_dump(mode="json"), asdict(est), spec.total_steps, idempotency_key
     )

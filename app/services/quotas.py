@@ -1,6 +1,8 @@
 """Per-tenant quotas (settings `tenant_max_*`): queued and unfinished jobs and stored bytes at
 submit or upload, each a 429 `quota_exceeded` that names the setting; running jobs at claim
-time (`running_slot`: a job whose tenant already runs its most stays queued)."""
+time (`running_slot`: a job whose tenant already runs its most stays queued). Storage counts
+datasets, uploaded models and jobs' folders; a tenant over it can neither upload nor submit
+(its running jobs finish: they are bounded by their spec's checkpointing.keep_last)."""
 
 from __future__ import annotations
 
@@ -59,8 +61,12 @@ def _tree_bytes(root: Path) -> int:
 
 
 def storage_used(session: Session, settings: Settings, tenant_id: str) -> int:
+    """Bytes the tenant stores: its datasets, its uploaded models, and every job's folder
+    (checkpoints, the trained model, exported checkpoints, staging)."""
     datasets = session.scalar(select(func.coalesce(func.sum(Dataset.bytes), 0)).where(Dataset.tenant_id == tenant_id))
-    return int(datasets or 0) + _tree_bytes(settings.models_dir / tenant_id)
+    job_ids = session.scalars(select(Job.id).where(Job.tenant_id == tenant_id))
+    jobs = sum(_tree_bytes(settings.jobs_dir / job_id) for job_id in job_ids)  # = jobs.workdir
+    return int(datasets or 0) + _tree_bytes(settings.models_dir / tenant_id) + jobs
 
 
 def check_storage(session: Session, settings: Settings, tenant_id: str, adding: int = 0) -> None:
@@ -68,5 +74,6 @@ def check_storage(session: Session, settings: Settings, tenant_id: str, adding: 
     if used + adding > settings.tenant_max_storage_bytes:
         raise QuotaExceeded(
             f"this tenant stores {used} bytes; with {adding} more it would pass its quota of "
-            f"{settings.tenant_max_storage_bytes} (setting TENANT_MAX_STORAGE_BYTES): delete datasets or models first"
+            f"{settings.tenant_max_storage_bytes} (setting TENANT_MAX_STORAGE_BYTES): "
+            "delete datasets, models or jobs first"
         )

@@ -14,7 +14,7 @@ from typing import Any
 from app.config import Settings
 from app.db import Database
 from app.queue.wakeups import Publisher
-from app.services import auth, catalog, datasets, events, jobs, lifecycle, metrics
+from app.services import auth, catalog, datasets, events, jobs, lifecycle, metrics, quotas
 from app.tables import Job
 from workers.execute import execute
 
@@ -74,6 +74,10 @@ def test_execute_runs_a_two_step_job_to_its_model(
     assert {e.data["checkpoint_id"] for e in saved} == {c.id for c in kept}
     assert all(not Path(e.data["path"]).is_absolute() for e in saved)  # relative to the data directory
     assert (settings.data_dir / model.path / "model.safetensors").is_file()
+    on_disk = sum(p.stat().st_size for p in jobs.workdir(settings, job.id).rglob("*") if p.is_file())
+    with database.read() as session:  # the tenant's storage counts the job's checkpoints and model
+        datasets_bytes = sum(ds.bytes for ds in datasets.list_page(session, tenant_id, 100, None)[0])
+        assert on_disk > 0 and quotas.storage_used(session, settings, tenant_id) == datasets_bytes + on_disk
 
     execute(database, settings, Publisher(None), job.id, "worker-2")  # a duplicate delivery
     with database.read() as session:
