@@ -71,21 +71,47 @@ def kill_at(stack: FaultStack, job_id: str, step: int, n_started: int, sig: int)
     return pid
 
 
+def kill_between_checkpoints(stack: FaultStack, job_id: str, step: int, n_started: int) -> tuple[int, int]:
+    """SIGKILL attempt `n_started` once it has stored steps past its newest registered
+    checkpoint (so the next attempt resumes from that checkpoint and supersedes them): the
+    worker is frozen (SIGSTOP) while its record is read, and let go again if it is not there
+    yet. Returns (the newest checkpoint's step, the newest stored step)."""
+    pid = kill_at(stack, job_id, step, n_started, signal.SIGSTOP)
+    with stack.api() as api:
+        for _ in range(200):
+            checkpoints = [c["step"] for c in api.http.get(f"/v1/jobs/{job_id}/checkpoints").json()]
+            steps = [e["step"] for e in all_events(api, job_id) if e["type"] == "train.step"]
+            if checkpoints and steps and steps[-1] > max(checkpoints):
+                kill(pid, signal.SIGKILL)
+                return max(checkpoints), steps[-1]
+            kill(pid, signal.SIGCONT)
+            time.sleep(0.05)
+            kill(pid, signal.SIGSTOP)
+    raise AssertionError("never caught the worker between two checkpoints")
+
+
 def test_sigkill_at_random_steps_three_times(stack: FaultStack, spec: dict[str, Any], reference: Any) -> None:
+    """Three SIGKILLs at random steps; the second lands after a checkpoint and before the
+    next, so what that attempt reported past its checkpoint is superseded."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     total = total_steps(spec)
     targets = [rng.randint(3, 14), rng.randint(20, 32), rng.randint(38, total - 4)]
     with stack.api() as api:
         job_id = api.submit(spec)["id"]
-    for i, step in enumerate(targets):
-        kill_at(stack, job_id, step, i + 1, signal.SIGKILL)
+    kill_at(stack, job_id, targets[0], 1, signal.SIGKILL)
+    resumed_from, reached = kill_between_checkpoints(stack, job_id, targets[1], 2)
+    kill_at(stack, job_id, targets[2], 3, signal.SIGKILL)
+    print(f"\nattempt 2 killed at step {reached}, after checkpoint {resumed_from}")
     out = assert_record(stack, job_id, spec, reference)
     started = [e["data"]["attempt"] for e in out["events"] if e["type"] == "job.started"]
     assert started == [1, 2, 3, 4], (seed, targets)
     lost = [e["data"]["losses"] for e in out["events"] if e["type"] == "job.queued" and "losses" in e["data"]]
     assert lost == [1, 2, 3]
-    assert len([e for e in out["events"] if e["type"] == "job.restarted"]) == 3
+    restarts = [e["data"]["from_step"] for e in out["events"] if e["type"] == "job.restarted"]
+    assert len(restarts) == 3 and restarts[1] == resumed_from, (restarts, resumed_from, reached)
+    # attempt 2's train.step events after its checkpoint were stored, then superseded
+    assert out["superseded_steps"] >= reached - resumed_from > 0, (out["superseded_steps"], resumed_from, reached)
 
 
 def test_sigterm_three_times_then_sigkill_succeeds(stack: FaultStack, spec: dict[str, Any], reference: Any) -> None:
