@@ -36,7 +36,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
-    settings = {"max_attempts": "4", "resend_unclaimed_s": "5", "worker_idle_exit_s": "20"}
+    # Step events flushed every 0.1 s (not 0.5): a worker then stores steps between two
+    # checkpoints (5 steps apart) often enough for kill_between_checkpoints to catch it there.
+    settings = {"max_attempts": "4", "resend_unclaimed_s": "5", "worker_idle_exit_s": "20", "event_flush_s": "0.1"}
     yield from fault_stack(tmp_path_factory.mktemp("faults"), **settings)
 
 
@@ -73,20 +75,26 @@ def kill_at(stack: FaultStack, job_id: str, step: int, n_started: int, sig: int)
 
 def kill_between_checkpoints(stack: FaultStack, job_id: str, step: int, n_started: int) -> tuple[int, int]:
     """SIGKILL attempt `n_started` once it has stored steps past its newest registered
-    checkpoint (so the next attempt resumes from that checkpoint and supersedes them): the
-    worker is frozen (SIGSTOP) while its record is read, and let go again if it is not there
-    yet. Returns (the newest checkpoint's step, the newest stored step)."""
-    pid = kill_at(stack, job_id, step, n_started, signal.SIGSTOP)
+    checkpoint (so the next attempt resumes from that checkpoint and supersedes them): seen
+    while it runs, then confirmed with the worker frozen (SIGSTOP) and let go again if it
+    moved on. Returns (the newest checkpoint's step, the newest stored step)."""
+
+    def past_checkpoint(api: Any) -> tuple[int, int] | None:
+        checkpoints = [c["step"] for c in api.http.get(f"/v1/jobs/{job_id}/checkpoints").json()]
+        steps = [e["step"] for e in all_events(api, job_id) if e["type"] == "train.step"]
+        return (max(checkpoints), steps[-1]) if checkpoints and steps and steps[-1] > max(checkpoints) else None
+
+    pid = kill_at(stack, job_id, step, n_started, 0)  # signal 0: only find the worker
     with stack.api() as api:
-        for _ in range(200):
-            checkpoints = [c["step"] for c in api.http.get(f"/v1/jobs/{job_id}/checkpoints").json()]
-            steps = [e["step"] for e in all_events(api, job_id) if e["type"] == "train.step"]
-            if checkpoints and steps and steps[-1] > max(checkpoints):
-                kill(pid, signal.SIGKILL)
-                return max(checkpoints), steps[-1]
-            kill(pid, signal.SIGCONT)
-            time.sleep(0.05)
-            kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if past_checkpoint(api):
+                kill(pid, signal.SIGSTOP)
+                if seen := past_checkpoint(api):
+                    kill(pid, signal.SIGKILL)
+                    return seen
+                kill(pid, signal.SIGCONT)
+            time.sleep(0.02)
     raise AssertionError("never caught the worker between two checkpoints")
 
 
