@@ -36,7 +36,11 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 400  # requests a key may send at once
     tenant_max_queued_jobs: int = 50
     tenant_max_unfinished_jobs: int = 100  # queued, running and cancelling
-    tenant_max_storage_bytes: int = 100 << 30  # datasets and uploaded models
+    # Running (and cancelling) jobs per tenant, checked when a worker claims one (0: no limit):
+    # past it the job stays queued and its wake-up is sent again after tenant_busy_retry_s.
+    tenant_max_running_jobs: int = 10
+    tenant_busy_retry_s: float = 5.0
+    tenant_max_storage_bytes: int = 100 << 30  # datasets, uploaded models and jobs' folders
     max_json_depth: int = 64  # arrays/objects nested deeper are a 400, in bodies and JSONL lines
     lease_s: float = 60.0  # a worker that misses renewing for this long has lost its job
     max_attempts: int = 3  # worker losses (lapsed leases) that fail a job; hand-backs do not count
@@ -46,6 +50,9 @@ class Settings(BaseSettings):
     event_flush_s: float = 0.5  # how long training-step events may wait to be written in a batch
     sse_poll_s: float = 0.5  # SSE: how often to look for new events without Redis
     sse_keepalive_s: float = 15.0
+    # Database connections one process keeps (at most; as many as the API's 40 threads use at
+    # once). On PostgreSQL, API processes x db_pool_size must fit under max_connections.
+    db_pool_size: int = 40
     key_cache_s: float = 10.0  # how long the API trusts a key it has checked: a revocation applies within this
 
     # Serving (app/inference.py): the in-process model cache and its dynamic batches.

@@ -15,10 +15,12 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from app.config import get_settings
 
 BUSY_TIMEOUT_MS = 30_000
+POOL_SIZE = 40  # anyio's default thread limit: each of the API's threads can hold a connection
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -33,25 +35,31 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("stagecraft_write") else "BEGIN")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
+    """Connections are opened as needed and kept, up to `pool_size` (no overflow: a connection
+    opened past the pool and closed after one query costs more than the query); a thread that
+    finds them all busy waits for one."""
+    pool = {"pool_size": pool_size, "max_overflow": 0}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        args = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        in_memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url  # one connection per thread
+        engine = create_engine(url, connect_args=args, **({} if in_memory else {"poolclass": QueuePool, **pool}))
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 class Database:
-    def __init__(self, url: str):
-        self.engine = make_engine(url)
+    def __init__(self, url: str, pool_size: int = POOL_SIZE):
+        self.engine = make_engine(url, pool_size)
         self.read = sessionmaker(self.engine, expire_on_commit=False)
         self.write = sessionmaker(self.engine.execution_options(stagecraft_write=True), expire_on_commit=False)
 
 
 @lru_cache
-def get_database(url: str | None = None) -> Database:
-    return Database(url or get_settings().db_url)
+def get_database(url: str | None = None, pool_size: int = POOL_SIZE) -> Database:
+    return Database(url or get_settings().db_url, pool_size)
 
 
 __all__ = ["Database", "Session", "get_database", "make_engine"]

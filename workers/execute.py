@@ -35,12 +35,17 @@ from workers.reporter import SHUTDOWN, JobRun, LeaseLost
 log = logging.getLogger(__name__)
 
 
-def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str, worker: str) -> None:
+def execute(
+    db: Database, settings: Settings, publisher: Publisher, job_id: str, worker: str,
+    defer: Callable[[str], object] = lambda job_id: None,
+) -> None:  # fmt: skip
     """Run the job if this delivery wins the claim.
 
     When the worker is asked to stop, the job is checkpointed and handed back to the queue
     without a new message (this worker would take it again): the reaper of the next worker
-    to start, or of another running one, sends it.
+    to start, or of another running one, sends it. When the job's tenant already runs its
+    most jobs (tenant_max_running_jobs), the job stays queued and `defer(job_id)` sends its
+    wake-up again later; this worker is free for other tenants' jobs at once.
     """
     if SHUTDOWN.is_set():  # a delivery that arrived while this worker stops: leave the job to the next
         raise Reject("worker shutting down", requeue=True)
@@ -48,7 +53,12 @@ def execute(db: Database, settings: Settings, publisher: Publisher, job_id: str,
     workdir = jobs.workdir(settings, job_id)
     restart = False
     with db.write() as session:
-        claim = lifecycle.claim(session, job_id, owner, settings.lease_s)
+        claim = lifecycle.claim(session, job_id, owner, settings.lease_s, settings.tenant_max_running_jobs)
+        if isinstance(claim, lifecycle.TenantBusy):
+            session.commit()
+            log.info("job %s: its tenant runs %d jobs, its most; sent again later", job_id, claim.running)
+            defer(job_id)
+            return
         if claim is not None:
             metrics.drop_missing_checkpoints(session, settings, job_id)
             registered = {c.step for c in metrics.checkpoints(session, job_id)}

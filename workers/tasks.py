@@ -9,7 +9,7 @@ import uuid
 
 from app.db import get_database
 from app.queue.wakeups import EVENTS, Publisher
-from workers.celery_app import BUSY, celery_app, settings
+from workers.celery_app import BUSY, broker, celery_app, settings
 from workers.execute import execute
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,12 @@ def run_job(job_id: str) -> None:
     publisher = Publisher(settings.pubsub_url)
     BUSY.set()
     try:
-        execute(db, settings, publisher, job_id, WORKER_ID)
+        execute(db, settings, publisher, job_id, WORKER_ID, defer=_send_later)
     finally:
         BUSY.clear()
     publisher.publish(EVENTS, job_id)
+
+
+def _send_later(job_id: str) -> None:
+    """The job's tenant runs its most jobs: wake a worker for it again in a while."""
+    broker.send(job_id, countdown=settings.tenant_busy_retry_s)

@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     s = settings
     app.state.settings = s
-    app.state.db = get_database(s.db_url)
+    app.state.db = get_database(s.db_url, s.db_pool_size)
     app.state.broker = Broker(s, app.state.db.write)
     app.state.outbox = Outbox(app.state.broker, Publisher(s.pubsub_url))
     app.state.waiters = EventWaiters(s.pubsub_url, s.sse_poll_s)

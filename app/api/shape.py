@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import Row
 
 from app.api.schemas import (
     CheckpointOut,
@@ -29,7 +32,7 @@ def dataset(ds: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(ds, from_attributes=True)
 
 
-def job(j: Job) -> JobOut:
+def job(j: Job | Row[Any]) -> JobOut:
     stage = None if j.stage_index is None else {"index": j.stage_index, "name": j.stage_name}
     error = None if j.error_code is None else {"code": j.error_code, "message": j.error_message or ""}
     return JobOut(

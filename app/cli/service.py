@@ -54,10 +54,18 @@ def migrate(data_dir: DataDir = None) -> None:
 def api(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port (about one per core)")] = 1,
     data_dir: DataDir = None,
 ) -> None:
-    """Serve the HTTP API (run `stagecraft migrate` first)."""
-    _serve(settings_for(data_dir), host, port).run()
+    """Serve the HTTP API (run `stagecraft migrate` first). With `--workers N`, N processes
+    answer on one port (uvicorn restarts one that dies); each keeps its own key cache and
+    serving cache (models loaded for generation are loaded in each)."""
+    settings = settings_for(data_dir)  # (--data-dir reaches the worker processes in their environment)
+    if workers == 1:
+        _serve(settings, host, port).run()
+        return
+    factory = "app.api.main:create_app"
+    uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=3)
 
 
 def worker(data_dir: DataDir = None) -> None:

@@ -62,14 +62,15 @@ class Broker:
         self.settings, self.write = settings, write
         self.celery = make_celery(settings)
 
-    def send(self, job_id: str) -> bool:
-        """Send the job's wake-up (its row is committed) and note that the broker has it.
+    def send(self, job_id: str, countdown: float | None = None) -> bool:
+        """Send the job's wake-up (its row is committed) and note that the broker has it;
+        with `countdown`, a wake-up a worker runs that many seconds from now.
 
         On a broker failure the job stays queued with enqueued_at unset; a worker's reaper
         sends it again later.
         """
         try:
-            self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.queue, retry=False)
+            self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.queue, retry=False, countdown=countdown)
         except Exception as exc:
             log.warning("could not enqueue job %s: %s", job_id, exc)
             return False

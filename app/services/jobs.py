@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -79,6 +79,7 @@ def submit(
     """Validate a spec completely and create its job (lifecycle.create); returns (job, created)."""
     spec, est = validate(session, settings, tenant_id, raw)
     quotas.check_jobs(session, settings, tenant_id)
+    quotas.check_storage(session, settings, tenant_id)  # checkpoints of its jobs included
     return lifecycle.create(
         session, tenant_id, spec.name, spec.model_dump(mode="json"), asdict(est), spec.total_steps, idempotency_key
     )
@@ -89,6 +90,16 @@ def get(session: Session, tenant_id: str, job_id: str) -> Job:
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"no job '{job_id}'")
     return job
+
+
+def record(session: Session, tenant_id: str, job_id: str) -> Row[Any]:
+    """The tenant's job as a row (the columns, by name, as on Job) or 404: what GET reads,
+    without building an ORM object."""
+    query = select(Job.__table__).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    row = session.connection().execute(query).first()
+    if row is None:
+        raise NotFound(f"no job '{job_id}'")
+    return row
 
 
 def list_page(

@@ -31,7 +31,7 @@ from app.config import Settings
 from app.errors import Conflict, NotFound
 from app.queue import outbox
 from app.queue.wakeups import CONTROL, EVENTS
-from app.services import events
+from app.services import events, quotas
 from app.tables import FINISHED, Checkpoint, Job, JobStatus, Metric, new_id, utcnow
 from models.events import Event, make
 
@@ -135,8 +135,19 @@ def cancel(session: Session, tenant_id: str, job_id: str) -> Job:
 # --- the worker side ---------------------------------------------------------------------
 
 
-def claim(session: Session, job_id: str, owner: str, lease_s: float) -> Claim | None:
-    """Take a queued job with a lease; None when this delivery lost (taken, finished, unknown)."""
+@dataclass(frozen=True)
+class TenantBusy:
+    """A claim refused: the job's tenant runs `running` jobs, its most (tenant_max_running_jobs)."""
+
+    running: int
+
+
+def claim(session: Session, job_id: str, owner: str, lease_s: float, max_running: int = 0) -> Claim | TenantBusy | None:
+    """Take a queued job with a lease; None when this delivery lost (taken, finished, unknown);
+    TenantBusy (the job stays queued) when its tenant already runs `max_running` jobs (0: no limit)."""
+    running = quotas.running_slot(session, job_id, max_running)
+    if running is not None:
+        return TenantBusy(running)
     now = utcnow()
     row = session.execute(
         update(Job)

@@ -1,17 +1,21 @@
-"""Per-tenant quotas (settings `tenant_max_*`): unfinished jobs and stored bytes, each a 429
-`quota_exceeded` that names the setting. Storage counts datasets and uploaded models (what a
-tenant uploads); jobs' own files are bounded by their spec (checkpointing.keep_last)."""
+"""Per-tenant quotas (settings `tenant_max_*`): queued and unfinished jobs and stored bytes at
+submit or upload, each a 429 `quota_exceeded` that names the setting; running jobs at claim
+time (`running_slot`: a job whose tenant already runs its most stays queued). Storage counts
+datasets, uploaded models and jobs' folders; a tenant over it can neither upload nor submit
+(its running jobs finish: they are bounded by their spec's checkpointing.keep_last)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import ServiceError
-from app.tables import ACTIVE, Dataset, Job
+from app.tables import ACTIVE, Dataset, Job, Tenant, utcnow
+
+RUNNING = ("running", "cancelling")  # a cancelling job still holds its worker
 
 
 class QuotaExceeded(ServiceError):
@@ -33,13 +37,36 @@ def check_jobs(session: Session, settings: Settings, tenant_id: str) -> None:
         )
 
 
+def running_slot(session: Session, job_id: str, limit: int) -> int | None:
+    """Before a queued job is claimed: None when its tenant may run one more job (or `limit`
+    is 0, no limit), else how many it runs now; the job is then touched (updated_at), so a
+    worker does not take its wait for a broker that stopped delivering. Claims of one
+    tenant's jobs take turns on its tenant row (FOR UPDATE; SQLite's write transactions take
+    turns anyway), so two workers cannot both take the last slot."""
+    if limit <= 0:
+        return None
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id, Job.status == "queued"))
+    if tenant_id is None:
+        return None  # the claim will find nothing to take
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    running = session.scalar(select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(RUNNING))) or 0
+    if running < limit:
+        return None
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(updated_at=utcnow()))
+    return running
+
+
 def _tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
 
 
 def storage_used(session: Session, settings: Settings, tenant_id: str) -> int:
+    """Bytes the tenant stores: its datasets, its uploaded models, and every job's folder
+    (checkpoints, the trained model, exported checkpoints, staging)."""
     datasets = session.scalar(select(func.coalesce(func.sum(Dataset.bytes), 0)).where(Dataset.tenant_id == tenant_id))
-    return int(datasets or 0) + _tree_bytes(settings.models_dir / tenant_id)
+    job_ids = session.scalars(select(Job.id).where(Job.tenant_id == tenant_id))
+    jobs = sum(_tree_bytes(settings.jobs_dir / job_id) for job_id in job_ids)  # = jobs.workdir
+    return int(datasets or 0) + _tree_bytes(settings.models_dir / tenant_id) + jobs
 
 
 def check_storage(session: Session, settings: Settings, tenant_id: str, adding: int = 0) -> None:
@@ -47,5 +74,6 @@ def check_storage(session: Session, settings: Settings, tenant_id: str, adding: 
     if used + adding > settings.tenant_max_storage_bytes:
         raise QuotaExceeded(
             f"this tenant stores {used} bytes; with {adding} more it would pass its quota of "
-            f"{settings.tenant_max_storage_bytes} (setting TENANT_MAX_STORAGE_BYTES): delete datasets or models first"
+            f"{settings.tenant_max_storage_bytes} (setting TENANT_MAX_STORAGE_BYTES): "
+            "delete datasets, models or jobs first"
         )

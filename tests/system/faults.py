@@ -253,14 +253,16 @@ def assert_record(stack: FaultStack, job_id: str, spec: dict[str, Any], referenc
     assert all(torch.equal(got[k], reference[k]) for k in got), "weights differ from the uninterrupted run"
     api.http.close()
     with psycopg.connect(stack.pg.url.replace("+psycopg", "")) as conn:
-        stored, superseded = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE superseded) FROM job_events WHERE job_id = %s", [job_id]
-        ).fetchone() or (0, 0)
+        stored, superseded, superseded_steps = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE superseded),"
+            " count(*) FILTER (WHERE superseded AND type = 'train.step') FROM job_events WHERE job_id = %s",
+            [job_id],
+        ).fetchone() or (0, 0, 0)
     print(
         f"\n{job_id}: attempt {job['attempt']}, {len(events)} events in the record,"
         f" {stored} stored, {superseded} superseded"
     )
-    return {"job": job, "events": events}
+    return {"job": job, "events": events, "superseded_steps": superseded_steps}
 
 
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -36,7 +36,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
-    settings = {"max_attempts": "4", "resend_unclaimed_s": "5", "worker_idle_exit_s": "20"}
+    # Step events flushed every 0.1 s (not 0.5): a worker then stores steps between two
+    # checkpoints (5 steps apart) often enough for kill_between_checkpoints to catch it there.
+    settings = {"max_attempts": "4", "resend_unclaimed_s": "5", "worker_idle_exit_s": "20", "event_flush_s": "0.1"}
     yield from fault_stack(tmp_path_factory.mktemp("faults"), **settings)
 
 
@@ -71,21 +73,53 @@ def kill_at(stack: FaultStack, job_id: str, step: int, n_started: int, sig: int)
     return pid
 
 
+def kill_between_checkpoints(stack: FaultStack, job_id: str, step: int, n_started: int) -> tuple[int, int]:
+    """SIGKILL attempt `n_started` once it has stored steps past its newest registered
+    checkpoint (so the next attempt resumes from that checkpoint and supersedes them): seen
+    while it runs, then confirmed with the worker frozen (SIGSTOP) and let go again if it
+    moved on. Returns (the newest checkpoint's step, the newest stored step)."""
+
+    def past_checkpoint(api: Any) -> tuple[int, int] | None:
+        checkpoints = [c["step"] for c in api.http.get(f"/v1/jobs/{job_id}/checkpoints").json()]
+        steps = [e["step"] for e in all_events(api, job_id) if e["type"] == "train.step"]
+        return (max(checkpoints), steps[-1]) if checkpoints and steps and steps[-1] > max(checkpoints) else None
+
+    pid = kill_at(stack, job_id, step, n_started, 0)  # signal 0: only find the worker
+    with stack.api() as api:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if past_checkpoint(api):
+                kill(pid, signal.SIGSTOP)
+                if seen := past_checkpoint(api):
+                    kill(pid, signal.SIGKILL)
+                    return seen
+                kill(pid, signal.SIGCONT)
+            time.sleep(0.02)
+    raise AssertionError("never caught the worker between two checkpoints")
+
+
 def test_sigkill_at_random_steps_three_times(stack: FaultStack, spec: dict[str, Any], reference: Any) -> None:
+    """Three SIGKILLs at random steps; the second lands after a checkpoint and before the
+    next, so what that attempt reported past its checkpoint is superseded."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     total = total_steps(spec)
     targets = [rng.randint(3, 14), rng.randint(20, 32), rng.randint(38, total - 4)]
     with stack.api() as api:
         job_id = api.submit(spec)["id"]
-    for i, step in enumerate(targets):
-        kill_at(stack, job_id, step, i + 1, signal.SIGKILL)
+    kill_at(stack, job_id, targets[0], 1, signal.SIGKILL)
+    resumed_from, reached = kill_between_checkpoints(stack, job_id, targets[1], 2)
+    kill_at(stack, job_id, targets[2], 3, signal.SIGKILL)
+    print(f"\nattempt 2 killed at step {reached}, after checkpoint {resumed_from}")
     out = assert_record(stack, job_id, spec, reference)
     started = [e["data"]["attempt"] for e in out["events"] if e["type"] == "job.started"]
     assert started == [1, 2, 3, 4], (seed, targets)
     lost = [e["data"]["losses"] for e in out["events"] if e["type"] == "job.queued" and "losses" in e["data"]]
     assert lost == [1, 2, 3]
-    assert len([e for e in out["events"] if e["type"] == "job.restarted"]) == 3
+    restarts = [e["data"]["from_step"] for e in out["events"] if e["type"] == "job.restarted"]
+    assert len(restarts) == 3 and restarts[1] == resumed_from, (restarts, resumed_from, reached)
+    # attempt 2's train.step events after its checkpoint were stored, then superseded
+    assert out["superseded_steps"] >= reached - resumed_from > 0, (out["superseded_steps"], resumed_from, reached)
 
 
 def test_sigterm_three_times_then_sigkill_succeeds(stack: FaultStack, spec: dict[str, Any], reference: Any) -> None:

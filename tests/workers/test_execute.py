@@ -14,7 +14,7 @@ from typing import Any
 from app.config import Settings
 from app.db import Database
 from app.queue.wakeups import Publisher
-from app.services import auth, catalog, datasets, events, jobs, metrics
+from app.services import auth, catalog, datasets, events, jobs, lifecycle, metrics, quotas
 from app.tables import Job
 from workers.execute import execute
 
@@ -74,7 +74,31 @@ def test_execute_runs_a_two_step_job_to_its_model(
     assert {e.data["checkpoint_id"] for e in saved} == {c.id for c in kept}
     assert all(not Path(e.data["path"]).is_absolute() for e in saved)  # relative to the data directory
     assert (settings.data_dir / model.path / "model.safetensors").is_file()
+    on_disk = sum(p.stat().st_size for p in jobs.workdir(settings, job.id).rglob("*") if p.is_file())
+    with database.read() as session:  # the tenant's storage counts the job's checkpoints and model
+        datasets_bytes = sum(ds.bytes for ds in datasets.list_page(session, tenant_id, 100, None)[0])
+        assert on_disk > 0 and quotas.storage_used(session, settings, tenant_id) == datasets_bytes + on_disk
 
     execute(database, settings, Publisher(None), job.id, "worker-2")  # a duplicate delivery
     with database.read() as session:
         assert session.get_one(Job, job.id).last_seq == found[-1].seq
+
+
+def test_execute_defers_a_job_whose_tenant_runs_its_most(database: Database, tmp_path: Path) -> None:
+    """tenant_max_running_jobs: the delivery leaves the job queued, asks for a later wake-up
+    and returns at once (the worker is free for another tenant's job)."""
+    url = database.engine.url.render_as_string(hide_password=False)
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, tenant_max_running_jobs=1)
+    with database.write() as session:
+        tenant_id = auth.get_or_create_tenant(session, f"t-{secrets.token_hex(6)}").id
+        running, _ = lifecycle.create(session, tenant_id, "a", {"name": "a"}, {}, 10, None)
+        waiting, _ = lifecycle.create(session, tenant_id, "b", {"name": "b"}, {}, 10, None)
+        session.flush()
+        assert isinstance(lifecycle.claim(session, running.id, "elsewhere", 30.0), lifecycle.Claim)
+        session.commit()
+    deferred: list[str] = []
+    execute(database, settings, Publisher(None), waiting.id, "worker-1", defer=deferred.append)
+    assert deferred == [waiting.id]
+    with database.read() as session:
+        row = session.get_one(Job, waiting.id)
+        assert (row.status, row.attempt, row.lease_owner) == ("queued", 0, None)

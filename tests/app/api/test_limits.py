@@ -118,3 +118,25 @@ def test_spec_resource_limits(
         err = error(c.post(path, json=spec), 422, "resource_limit_exceeded")
         assert loc in {d["loc"] for d in err["details"]}, err
         assert c.get("/v1/jobs").json()["data"] == []
+
+
+def test_storage_quota_counts_job_folders(settings: Settings, new_tenant: Tenant) -> None:
+    """Checkpoints on disk count: once a job's folder takes the tenant past its quota, it can
+    neither submit nor upload; another tenant can; deleting the job frees the space."""
+    (mine, tenant_id), (theirs, _) = new_tenant(), new_tenant()
+    strict = limited(settings, tenant_max_storage_bytes=200_000)
+    with TestClient(create_app(strict), raise_server_exceptions=False) as c:
+        spec = spec_for(datasets(c, mine))
+        job = c.post("/v1/jobs", json=spec, headers=mine).json()
+        checkpoint = settings.jobs_dir / job["id"] / "checkpoints" / "step-00000001"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_bytes(b"\0" * 200_000)  # as a worker would write it
+        err = error(c.post("/v1/jobs", json=spec, headers=mine), 429, "quota_exceeded")
+        assert "TENANT_MAX_STORAGE_BYTES" in err["message"] and "jobs" in err["message"]
+        r = c.post("/v1/datasets", files={"file": ("c.txt", b"hello there\n")}, headers=mine)
+        error(r, 429, "quota_exceeded")
+        assert c.post("/v1/jobs", json=spec_for(datasets(c, theirs)), headers=theirs).status_code == 201
+        assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=mine).status_code == 200
+        assert c.delete(f"/v1/jobs/{job['id']}", headers=mine).status_code == 200
+        assert not (settings.jobs_dir / job["id"]).exists() and tenant_id
+        assert c.post("/v1/jobs", json=spec, headers=mine).status_code == 201

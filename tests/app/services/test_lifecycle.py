@@ -3,6 +3,7 @@ conditional UPDATEs exist for (two claims, two creates with one idempotency key)
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db import Database
 from app.errors import Conflict, NotFound
-from app.services import events, lifecycle
+from app.services import auth, events, lifecycle
 from app.tables import Job, JobEvent
 from models.events import make
 
@@ -254,3 +255,58 @@ def test_sequence_numbers_under_concurrent_appends(database: Database, new_job: 
         batch = rows[first - 1 : first - 1 + size]
         assert len({e.data["writer"] for e in batch}) == 1
         assert [e.step for e in batch] == sorted(e.step for e in batch)
+
+
+def claim_limited(database: Database, job_id: str, limit: int, owner: str = "w1") -> Any:
+    with database.write() as session:
+        found = lifecycle.claim(session, job_id, owner, 30.0, max_running=limit)
+        session.commit()
+    return found
+
+
+def other_tenant_job(database: Database) -> str:
+    with database.write() as session:
+        other = auth.get_or_create_tenant(session, f"t-{secrets.token_hex(6)}").id
+        job, _ = lifecycle.create(session, other, "job", {"name": "job"}, {}, 10, None)
+        session.commit()
+        return job.id
+
+
+def test_claim_leaves_a_job_queued_while_its_tenant_runs_its_most(
+    database: Database, new_job: Callable[..., str], job_of: Any
+) -> None:
+    """tenant_max_running_jobs at claim time: the tenant's second job waits (still queued,
+    attempt 0, touched), another tenant's job starts meanwhile, and the waiting job starts
+    once the first ends. A cancelling job still counts (it holds its worker)."""
+    first, second = new_job(), new_job()
+    started = claim_limited(database, first, 1)
+    assert isinstance(started, lifecycle.Claim)
+    before = job_of(second).updated_at
+    busy = claim_limited(database, second, 1, "w2")
+    assert busy == lifecycle.TenantBusy(running=1)
+    waiting = job_of(second)
+    assert (waiting.status, waiting.attempt, waiting.lease_owner) == ("queued", 0, None)
+    assert waiting.updated_at >= before
+    assert isinstance(claim_limited(database, other_tenant_job(database), 1, "w3"), lifecycle.Claim)
+    assert isinstance(claim_limited(database, second, 2, "w2"), lifecycle.Claim)  # a higher limit: it starts
+    # back to one running: cancel the first (cancelling still counts), then finish it
+    third = new_job()
+    with database.write() as session:
+        lifecycle.cancel(session, started.tenant_id, first)
+        session.commit()
+    assert claim_limited(database, third, 2) == lifecycle.TenantBusy(running=2)
+    with database.write() as session:
+        assert lifecycle.finish(session, started, "cancelled", make("job.cancelled", 0, {"reason": "test"}))
+        session.commit()
+    assert isinstance(claim_limited(database, third, 2), lifecycle.Claim)
+    assert claim_limited(database, third, 2) is None  # a duplicate delivery still finds nothing
+
+
+def test_concurrent_claims_never_pass_the_running_limit(database: Database, new_job: Callable[..., str]) -> None:
+    """Six workers claim six of one tenant's jobs at once with a limit of two: two start (the
+    tenant row serializes the claims on PostgreSQL; SQLite's write lock does there)."""
+    job_ids = [new_job() for _ in range(6)]
+    results = in_parallel(6, lambda i: claim_limited(database, job_ids[i], 2, f"w{i}"))
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(isinstance(r, lifecycle.Claim) for r in results) == 2, results
+    assert sum(isinstance(r, lifecycle.TenantBusy) for r in results) == 4, results
