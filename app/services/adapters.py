@@ -202,3 +202,13 @@ def register_upload(session: Session, settings: Settings, tenant_id: str, name: 
     model = _row(settings, tenant_id, name, final, 0, model_id=final.name)
     session.add(model)
     return model
+
+
+def export_peft(directory: Path, out: Path) -> None:
+    """An adapter as `peft` loads it (PeftModel.from_pretrained on the base's Hugging Face
+    export): its two files, base_model_name_or_path set to the base's id here."""
+    out.mkdir(parents=True)
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = info(directory).get("base_id")
+    (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=1))
+    shutil.copyfile(directory / ADAPTER_WEIGHTS, out / ADAPTER_WEIGHTS)

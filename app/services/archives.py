@@ -140,7 +140,10 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{fmt}-{new_id('x')}"
     try:
-        to_hf(model_dir, staging)
+        if adapters.is_adapter(model_dir):  # a LoRA adapter exports in the PEFT layout
+            adapters.export_peft(model_dir, staging)
+        else:
+            to_hf(model_dir, staging)
         tmp = pack(staging, out.with_name(f".{staging.name}-{out.name}"), f"{name}-{fmt}")
         tmp.replace(out)
     finally:

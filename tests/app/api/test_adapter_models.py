@@ -107,6 +107,22 @@ def test_adapters_list_with_their_base_and_serve_the_merged_models_text(client: 
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == want.json()["choices"][0]["text"]
 
 
+def test_an_adapter_exports_in_the_peft_layout(client: Client, setup: dict[str, Any], tmp_path: Path) -> None:
+    from models.peft import load_adapter
+
+    r = client.get(f"/v1/models/{setup['adapters'][0]}/export")
+    assert r.status_code == 200, r.text
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as t:
+        t.extractall(tmp_path / "out", filter="data")
+    [folder] = list((tmp_path / "out").iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == setup["base"]
+    got, want = load_adapter(folder).adapter, setup["local"][0]
+    assert got.layers.keys() == want.layers.keys() and got.scaling == want.scaling
+    for path, (a, b) in want.layers.items():
+        assert torch.equal(got.layers[path][0], a) and torch.equal(got.layers[path][1], b)
+
+
 def test_init_from_an_adapter_validates_as_its_merged_base(
     client: Client, setup: dict[str, Any], spec_dict: Callable[..., dict[str, Any]]
 ) -> None:
