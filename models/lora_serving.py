@@ -9,9 +9,9 @@ are never copied. A base-only batch skips the bank altogether.
 
 A serving net that fuses projections (the Llama path's one qkv and one gate-up matmul)
 names each fused group and its members in output order; the group's stacks then hold
-every member's pair side by side: A^T as (in, members x r) and B^T block-diagonal,
-(members x r, sum of outs), so one pair of matmuls adds each member's product to its own
-slice of the fused output. Members no adapter targets take no room.
+every member's A^T side by side, (in, members x r): one matmul for all of them; then each
+member's B^T, (r, its out), adds its product into its own slice of the fused output.
+Members no adapter targets take no room.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ class AdapterBank:
         self.adapters: dict[str, Adapter] = {}
         self.slots: dict[str, int] = {}  # adapter name -> its index along the stacked axis
         self.a: dict[str, Tensor] = {}  # module path -> (n + 1, in, r)
-        self.b: dict[str, Tensor] = {}  # module path -> (n + 1, r, out), scale folded in
+        # module path -> [(0, (n + 1, r, out))], scale folded in; a fused group's key -> one
+        # (offset of the member's output slice, its B^T stack) per member an adapter targets
+        self.b: dict[str, list[tuple[int, Tensor]]] = {}
+        self.rank = 0
 
     def add(self, name: str, adapter: Adapter) -> None:
         for path, (a, b) in adapter.layers.items():
@@ -57,7 +60,8 @@ class AdapterBank:
         return 0 if name is None else self.slots[name]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.a.values(), *self.b.values()))
+        tensors = [*self.a.values(), *(b for parts in self.b.values() for _, b in parts)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def _stack(self) -> None:
         names = list(self.adapters)
@@ -72,25 +76,29 @@ class AdapterBank:
                 self._stack_group(key, members, [m for m in members if m in targeted], names, rank)
 
     def _stack_group(self, key: str, members: list[str], used: list[str], names: list[str], rank: int) -> None:
-        """Stacks for `members` (the fused output's parts, in order), room for the `used` ones."""
+        """Stacks for `members` (the fused output's parts, in order), room for the `used` ones:
+        their A^T side by side, and each one's B^T with the offset of its output slice."""
         fan_in = self.shapes[members[0]][0]
         offsets, out = {}, 0
         for m in members:
             offsets[m] = out
             out += self.shapes[m][1]
         a_t = torch.zeros(len(names) + 1, fan_in, rank * len(used), dtype=torch.float32)
-        b_t = torch.zeros(len(names) + 1, rank * len(used), out, dtype=torch.float32)
+        parts = []
         for j, m in enumerate(used):
-            lo, off, width = j * rank, offsets[m], self.shapes[m][1]
+            lo, width = j * rank, self.shapes[m][1]
+            b_t = torch.zeros(len(names) + 1, rank, width, dtype=torch.float32)
             for i, name in enumerate(names, start=1):
                 adapter = self.adapters[name]
                 if m in adapter.layers:
                     a, b = adapter.layers[m]
                     r = a.size(0)
                     a_t[i, :, lo : lo + r] = a.t()
-                    b_t[i, lo : lo + r, off : off + width] = b.t() * adapter.scaling
+                    b_t[i, :r] = b.t() * adapter.scaling
+            parts.append((offsets[m], b_t.to(self.device, self.dtype)))
         self.a[key] = a_t.to(self.device, self.dtype)
-        self.b[key] = b_t.to(self.device, self.dtype)
+        self.b[key] = parts
+        self.rank = rank
 
     def add_delta(self, path: str, x: Tensor, y: Tensor, rows: Tensor) -> Tensor:
         """y + each row's adapter product of x; x (rows*T, in), y (rows*T, out), rows (rows,).
@@ -98,6 +106,11 @@ class AdapterBank:
         a = self.a.get(path)
         if a is None:
             return y
-        n = rows.size(0)
+        n, parts = rows.size(0), self.b[path]
         low = torch.bmm(x.view(n, -1, x.size(-1)), a[rows])
-        return y.add_(torch.bmm(low, self.b[path][rows]).view_as(y))
+        if len(parts) == 1 and parts[0][1].size(-1) == y.size(-1):  # one projection: the whole output
+            return y.add_(torch.bmm(low, parts[0][1][rows]).view_as(y))
+        y3, r = y.view(n, -1, y.size(-1)), self.rank
+        for j, (offset, b) in enumerate(parts):
+            y3[:, :, offset : offset + b.size(-1)].add_(torch.bmm(low[:, :, j * r : (j + 1) * r], b[rows]))
+        return y
