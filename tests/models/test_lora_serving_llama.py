@@ -135,11 +135,11 @@ def test_adapters_add_only_their_low_rank_stacks(
     assert dec.net.nbytes() == size  # the base is shared, not copied
     c = base.config
     kv, inter = c.n_kv_head * c.head_dim, c.intermediate_size
-    # (base slot + 1 adapter) x rank 2: k's and v's A side by side in the qkv group, each B
+    # 1 adapter x rank 2: k's and v's A side by side in the qkv group, each B
     # only as wide as its own slice; up alone in gate-up
     qkv = c.n_embd * 2 * 2 + 2 * kv + 2 * kv
     gate_up = c.n_embd * 2 + 2 * inter
-    assert dec.net.adapters.nbytes() == c.n_layer * (qkv + gate_up) * 2 * 4
+    assert dec.net.adapters.nbytes() == c.n_layer * (qkv + gate_up) * 4
 
 
 def test_gpt_adapters_are_refused_on_a_llama(base: Llama, tokenizer: Tokenizer) -> None:
