@@ -2,7 +2,8 @@
 decoding batch against the same 8 served one after another, and the adapters' memory
 beside the base's.
 
-Shape of PERFORMANCE.md (n_layer 6, n_head 6, n_embd 384, block 256, vocab 8192), random
+Shape of PERFORMANCE.md (n_layer 6, n_head 6, n_embd 384, block 256, vocab 8192; with
+`--arch llama` a Llama of that size: 2 key-value heads, SwiGLU 1024, tied), random
 weights, 4 adapters (rank 8, alpha 16, every attention and MLP projection, random A and
 B), 32-token prompts, 128 new tokens, greedy, fp32, every row run to its length. All
 variants step one `models.decoder.Decoder` directly (no HTTP, no engine thread):
@@ -13,7 +14,7 @@ variants step one `models.decoder.Decoder` directly (no HTTP, no engine thread):
 
 Goals (issue 10): lora_conc8 >= 3x lora_seq8; 4 adapters' memory <= 10% of the base.
 
-    .venv/bin/python benchmarks/lora_serving.py [--passes 3] [--threads 2] [--tiny]
+    .venv/bin/python benchmarks/lora_serving.py [--arch gpt|llama] [--passes 3] [--threads 2] [--tiny]
 
 One JSON object goes to stdout, progress to stderr.
 """
@@ -41,6 +42,7 @@ from models import lora  # noqa: E402
 from models.decoder import Decoder, Row  # noqa: E402
 from models.generate import Sampling  # noqa: E402
 from models.gpt import GPT, GPTConfig  # noqa: E402
+from models.llama import Llama, LlamaConfig  # noqa: E402
 from models.spec import AdapterSpec  # noqa: E402
 from models.tokenizer import Tokenizer  # noqa: E402
 
@@ -51,16 +53,24 @@ SHAPES = {
 ADAPTERS, REQUESTS, RANK, ALPHA = 4, 8, 8, 16
 
 
-def build(shape: dict[str, int]) -> tuple[GPT, Tokenizer, dict[str, lora.Adapter]]:
+def new_model(arch: str, shape: dict[str, int]) -> GPT | Llama:
+    if arch == "llama":
+        n_head = shape["n_head"]
+        return Llama(LlamaConfig(shape["vocab"], shape["block_size"], n_layer=shape["n_layer"], n_head=n_head,
+                                 n_kv_head=max(1, n_head // 3), n_embd=shape["n_embd"],
+                                 intermediate_size=8 * shape["n_embd"] // 3))  # fmt: skip
+    return GPT(GPTConfig(shape["vocab"], shape["block_size"], shape["n_layer"], shape["n_head"], shape["n_embd"]))
+
+
+def build(arch: str, shape: dict[str, int]) -> tuple[GPT | Llama, Tokenizer, dict[str, lora.Adapter]]:
     torch.manual_seed(0)
-    cfg = GPTConfig(shape["vocab"], shape["block_size"], shape["n_layer"], shape["n_head"], shape["n_embd"])
-    model = GPT(cfg).eval()
+    model = new_model(arch, shape).eval()
     texts = [f"request {i} asks about item {i * 7 % 13} and answers" for i in range(400)]
     tok = Tokenizer.train(texts, max(300, min(shape["vocab"], 512)))
     spec = AdapterSpec(type="lora", rank=RANK, alpha=ALPHA, targets=["attention", "mlp"])
     adapters = {}
     for k in range(ADAPTERS):
-        holder = GPT(cfg)
+        holder = new_model(arch, shape)
         lora.add_adapter(holder, f"a{k}", spec, seed=k)
         with torch.no_grad():
             for p in lora.adapter_params(holder, f"a{k}"):
@@ -92,10 +102,11 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--tiny", action="store_true", help="a toy shape (for the test suite)")
+    ap.add_argument("--arch", choices=["gpt", "llama"], default="gpt")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     shape = SHAPES["tiny" if args.tiny else "default"]
-    model, tok, adapters = build(shape)
+    model, tok, adapters = build(args.arch, shape)
     dec = Decoder(model, tok, max_batch=16)
     base_bytes = dec.net.nbytes()
     for name, adapter in adapters.items():
@@ -129,6 +140,7 @@ def main() -> None:
         "benchmark": "lora_serving",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         **environment(),
+        "arch": args.arch,
         "shape": shape,
         "adapters": {"count": ADAPTERS, "rank": RANK, "alpha": ALPHA, "targets": "attention + mlp"},
         "tokens_per_s": {k: round(v, 1) for k, v in med.items()},

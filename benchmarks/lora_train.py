@@ -1,13 +1,17 @@
 """LoRA fine-tuning tokens/s against our full fine-tuning and against transformers + peft,
 and the peak resident memory of a LoRA run against a full one.
 
-One shape for every variant: the example's GPT (shared/examples/multistep.yaml: n_layer 4,
-n_head 4, n_embd 256, block 256, vocab 2048), batch 16, random tokens, AdamW (lr 1e-3,
-betas 0.9/0.95, weight decay 0.1 on matrices), gradient clipping at 1.0. LoRA: rank 8,
-alpha 16, no dropout, on every attention and MLP projection (c_attn, attn.c_proj, c_fc,
-mlp.c_proj) in both ours and peft. Ours goes through `models.stages.train_step` with a
-segment planned from a parsed spec (an `adapter:` finetune stage for LoRA, `trainable:
-[all]` for the full run); peft wraps transformers' GPT2LMHeadModel. The variants take turns
+One shape for every variant (`--shape`): the example's GPT (`gpt`,
+shared/examples/multistep.yaml: n_layer 4, n_head 4, n_embd 256, block 256, vocab 2048,
+batch 16) or SmolLM2-135M's Llama shape (`smollm2`: 30 layers, n_embd 576, 9 query / 3
+key-value heads, SwiGLU 1536, vocab 49,152, tied head; block 256, batch `--batch`, 4 by
+default), random init, random tokens, AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1
+on matrices), gradient clipping at 1.0. LoRA: rank 8, alpha 16, no dropout, on every
+attention and MLP projection (GPT: c_attn, attn.c_proj, c_fc, mlp.c_proj; Llama: q, k, v,
+o, gate, up, down) in both ours and peft. Ours goes through `models.stages.train_step`
+with a segment planned from a parsed spec (an `adapter:` finetune stage for LoRA,
+`trainable: [all]` for the full run); peft wraps transformers' GPT2LMHeadModel or
+LlamaForCausalLM. The variants take turns
 one step at a time (the order rotating), over several passes; medians of the passes, and
 per-round paired ratios (each pair ran back to back, so the machine's drift cancels).
 
@@ -15,7 +19,7 @@ Peak RSS: each of ours full / ours LoRA / peft runs alone in a child process (Vm
 is per process), reported as the peak and as the peak above the process's RSS once its
 model was built (the training's own memory, without Python + torch + the base weights).
 
-    .venv/bin/python benchmarks/lora_train.py [--precision bf16] [--steps 10 --passes 3]
+    .venv/bin/python benchmarks/lora_train.py [--shape gpt|smollm2] [--precision bf16] [--steps 10 --passes 3]
 
 One JSON object goes to stdout, progress to stderr.
 """
@@ -40,9 +44,13 @@ from ours import plan, segment_step
 from train_variants import DTYPES, RandomBatches, peer_step
 
 from models.gpt import GPT, GPTConfig
+from models.llama import LlamaConfig
 from models.spec import parse_spec
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 4, 4, 256, 256, 16, 2048
+SMOLLM2 = {"n_layer": 30, "n_embd": 576, "n_head": 9, "n_kv_head": 3, "intermediate_size": 1536, "vocab": 49152}
+SHAPE = {"name": "gpt", "batch": BATCH, "vocab": VOCAB}  # set from the command line in main()
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
 RANK, ALPHA = 8, 16
 VARIANTS = ("ours_full", "ours_lora", "peft_lora")
@@ -60,7 +68,7 @@ def build_ours(lora: bool, precision: str, batches: Batches) -> Callable[[], int
         "name": "tune",
         "data": "random",
         "steps": 1_000_000,
-        "batch_size": BATCH,
+        "batch_size": SHAPE["batch"],
         "loss": {"type": "causal_lm"},
         "grad_clip": GRAD_CLIP,
         "optimizer": {"type": "adamw", "lr": LR, "betas": list(BETAS), "weight_decay": WEIGHT_DECAY},
@@ -79,10 +87,39 @@ def build_ours(lora: bool, precision: str, batches: Batches) -> Callable[[], int
     )
     pipe, seg = plan(spec)
     torch.manual_seed(0)
-    pipe.model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD))
+    if SHAPE["name"] == "smollm2":
+        from models.llama import Llama
+
+        s = SMOLLM2
+        config = LlamaConfig(s["vocab"], BLOCK, n_layer=s["n_layer"], n_head=s["n_head"], n_kv_head=s["n_kv_head"],
+                             n_embd=s["n_embd"], intermediate_size=s["intermediate_size"])  # fmt: skip
+        pipe.model = Llama(config)
+    else:
+        pipe.model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD))
     pipe.adapters.create(pipe.model)  # what Pipeline.build_model does after loading the base
     pipe.adapters.apply(pipe.model, 0)
     return segment_step(pipe, seg, pipe.model, RandomBatches(batches))
+
+
+def peft_llama() -> tuple[torch.nn.Module, Any]:
+    import peft
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
+
+    s = SMOLLM2
+    cfg = HFLlamaConfig(
+        vocab_size=s["vocab"],
+        hidden_size=s["n_embd"],
+        intermediate_size=s["intermediate_size"],
+        num_hidden_layers=s["n_layer"],
+        num_attention_heads=s["n_head"],
+        num_key_value_heads=s["n_kv_head"],
+        max_position_embeddings=BLOCK,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=LLAMA_TARGETS)
+    return LlamaForCausalLM(cfg), config
 
 
 def build_peft(precision: str, batches: Batches) -> Callable[[], int]:
@@ -90,6 +127,9 @@ def build_peft(precision: str, batches: Batches) -> Callable[[], int]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
+    if SHAPE["name"] == "smollm2":
+        base, config = peft_llama()
+        return _peft_step(peft.get_peft_model(base, config).train(), precision, batches)
     cfg = GPT2Config(
         vocab_size=VOCAB,
         n_positions=BLOCK,
@@ -108,7 +148,10 @@ def build_peft(precision: str, batches: Batches) -> Callable[[], int]:
     config = peft.LoraConfig(
         r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True
     )
-    model = peft.get_peft_model(base, config).train()
+    return _peft_step(peft.get_peft_model(base, config).train(), precision, batches)
+
+
+def _peft_step(model: torch.nn.Module, precision: str, batches: Batches) -> Callable[[], int]:
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
@@ -126,7 +169,7 @@ def build(name: str, precision: str, batches: Batches) -> Callable[[], int]:
 
 def random_batches() -> Batches:
     g = torch.Generator().manual_seed(0)
-    chunks = [torch.randint(0, VOCAB, (BATCH, BLOCK + 1), generator=g) for _ in range(4)]
+    chunks = [torch.randint(0, SHAPE["vocab"], (SHAPE["batch"], BLOCK + 1), generator=g) for _ in range(4)]
     return [(c[:, :-1].contiguous(), c[:, 1:].contiguous()) for c in chunks]
 
 
@@ -144,6 +187,7 @@ def measure_rss(precision: str, steps: int, threads: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in VARIANTS:
         cmd = [sys.executable, __file__, "--rss-child", name, "--precision", precision, "--steps", str(steps)]
+        cmd += ["--shape", SHAPE["name"], "--batch", str(SHAPE["batch"])]
         cmd += ["--threads", str(threads)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=Path(__file__).parent)
         if done.returncode:
@@ -212,9 +256,13 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--rss-steps", type=int, default=5, help="steps of each memory run (0: no memory runs)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--shape", choices=["gpt", "smollm2"], default="gpt")
+    ap.add_argument("--batch", type=int, default=0, help="batch size (default: 16 for gpt, 4 for smollm2)")
     ap.add_argument("--rss-child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    big = args.shape == "smollm2"
+    SHAPE.update(name=args.shape, batch=args.batch or (4 if big else BATCH), vocab=SMOLLM2["vocab"] if big else VOCAB)
     if args.rss_child:
         print(json.dumps(child_rss(args.rss_child, args.precision, args.steps)))
         return
@@ -229,15 +277,24 @@ def main() -> None:
         "benchmark": "lora_train",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         **env,
-        "shape": {
-            "n_layer": N_LAYER,
-            "n_head": N_HEAD,
-            "n_embd": N_EMBD,
-            "block_size": BLOCK,
-            "batch": BATCH,
-            "vocab_size": VOCAB,
+        "shape": (
+            {"name": "smollm2", **SMOLLM2, "block_size": BLOCK, "batch": SHAPE["batch"]}
+            if big
+            else {
+                "name": "gpt",
+                "n_layer": N_LAYER,
+                "n_head": N_HEAD,
+                "n_embd": N_EMBD,
+                "block_size": BLOCK,
+                "batch": SHAPE["batch"],
+                "vocab_size": VOCAB,
+            }
+        ),
+        "lora": {
+            "rank": RANK,
+            "alpha": ALPHA,
+            "targets": LLAMA_TARGETS if big else ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"],
         },
-        "lora": {"rank": RANK, "alpha": ALPHA, "targets": ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]},
         "warmup": args.warmup,
         "steps": args.steps,
         "passes": args.passes,

@@ -79,9 +79,15 @@ def unpack(archive: Path, dest: Path, max_bytes: int = 8 << 30) -> Path:
                         shutil.copyfileobj(data, dst)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise ArchiveError(f"not a readable .tar.gz or .zip archive: {exc}") from None
-    if (dest / "config.json").is_file():
-        return dest
-    found = [p.parent for p in dest.glob("*/config.json")]
+    for marker in ("config.json", "adapter_config.json"):  # a model folder, or a PEFT adapter's
+        if (dest / marker).is_file():
+            return dest
+        found = [p.parent for p in dest.glob(f"*/{marker}")]
+        if len(found) == 1:
+            break
     if len(found) != 1:
-        raise ArchiveError("the archive holds no model folder (config.json at its top or in one folder)")
+        raise ArchiveError(
+            "the archive holds no model folder (config.json, or a PEFT adapter's adapter_config.json, "
+            "at its top or in one folder)"
+        )
     return found[0]

@@ -157,23 +157,17 @@ class Decoder:
     def add_adapter(self, name: str, adapter: Adapter) -> None:
         """Serve `adapter` (models.lora.Adapter) beside the base; rows name it in `Row.adapter`.
         Call between steps, like `add`; adding a name again replaces that adapter."""
-        self._gpt_net().adapters.add(name, adapter)
-
-    def _gpt_net(self) -> ServingGPT:
-        # The stacked low-rank path (models.lora.AdapterBank) is wired into ServingGPT only so far.
-        if not isinstance(self.net, ServingGPT):
-            raise ValueError("serving adapters beside their base is supported for arch gpt only")
-        return self.net
+        self.net.adapters.add(name, adapter)
 
     def remove_adapter(self, name: str) -> None:
         if any(r.adapter == name for r in [*self.rows, *self.waiting]):
             raise ValueError(f"adapter '{name}' is in use")
-        self._gpt_net().adapters.remove(name)
+        self.net.adapters.remove(name)
 
     def _adapter_rows(self, rows: list[Row]) -> Tensor | None:
         if all(r.adapter is None for r in rows):
             return None
-        bank = self._gpt_net().adapters
+        bank = self.net.adapters
         slots = [bank.index(r.adapter) for r in rows]
         return torch.tensor(slots, device=self.net.device)
 
@@ -181,10 +175,10 @@ class Decoder:
         adapters = self._adapter_rows(rows)
         if adapters is None:
             return self.net.last_logits(idx, positions, cache, mask)
-        return self._gpt_net().last_logits(idx, positions, cache, mask, adapters)
+        return self.net.last_logits(idx, positions, cache, mask, adapters)
 
     def add(self, row: Row) -> None:
-        if row.adapter is not None and row.adapter not in self._gpt_net().adapters.slots:
+        if row.adapter is not None and row.adapter not in self.net.adapters.slots:
             raise ValueError(f"unknown adapter '{row.adapter}'")
         if not row.prompt or len(row.prompt) >= self.block:
             raise ValueError(f"a prompt needs 1 to {self.block - 1} tokens, got {len(row.prompt)}")

@@ -208,10 +208,11 @@ def load_merged(
 def load_with_base(
     adapter_dir: Path, device: torch.device | str = "cpu", dropout: float | None = None
 ) -> tuple[nn.Module, Any]:
-    """An adapter directory whose stagecraft.json names its base model directory (`base_path`),
+    """An adapter directory whose stagecraft.json names its base model directory (`base_path`,
+    absolute or relative to the adapter directory),
     merged (what `artifact.load_model` does for such a directory, e.g. as `init_from`)."""
     info = adapter_dir / "stagecraft.json"
     base = read_json(info).get("base_path") if info.is_file() else None
     if not isinstance(base, str) or not base:
         raise AdapterError(f"{adapter_dir}: an adapter needs its base: stagecraft.json has no base_path")
-    return load_merged(Path(base), adapter_dir, device, dropout)
+    return load_merged(adapter_dir / base, adapter_dir, device, dropout)  # relative: to the adapter's folder

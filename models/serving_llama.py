@@ -12,6 +12,11 @@ It takes the decoder's caches as they are (`models.decoder.SlotCache` holds n_kv
 heads per layer) and per-row positions, so rows that joined at different times rotate
 their keys at their own positions. The weights are copies (the Llama can be dropped);
 logits agree with `Llama` to float rounding (tests/models/test_llama.py).
+
+LoRA adapters join through `self.adapters` (models/lora_serving.py), whose fused groups
+mirror the fused projections: an adapter's q, k and v products land in their slices of
+the qkv output, gate and up in theirs of gate-up (before the norms, rotation and SiLU,
+as in the unfused model); `last_logits(..., adapters=rows)` gives each row its own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor
 
 from models.gpt import KVCache
 from models.llama import Llama, LlamaConfig, rotate_half
+from models.lora_serving import AdapterBank
 from models.serving_gpt import Projection
 
 
@@ -79,6 +85,23 @@ class ServingLlama:
         self.norm = sd["model.norm.weight"].clone()
         self.head = Projection(model.head_weight().detach(), None, onednn)
         self.cos, self.sin = model.rope_cos.clone(), model.rope_sin.clone()
+        self._adapter_bank()
+
+    def _adapter_bank(self) -> None:
+        c = self.config
+        C, inter, q_out, kv_out = c.n_embd, c.intermediate_size, c.n_head * c.head_dim, c.n_kv_head * c.head_dim
+        shapes: dict[str, tuple[int, int]] = {}
+        fused: dict[str, list[str]] = {}
+        self.paths: list[tuple[str, str, str, str]] = []  # per layer: qkv group, o, gate-up group, down
+        for i in range(c.n_layer):
+            a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+            layer = {"q_proj": (C, q_out), "k_proj": (C, kv_out), "v_proj": (C, kv_out), "o_proj": (q_out, C)}
+            shapes |= {a + n: s for n, s in layer.items()}
+            shapes |= {m + "gate_proj": (C, inter), m + "up_proj": (C, inter), m + "down_proj": (inter, C)}
+            fused[a + "qkv"] = [a + "q_proj", a + "k_proj", a + "v_proj"]
+            fused[m + "gate_up"] = [m + "gate_proj", m + "up_proj"]
+            self.paths.append((a + "qkv", a + "o_proj", m + "gate_up", m + "down_proj"))
+        self.adapters = AdapterBank(shapes, self.device, self.dtype, fused)
 
     @property
     def device(self) -> torch.device:
@@ -94,10 +117,14 @@ class ServingLlama:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.inference_mode()
-    def last_logits(self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None) -> Tensor:
+    def last_logits(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, adapters: Tensor | None = None
+    ) -> Tensor:
         """Logits (B, V) for the last position of each row of `idx` (B, T), whose keys and
         values join `cache`; `positions` (B or 1, T). Without `mask`: causal over the new
-        tokens if the cache is empty, else attention to every cached position."""
+        tokens if the cache is empty, else attention to every cached position. `adapters`
+        (B,): each row's slot in `self.adapters` (0: the base alone); None when every row
+        uses the base (the bank is not touched)."""
         B, T = idx.shape
         c = self.config
         C, H, KV, D, eps = c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.rms_norm_eps
@@ -106,9 +133,16 @@ class ServingLlama:
         causal = mask is None and cache.length == 0 and T > 1
         cos = self.cos[positions].to(self.dtype)[:, None]  # (B or 1, 1, T, D)
         sin = self.sin[positions].to(self.dtype)[:, None]
+        bank = self.adapters
+
+        def project(proj: Projection, key: str, h: Tensor) -> Tensor:
+            y = proj(h)
+            return y if adapters is None else bank.add_delta(key, h, y, adapters)
+
         x = self.embed[idx].view(B * T, C)
         for i, w in enumerate(self.layers):
-            qkv = w.qkv(rms_norm(x, w.ln1, eps)).view(B, T, H + 2 * KV, D)
+            p_qkv, p_o, p_gate_up, p_down = self.paths[i]
+            qkv = project(w.qkv, p_qkv, rms_norm(x, w.ln1, eps)).view(B, T, H + 2 * KV, D)
             q, k, v = qkv.split([H, KV, KV], dim=2)
             if w.q_norm is not None and w.k_norm is not None:
                 q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
@@ -117,9 +151,9 @@ class ServingLlama:
             k = k * cos + rotate_half(k) * sin
             k, v = cache.update(i, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=KV != H)
-            x = w.o(y.transpose(1, 2).reshape(B * T, H * D)).add_(x)
-            gate, up = w.gate_up(rms_norm(x, w.ln2, eps)).chunk(2, dim=-1)
-            x = w.down(F.silu(gate).mul_(up)).add_(x)
+            x = project(w.o, p_o, y.transpose(1, 2).reshape(B * T, H * D)).add_(x)
+            gate, up = project(w.gate_up, p_gate_up, rms_norm(x, w.ln2, eps)).chunk(2, dim=-1)
+            x = project(w.down, p_down, F.silu(gate).mul_(up)).add_(x)
         cache.length += T
         last = x.view(B, T, C)[:, -1]
         return self.head(rms_norm(last, self.norm, eps))

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,8 +40,9 @@ def test_train_throughput_benchmark_one_step() -> None:
     assert "hf_gpt2_fp32" in report["variants"] and "ours_fp32" in report["ours_vs_fastest_peer"]
 
 
-def test_lora_serving_benchmark_tiny() -> None:
-    report = run("lora_serving.py", "--tiny", "--passes", "1", "--threads", "1")
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_lora_serving_benchmark_tiny(arch: str) -> None:
+    report = run("lora_serving.py", "--tiny", "--arch", arch, "--passes", "1", "--threads", "1")
     assert set(report["tokens_per_s"]) == {"lora_seq8", "lora_conc8", "base_conc8"}
     assert report["concurrent_tokens_match_sequential"] is True
     assert 0 < report["memory"]["adapters_vs_base"] < 1

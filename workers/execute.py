@@ -117,6 +117,7 @@ def execute(
             model_dir = _move_into_place(result.model_dir, workdir / "model")
             job = session.get_one(Job, job_id)
             model = catalog.register(session, settings, job, model_dir, result.evaluation)
+            catalog.register_adapters(session, settings, job, model_dir)
             session.flush()
             summary = {"model_id": model.id, "steps": result.steps, "evaluation": result.evaluation}
             final = make("job.succeeded", result.steps, summary)

@@ -67,12 +67,14 @@ EVENT_STREAM: Responses = {
 }
 
 
-def upload_body(file_description: str) -> dict[str, Any]:
+def upload_body(file_description: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The request body of an upload route (`openapi_extra`): multipart with a required
-    `file` and an optional `name`. The routes read the stream themselves (app.api.uploads)."""
+    `file`, an optional `name` and any `extra` fields. The routes read the stream themselves
+    (app.api.uploads)."""
     properties = {
         "file": {"type": "string", "format": "binary", "description": file_description},
         "name": {"type": "string", "description": "defaults to the file name"},
+        **(extra or {}),
     }
     schema = {"type": "object", "required": ["file"], "properties": properties}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}

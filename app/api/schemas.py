@@ -125,6 +125,10 @@ class ModelOut(BaseModel):
     config: dict[str, int] = Field(description="vocab_size, block_size, n_layer, n_head, n_embd")
     stages: list[dict[str, Any]] = Field(description="the training stages: name, type, steps")
     checkpoints: list[ModelCheckpoint] = Field(description="its job's kept checkpoints, each servable by id")
+    base: str | None = Field(
+        None, description="for a LoRA adapter: the model it adapts (served on it, not copied); null for a model"
+    )
+    adapter: dict[str, Any] | None = Field(None, description="for a LoRA adapter: rank, alpha, modules")
 
 
 class Page(BaseModel, Generic[T]):

@@ -30,6 +30,7 @@ class Upload:
     size: int = 0
     sha256: str = ""
     purpose: str = ""  # the `purpose` part OpenAI's files API sends (routes/files.py)
+    base: str = ""  # the `base` part of a LoRA adapter upload: the model it adapts (routes/models.py)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class _Parts:
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
     name_buf: bytearray = field(default_factory=bytearray)
     purpose_buf: bytearray = field(default_factory=bytearray)
+    base_buf: bytearray = field(default_factory=bytearray)
     seen_file: bool = False
 
     def on_part_begin(self) -> None:
@@ -85,6 +87,8 @@ class _Parts:
                 raise Invalid("name is too long", [{"loc": "name", "message": f"at most {MAX_NAME} characters"}])
         elif self.current == "purpose" and len(self.purpose_buf) < MAX_NAME:
             self.purpose_buf += chunk
+        elif self.current == "base" and len(self.base_buf) < MAX_NAME:
+            self.base_buf += chunk
 
     def on_part_end(self) -> None:
         if self.current == "file" and self.file is not None:
@@ -133,4 +137,5 @@ async def receive_file(request: Request, dest: Path, max_bytes: int) -> Upload:
     upload.name = parts.name_buf.decode("utf-8", "replace").replace("\x00", "").strip()[:MAX_NAME] or upload.filename
     upload.sha256 = parts.hasher.hexdigest()
     upload.purpose = parts.purpose_buf.decode("utf-8", "replace").strip()
+    upload.base = parts.base_buf.decode("utf-8", "replace").replace("\x00", "").strip()
     return upload

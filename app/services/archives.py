@@ -16,8 +16,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import Database
 from app.errors import Invalid
-from app.services import catalog, deletion, model_checks
+from app.services import adapters, catalog, deletion, model_checks
 from app.tables import Model, new_id
 from models.events import timestamp
 
@@ -57,7 +58,8 @@ def unpack_checked(settings: Settings, archive: Path) -> Path:
                 return archive.rename(scratch / "model.gguf")
         model_checks.check_entries(archive, settings.max_archive_entries)
         source = unpack(archive, scratch, max_bytes=4 * settings.max_model_upload_bytes)
-        model_checks.check_model_dir(source, settings)
+        if not adapters.is_adapter(source):  # an adapter is checked against its base (adapters.convert_upload)
+            model_checks.check_model_dir(source, settings)
         return source
     except BaseException as exc:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -99,10 +101,25 @@ def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path
     return final
 
 
+def convert_adapter(settings: Settings, db: Database, tenant_id: str, source: Path, name: str, base_ref: str) -> Path:
+    """An uploaded PEFT adapter, checked against its base (`base`, or adapter_config.json's
+    base_model_name_or_path if it is one of the tenant's ids) and kept (torch: the inference thread)."""
+    try:
+        with db.read() as session:
+            base_id, base = adapters.upload_base(session, settings, tenant_id, source, base_ref)
+    except BaseException:
+        shutil.rmtree(next(p for p in (source, *source.parents) if p.name.endswith(".d")), ignore_errors=True)
+        raise
+    return adapters.convert_upload(settings, tenant_id, source, name, base_id, base)
+
+
 def register(session: Session, settings: Settings, tenant_id: str, name: str, final: Path) -> Model:
     """The converted model's row; if adding it fails, its folder goes too (no orphans)."""
     try:
-        model = catalog.register_upload(session, settings, tenant_id, name, final)
+        if adapters.is_adapter(final):
+            model = adapters.register_upload(session, settings, tenant_id, name, final)
+        else:
+            model = catalog.register_upload(session, settings, tenant_id, name, final)
         session.flush()
         return model
     except BaseException:
@@ -123,7 +140,10 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{fmt}-{new_id('x')}"
     try:
-        to_hf(model_dir, staging)
+        if adapters.is_adapter(model_dir):  # a LoRA adapter exports in the PEFT layout
+            adapters.export_peft(model_dir, staging)
+        else:
+            to_hf(model_dir, staging)
         tmp = pack(staging, out.with_name(f".{staging.name}-{out.name}"), f"{name}-{fmt}")
         tmp.replace(out)
     finally:

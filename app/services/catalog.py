@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, NotFound
+from app.services import adapters
 from app.services.pagination import page
 from app.tables import Checkpoint, Job, Model, new_id
 from models.spec import parse_spec
@@ -52,6 +53,8 @@ class ModelInfo:
     config: dict[str, int]  # ARCHITECTURE
     stages: list[dict[str, Any]] = field(default_factory=list)  # name, type, steps
     checkpoints: list[CheckpointRef] = field(default_factory=list)
+    base: str | None = None  # an adapter's base model id; None for a model
+    adapter: dict[str, Any] | None = None  # rank, alpha, modules (an adapter's)
 
 
 def register(session: Session, settings: Settings, job: Job, model_dir: Path, evaluation: dict[str, Any]) -> Model:
@@ -68,6 +71,13 @@ def register(session: Session, settings: Settings, job: Job, model_dir: Path, ev
     )
     session.add(model)
     return model
+
+
+def register_adapters(session: Session, settings: Settings, job: Job, directory: Path) -> None:
+    """Rows for the LoRA adapters a finished job trained (app.services.adapters), beside its model."""
+    base = (job.spec["model"].get("init_from") or {}).get("model")
+    base_path = model_dir(session, settings, job.tenant_id, base) if base else None
+    adapters.register_job(session, settings, job, directory, base_path)
 
 
 def get(session: Session, tenant_id: str, model_id: str) -> Model:
@@ -96,6 +106,12 @@ def find(session: Session, settings: Settings, tenant_id: str, ref: str) -> Mode
 
 def describe(session: Session, settings: Settings, m: Model) -> ModelInfo:
     """The row, with its architecture, its job's stages and the checkpoints servable beside it."""
+    if adapters.is_adapter(settings.data_dir / m.path):
+        a = adapters.describe(settings.data_dir / m.path)
+        src = "job" if a["job_id"] else "upload"
+        config = {k: a["config"][k] for k in ARCHITECTURE if k in a["config"]}
+        return ModelInfo(m.id, m.name, a["job_id"], src, m.parameters, m.steps, m.evaluation, m.created_at,
+                         int(m.created_at.timestamp()), config, base=a["base"], adapter=a["adapter"])  # fmt: skip
     try:
         record = json.loads((settings.data_dir / m.path / CONFIG_FILE).read_text())
         config = record.get(record.get("arch", "gpt"), {})
@@ -152,6 +168,18 @@ def servable(session: Session, settings: Settings, tenant_id: str, ref: str) -> 
     if found is None:
         raise NotFound(f"no model '{ref}'")
     return found
+
+
+def serving(session: Session, settings: Settings, tenant_id: str, ref: str) -> tuple[Path, Path | None]:
+    """What serves `ref`: (the model folder, None), or for an adapter (its base's folder, its
+    own), so adapters of one base share the base's loaded weights."""
+    found = servable(session, settings, tenant_id, ref)
+    if not adapters.is_adapter(found):
+        return found, None
+    base = adapters.base_dir(found)
+    if base is None or not (base.is_dir() or base.is_file()):
+        raise NotFound(f"the base model of adapter '{ref}' is gone")
+    return base, found
 
 
 def _job_model(session: Session, tenant_id: str, job_id: str) -> str:
@@ -220,7 +248,10 @@ def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) 
     model = session.get(Model, ref)
     if model is None or model.tenant_id != tenant_id:
         return None
-    record: dict[str, Any] = json.loads((settings.data_dir / model.path / CONFIG_FILE).read_text())
+    directory = settings.data_dir / model.path
+    if adapters.is_adapter(directory):  # init_from an adapter: its base's shape (merged with it)
+        directory = adapters.base_dir(directory) or directory
+    record: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text())
     config: dict[str, Any] = record[record.get("arch", "gpt")]
     return config
 
@@ -240,6 +271,7 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
         base = (job.spec["model"].get("init_from") or {}).get("model")
         if not tokenizer.is_dir() and base:  # a job from init_from trains no tokenizer: it has its base's
             tokenizer = model_dir(session, settings, tenant_id, base) or tokenizer
+            tokenizer = (adapters.base_dir(tokenizer) or tokenizer) if adapters.is_adapter(tokenizer) else tokenizer
         _export_checkpoint(settings.data_dir / ckpt.path, tokenizer, job, _architecture(session, settings, job), out)
     return out
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict
-from app.services import catalog, jobs
+from app.services import adapters, catalog, jobs
 from app.tables import ACTIVE, FINISHED, Checkpoint, Job, Model
 
 EXPORTS = "exports"  # under models_dir: archives made by app.services.archives.export_archive
@@ -51,6 +51,7 @@ def delete_job(session: Session, settings: Settings, tenant_id: str, job_id: str
     paths += [p for p in exports.glob(f"{export_key(settings, paths[0])}-*")] if exports.is_dir() else []
     if model is not None:
         paths += [settings.data_dir / model.path, exports / export_key(settings, settings.data_dir / model.path)]
+        _drop_inside(session, settings, tenant_id, model)
     session.execute(delete(Job).where(Job.id == job.id))  # events, metrics, checkpoints, model: ON DELETE CASCADE
     return paths
 
@@ -64,8 +65,21 @@ def delete_model(session: Session, settings: Settings, tenant_id: str, model_id:
         if job is not None:
             job.model_id = None
     directory = settings.data_dir / model.path
+    _drop_inside(session, settings, tenant_id, model)
     session.delete(model)
     return [directory, settings.models_dir / EXPORTS / export_key(settings, directory)]
+
+
+def _drop_inside(session: Session, settings: Settings, tenant_id: str, model: Model) -> None:
+    """A job model's adapters and their base (rows for folders inside its own) go with it;
+    409 `in_use` while an adapter kept elsewhere has it, or one of those, as its base."""
+    going = adapters.inside(session, settings, tenant_id, settings.data_dir / model.path)
+    ids = {model.id, *(m.id for m in going)}
+    _not_in_use(session, tenant_id, ids, f"model '{model.id}'")
+    for m in [model, *going]:
+        adapters.check_no_users(session, settings, tenant_id, m, ids)
+    for m in going:
+        session.delete(m)
 
 
 def remove(paths: list[Path]) -> None:

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -160,6 +160,7 @@ class Served:
     nbytes: int
     batcher: Batcher
     chat: ChatFormat | None = None  # its chat template: chat and task prompts are rendered by it
+    adapters: set[str] = field(default_factory=set)  # LoRA adapters added to its decoder (by folder)
 
     @property
     def block_size(self) -> int:
@@ -229,6 +230,24 @@ class ModelCache:
             log.info("model cache: evicting %s (%d bytes)", old_key, old.nbytes)
         return served
 
+    async def adapter(self, served: Served, directory: Path) -> str:
+        """Serve the PEFT adapter at `directory` beside `served` (its base; the weights are
+        shared, only the adapter's low-rank stacks are added); returns its name for `generate`."""
+        key = str(directory)
+        if key not in served.adapters:
+
+            def add() -> None:  # on the inference thread, between decode steps
+                from models.peft import load_adapter
+
+                bank = served.batcher.decoder.net.adapters
+                before = bank.nbytes()
+                served.batcher.decoder.add_adapter(key, load_adapter(directory).adapter)
+                served.adapters.add(key)
+                served.nbytes += bank.nbytes() - before
+
+            await self.run(add)
+        return key
+
     async def generate(
         self,
         served: Served,
@@ -238,6 +257,7 @@ class ModelCache:
         supervised: bool,
         stream: bool,
         ignore_eos: bool = False,
+        adapter: str | None = None,
     ) -> AsyncIterator[Update]:
         """Updates for one request: text deltas as they come (stream) or one final update."""
         from models.decoder import Row
@@ -245,6 +265,7 @@ class ModelCache:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Update] = asyncio.Queue()
         row = Row(prompt, sampling, stop=stop, supervised=supervised, stream=stream, ignore_eos=ignore_eos)
+        row.adapter = adapter
 
         def sink(r: Row, delta: str) -> None:  # on the batcher thread
             try:

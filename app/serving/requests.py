@@ -60,10 +60,11 @@ class Prepared:
     stop: list[str]
     supervised: bool
     ignore_eos: bool = False
+    adapter: str | None = None  # a LoRA adapter served on `served` (its base)
 
     async def updates(self, stream: bool) -> AsyncIterator[Update]:
         updates = self.cache.generate(
-            self.served, self.prompt, self.sampling, self.stop, self.supervised, stream, self.ignore_eos
+            self.served, self.prompt, self.sampling, self.stop, self.supervised, stream, self.ignore_eos, self.adapter
         )
         async for u in updates:
             if u.finish_reason == "error":
@@ -142,12 +143,13 @@ async def prepare(
     """404/409 for the model, 422 for a prompt that leaves no room in its context (or that
     the model's chat template refuses)."""
 
-    def find() -> Path:  # may export a checkpoint as a model directory: torch, so on the inference thread
+    def find() -> tuple[Path, Path | None]:  # may export a checkpoint: torch, so on the inference thread
         with db.read() as session:
-            return catalog.servable(session, settings, tenant_id, ref)
+            return catalog.serving(session, settings, tenant_id, ref)
 
-    directory = await cache.run(find)
+    directory, adapter_dir = await cache.run(find)
     served = await cache.get(str(directory), directory)
+    adapter = None if adapter_dir is None else await cache.adapter(served, adapter_dir)
     long = _size(prompt) > LONG_PROMPT
     try:
         ids, supervised = await run_in_threadpool(encode, served, prompt) if long else encode(served, prompt)
@@ -159,7 +161,7 @@ async def prepare(
     from models.generate import Sampling  # torch is loaded by now (the model is)
 
     s = Sampling(sampling.max_new_tokens, sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
-    return Prepared(cache, served, ids, s, stop, supervised)
+    return Prepared(cache, served, ids, s, stop, supervised, adapter=adapter)
 
 
 @dataclass(frozen=True)

@@ -97,10 +97,10 @@ def test_adapters_add_only_their_low_rank_stacks(
     for name, adapter in adapters.items():
         dec.add_adapter(name, adapter)
     assert dec.net.nbytes() == base  # the base is shared, not copied
-    # per adapted projection: (base slot + 2 adapters) x (in + out) x the largest rank, fp32
+    # per adapted projection: 2 adapters x (in + out) x the largest rank, fp32 (the base: no room)
     c = peaked.config.n_embd
     per_layer = (c + 3 * c) + (c + c) + (c + 4 * c) + (4 * c + c)
-    assert dec.net.adapters.nbytes() == peaked.config.n_layer * per_layer * 3 * 4 * 4
+    assert dec.net.adapters.nbytes() == peaked.config.n_layer * per_layer * 2 * 4 * 4
 
 
 def test_unknown_or_misfit_adapters_are_refused(

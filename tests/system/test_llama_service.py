@@ -135,3 +135,58 @@ def test_a_gguf_upload_is_served_and_an_unreadable_one_is_a_422(served: Served, 
         error = bad.json()["error"]
         assert error["code"] == "unsupported_model" and "token_embd.weight" in error["message"]
         assert "Q8_1" in error["message"] and str(tmp_path) not in bad.text
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft's, not ours
+def test_peft_adapters_of_a_qwen2_upload_serve_in_one_batch_on_it(
+    served: Served, qwen2_zip: tuple[bytes, Path], tmp_path: Path
+) -> None:
+    """Two peft-made adapters (attention only; every projection) uploaded with `base`: listed
+    with it, and requests for both and for the base at once each get their local text
+    (the adapter merged into the transformers model); the base's weights are not copied."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    peft = pytest.importorskip("peft")
+    from models.peft import load_adapter, merge_adapter
+
+    archive, source = qwen2_zip
+    local, tok = artifact.load_model(source)
+    targets = {"attn": ["q_proj", "k_proj", "v_proj", "o_proj"], "all": ["q_proj", "v_proj", "gate_proj", "up_proj",
+               "down_proj", "k_proj", "o_proj"]}  # fmt: skip
+    archives, wants = {}, {"base": complete(local, tok, [PROMPT], Sampling(max_new_tokens=12))[0]}
+    for k, (name, modules) in enumerate(targets.items()):
+        torch.manual_seed(k)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(source)
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=modules, init_lora_weights=False)
+        model = peft.get_peft_model(hf, config)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.mul_(3.0)  # large enough to change the greedy text
+        model.save_pretrained(tmp_path / name)
+        merged, _ = artifact.load_model(source)
+        merge_adapter(merged, load_adapter(tmp_path / name).adapter)
+        wants[name] = complete(merged, tok, [PROMPT], Sampling(max_new_tokens=12))[0]
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as t:
+            for p in (tmp_path / name).iterdir():
+                t.add(p, f"{name}/{p.name}")
+        archives[name] = buf.getvalue()
+    assert len(set(wants.values())) == 3
+    with served.api() as api:
+        r = api.http.post("/v1/models", files={"file": ("q.zip", archive)}, data={"name": "qwen2-base"})
+        assert r.status_code == 201, r.text
+        ids = {"base": r.json()["id"]}
+        for name, data in archives.items():
+            r = api.http.post("/v1/models", files={"file": (f"{name}.tar.gz", data)}, data={"base": ids["base"]})
+            assert r.status_code == 201, r.text
+            assert r.json()["base"] == ids["base"] and r.json()["adapter"]["rank"] == 4
+            ids[name] = r.json()["id"]
+        listed = {m["id"]: m for m in api.http.get("/v1/models", params={"limit": 100}).json()["data"]}
+        assert all(listed[ids[n]]["base"] == ids["base"] for n in targets)
+        generate(api, ids["base"])  # loaded once, so the requests below meet in one batch
+        order = ["attn", "base", "all", "attn", "all", "base"]
+        with ThreadPoolExecutor(len(order)) as pool:
+            outs = list(pool.map(lambda n: generate(api, ids[n]), order))
+        for name, out in zip(order, outs):
+            assert out.status_code == 200 and out.json()["text"] == wants[name], name

@@ -14,7 +14,7 @@ from typing import Any
 from app.config import Settings
 from app.db import Database
 from app.queue.wakeups import Publisher
-from app.services import auth, catalog, datasets, events, jobs, lifecycle, metrics, quotas
+from app.services import auth, catalog, datasets, deletion, events, jobs, lifecycle, metrics, quotas
 from app.tables import Job
 from workers.execute import execute
 
@@ -102,3 +102,59 @@ def test_execute_defers_a_job_whose_tenant_runs_its_most(database: Database, tmp
     with database.read() as session:
         row = session.get_one(Job, waiting.id)
         assert (row.status, row.attempt, row.lease_owner) == ("queued", 0, None)
+
+
+def test_a_jobs_adapters_become_models_of_a_base_of_their_own(
+    database: Database, tmp_path: Path, data_dir: Path, spec_dict: Callable[..., dict[str, Any]]
+) -> None:
+    """Each stage trains its own adapter on a from-scratch base: the base (model/base) and
+    each adapter get rows, the adapters naming that base; an adapter loads (as init_from
+    does) as its base merged with it; the job's model is the base with both merged."""
+    import torch
+
+    from models import artifact
+    from models.peft import load_adapter, merge_adapter
+
+    url = database.engine.url.render_as_string(hide_password=False)
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, event_flush_s=0.05, cancel_poll_s=0.05)
+    with database.write() as session:
+        tenant_id = auth.get_or_create_tenant(session, f"t-{secrets.token_hex(6)}").id
+        session.commit()
+    ids = {name: upload(database, settings, tenant_id, data_dir / f"{name}.{ext}")
+           for name, ext in (("corpus", "txt"), ("pairs", "jsonl"))}  # fmt: skip
+    spec = two_step_spec(spec_dict, ids)
+    for stage in spec["stages"]:
+        stage["adapter"] = {"type": "lora", "rank": 2, "alpha": 4, "targets": ["attention"]}
+    with database.write() as session:
+        job, _ = jobs.submit(session, settings, tenant_id, spec, None)
+        session.commit()
+    execute(database, settings, Publisher(None), job.id, "worker-1")
+    with database.read() as session:
+        row = session.get_one(Job, job.id)
+        assert row.status == "succeeded", row.error
+        infos = [catalog.describe(session, settings, m) for m in catalog.list_page(session, tenant_id, 100, None)[0]]
+        served = {i.id: catalog.serving(session, settings, tenant_id, i.id) for i in infos}
+    adapters = [i for i in infos if i.adapter is not None]
+    [base] = [i for i in infos if i.name.endswith("(base of its adapters)")]
+    assert len(adapters) == 2 and {a.base for a in adapters} == {base.id}
+    assert all(a.job_id == job.id and a.source == "job" and a.config == base.config for a in adapters)
+    base_model, _ = artifact.load_model(served[base.id][0])
+    idx = torch.randint(0, base_model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    for a in adapters:
+        base_dir, adapter_dir = served[a.id]
+        assert base_dir == served[base.id][0] and adapter_dir is not None
+        want = artifact.load_model(base_dir)[0]
+        merge_adapter(want, load_adapter(adapter_dir).adapter)
+        got = artifact.load_model(adapter_dir)[0]  # init_from an adapter: the base with it merged
+        with torch.no_grad():
+            torch.testing.assert_close(got.eval()(idx), want.eval()(idx))
+            assert not torch.allclose(got(idx), base_model.eval()(idx))
+        merge_adapter(base_model, load_adapter(adapter_dir).adapter)
+    [job_model] = [i for i in infos if i.job_id == job.id and i.adapter is None]
+    with torch.no_grad():
+        final = artifact.load_model(served[job_model.id][0])[0].eval()(idx)
+        torch.testing.assert_close(final, base_model(idx), rtol=1e-4, atol=1e-5)
+    with database.write() as session:  # deleting the job takes its adapters and their base along
+        deletion.delete_job(session, settings, tenant_id, job.id)
+        session.commit()
+        assert catalog.list_page(session, tenant_id, 100, None)[0] == []

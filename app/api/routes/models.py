@@ -18,7 +18,7 @@ from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, Setti
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
 from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page
 from app.api.uploads import receive_file
-from app.services import archives, catalog, deletion, quotas
+from app.services import adapters, archives, catalog, deletion, quotas
 from app.tables import Checkpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
@@ -42,7 +42,10 @@ def get_model(
 
 UPLOAD_BODY = upload_body(
     ".tar.gz or .zip of a Hugging Face model folder (GPT-2, Llama, Mistral, Qwen2/3: config.json, "
-    "safetensors, tokenizer.json or vocab.json + merges.txt), of a Stagecraft export, or a .gguf file"
+    "safetensors, tokenizer.json or vocab.json + merges.txt), of a Stagecraft export, or a .gguf file; "
+    "or of a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) with a `base` field "
+    "naming the model it adapts",
+    {"base": {"type": "string", "description": "for an adapter: the id of the model it adapts"}},
 )
 
 
@@ -71,7 +74,12 @@ async def upload_model(
         return archives.unpack_checked(settings, upload.path)
 
     source = await run_in_threadpool(check)
-    final = await cache.run(lambda: archives.convert(settings, tenant_id, source, upload.name))
+    if adapters.is_adapter(source):  # a PEFT LoRA adapter: checked against its base, which it is served on
+        final = await cache.run(
+            lambda: archives.convert_adapter(settings, db, tenant_id, source, upload.name, upload.base)
+        )
+    else:
+        final = await cache.run(lambda: archives.convert(settings, tenant_id, source, upload.name))
 
     def save() -> ModelOut:
         with db.write() as session:
