@@ -14,13 +14,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from models import onednn
+
 SLAB_ELEMENTS = 1 << 19  # fp32 elements per slab of rows: 2 MiB
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: Tensor, weight: Tensor, targets: Tensor, smoothing: float) -> Tensor:
-        logits = h @ weight.t()
+        fast = onednn.available(h, weight)  # fp32 on a CPU: the three products by oneDNN
+        ctx.fast = fast
+        logits = onednn.mm_t(h, weight) if fast else h @ weight.t()
         n, vocab = logits.shape
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         losses = torch.empty(n, dtype=torch.float32, device=h.device)
@@ -48,8 +52,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, weight, g = ctx.saved_tensors
         if float(grad) != 1.0:
             g = g * grad.to(g.dtype)
-        grad_h = g @ weight if ctx.needs_input_grad[0] else None
-        grad_w = g.t() @ h if ctx.needs_input_grad[1] else None
+        grad_h = grad_w = None
+        if ctx.fast:
+            if ctx.needs_input_grad[0]:
+                grad_h = onednn.mm_t(g, weight.t().contiguous())
+            if ctx.needs_input_grad[1]:
+                grad_w = onednn.mm_t(g.t(), h.t())
+        else:
+            grad_h = g @ weight if ctx.needs_input_grad[0] else None
+            grad_w = g.t() @ h if ctx.needs_input_grad[1] else None
         return grad_h, grad_w, None, None
 
 

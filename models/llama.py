@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import onednn
 from models.gpt import KVCache
 
 ROPE_TYPES = ("llama3", "linear")
@@ -82,6 +83,14 @@ def inverse_frequencies(config: LlamaConfig) -> Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
+def project(m: nn.Module, x: Tensor) -> Tensor:
+    """`m(x)`; a plain `nn.Linear` (not a LoRA wrapper) through `onednn.linear`."""
+    if type(m) is nn.Linear:
+        return onednn.linear(x, m.weight, m.bias)
+    out: Tensor = m(x)
+    return out
+
+
 def rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -120,9 +129,9 @@ class Attention(nn.Module):
     ) -> Tensor:
         B, T, _ = x.shape
         D = self.head_dim
-        q = self.q_proj(x).view(B, T, self.n_head, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, D).transpose(1, 2)
+        q = project(self.q_proj, x).view(B, T, self.n_head, D)
+        k = project(self.k_proj, x).view(B, T, self.n_kv_head, D)
+        v = project(self.v_proj, x).view(B, T, self.n_kv_head, D).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope  # (B or 1, 1, T, D)
@@ -135,7 +144,7 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         gqa = self.n_kv_head != self.n_head
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal, enable_gqa=gqa)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * D))
+        return project(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_head * D))
 
 
 class MLP(nn.Module):
@@ -146,7 +155,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return project(self.down_proj, F.silu(project(self.gate_proj, x)) * project(self.up_proj, x))
 
 
 class DecoderLayer(nn.Module):
