@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import onednn
 from models.errors import TrainingError
 from models.lora_roles import ARCHS, module_paths, target_error
 from models.spec import AdapterSpec
@@ -56,9 +57,9 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.applied:
-            return F.linear(x, self.weight, self.bias)
+            return onednn.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, self.in_features)
-        y = F.linear(flat, self.weight, self.bias)
+        y = onednn.linear(flat, self.weight, self.bias)
         for name in self.applied:
             p = self.dropout[name]
             h = F.dropout(flat, p, True) if p and self.training else flat

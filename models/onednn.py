@@ -31,9 +31,12 @@ def _probe() -> bool:
 
 
 def available(*tensors: Tensor) -> bool:
-    """Whether oneDNN takes these tensors' products (CPU fp32, oneDNN present and working)."""
+    """Whether oneDNN takes these tensors' products (CPU fp32 outside autocast, oneDNN present
+    and working)."""
     global _usable
     if not ENABLED or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_autocast_enabled("cpu"):
         return False
     if _usable is None:
         _usable = torch.backends.mkldnn.is_available() and _probe()
