@@ -40,3 +40,14 @@ def test_autocast_keeps_its_dtype() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not onednn.available(x, w)
         assert onednn.linear(x, w).dtype == torch.bfloat16
+
+
+def test_expanded_gradients_and_strided_inputs() -> None:
+    """`.sum()` hands backward a stride-0 gradient; a transposed input is not contiguous."""
+    torch.manual_seed(1)
+    x = torch.randn(5, 3, 8).transpose(0, 1).requires_grad_()
+    w = torch.randn(6, 8, requires_grad=True)
+    got = torch.autograd.grad(onednn.linear(x, w).sum(), [x, w])
+    want = torch.autograd.grad(F.linear(x, w).sum(), [x, w])
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
