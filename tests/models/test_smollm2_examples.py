@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from models import artifact
+from models.errors import TrainingError
 from models.llama import Llama
 from models.spec import parse_spec
 from tests.models.gguf_files import tiny_model, train_tokenizer, write_gguf
@@ -41,3 +43,33 @@ def test_the_lora_spec_trains_from_a_stand_in_gguf(data_dir: Path, tmp_path: Pat
     assert run.result is not None and run.result.steps == 3
     model, _ = artifact.load_model(tmp_path / "run" / "model")
     assert isinstance(model, Llama)
+
+
+def test_trainable_blocks_are_checked_against_the_base_model(data_dir: Path, tmp_path: Path) -> None:
+    """With init_from, `blocks.N` names the base model's blocks (spec.model's default 4 layers
+    are not the base's): top blocks of a 6-layer base train, the others stay as loaded, and a
+    block the base lacks fails the run as a user error naming the field."""
+    pytest.importorskip("transformers")
+    tok = train_tokenizer()
+    gguf = tmp_path / "six-layers.gguf"
+    write_gguf(gguf, tiny_model("llama", tok.get_vocab_size(), tied=True, layers=6), tok)
+    raw = yaml.safe_load((EXAMPLES / "smollm2.yaml").read_text())
+    raw["model"]["init_from"]["model"] = str(gguf)
+    raw["data"]["pairs"]["dataset"] = str(data_dir / "pairs.jsonl")
+    raw["stages"][0].update(steps=2, batch_size=2, trainable=["blocks.4-5"])
+    raw["evaluation"].update(every_steps=2, max_samples=0)
+    raw["checkpointing"]["every_steps"] = 2
+    run = train(parse_spec(raw), tmp_path / "run")
+    assert run.result is not None and run.result.steps == 2
+    base, _ = artifact.load_model(gguf)
+    trained, _ = artifact.load_model(tmp_path / "run" / "model")
+    before, after = base.state_dict(), trained.state_dict()
+    changed = {n.split(".")[2] for n in before if n.startswith("model.layers.") and not torch.equal(before[n], after[n])}
+    assert changed == {"4", "5"}
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+
+    raw["stages"][0]["trainable"] = ["blocks.6"]
+    with pytest.raises(TrainingError) as failed:
+        train(parse_spec(raw), tmp_path / "run-bad")
+    assert failed.value.code == "user_error"
+    assert "stages.0.trainable" in str(failed.value) and "blocks 0-5" in str(failed.value)
