@@ -64,7 +64,8 @@ def test_trainable_blocks_are_checked_against_the_base_model(data_dir: Path, tmp
     base, _ = artifact.load_model(gguf)
     trained, _ = artifact.load_model(tmp_path / "run" / "model")
     before, after = base.state_dict(), trained.state_dict()
-    changed = {n.split(".")[2] for n in before if n.startswith("model.layers.") and not torch.equal(before[n], after[n])}
+    layers = [n for n in before if n.startswith("model.layers.")]
+    changed = {n.split(".")[2] for n in layers if not torch.equal(before[n], after[n])}
     assert changed == {"4", "5"}
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
 
