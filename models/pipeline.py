@@ -25,6 +25,7 @@ from models.optim import build_optimizer, lr_factor, select_trainable
 from models.precision import Weights, resolve_device, resolve_precision
 from models.run_adapters import RunAdapters
 from models.spec import JobSpec, block_errors
+from models.spec_model import training_block
 from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
@@ -148,7 +149,7 @@ class Pipeline:
             self.model = build_model(config_from_spec(m, self.tok.vocab_size))
         self.adapters.create(self.model)
         self.adopt(self.model)
-        block = self.model.config.block_size
+        block = training_block(self.spec.model, self.model.config.block_size)
         self.streams: dict[str, data.Stream] = {}
         protos: dict[str, data.Stream] = {}
         for seg in self.segments:

@@ -10,8 +10,10 @@ import torch
 import yaml
 
 from models import artifact
-from models.errors import TrainingError
+from models.data import TextStream
+from models.errors import SpecError, TrainingError
 from models.llama import Llama
+from models.pipeline import Pipeline
 from models.spec import parse_spec
 from tests.models.gguf_files import tiny_model, train_tokenizer, write_gguf
 from tests.models.test_pipeline import train
@@ -74,3 +76,49 @@ def test_trainable_blocks_are_checked_against_the_base_model(data_dir: Path, tmp
         train(parse_spec(raw), tmp_path / "run-bad")
     assert failed.value.code == "user_error"
     assert "stages.0.trainable" in str(failed.value) and "blocks 0-5" in str(failed.value)
+
+
+def test_train_block_size_sets_the_window_not_the_models_context(data_dir: Path, tmp_path: Path) -> None:
+    """`model.train_block_size` with init_from: text is packed into (and measured on) blocks of
+    that many tokens instead of the base's whole context (128 here), which the model keeps."""
+    pytest.importorskip("transformers")
+    tok = train_tokenizer()
+    gguf = tmp_path / "stand-in.gguf"
+    write_gguf(gguf, tiny_model("llama", tok.get_vocab_size(), tied=True), tok)
+    raw = {
+        "name": "window",
+        "model": {"init_from": {"model": str(gguf)}, "train_block_size": 16},
+        "data": {"corpus": {"dataset": str(data_dir / "corpus.txt"), "validation_fraction": 0.1}},
+        "stages": [
+            {
+                "type": "pretrain",
+                "name": "pre",
+                "data": "corpus",
+                "steps": 2,
+                "batch_size": 2,
+                "loss": {"type": "causal_lm"},
+                "optimizer": {"type": "adamw", "lr": 1e-3},
+                "trainable": ["blocks.1"],
+            }
+        ],
+        "evaluation": {"every_steps": 2, "metrics": ["loss", "perplexity"], "max_samples": 0},
+        "checkpointing": {"every_steps": 2},
+        "precision": "fp32",
+        "device": "cpu",
+    }
+    spec = parse_spec(raw)
+    p = Pipeline(spec, tmp_path / "probe", None, None, Path)
+    p.load_data()
+    p.build_model()
+    assert p.model.config.block_size == 128
+    stream = p.streams[p.segments[0].key]
+    assert isinstance(stream, TextStream) and stream.block == 16 and p.val_streams["corpus"].block == 16
+    batch = stream.next_batch(2)
+    assert tuple(batch.idx.shape) == (2, 16)
+    run = train(spec, tmp_path / "run")
+    assert run.result is not None and run.result.steps == 2
+    model, _ = artifact.load_model(tmp_path / "run" / "model")
+    assert model.config.block_size == 128
+    with pytest.raises(SpecError) as bad:
+        parse_spec({**raw, "model": {**raw["model"], "train_block_size": 4}})
+    assert [e["loc"] for e in bad.value.errors] == ["model.train_block_size"]
