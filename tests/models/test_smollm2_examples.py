@@ -21,7 +21,7 @@ from tests.models.test_pipeline import train
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_lora.yaml"])
+@pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_lora.yaml", "smollm2_multistep.yaml"])
 def test_the_smollm2_specs_parse(name: str) -> None:
     spec = parse_spec(yaml.safe_load((EXAMPLES / name).read_text()))
     assert spec.model.init_from is not None and spec.model.init_from.model.endswith(".gguf")
@@ -37,7 +37,8 @@ def test_the_lora_spec_trains_from_a_stand_in_gguf(data_dir: Path, tmp_path: Pat
     write_gguf(gguf, tiny_model("llama", tok.get_vocab_size(), tied=True), tok)
     raw = yaml.safe_load((EXAMPLES / "smollm2_lora.yaml").read_text())
     raw["model"]["init_from"]["model"] = str(gguf)
-    raw["data"]["pairs"]["dataset"] = str(data_dir / "pairs.jsonl")
+    for ref in raw["data"].values():
+        ref["dataset"] = str(data_dir / ("corpus.txt" if ref["dataset"].endswith(".txt") else "pairs.jsonl"))
     raw["stages"][0].update(steps=3, batch_size=2)
     raw["evaluation"].update(every_steps=3, max_samples=4)
     raw["checkpointing"]["every_steps"] = 3
@@ -45,6 +46,31 @@ def test_the_lora_spec_trains_from_a_stand_in_gguf(data_dir: Path, tmp_path: Pat
     assert run.result is not None and run.result.steps == 3
     model, _ = artifact.load_model(tmp_path / "run" / "model")
     assert isinstance(model, Llama)
+
+
+def test_the_multistep_spec_trains_from_a_stand_in_gguf(data_dir: Path, tmp_path: Path) -> None:
+    """Both phases run (steps shrunk; the stand-in has 2 blocks, so the top one trains), and
+    the corpus is measured at the stage's start and at its end."""
+    pytest.importorskip("transformers")
+    tok = train_tokenizer()
+    gguf = tmp_path / "stand-in.gguf"
+    write_gguf(gguf, tiny_model("llama", tok.get_vocab_size(), tied=True), tok)
+    raw = yaml.safe_load((EXAMPLES / "smollm2_multistep.yaml").read_text())
+    raw["model"]["init_from"]["model"] = str(gguf)
+    for ref in raw["data"].values():
+        ref["dataset"] = str(data_dir / ("corpus.txt" if ref["dataset"].endswith(".txt") else "pairs.jsonl"))
+    stage = raw["stages"][0]
+    stage.update(cycles=2, batch_size=2)
+    for phase in stage["phases"]:
+        phase.update(steps=1, trainable=["blocks.1"])
+    raw["evaluation"].update(every_steps=4, max_samples=2)
+    raw["checkpointing"]["every_steps"] = 4
+    run = train(parse_spec(raw), tmp_path / "run")
+    assert run.result is not None and run.result.steps == 4
+    phases = [e["data"]["phase"] for e in run.events if e["type"] == "train.step"]
+    assert [p.split()[-1] for p in phases] == ["tasks", "text"] * 2
+    corpus = [e["step"] for e in run.events if e["type"] == "eval" and e["data"]["data"] == "corpus"]
+    assert corpus[0] == 0 and corpus[-1] == 4 and "perplexity" in run.result.evaluation["corpus"]
 
 
 def test_trainable_blocks_are_checked_against_the_base_model(data_dir: Path, tmp_path: Path) -> None:
@@ -57,7 +83,8 @@ def test_trainable_blocks_are_checked_against_the_base_model(data_dir: Path, tmp
     write_gguf(gguf, tiny_model("llama", tok.get_vocab_size(), tied=True, layers=6), tok)
     raw = yaml.safe_load((EXAMPLES / "smollm2.yaml").read_text())
     raw["model"]["init_from"]["model"] = str(gguf)
-    raw["data"]["pairs"]["dataset"] = str(data_dir / "pairs.jsonl")
+    for ref in raw["data"].values():
+        ref["dataset"] = str(data_dir / ("corpus.txt" if ref["dataset"].endswith(".txt") else "pairs.jsonl"))
     raw["stages"][0].update(steps=2, batch_size=2, trainable=["blocks.4-5"])
     raw["evaluation"].update(every_steps=2, max_samples=0)
     raw["checkpointing"]["every_steps"] = 2
