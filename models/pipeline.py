@@ -24,7 +24,8 @@ from models.evaluate import measure
 from models.optim import build_optimizer, lr_factor, select_trainable
 from models.precision import Weights, resolve_device, resolve_precision
 from models.run_adapters import RunAdapters
-from models.spec import JobSpec
+from models.spec import JobSpec, block_errors
+from models.spec_model import training_block
 from models.stages import Segment, Trainee, TrainingError, plan, train_step
 from models.tokenizer import Tokenizer
 
@@ -128,6 +129,9 @@ class Pipeline:
         if init is not None:
             source = self.resolve(init.model)
             self.model, self.tok = artifact.load_model(source, dropout=self.spec.model.dropout)
+            bad = block_errors(self.spec, self.model.config.n_layer)
+            if bad:
+                raise TrainingError("user_error", "; ".join(f"{e['loc']}: {e['message']}" for e in bad))
             self.chat = artifact.chat_format_of(source)
             if not (tok_dir / "tokenizer.json").exists():  # the run's tokenizer, beside its checkpoints
                 self.tok.save(tok_dir)
@@ -145,7 +149,7 @@ class Pipeline:
             self.model = build_model(config_from_spec(m, self.tok.vocab_size))
         self.adapters.create(self.model)
         self.adopt(self.model)
-        block = self.model.config.block_size
+        block = training_block(self.spec.model, self.model.config.block_size)
         self.streams: dict[str, data.Stream] = {}
         protos: dict[str, data.Stream] = {}
         for seg in self.segments:

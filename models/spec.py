@@ -225,8 +225,9 @@ from models.spec_checks import (  # noqa: E402
     adapter_errors,
     adapter_name,
     adapter_parts,
+    block_errors,
     cross_field_errors,
     parse_spec,
 )
 
-__all__ += ["adapter_errors", "adapter_name", "adapter_parts", "cross_field_errors", "parse_spec"]
+__all__ += ["adapter_errors", "adapter_name", "adapter_parts", "block_errors", "cross_field_errors", "parse_spec"]

@@ -102,9 +102,31 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
         for loc, part in parts:
             if part.data not in spec.data:
                 err(f"{loc}.data", f"unknown data name '{part.data}' (known: {', '.join(known)})")
-            bad = _blocks_out_of_range(part.trainable, m.n_layer)
-            if bad:
-                err(f"{loc}.trainable", bad)
+    if m.init_from is None:  # with init_from, spec.model's n_layer is not the base's: see block_errors
+        errors += block_errors(spec, m.n_layer)
+    return errors
+
+
+def training_parts(spec: JobSpec) -> list[tuple[str, _Training]]:
+    """(field path, part) of every stage and multistep phase that trains."""
+    out: list[tuple[str, _Training]] = []
+    for i, stage in enumerate(spec.stages):
+        if isinstance(stage, MultistepStage):
+            out += [(f"stages.{i}.phases.{j}", p) for j, p in enumerate(stage.phases)]
+        else:
+            out.append((f"stages.{i}", stage))
+    return out
+
+
+def block_errors(spec: JobSpec, n_layer: int) -> list[dict[str, str]]:
+    """`trainable` block selections the model (of `n_layer` blocks) has: spec.model's for a new
+    model; with init_from the base's, checked where it is known (the API from the base's
+    config, a local run when it loads the base)."""
+    errors = []
+    for loc, part in training_parts(spec):
+        bad = _blocks_out_of_range(part.trainable, n_layer)
+        if bad:
+            errors.append({"loc": f"{loc}.trainable", "message": bad})
     return errors
 
 

@@ -37,6 +37,7 @@ class ModelSpec(_Strict):
     n_embd: Annotated[StrictInt, Field(ge=8, le=16384)] = 256
     block_size: Annotated[StrictInt, Field(ge=8, le=32768)] = 256
     dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+    train_block_size: Annotated[StrictInt, Field(ge=8, le=32768)] | None = None  # None: the model's block_size
     init_from: InitFrom | None = None
 
 
@@ -78,7 +79,15 @@ class LlamaModelSpec(_Strict):
     qk_norm: StrictBool = False  # RMSNorm over each head of q and k (Qwen3)
     tie_embeddings: StrictBool = True
     dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+    train_block_size: Annotated[StrictInt, Field(ge=8, le=32768)] | None = None  # None: the model's block_size
     init_from: InitFrom | None = None
+
+
+def training_block(m: ModelSpec | LlamaModelSpec, model_block: int) -> int:
+    """The window a run trains and measures on: text packed into blocks of this many tokens,
+    records cut at it. `train_block_size` (at most the model's context) or the model's own
+    `block_size` (the base's with init_from); the model keeps its context either way."""
+    return model_block if m.train_block_size is None else min(m.train_block_size, model_block)
 
 
 def _arch(value: Any) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.spec import JobSpec
+from models.spec_model import training_block
 
 
 @dataclass(frozen=True)
@@ -55,5 +56,6 @@ def estimate(spec: JobSpec, base_config: dict[str, Any] | None = None) -> Estima
         else:
             params = gpt_parameters(vocab, m.block_size, m.n_layer, m.n_embd)
         block = m.block_size
+    block = training_block(spec.model, block)
     tokens = block * sum(s.steps * s.batch_size * s.grad_accum for s in spec.stages)
     return Estimates(parameters=params, tokens=tokens, total_steps=spec.total_steps, flops=6.0 * params * tokens)

@@ -16,7 +16,7 @@ from app.services import catalog, datasets, lifecycle, quotas, spec_limits
 from app.services.estimates import Estimates, estimate
 from app.services.pagination import page
 from app.tables import STATUSES, Job, JobStatus
-from models.spec import JobSpec, MultistepStage, SpecError, parse_spec
+from models.spec import JobSpec, MultistepStage, SpecError, block_errors, parse_spec
 
 
 def _invalid(errors: list[dict[str, str]]) -> Invalid:
@@ -53,6 +53,8 @@ def _reference_errors(
         base = catalog.base_config(session, settings, tenant_id, base_id)
         if base is None:
             errors.append({"loc": "model.init_from.model", "message": f"unknown model or checkpoint '{base_id}'"})
+        elif "n_layer" in base:
+            errors += block_errors(spec, int(base["n_layer"]))
     return errors, base
 
 

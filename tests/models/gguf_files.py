@@ -74,7 +74,9 @@ def sentencepiece_vocab(size: int = 300) -> tuple[list[str], list[float], list[i
     return tokens, scores, types
 
 
-def tiny_model(arch: str, vocab_size: int, tied: bool, seed: int = 0, width: int = 64, ffn: int = 128) -> Any:
+def tiny_model(
+    arch: str, vocab_size: int, tied: bool, seed: int = 0, width: int = 64, ffn: int = 128, layers: int = 2
+) -> Any:
     import transformers
 
     torch.manual_seed(seed)
@@ -82,7 +84,7 @@ def tiny_model(arch: str, vocab_size: int, tied: bool, seed: int = 0, width: int
         vocab_size=vocab_size,
         hidden_size=width,
         intermediate_size=ffn,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,

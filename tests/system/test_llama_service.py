@@ -78,18 +78,23 @@ def test_a_qwen2_upload_is_served_trained_and_exported(
         assert out.status_code == 200 and out.json()["text"] == want
 
         spec = example_spec(served.datasets)
-        job = api.submit(
-            {
-                "name": "tune-qwen2",
-                "model": {"init_from": {"model": model["id"]}},
-                "data": {"pairs": spec["data"]["pairs"]},
-                "stages": [dict(spec["stages"][1], steps=4)],
-                "evaluation": {"every_steps": 100, "metrics": ["loss"], "max_samples": 0},
-                "checkpointing": {"every_steps": 2, "keep_last": 2},
-                "precision": "fp32",
-                "device": "cpu",
-            }
-        )
+        tune = {
+            "name": "tune-qwen2",
+            "model": {"init_from": {"model": model["id"]}},
+            "data": {"pairs": spec["data"]["pairs"]},
+            "stages": [dict(spec["stages"][1], steps=4)],
+            "evaluation": {"every_steps": 100, "metrics": ["loss"], "max_samples": 0},
+            "checkpointing": {"every_steps": 2, "keep_last": 2},
+            "precision": "fp32",
+            "device": "cpu",
+        }
+        # `blocks.N` is checked against the base model's 2 blocks, not spec.model's default 4
+        bad = dict(tune, stages=[dict(tune["stages"][0], trainable=["blocks.2"])])
+        r = api.http.post("/v1/jobs/validate", json=bad)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_spec", r.text
+        assert [d["loc"] for d in r.json()["error"]["details"]] == ["stages.0.trainable"], r.text
+        assert "blocks 0-1" in r.json()["error"]["details"][0]["message"]
+        job = api.submit(tune)
         events = api.follow(job["id"])
         assert events[-1]["type"] == "job.succeeded", events[-1]["data"]
         tuned = events[-1]["data"]["model_id"]
