@@ -29,6 +29,10 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
                "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 MAX_HEADER = 100 << 20  # a safetensors header larger than this is not a model's
 MAX_JSON_FILE = 64 << 20
+LLAMA_SIZES = {"vocab_size": None, "block_size": 256, "n_layer": 4, "n_head": 4, "n_kv_head": 0, "n_embd": 256,
+               "head_dim": 0, "intermediate_size": 688}  # fmt: skip  # 0: derived (models.llama.LlamaConfig)
+LLAMA_FIELDS = {*LLAMA_SIZES, "rms_norm_eps", "rope_theta", "rope_scaling", "attention_bias", "qk_norm",
+                "tie_embeddings", "dropout"}  # fmt: skip
 IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # buffers and the tied head: not parameters
 
 
@@ -92,6 +96,32 @@ def _json_file(directory: Path, name: str, depth: int) -> Any:
         raise refuse(name, f"not valid JSON ({exc})") from None
 
 
+def _llama_parameters(config: dict[str, Any]) -> int:
+    """The parameter count of a Stagecraft Llama-family config (`"llama": {...}`), checked."""
+    llama = config.get("llama")
+    if not isinstance(llama, dict):
+        raise refuse(CONFIG_FILE, "`llama` must be an object of the model's dimensions")
+    unknown = sorted(set(llama) - LLAMA_FIELDS)
+    if unknown:
+        raise refuse(CONFIG_FILE, f"llama.{unknown[0]}: unknown field (known: {', '.join(sorted(LLAMA_FIELDS))})")
+    d: dict[str, int] = {}
+    for name, default in LLAMA_SIZES.items():
+        value = llama.get(name, default)
+        if value is None:
+            raise refuse(CONFIG_FILE, f"llama.{name}: required")
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if default == 0 else 1):
+            raise refuse(CONFIG_FILE, f"llama.{name}: must be a positive integer, got {json.dumps(value)[:40]}")
+        d[name] = value
+    heads, kv = d["n_head"], d["n_kv_head"] or d["n_head"]
+    if heads % kv:
+        raise refuse(CONFIG_FILE, "llama.n_head: must be a multiple of n_kv_head")
+    c, hd = d["n_embd"], d["head_dim"] or d["n_embd"] // heads
+    attention = c * hd * (2 * heads + 2 * kv) + (hd * (heads + 2 * kv) if llama.get("attention_bias") else 0)
+    layer = attention + 3 * c * d["intermediate_size"] + 2 * c + (2 * hd if llama.get("qk_norm") else 0)
+    head = 0 if llama.get("tie_embeddings", True) else d["vocab_size"] * c
+    return d["vocab_size"] * c + d["n_layer"] * layer + c + head
+
+
 def _dims(config: dict[str, Any]) -> dict[str, Any] | None:
     """The GPT dimensions a config declares (None for a family these checks do not size)."""
     if config.get("format") == "stagecraft-gpt" or "model_type" not in config:
@@ -124,6 +154,8 @@ def check_config(directory: Path, settings: Settings) -> int | None:
     config = _json_file(directory, CONFIG_FILE, settings.max_json_depth)
     if not isinstance(config, dict):
         raise refuse(CONFIG_FILE, f"must be a JSON object, not {type(config).__name__}")
+    if config.get("format") == "stagecraft-llama" or config.get("arch") == "llama":
+        return _within(_llama_parameters(config), settings)
     dims = _dims(config)
     if dims is None:
         return None
@@ -139,6 +171,10 @@ def check_config(directory: Path, settings: Settings) -> int | None:
         raise refuse(CONFIG_FILE, f"{prefix}dropout: must be a number in [0, 1)")
     params = gpt_parameters(dims["vocab_size"], dims.get("block_size", 256), dims.get("n_layer", 4),
                             dims.get("n_embd", 256))  # fmt: skip
+    return _within(params, settings)
+
+
+def _within(params: int, settings: Settings) -> int:
     if params > settings.max_model_parameters:
         limit = f"{settings.max_model_parameters:.3g} (setting MAX_MODEL_PARAMETERS)"
         message = f"declares a model of {params:.3g} parameters; this service imports at most {limit}"

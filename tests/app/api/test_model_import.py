@@ -11,8 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.config import Settings
+from models import artifact
+from models.llama import Llama, LlamaConfig
+from models.tokenizer import Tokenizer
 from tests.app.api.conftest import Client, Edit, archive, error, upload
 
 
@@ -109,3 +113,53 @@ def test_a_good_archive_imports_and_generates(client: Client, model_dir: Path, t
     model_id = r.json()["id"]
     out = client.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", "max_new_tokens": 3})
     assert out.status_code == 200 and out.json()["usage"]["completion_tokens"] <= 3, out.text
+
+
+def test_a_llama_family_model_as_training_saves_it_imports_and_generates(
+    client: Client, tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    """A Stagecraft Llama directory (config.json `{"format": "stagecraft-llama", "llama": …}`,
+    as a finished job writes it) is a model like a GPT one, not a GPT config missing `gpt`."""
+    torch.manual_seed(0)
+    config = LlamaConfig(tokenizer.vocab_size, 64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48)
+    d = tmp_path / "llama"
+    model = Llama(config)
+    artifact.save_model(d, model.state_dict(), config, tokenizer, {"name": "tiny-llama"})
+    r = upload(client, archive(d, tmp_path))
+    assert r.status_code == 201, r.text
+    assert r.json()["parameters"] == model.num_parameters() and r.json()["config"]["n_layer"] == 2
+    out = client.post(f"/v1/models/{r.json()['id']}/generate", json={"prompt": "At the", "max_new_tokens": 3})
+    assert out.status_code == 200 and out.json()["usage"]["completion_tokens"] <= 3, out.text
+
+
+LLAMA_CASES: list[tuple[str, dict[str, object], str, str]] = [
+    ("n_kv_head does not divide", {"n_kv_head": 3}, "unsupported_model", "llama.n_head: must be a multiple"),
+    ("n_layer 0", {"n_layer": 0}, "unsupported_model", "llama.n_layer: must be a positive integer"),
+    ("unknown field", {"colour": "blue"}, "unsupported_model", "llama.colour: unknown field"),
+    ("huge", {"n_layer": 80, "n_embd": 8192, "intermediate_size": 28672}, "resource_limit_exceeded", "MAX_MODEL"),
+    ("over its weights", {"n_layer": 40, "n_embd": 512}, "unsupported_model", "declares"),
+]
+
+
+@pytest.mark.parametrize(("what", "fields", "code", "says"), LLAMA_CASES, ids=[c[0] for c in LLAMA_CASES])
+def test_lying_llama_configs_are_422(
+    client: Client, tokenizer: Tokenizer, tmp_path: Path, what: str, fields: dict[str, object], code: str, says: str
+) -> None:
+    config = LlamaConfig(tokenizer.vocab_size, 64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48)
+    d = tmp_path / "llama"
+    artifact.save_model(d, Llama(config).state_dict(), config, tokenizer, {"name": "tiny-llama"})
+    edit = config_edit(lambda c: {**c, "llama": {**c["llama"], **fields}})  # type: ignore[dict-item]
+    err = error(upload(client, archive(d, tmp_path, edit)), 422, code)
+    assert says in err["message"], err
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"attention_bias": True}, {"qk_norm": True, "head_dim": 24}, {"tie_embeddings": False, "n_kv_head": 2}],
+)
+def test_the_declared_llama_size_is_the_model_s(fields: dict[str, object]) -> None:
+    """The torch-free count the upload checks use equals the built model's parameters."""
+    from app.services.model_checks import _llama_parameters
+
+    config = LlamaConfig(100, 32, n_layer=2, n_head=4, n_embd=32, intermediate_size=48, **fields)  # type: ignore[arg-type]
+    assert _llama_parameters({"llama": config.to_dict()}) == Llama(config).num_parameters()
