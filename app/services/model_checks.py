@@ -18,6 +18,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import Invalid
 from app.services.estimates import gpt_parameters
+from models.archive import is_zip
 from models.bounded_json import TooDeep, loads
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
@@ -68,7 +69,7 @@ def check_entries(archive: Path, max_entries: int) -> None:
     headers, stopping past the limit."""
     too_many = refuse("file", f"the archive has more than {max_entries} entries (setting MAX_ARCHIVE_ENTRIES)")
     try:
-        if zipfile.is_zipfile(archive):
+        if is_zip(archive):
             found = _zip_directory(archive)
             if found is None:
                 raise refuse("file", "not a readable .zip archive (no end of central directory)")
