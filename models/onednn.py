@@ -52,7 +52,10 @@ def mm_t(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
+        # The input is needed only for the weight's gradient: a frozen weight (a LoRA base)
+        # keeps no copy of its input alive until the backward.
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
         return mm_t(x, weight, bias)
 
@@ -62,7 +65,7 @@ class _Linear(torch.autograd.Function):
         g = grad.reshape(-1, grad.size(-1))
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = mm_t(g, weight.t().contiguous()).view(x.shape)
+            grad_x = mm_t(g, weight.t().contiguous()).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             grad_w = mm_t(g.t(), x.reshape(-1, x.size(-1)).t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
