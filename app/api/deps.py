@@ -22,30 +22,38 @@ from app.tables import Job
 bearer = HTTPBearer(auto_error=False, description="an API key from `stagecraft keys create --tenant NAME`")
 
 
-def app_database(request: Request) -> Database:
+# Dependencies that only read app.state are `async`: FastAPI runs a plain `def` dependency on
+# a worker thread, and a thread hop per request for an attribute read is most of a GET's cost.
+
+
+def database_of(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def app_settings(request: Request) -> Settings:
+async def app_database(request: Request) -> Database:
+    return database_of(request)
+
+
+async def app_settings(request: Request) -> Settings:
     """The settings the app was created with (app.config.get_settings is the process's)."""
     settings: Settings = request.app.state.settings
     return settings
 
 
 def read_session(request: Request) -> Iterator[Session]:
-    with app_database(request).read() as session:
+    with database_of(request).read() as session:
         yield session
 
 
 def write_session(request: Request) -> Iterator[Session]:
     """A session that writes (on SQLite, one that takes the write lock when it begins); what it
     queues or wakes is sent once it commits (app.queue.outbox)."""
-    with app_database(request).write() as session:
+    with database_of(request).write() as session:
         yield outbox.bind(session, request.app.state.outbox)
 
 
-def model_cache(request: Request) -> ModelCache:
+async def model_cache(request: Request) -> ModelCache:
     """The serving cache: loaded models, and the one thread all torch work runs on."""
     cache: ModelCache = request.app.state.models
     return cache
@@ -64,7 +72,7 @@ class PageParams:
     after: str | None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
     after: Annotated[str | None, Query(description="cursor: the last id of the previous page")] = None,
 ) -> PageParams:
@@ -89,7 +97,7 @@ TenantDep = Annotated[str, Depends(tenant)]
 
 def job(request: Request, job_id: str, tenant_id: TenantDep) -> Job:
     """The tenant's job or 404. Its own short session: an SSE stream must not hold one open."""
-    with app_database(request).read() as session:
+    with database_of(request).read() as session:
         return jobs.get(session, tenant_id, job_id)
 
 

@@ -97,7 +97,7 @@ class Serving:
     settings: Settings
 
 
-def serving(tenant_id: TenantDep, cache: ModelCacheDep, db: DatabaseDep, settings: SettingsDep) -> Serving:
+async def serving(tenant_id: TenantDep, cache: ModelCacheDep, db: DatabaseDep, settings: SettingsDep) -> Serving:
     return Serving(tenant_id, cache, db, settings)
 
 
