@@ -55,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = grad_w = None
         if ctx.fast:
             if ctx.needs_input_grad[0]:
-                grad_h = onednn.mm_t(g, weight.t().contiguous())
+                grad_h = onednn.mm_t(g, weight.t())
             if ctx.needs_input_grad[1]:
                 grad_w = onednn.mm_t(g.t(), h.t())
         else:

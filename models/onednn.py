@@ -65,7 +65,7 @@ class _Linear(torch.autograd.Function):
         g = grad.reshape(-1, grad.size(-1))
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = mm_t(g, weight.t().contiguous()).view(ctx.x_shape)
+            grad_x = mm_t(g, weight.t()).view(ctx.x_shape)  # the strided view: no transposed copy
         if ctx.needs_input_grad[1]:
             grad_w = mm_t(g.t(), x.reshape(-1, x.size(-1)).t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
