@@ -21,6 +21,10 @@ from app.config import get_settings
 
 BUSY_TIMEOUT_MS = 30_000
 POOL_SIZE = 40  # anyio's default thread limit: each of the API's threads can hold a connection
+# PostgreSQL ends a session left idle inside a transaction this long. Our transactions are a few
+# statements; one left open is a stalled process (SIGSTOP, a hung host), whose row locks would
+# otherwise block every other worker's reaper on that job's row until it woke up.
+IDLE_IN_TRANSACTION_S = 30
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -47,7 +51,8 @@ def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    options = {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"}
+    return create_engine(url, pool_pre_ping=True, connect_args=options, **pool)
 
 
 class Database:

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 
+from app import db as app_db
 from app.config import Settings
 from app.db import Database
 from app.errors import Conflict, NotFound
@@ -310,3 +312,29 @@ def test_concurrent_claims_never_pass_the_running_limit(database: Database, new_
     assert not [r for r in results if isinstance(r, Exception)], results
     assert sum(isinstance(r, lifecycle.Claim) for r in results) == 2, results
     assert sum(isinstance(r, lifecycle.TenantBusy) for r in results) == 4, results
+
+
+def test_a_session_stalled_inside_a_transaction_does_not_block_the_reaper(
+    database: Database, settings: Settings, new_job: Callable[..., str], job_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stopped (SIGSTOP) while its transaction holds the job's row lock: PostgreSQL ends
+    that session after IDLE_IN_TRANSACTION_S, so another worker's reaper can requeue the job."""
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's idle_in_transaction_session_timeout")
+    monkeypatch.setattr(app_db, "IDLE_IN_TRANSACTION_S", 1)
+    stalled_db = Database(database.engine.url.render_as_string(hide_password=False))
+    job_id = new_job()
+    assert claim(database, job_id, "w1") is not None
+    expire(database, job_id)
+    stalled = stalled_db.write()
+    stalled.execute(update(Job).where(Job.id == job_id).values(step=Job.step))  # row locked, never committed
+    done: list[list[str]] = []
+    reaper = threading.Thread(target=lambda: done.append(reap(database, settings)), daemon=True)
+    reaper.start()
+    reaper.join(timeout=20)
+    assert done and job_id in done[0], "the reaper stayed blocked behind the stalled transaction"
+    assert job_of(job_id).status == "queued"
+    with pytest.raises(DBAPIError):  # woken, the stalled worker finds its session ended
+        stalled.execute(update(Job).where(Job.id == job_id).values(step=Job.step))
+    stalled.close()
+    stalled_db.engine.dispose()
