@@ -39,7 +39,7 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("stagecraft_write") else "BEGIN")
 
 
-def make_engine(url: str, pool_size: int = POOL_SIZE, idle_in_transaction_s: float = IDLE_IN_TRANSACTION_S) -> Engine:
+def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
     """Connections are opened as needed and kept, up to `pool_size` (no overflow: a connection
     opened past the pool and closed after one query costs more than the query); a thread that
     finds them all busy waits for one."""
@@ -51,13 +51,13 @@ def make_engine(url: str, pool_size: int = POOL_SIZE, idle_in_transaction_s: flo
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    options = {"options": f"-c idle_in_transaction_session_timeout={round(idle_in_transaction_s * 1000)}"}
+    options = {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"}
     return create_engine(url, pool_pre_ping=True, connect_args=options, **pool)
 
 
 class Database:
-    def __init__(self, url: str, pool_size: int = POOL_SIZE, idle_in_transaction_s: float = IDLE_IN_TRANSACTION_S):
-        self.engine = make_engine(url, pool_size, idle_in_transaction_s)
+    def __init__(self, url: str, pool_size: int = POOL_SIZE):
+        self.engine = make_engine(url, pool_size)
         self.read = sessionmaker(self.engine, expire_on_commit=False)
         self.write = sessionmaker(self.engine.execution_options(stagecraft_write=True), expire_on_commit=False)
 

@@ -80,7 +80,7 @@ def poll_limiter() -> anyio.CapacityLimiter:
     On anyio's shared 40-thread pool, 200 concurrent polls kept 40 reads contending for the
     GIL at once, finishing in no useful order: under `benchmarks/get_job_load.py` (2 API
     workers, 200 back-to-back clients) p99 was 7x p50. With 8 threads of its own the route
-    took ~3x less p99 and as many or more requests/s (benchmarks/RESULTS.md)."""
+    took ~2.5x less p99 and as many or more requests/s (benchmarks/RESULTS.md)."""
     try:
         return _polls.get()
     except LookupError:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
+from app import db as app_db
 from app.config import Settings
 from app.db import Database
 from app.errors import Conflict, NotFound
@@ -314,14 +315,14 @@ def test_concurrent_claims_never_pass_the_running_limit(database: Database, new_
 
 
 def test_a_session_stalled_inside_a_transaction_does_not_block_the_reaper(
-    database: Database, settings: Settings, new_job: Callable[..., str], job_of: Any
+    database: Database, settings: Settings, new_job: Callable[..., str], job_of: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker stopped (SIGSTOP) while its transaction holds the job's row lock: PostgreSQL ends
-    that session after its idle-in-transaction timeout (1 s here, 30 s by default), so another
-    worker's reaper can requeue the job."""
+    that session after IDLE_IN_TRANSACTION_S, so another worker's reaper can requeue the job."""
     if database.engine.dialect.name != "postgresql":
         pytest.skip("PostgreSQL's idle_in_transaction_session_timeout")
-    stalled_db = Database(database.engine.url.render_as_string(hide_password=False), idle_in_transaction_s=1)
+    monkeypatch.setattr(app_db, "IDLE_IN_TRANSACTION_S", 1)
+    stalled_db = Database(database.engine.url.render_as_string(hide_password=False))
     job_id = new_job()
     assert claim(database, job_id, "w1") is not None
     expire(database, job_id)
