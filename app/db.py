@@ -31,6 +31,7 @@ POOL_SIZE = 40  # anyio's default thread limit: each of the API's threads can ho
 # statements; one left open is a stalled process (SIGSTOP, a hung host), whose row locks would
 # otherwise block every other worker's reaper on that job's row until it woke up.
 IDLE_IN_TRANSACTION_S = 30
+AUTOCOMMIT_POOL_SIZE = 8  # the threads GET /v1/jobs/{id} reads on (app.api.routes.jobs.POLL_THREADS)
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -42,10 +43,7 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    options = conn.get_execution_options()
-    if options.get("isolation_level") == "AUTOCOMMIT":
-        return
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("stagecraft_write") else "BEGIN")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("stagecraft_write") else "BEGIN")
 
 
 def _pg_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
@@ -64,20 +62,27 @@ def _pg_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         raise DisconnectionError("the server closed the connection")
 
 
-def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
+def _in_memory(url: str) -> bool:
+    """An in-memory SQLite database: one per connection (per thread), not shared by engines."""
+    return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+
+
+def make_engine(url: str, pool_size: int = POOL_SIZE, autocommit: bool = False) -> Engine:
     """Connections are opened as needed and kept, up to `pool_size` (no overflow: a connection
     opened past the pool and closed after one query costs more than the query); a thread that
-    finds them all busy waits for one."""
+    finds them all busy waits for one. `autocommit`: each statement is its own transaction
+    (no BEGIN, nothing to roll back on return), for single-statement reads."""
     pool = {"pool_size": pool_size, "max_overflow": 0}
     if url.startswith("sqlite"):
         args = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
-        in_memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url  # one connection per thread
-        engine = create_engine(url, connect_args=args, **({} if in_memory else {"poolclass": QueuePool, **pool}))
+        engine = create_engine(url, connect_args=args, **({} if _in_memory(url) else {"poolclass": QueuePool, **pool}))
         event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+        if not autocommit:  # _sqlite_connect's isolation_level None is pysqlite's autocommit
+            event.listen(engine, "begin", _sqlite_begin)
         return engine
     options = {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"}
-    engine = create_engine(url, connect_args=options, **pool)
+    isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    engine = create_engine(url, connect_args=options, **isolation, **pool)
     event.listen(engine, "checkout", _pg_checkout)
     return engine
 
@@ -87,8 +92,14 @@ class Database:
         self.engine = make_engine(url, pool_size)
         self.read = sessionmaker(self.engine, expire_on_commit=False)
         self.write = sessionmaker(self.engine.execution_options(stagecraft_write=True), expire_on_commit=False)
-        # `with db.autocommit.connect() as conn:` one statement, its own transaction on the server
-        self.autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # `with db.autocommit.connect() as conn:` statements outside transactions, on a pool of
+        # their own (switching a pooled connection's isolation level costs on every checkout)
+        self.autocommit = self.engine if _in_memory(url) else make_engine(url, AUTOCOMMIT_POOL_SIZE, autocommit=True)
+
+    def dispose(self) -> None:
+        """Close every pooled connection (tests dropping their database, processes exiting)."""
+        for engine in {self.engine, self.autocommit}:
+            engine.dispose()
 
 
 @lru_cache

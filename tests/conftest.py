@@ -251,4 +251,4 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     upgrade(url)
     db = Database(url)
     yield db
-    db.engine.dispose()
+    db.dispose()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -18,7 +21,7 @@ import uvicorn
 from rich.console import Console
 
 from app.cli.datadir import DataDir, settings_for
-from app.cli.supervise import WorkerSupervisor
+from app.cli.supervise import Supervisor
 from app.config import Settings
 
 err = Console(stderr=True)
@@ -42,6 +45,62 @@ def _serve(settings: Settings, host: str, port: int) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def _warn(line: str) -> None:
+    err.print(f"[yellow]{line}[/yellow]")
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT: each API process listens on one of its own, and
+    the kernel spreads new connections evenly over them. (On one shared socket, whichever
+    process wakes first accepts every connection waiting: 200 clients connecting at once
+    landed 117/83 or 200/0 on two processes, and the busier one set everyone's tail latency.)"""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _exit_with_parent() -> None:
+    """SIGTERM this process (a graceful stop) once the process that started it is gone, even
+    killed with SIGKILL: an API process must not keep the port without its supervisor."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> None:
+    """`api --workers N`: N API processes, each on a SO_REUSEPORT socket of its own, restarted
+    when one dies; SIGTERM or Ctrl-C stops them all (each finishes its requests)."""
+    try:
+        held = _reuse_port_socket(host, port)  # bound, never listening: a taken port fails here, once
+    except OSError as exc:
+        err.print(f"[red]cannot listen on {host}:{port}: {exc.strerror or exc}[/red]")
+        raise typer.Exit(1) from exc
+    argv = [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port), "--reuse-port"]
+    children = [Supervisor(argv, _warn, f"API process {i + 1}") for i in range(workers)]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    for child in children:
+        child.start()
+    err.print(f"{workers} API processes on http://{host}:{port}")
+    stop.wait()
+    for child in children:
+        child.signal_stop()
+    codes = [child.wait(30) for child in children]
+    held.close()
+    if any(code not in (0, -signal.SIGTERM) for code in codes):
+        err.print(f"[red]API processes exited with {codes}[/red]")
+        raise typer.Exit(1)
+
+
 def migrate(data_dir: DataDir = None) -> None:
     """Create or upgrade the database tables (Alembic) at STAGECRAFT_DATABASE_URL."""
     from app.migrate import upgrade
@@ -56,16 +115,22 @@ def api(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port (about one per core)")] = 1,
     data_dir: DataDir = None,
+    reuse_port: Annotated[bool, typer.Option(hidden=True, help="(one of --workers N's processes)")] = False,
 ) -> None:
     """Serve the HTTP API (run `stagecraft migrate` first). With `--workers N`, N processes
-    answer on one port (uvicorn restarts one that dies); each keeps its own key cache and
-    serving cache (models loaded for generation are loaded in each)."""
-    settings = settings_for(data_dir)  # (--data-dir reaches the worker processes in their environment)
-    if workers == 1:
+    answer on one port, connections spread evenly over them (SO_REUSEPORT), and one that
+    dies is restarted; each keeps its own key cache and serving cache (models loaded for
+    generation are loaded in each)."""
+    settings = settings_for(data_dir)  # (--data-dir reaches the API processes in their environment)
+    if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):  # (Windows): uvicorn's processes, one socket
+        uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, workers=workers)
+    elif workers > 1:
+        _serve_processes(settings, host, port, workers)
+    elif reuse_port:
+        _exit_with_parent()
+        _serve(settings, host, port).run(sockets=[_reuse_port_socket(host, port)])
+    else:
         _serve(settings, host, port).run()
-        return
-    factory = "app.api.main:create_app"
-    uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=3)
 
 
 def worker(data_dir: DataDir = None) -> None:
@@ -103,7 +168,7 @@ def up(
             key_file.chmod(0o600)
             err.print(f"created an API key for tenant 'local' (also in {key_file})")
     server = _serve(settings, host, port)
-    worker = WorkerSupervisor(worker_argv(settings.queue), lambda line: err.print(f"[yellow]{line}[/yellow]"))
+    worker = Supervisor(worker_argv(settings.queue), _warn)
     worker.start()
     err.print(f"stagecraft is up on http://{host}:{port} (data in {settings.data_dir}); Ctrl-C stops it")
     print(export_line(host, port, key_file), file=sys.stderr, flush=True)

@@ -1,10 +1,10 @@
-"""The worker process of `stagecraft up`, kept running: restarted with backoff when it exits
-on its own (an OOM kill, a crash, a worker that stopped consuming), stopped with one
-SIGTERM when `up` stops.
+"""A child process kept running: restarted with backoff when it exits on its own (an OOM
+kill, a crash, a worker that stopped consuming), stopped with one SIGTERM. `stagecraft up`
+keeps its worker so; `stagecraft api --workers N` its N API processes.
 
-The worker runs in a session of its own, so a terminal's Ctrl-C reaches `up` only: the
-worker then gets exactly one SIGTERM, checkpoints its job and hands it back (a second
-signal would make Celery stop cold, mid-step).
+The child runs in a session of its own, so a terminal's Ctrl-C reaches the parent only: the
+child then gets exactly one SIGTERM (a worker checkpoints its job and hands it back; a
+second signal would make Celery stop cold, mid-step).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTHY_S = 60.0  # a worker that ran this long resets the backoff
 
 
-class WorkerSupervisor:
-    def __init__(self, argv: list[str], say: Callable[[str], None]):
-        self.argv, self.say = argv, say
+class Supervisor:
+    def __init__(self, argv: list[str], say: Callable[[str], None], name: str = "the worker"):
+        self.argv, self.say, self.name = argv, say, name
         self.stopping = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"supervisor: {name}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -50,19 +50,31 @@ class WorkerSupervisor:
             failures = 0 if time.monotonic() - began > HEALTHY_S else failures + 1
             delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1] if failures else BACKOFF_S[0]
             self.restarts += 1
-            self.say(f"the worker exited ({code}); starting another in {delay:.0f} s")
+            self.say(f"{self.name} exited ({code}); starting another in {delay:.0f} s")
             if self.stopping.wait(delay):
                 return
 
     def stop(self, timeout: float) -> int:
-        """SIGTERM the worker once and wait for it (then kill it); its exit status."""
+        """SIGTERM the child once and wait for it (then kill it); its exit status."""
+        self.signal_stop()
+        return self.wait(timeout)
+
+    def signal_stop(self) -> None:
+        """No more restarts; SIGTERM the child once (several supervisors stop together so)."""
         with self.lock:
+            if self.stopping.is_set():
+                return
             self.stopping.set()
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+
+    def wait(self, timeout: float) -> int:
+        """After `signal_stop`: the child's exit status, killing it after `timeout` seconds."""
+        with self.lock:
             proc = self.proc
         if proc is None:
             return 0
         if proc.poll() is None:
-            proc.terminate()
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:

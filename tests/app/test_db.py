@@ -20,8 +20,8 @@ def in_transaction(dbapi_conn: object) -> bool:
 
 
 def test_autocommit_reads_open_no_transaction(database: Database) -> None:
-    """`Database.autocommit` runs its statement alone (no BEGIN, nothing to roll back), and the
-    connection goes back to the pool as the sessions expect it: they still begin transactions."""
+    """`Database.autocommit` runs its statement alone (no BEGIN, nothing to roll back); the
+    read and write sessions still run theirs inside transactions."""
     with database.autocommit.connect() as conn:
         conn.execute(select(Job.id).limit(1)).all()
         assert not in_transaction(conn.connection.dbapi_connection)
@@ -52,4 +52,4 @@ def test_a_connection_whose_backend_ended_is_replaced_on_checkout(pg_url: str) -
             with checkout() as again:
                 assert again.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
     finally:
-        db.engine.dispose()
+        db.dispose()

@@ -1,10 +1,13 @@
-"""`stagecraft api --workers N`: N uvicorn processes answer on one port, and stop together."""
+"""`stagecraft api --workers N`: N API processes answer on one port (each on a SO_REUSEPORT
+socket of its own), one that dies is replaced, and they stop together, even when their
+parent is killed."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -13,7 +16,7 @@ from tests.system.processes import Proc, base_env, free_port, run_cli, stagecraf
 
 
 def workers_of(pid: int) -> list[int]:
-    """The uvicorn worker processes (multiprocessing spawns; not its resource tracker)."""
+    """The API processes `api --workers N` started."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -21,7 +24,7 @@ def workers_of(pid: int) -> list[int]:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+            if ppid == pid and b"--reuse-port" in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
     return found
 
@@ -34,20 +37,51 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_api_with_two_workers_serves_and_stops(tmp_path: Path) -> None:
+def start_api(tmp_path: Path) -> tuple[Proc, str, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = base_env(data_dir=str(tmp_path / "data"))
     assert run_cli("migrate", env=env).returncode == 0
     key = run_cli("keys", "create", "--tenant", "acme", env=env).stdout.strip()
     api = Proc("api", [*stagecraft(), "api", "--port", str(port), "--workers", "2"], env, tmp_path).start()
+    wait_ready(url, [api])
+    return api, url, key
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def answers(url: str, key: str, n: int) -> None:
+    """`n` requests, each on a new connection (spread over the processes), all answered right."""
+    for _ in range(n):
+        r = httpx.get(url + "/v1/jobs/job_missing", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+
+
+def test_api_with_two_workers_serves_and_stops(tmp_path: Path) -> None:
+    api, url, key = start_api(tmp_path)
     assert api.popen is not None
     try:
-        wait_ready(url, [api])
-        deadline = time.monotonic() + 30
-        while len(workers := workers_of(api.popen.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert len(workers) == 2, api.tail()
+        wait_for("two API processes", lambda: len(workers_of(api.popen.pid)) == 2)  # type: ignore[union-attr]
+        workers = workers_of(api.popen.pid)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
             for _ in range(20):
                 r = http.get("/v1/jobs/job_missing")
@@ -56,3 +90,25 @@ def test_api_with_two_workers_serves_and_stops(tmp_path: Path) -> None:
     finally:
         assert api.stop(signal.SIGTERM, timeout=30) == 0, api.tail()
     assert not any(alive(pid) for pid in workers)
+
+
+def test_a_dead_api_process_is_replaced_and_all_end_with_their_parent(tmp_path: Path) -> None:
+    api, url, key = start_api(tmp_path)
+    assert api.popen is not None
+    parent = api.popen.pid
+    try:
+        wait_for("two API processes", lambda: len(workers_of(parent)) == 2)
+        first, second = workers_of(parent)
+        os.kill(first, signal.SIGKILL)  # an OOM kill, say
+        wait_for("a replacement", lambda: len(w := workers_of(parent)) == 2 and first not in w)
+        replacement = next(pid for pid in workers_of(parent) if pid != second)
+        port = int(url.rsplit(":", 1)[1])
+        assert listens(second, port)
+        wait_for("the replacement listening", lambda: listens(replacement, port))
+        answers(url, key, 40)
+        os.kill(parent, signal.SIGKILL)  # no SIGTERM to pass on: the children notice on their own
+        wait_for("the API processes ending", lambda: not alive(second) and not alive(replacement))
+    finally:
+        api.stop(signal.SIGKILL, timeout=10)
+        for pid in workers_of(parent):
+            os.kill(pid, signal.SIGKILL)

@@ -15,11 +15,12 @@ from app.api.deps import DatabaseDep, PageDep, ReadSession, SettingsDep, TenantD
 from app.api.errors import parse_json
 from app.api.openapi import ERRORS, SPEC_BODY, SPEC_ERRORS, error
 from app.api.schemas import DeletedJob, JobOut, Page, ValidationOut
+from app.db import AUTOCOMMIT_POOL_SIZE
 from app.services import deletion, jobs, lifecycle
 from app.tables import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
-POLL_THREADS = 8
+POLL_THREADS = AUTOCOMMIT_POOL_SIZE  # a connection each
 
 
 async def json_body(request: Request) -> Any:

@@ -337,4 +337,4 @@ def test_a_session_stalled_inside_a_transaction_does_not_block_the_reaper(
     with pytest.raises(DBAPIError):  # woken, the stalled worker finds its session ended
         stalled.execute(update(Job).where(Job.id == job_id).values(step=Job.step))
     stalled.close()
-    stalled_db.engine.dispose()
+    stalled_db.dispose()
