@@ -29,8 +29,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         losses = torch.empty(n, dtype=torch.float32, device=h.device)
         rows = max(1, SLAB_ELEMENTS // vocab)
+        # bf16 logits: each slab converted into one fp32 buffer (not a fresh one per slab);
+        # fp32 logits are worked on in place
+        slab = None if logits.dtype == torch.float32 else logits.new_empty(min(rows, n), vocab, dtype=torch.float32)
         for s in range(0, n, rows):
-            z = logits[s : s + rows].float()
+            z = logits[s : s + rows] if slab is None else slab[: min(rows, n - s)].copy_(logits[s : s + rows])
             t = targets[s : s + rows, None]
             lse = torch.logsumexp(z, dim=-1, keepdim=True)
             nll = lse - z.gather(1, t)

@@ -157,6 +157,6 @@ def train_step(
         torch.nn.utils.clip_grads_with_norm_(t.opt_params, seg.grad_clip, torch.tensor(norm))
     set_lr(t.optimizer, lr)
     t.optimizer.step()
-    t.optimizer.zero_grad(set_to_none=True)
+    weights.clear_gradients(t.optimizer)
     weights.optimizer_to_model(t.params, t.opt_params)
     return StepResult(value, norm, tokens)

@@ -252,3 +252,33 @@ def test_schedule_formula_everywhere(type_: str) -> None:
 def test_warmup_longer_than_the_run(tokenizer: Tokenizer) -> None:
     s = sched("cosine", 100)
     assert [lr_factor(s, i, 10) for i in range(3)] == [0.01, 0.02, 0.03]
+
+
+def test_master_gradients_are_copied_into_kept_buffers_and_missing_ones_skipped() -> None:
+    """bf16 model, fp32 masters: each step's gradients land in the same fp32 buffers (no fresh
+    allocation per step), equal to the bf16 gradients; a parameter without a gradient this
+    step has none on its master either, so the optimizer leaves it alone."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    weights = Weights(model, torch.bfloat16)
+    params = list(model.parameters())
+    masters = weights.optimizer_params(params)
+    x = torch.randn(2, 4, dtype=torch.bfloat16)
+    model(x).square().sum().backward()
+    expected = [p.grad.float() for p in params if p.grad is not None]
+    weights.gradients_to_optimizer(params, masters)
+    assert all(p.grad is None for p in params)
+    assert all(m.grad is not None and torch.equal(m.grad, e) for m, e in zip(masters, expected, strict=True))
+    buffers = [m.grad.data_ptr() for m in masters if m.grad is not None]
+    opt = torch.optim.AdamW(masters, lr=0.1)
+    opt.step()
+    weights.clear_gradients(opt)
+    bias_before = masters[1].detach().clone()
+    torch.nn.functional.linear(x, model.weight).square().sum().backward()  # the bias gets no gradient
+    weight_grad = model.weight.grad.float()  # type: ignore[union-attr]
+    weights.gradients_to_optimizer(params, masters)
+    assert masters[0].grad is not None and masters[0].grad.data_ptr() == buffers[0]
+    assert torch.equal(masters[0].grad, weight_grad)
+    assert masters[1].grad is None
+    opt.step()
+    assert torch.equal(masters[1], bias_before)
