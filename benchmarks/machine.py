@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from models import onednn
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -115,6 +117,8 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_vendor": onednn.cpu_vendor(),
+        "onednn_fp32_products": onednn.ENABLED,  # our fp32 training products: oneDNN, or aten's mm (MKL)
         "onednn_bf16_matmul": impl,
         "amx": "amx" in impl,
         "loadavg_at_start": list(os.getloadavg()),

@@ -7,6 +7,9 @@ picks its kernels by the instruction set and ran 1.5-2.5x faster on our benchmar
 (input and weight gradients) done by oneDNN; it falls back to `F.linear` where oneDNN cannot
 run it (another device or dtype, a build without it). Results are fp32 products with another
 summation order: equal to `F.linear`'s to rounding.
+
+Not on Intel CPUs: there MKL is the vendor's own library and ran our products 7-25% faster
+than oneDNN (a Xeon with AMX, 2026-12-03), so aten's `mm` keeps them (`ENABLED`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ENABLED = True  # module switch: False keeps every product on aten's mm (for comparisons)
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id from /proc/cpuinfo (`GenuineIntel`, `AuthenticAMD`), or ""."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+ENABLED = cpu_vendor() != "GenuineIntel"  # module switch: False keeps every product on aten's mm
 _usable: bool | None = None
 
 

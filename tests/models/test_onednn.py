@@ -1,5 +1,6 @@
 """models.onednn: `linear` equals `F.linear` in value and in both gradients, and leaves what
-oneDNN does not take (bf16 here) to `F.linear`."""
+oneDNN does not take (bf16 here) to `F.linear`. On every CPU: the switch that keeps Intel's
+products on MKL is turned on here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from models import onednn
+
+
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onednn, "ENABLED", True)
 
 
 @pytest.mark.parametrize("bias", [True, False])
