@@ -33,6 +33,7 @@ from machine import CpuWindow, environment, log, runnable_precisions
 from ours import plan, segment_step
 from train_variants import RandomBatches
 
+from models import onednn
 from models.arch import build_model, config_from_spec
 from models.spec import parse_spec
 
@@ -161,8 +162,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--fp32-products",
+        choices=["auto", "onednn", "aten"],
+        default="auto",
+        help="our fp32 matrix products: the CPU's default (models.onednn.ENABLED), or forced",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.fp32_products != "auto":
+        onednn.ENABLED = args.fp32_products == "onednn"
     requested = args.precision.split(",")
     precisions = runnable_precisions(requested)
     skipped = {p: "this CPU has no bf16 matmul kernels" for p in requested if p not in precisions}
