@@ -83,6 +83,7 @@ def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> 
     except OSError as exc:
         err.print(f"[red]cannot listen on {host}:{port}: {exc.strerror or exc}[/red]")
         raise typer.Exit(1) from exc
+    port = held.getsockname()[1]  # --port 0: the port the system chose, for every process
     argv = [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port), "--reuse-port"]
     children = [Supervisor(argv, _warn, f"API process {i + 1}") for i in range(workers)]
     stop = threading.Event()

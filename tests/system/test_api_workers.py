@@ -5,6 +5,7 @@ parent is killed."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -37,13 +38,17 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def start_api(tmp_path: Path) -> tuple[Proc, str, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def start_api(tmp_path: Path, port: int | None = None) -> tuple[Proc, str, str]:
+    """`api --workers 2` on a free port, or on `port` (0: the system chooses, read from the log)."""
+    chosen = free_port() if port is None else port
     env = base_env(data_dir=str(tmp_path / "data"))
     assert run_cli("migrate", env=env).returncode == 0
     key = run_cli("keys", "create", "--tenant", "acme", env=env).stdout.strip()
-    api = Proc("api", [*stagecraft(), "api", "--port", str(port), "--workers", "2"], env, tmp_path).start()
+    api = Proc("api", [*stagecraft(), "api", "--port", str(chosen), "--workers", "2"], env, tmp_path).start()
+    if chosen == 0:
+        wait_for("the chosen port in the log", lambda: "API processes on http" in api.tail())
+        chosen = int(re.search(r"API processes on http://[^:]+:(\d+)", api.tail()).group(1))  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{chosen}"
     wait_ready(url, [api])
     return api, url, key
 
@@ -93,7 +98,8 @@ def test_api_with_two_workers_serves_and_stops(tmp_path: Path) -> None:
 
 
 def test_a_dead_api_process_is_replaced_and_all_end_with_their_parent(tmp_path: Path) -> None:
-    api, url, key = start_api(tmp_path)
+    """On `--port 0` too: every process listens on the one port the system chose."""
+    api, url, key = start_api(tmp_path, port=0)
     assert api.popen is not None
     parent = api.popen.pid
     try:
