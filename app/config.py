@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     sse_poll_s: float = 0.5  # SSE: how often to look for new events without Redis
     sse_keepalive_s: float = 15.0
     # Database connections one process keeps (at most; as many as the API's 40 threads use at
-    # once). On PostgreSQL, API processes x db_pool_size must fit under max_connections.
+    # once), besides app.db.AUTOCOMMIT_POOL_SIZE (8) for GET /v1/jobs/{id}. On PostgreSQL, API
+    # processes x (db_pool_size + 8) must fit under max_connections.
     db_pool_size: int = 40
     key_cache_s: float = 10.0  # how long the API trusts a key it has checked: a revocation applies within this
 

@@ -49,17 +49,29 @@ def _sqlite_begin(conn: Connection) -> None:
 def _pg_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
     """What `pool_pre_ping` finds out with a round trip per checkout, from the socket alone: an
     idle connection has nothing to read unless its server closed it (a restart, a terminated
-    backend, an idle timeout: the server sends its notice and closes). Such a connection is
-    discarded and the pool opens a new one (which fails, as an outage should, while the
-    database refuses connections)."""
+    backend, an idle timeout: the server sends its notice and closes) or TCP keepalives found
+    its peer gone (`_PG_KEEPALIVES`). Such a connection is discarded and the pool opens a new
+    one (which fails, as an outage should, while the database refuses connections)."""
+    if dbapi_conn.closed or dbapi_conn.broken:
+        raise DisconnectionError("the connection is closed")
     try:
         fd = dbapi_conn.pgconn.socket
     except Exception as exc:  # psycopg raises OperationalError for a closed connection
         raise DisconnectionError("the connection is closed") from exc
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLPRI)
-    if poller.poll(0):
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)  # errors and hang-ups are always reported
+        ready = bool(poller.poll(0))
+    else:  # Windows
+        readable, _, errored = select.select([fd], [], [fd], 0)
+        ready = bool(readable or errored)
+    if ready:
         raise DisconnectionError("the server closed the connection")
+
+
+# libpq's TCP keepalives: a peer that vanished without closing (a host gone, a connection
+# dropped by a firewall) is found within about a minute of idleness, not at the next query.
+_PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def _in_memory(url: str) -> bool:
@@ -80,7 +92,7 @@ def make_engine(url: str, pool_size: int = POOL_SIZE, autocommit: bool = False) 
         if not autocommit:  # _sqlite_connect's isolation_level None is pysqlite's autocommit
             event.listen(engine, "begin", _sqlite_begin)
         return engine
-    options = {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}"}
+    options = {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}", **_PG_KEEPALIVES}
     isolation = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     engine = create_engine(url, connect_args=options, **isolation, **pool)
     event.listen(engine, "checkout", _pg_checkout)

@@ -30,7 +30,8 @@ def cpu_vendor() -> str:
         return ""
 
 
-ENABLED = cpu_vendor() != "GenuineIntel"  # module switch: False keeps every product on aten's mm
+# module switch: False keeps every product on aten's mm (MKL's, on an Intel CPU with MKL)
+ENABLED = not (cpu_vendor() == "GenuineIntel" and torch.backends.mkl.is_available())
 _usable: bool | None = None
 
 

@@ -34,6 +34,7 @@ class Weights:
         chosen = [self.master[by_id[id(p)]] for p in params]
         for m in self.master.values():
             m.requires_grad_(False)
+            m.grad = None  # an earlier phase's kept gradient buffer, or none
         for m in chosen:
             m.requires_grad_(True)
         return chosen

@@ -53,19 +53,19 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound with SO_REUSEPORT: each API process listens on one of its own, and
     the kernel spreads new connections evenly over them. (On one shared socket, whichever
     process wakes first accepts every connection waiting: 200 clients connecting at once
-    landed 117/83 or 200/0 on two processes, and the busier one set everyone's tail latency.)"""
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    landed 117/83 or 200/0 on two processes, and the busier one set everyone's tail latency.)
+    The address family as uvicorn picks it: IPv6 for a literal with a colon, else IPv4."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
 
 
-def _exit_with_parent() -> None:
-    """SIGTERM this process (a graceful stop) once the process that started it is gone, even
-    killed with SIGKILL: an API process must not keep the port without its supervisor."""
-    parent = os.getppid()
+def _exit_with_parent(parent: int) -> None:
+    """SIGTERM this process (a graceful stop) once `parent`, the `api --workers N` that started
+    it, is gone, even killed with SIGKILL, and at once if it is gone already: an API process
+    must not keep the port without its supervisor."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -75,28 +75,51 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+STOP_S = 30  # how long `api --workers N` waits for its processes to finish their requests
+START_FAILURES = 5  # a process that failed this often in a row, never up for long: give up
+
+
 def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> None:
-    """`api --workers N`: N API processes, each on a SO_REUSEPORT socket of its own, restarted
-    when one dies; SIGTERM or Ctrl-C stops them all (each finishes its requests)."""
+    """`api --workers N` (Linux): N API processes, each on a SO_REUSEPORT socket of its own,
+    restarted when one dies; SIGTERM or Ctrl-C stops them all (each finishes its requests);
+    a process that keeps failing to start (a bad configuration) ends them all, status 1."""
     try:
-        held = _reuse_port_socket(host, port)  # bound, never listening: a taken port fails here, once
+        held = _reuse_port_socket(host, port)  # bound, never listening: a taken port fails here
     except OSError as exc:
         err.print(f"[red]cannot listen on {host}:{port}: {exc.strerror or exc}[/red]")
         raise typer.Exit(1) from exc
     port = held.getsockname()[1]  # --port 0: the port the system chose, for every process
-    argv = [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port), "--reuse-port"]
+    argv = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "api",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--supervisor",
+        str(os.getpid()),
+    ]
     children = [Supervisor(argv, _warn, f"API process {i + 1}") for i in range(workers)]
-    stop = threading.Event()
+    signals: list[int] = []  # set by the handlers; the loop below polls it (no lock in a handler)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: signals.append(signum))
     for child in children:
         child.start()
     err.print(f"{workers} API processes on http://{host}:{port}")
-    stop.wait()
+    failing = False
+    while not signals and not failing:
+        time.sleep(0.2)
+        failing = any(child.failures >= START_FAILURES for child in children)
     for child in children:
         child.signal_stop()
-    codes = [child.wait(30) for child in children]
+    deadline = time.monotonic() + STOP_S
+    codes = [child.wait(max(0.1, deadline - time.monotonic())) for child in children]
     held.close()
+    if failing:
+        err.print(f"[red]an API process failed to start {START_FAILURES} times in a row; stopped[/red]")
+        raise typer.Exit(1)
     if any(code not in (0, -signal.SIGTERM) for code in codes):
         err.print(f"[red]API processes exited with {codes}[/red]")
         raise typer.Exit(1)
@@ -116,19 +139,20 @@ def api(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port (about one per core)")] = 1,
     data_dir: DataDir = None,
-    reuse_port: Annotated[bool, typer.Option(hidden=True, help="(one of --workers N's processes)")] = False,
+    supervisor: Annotated[int, typer.Option(hidden=True, help="(one of --workers N's processes: its pid)")] = 0,
 ) -> None:
     """Serve the HTTP API (run `stagecraft migrate` first). With `--workers N`, N processes
     answer on one port, connections spread evenly over them (SO_REUSEPORT), and one that
     dies is restarted; each keeps its own key cache and serving cache (models loaded for
     generation are loaded in each)."""
     settings = settings_for(data_dir)  # (--data-dir reaches the API processes in their environment)
-    if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):  # (Windows): uvicorn's processes, one socket
-        uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, workers=workers)
+    if workers > 1 and not sys.platform.startswith("linux"):  # no balancing SO_REUSEPORT: uvicorn's, one socket
+        factory = "app.api.main:create_app"
+        uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=3)
     elif workers > 1:
         _serve_processes(settings, host, port, workers)
-    elif reuse_port:
-        _exit_with_parent()
+    elif supervisor:
+        _exit_with_parent(supervisor)
         _serve(settings, host, port).run(sockets=[_reuse_port_socket(host, port)])
     else:
         _serve(settings, host, port).run()

@@ -24,6 +24,8 @@ class Supervisor:
         self.stopping = threading.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.failures = 0  # exits in a row of a child that never ran HEALTHY_S
+        self.exited_before_stop = False
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"supervisor: {name}", daemon=True)
 
@@ -38,7 +40,6 @@ class Supervisor:
             return self.proc
 
     def _run(self) -> None:
-        failures = 0
         while True:
             proc = self._spawn()
             if proc is None:
@@ -47,7 +48,8 @@ class Supervisor:
             code = proc.wait()
             if self.stopping.is_set():
                 return
-            failures = 0 if time.monotonic() - began > HEALTHY_S else failures + 1
+            self.failures = 0 if time.monotonic() - began > HEALTHY_S else self.failures + 1
+            failures = self.failures
             delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1] if failures else BACKOFF_S[0]
             self.restarts += 1
             self.say(f"{self.name} exited ({code}); starting another in {delay:.0f} s")
@@ -67,12 +69,16 @@ class Supervisor:
             self.stopping.set()
             if self.proc is not None and self.proc.poll() is None:
                 self.proc.terminate()
+            else:  # between a crash and its restart: nothing to stop
+                self.exited_before_stop = self.proc is not None
 
     def wait(self, timeout: float) -> int:
-        """After `signal_stop`: the child's exit status, killing it after `timeout` seconds."""
+        """After `signal_stop`: the child's exit status (0 if it was waiting to be restarted),
+        killing it after `timeout` seconds."""
         with self.lock:
             proc = self.proc
-        if proc is None:
+        if proc is None or self.exited_before_stop:
+            self.thread.join(5)
             return 0
         if proc.poll() is None:
             try:

@@ -25,7 +25,7 @@ def workers_of(pid: int) -> list[int]:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == pid and b"--reuse-port" in (entry / "cmdline").read_bytes():
+            if ppid == pid and b"--supervisor" in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
     return found
 
