@@ -89,18 +89,8 @@ def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> 
         err.print(f"[red]cannot listen on {host}:{port}: {exc.strerror or exc}[/red]")
         raise typer.Exit(1) from exc
     port = held.getsockname()[1]  # --port 0: the port the system chose, for every process
-    argv = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "api",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--supervisor",
-        str(os.getpid()),
-    ]
+    argv = [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port)]
+    argv += ["--supervisor", str(os.getpid())]  # its children's parent watch
     children = [Supervisor(argv, _warn, f"API process {i + 1}") for i in range(workers)]
     signals: list[int] = []  # set by the handlers; the loop below polls it (no lock in a handler)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -49,8 +49,7 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             self.failures = 0 if time.monotonic() - began > HEALTHY_S else self.failures + 1
-            failures = self.failures
-            delay = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1] if failures else BACKOFF_S[0]
+            delay = BACKOFF_S[min(self.failures, len(BACKOFF_S)) - 1] if self.failures else BACKOFF_S[0]
             self.restarts += 1
             self.say(f"{self.name} exited ({code}); starting another in {delay:.0f} s")
             if self.stopping.wait(delay):

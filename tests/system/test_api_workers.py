@@ -45,12 +45,25 @@ def start_api(tmp_path: Path, port: int | None = None) -> tuple[Proc, str, str]:
     assert run_cli("migrate", env=env).returncode == 0
     key = run_cli("keys", "create", "--tenant", "acme", env=env).stdout.strip()
     api = Proc("api", [*stagecraft(), "api", "--port", str(chosen), "--workers", "2"], env, tmp_path).start()
-    if chosen == 0:
-        wait_for("the chosen port in the log", lambda: "API processes on http" in api.tail())
-        chosen = int(re.search(r"API processes on http://[^:]+:(\d+)", api.tail()).group(1))  # type: ignore[union-attr]
-    url = f"http://127.0.0.1:{chosen}"
-    wait_ready(url, [api])
+    try:
+        if chosen == 0:
+            wait_for("the chosen port in the log", lambda: "API processes on http" in api.tail())
+            chosen = int(re.search(r"API processes on http://[^:]+:(\d+)", api.tail()).group(1))  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{chosen}"
+        wait_ready(url, [api])
+    except BaseException:
+        stop_all(api)
+        raise
     return api, url, key
+
+
+def stop_all(api: Proc) -> None:
+    """SIGKILL `api` and every API process it started (a failed test leaves none behind)."""
+    children = workers_of(api.popen.pid) if api.popen is not None else []
+    api.stop(signal.SIGKILL, timeout=10)
+    for pid in children:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
@@ -102,12 +115,14 @@ def test_a_dead_api_process_is_replaced_and_all_end_with_their_parent(tmp_path: 
     api, url, key = start_api(tmp_path, port=0)
     assert api.popen is not None
     parent = api.popen.pid
+    children: list[int] = []
     try:
         wait_for("two API processes", lambda: len(workers_of(parent)) == 2)
-        first, second = workers_of(parent)
+        first, second = children = workers_of(parent)
         os.kill(first, signal.SIGKILL)  # an OOM kill, say
         wait_for("a replacement", lambda: len(w := workers_of(parent)) == 2 and first not in w)
         replacement = next(pid for pid in workers_of(parent) if pid != second)
+        children.append(replacement)
         port = int(url.rsplit(":", 1)[1])
         assert listens(second, port)
         wait_for("the replacement listening", lambda: listens(replacement, port))
@@ -116,5 +131,6 @@ def test_a_dead_api_process_is_replaced_and_all_end_with_their_parent(tmp_path: 
         wait_for("the API processes ending", lambda: not alive(second) and not alive(replacement))
     finally:
         api.stop(signal.SIGKILL, timeout=10)
-        for pid in workers_of(parent):
-            os.kill(pid, signal.SIGKILL)
+        for pid in children:  # (orphans by now: no longer found under the parent)
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
