@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import onednn
-from models.gpt import KVCache
+from models.gpt import KVCache, embed_tied
 
 ROPE_TYPES = ("llama3", "linear")
 
@@ -231,7 +231,7 @@ class Llama(nn.Module):
             raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
         if positions is None:
             positions = torch.arange(end - T, end, device=idx.device)
-        x = self.model.embed_tokens(idx)
+        x = self.model.embed_tokens(idx) if self.lm_head is not None else embed_tied(self.model.embed_tokens, idx)
         cos, sin = self.rope_cos[positions].to(x.dtype), self.rope_sin[positions].to(x.dtype)
         per_row = positions.dim() == 2
         rope = (cos[:, None], sin[:, None]) if per_row else (cos[None, None], sin[None, None])

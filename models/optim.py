@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from models.spec import SGD, Adam, Schedule, block_range
 
@@ -116,3 +116,25 @@ def lr_factor(schedule: Schedule, step: int, total: int) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, grads: list[Tensor], max_norm: float | None, norm: float) -> None:
+    """`optimizer.step()` on the gradients scaled to a total norm of at most `max_norm`.
+
+    The factor is torch's `clip_grads_with_norm_`'s, max_norm / (norm + 1e-6), applied only
+    where it is below 1. A fused optimizer applies it inside its own pass over the gradients,
+    as the divisor `grad_scale` it otherwise takes from `torch.amp.GradScaler`: a separate
+    multiplication of every gradient cost 2% of a CPU training step.
+    """
+    factor = 1.0 if max_norm is None else max_norm / (norm + 1e-6)
+    if factor >= 1.0:
+        optimizer.step()
+    elif optimizer.defaults.get("fused"):
+        optimizer.grad_scale = torch.tensor(1.0 / factor)  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            optimizer.grad_scale = None  # type: ignore[attr-defined]
+    else:
+        torch._foreach_mul_(grads, factor)
+        optimizer.step()

@@ -21,7 +21,7 @@ from models.arch import Model
 from models.data import Batch, Stream
 from models.errors import TrainingError
 from models.losses import LOSSES, add_regularization_grads
-from models.optim import set_lr
+from models.optim import clipped_step, set_lr
 from models.precision import Weights
 from models.spec import FinetuneStage, GradClip, MultistepStage, Phase, PretrainStage, Schedule, Stage
 
@@ -153,10 +153,8 @@ def train_step(
     norm = float(torch.nn.utils.get_total_norm(grads))
     if not math.isfinite(norm):  # an update now would write inf/NaN into the weights
         raise TrainingError("user_error", f"loss diverged at stage {seg.stage.name} step {step} (gradient norm {norm})")
-    if seg.grad_clip is not None:
-        torch.nn.utils.clip_grads_with_norm_(t.opt_params, seg.grad_clip, torch.tensor(norm))
     set_lr(t.optimizer, lr)
-    t.optimizer.step()
+    clipped_step(t.optimizer, grads, seg.grad_clip, norm)
     weights.clear_gradients(t.optimizer)
     weights.optimizer_to_model(t.params, t.opt_params)
     return StepResult(value, norm, tokens)

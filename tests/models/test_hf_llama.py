@@ -273,4 +273,5 @@ def test_training_gradients_equal_transformers(case: str, onednn_products: bool,
     for name, p in mine.items():
         want = theirs[name].grad
         assert p.grad is not None and want is not None, name
+        assert p.grad.layout == torch.strided, name  # dense, as the optimizers take it
         assert (p.grad - want).abs().max().item() <= 1e-4 * want.abs().max().item() + 1e-7, name

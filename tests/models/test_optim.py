@@ -13,7 +13,7 @@ import torch
 
 from models.data import TextStream
 from models.gpt import GPT
-from models.optim import build_optimizer, lr_factor, select_trainable
+from models.optim import build_optimizer, clipped_step, lr_factor, select_trainable
 from models.precision import Weights
 from models.spec import SGD, Adam, Schedule, parse_spec
 from models.stages import Trainee, plan, train_step
@@ -282,3 +282,40 @@ def test_master_gradients_are_copied_into_kept_buffers_and_missing_ones_skipped(
     assert masters[1].grad is None
     opt.step()
     assert torch.equal(masters[1], bias_before)
+
+
+# --- clipping ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
+        lambda ps: torch.optim.Adam(ps, lr=1e-2, fused=True),
+        lambda ps: torch.optim.SGD(ps, lr=1e-1, momentum=0.9, fused=True),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, foreach=True),
+    ],
+    ids=["adamw-fused", "adam-fused", "sgd-fused", "adamw-foreach"],
+)
+@pytest.mark.parametrize("max_norm", [0.05, 1e3], ids=["clipped", "under-the-limit"])
+def test_clipped_step_equals_torch_clipping(make: Callable[[list[torch.nn.Parameter]], Any], max_norm: float) -> None:
+    """A fused optimizer takes the clip factor as its grad_scale; the update equals torch's
+    clip_grads_with_norm_ followed by a plain step, over several steps (the factor is reset)."""
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(7, 5, generator=g), torch.randn(5, generator=g)]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    ref = [torch.nn.Parameter(t.clone()) for t in start]
+    opt_ours, opt_ref = make(ours), make(ref)
+    for step in range(3):
+        grads = [torch.randn(t.shape, generator=g) * (step + 1) for t in start]
+        for p, q, grad in zip(ours, ref, grads, strict=True):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in ours]))
+        clipped_step(opt_ours, [p.grad for p in ours], max_norm, norm)
+        torch.nn.utils.clip_grads_with_norm_(ref, max_norm, torch.tensor(norm))
+        opt_ref.step()
+        for p, q in zip(ours, ref, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert getattr(opt_ours, "grad_scale", None) is None
+    moved = max(float((p.detach() - t).abs().max()) for p, t in zip(ours, start, strict=True))
+    assert moved > 1e-3  # the updates happened
