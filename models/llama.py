@@ -96,6 +96,42 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """`weight * (x·rsqrt(mean(x²) + eps)).to(x.dtype)`: normalised in fp32, cast back, then
+    scaled, as transformers' `LlamaRMSNorm`."""
+    h = x.float()
+    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(eps))).to(x.dtype)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """`rms_norm` with a written-out backward: it keeps only x and the (…, 1) reciprocal norms and recomputes the
+    rest in fp32, where autograd's chain of the forward's ops kept an fp32 copy of x and ran
+    about twice the passes (a third of the norm's forward + backward time)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        h = x.float()
+        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, r, weight)
+        return weight * (h * r).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x, r, weight = ctx.saved_tensors
+        n = x.float() * r  # the normalised input, fp32
+        g = grad.float()  # (an alias when fp32: not written to)
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (g * n).reshape(-1, n.size(-1)).sum(0).to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            gn = g * weight.float()
+            # d/dx of n = x·r: r·(gn - n·mean(gn·n))
+            dot = (gn * n).mean(-1, keepdim=True)
+            grad_x = gn.addcmul_(n, dot, value=-1.0).mul_(r).to(x.dtype)
+        return grad_x, grad_w, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -103,9 +139,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            out: Tensor = _RMSNorm.apply(x, self.weight, self.eps)
+            return out
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Attention(nn.Module):

@@ -28,16 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.gpt import KVCache
-from models.llama import Llama, LlamaConfig, rotate_half
+from models.llama import Llama, LlamaConfig, rms_norm, rotate_half
 from models.lora_serving import AdapterBank
 from models.serving_gpt import Projection
-
-
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """As `models.llama.RMSNorm`: normalised in fp32, cast back, then scaled."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
 
 
 @dataclass

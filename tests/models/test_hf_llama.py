@@ -18,7 +18,7 @@ from models.errors import UnsupportedModel
 from models.generate import Sampling, complete
 from models.hf import from_hf, to_hf
 from models.hf_llama import from_hf_state
-from models.llama import Llama
+from models.llama import Llama, RMSNorm
 from models.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -275,3 +275,32 @@ def test_training_gradients_equal_transformers(case: str, onednn_products: bool,
         assert p.grad is not None and want is not None, name
         assert p.grad.layout == torch.strided, name  # dense, as the optimizers take it
         assert (p.grad - want).abs().max().item() <= 1e-4 * want.abs().max().item() + 1e-7, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(3, 7, 48), (2, 5, 4, 16)], ids=["hidden", "per-head"])
+def test_rms_norm_equals_transformers(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """Our norm (a written-out backward in training) against transformers' LlamaRMSNorm:
+    the same output, and the same gradients of the input and the weight, fp32 to rounding and
+    bf16 to bf16 rounding (ours computes the backward in fp32)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.rand(shape[-1], generator=g) + 0.5).to(dtype)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    grad = torch.randn(shape, generator=g).to(dtype)
+    ref, ours = LlamaRMSNorm(shape[-1], eps=1e-5).to(dtype), RMSNorm(shape[-1], 1e-5).to(dtype)
+    results = []
+    for module in (ref, ours):
+        with torch.no_grad():
+            module.weight.copy_(weight)
+        xi = x.clone().requires_grad_()
+        y = module(xi)
+        y.backward(grad)
+        assert module.weight.grad is not None and xi.grad is not None
+        results.append((y.detach().float(), xi.grad.float(), module.weight.grad.float()))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for name, want, got in zip(("output", "input grad", "weight grad"), *results, strict=True):
+        assert (got - want).abs().max().item() <= tol * want.abs().max().item(), name
+    with torch.no_grad():  # serving's path, without autograd: the same output
+        assert torch.equal(ours(x), results[1][0].to(dtype))
