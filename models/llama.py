@@ -91,9 +91,13 @@ def project(m: nn.Module, x: Tensor) -> Tensor:
     return out
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding, rotate-half convention: x·cos + rotate_half(x)·sin, rotate_half
+    taking (x1, x2) to (-x2, x1). `sin` comes with its first half negated (the model's
+    `rope_sin`), so that rotate_half(x)·sin is exactly roll(x, D/2)·sin: one pass where the
+    negation and concatenation of the halves took two. The products and the sum are rounded
+    as transformers rounds them (a fused multiply-add moved bf16 logits by up to 0.4)."""
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -171,10 +175,8 @@ class Attention(nn.Module):
         v = project(self.v_proj, x).view(B, T, self.n_kv_head, D).transpose(1, 2)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = rope  # (B or 1, 1, T, D)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        cos, sin = rope  # (B or 1, 1, T, D); sin's first half negated
+        q, k = rotary(q.transpose(1, 2), cos, sin), rotary(k.transpose(1, 2), cos, sin)
         causal = mask is None and (cache is None or cache.length == 0)
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -229,10 +231,10 @@ class Llama(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Rotary tables for every position, fp32-computed; not weights (not in the state dict).
+        # The sines' first half is negated, as `rotary` takes them.
         angles = torch.arange(config.block_size, dtype=torch.float32)[:, None] * inverse_frequencies(config)
-        emb = torch.cat((angles, angles), dim=-1)
-        self.rope_cos = nn.Buffer(emb.cos(), persistent=False)
-        self.rope_sin = nn.Buffer(emb.sin(), persistent=False)
+        self.rope_cos = nn.Buffer(torch.cat((angles, angles), dim=-1).cos(), persistent=False)
+        self.rope_sin = nn.Buffer(torch.cat((-angles.sin(), angles.sin()), dim=-1), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # residual projections, scaled as in GPT-2
             if name.endswith(("o_proj.weight", "down_proj.weight")):

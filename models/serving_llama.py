@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.gpt import KVCache
-from models.llama import Llama, LlamaConfig, rms_norm, rotate_half
+from models.llama import Llama, LlamaConfig, rms_norm, rotary
 from models.lora_serving import AdapterBank
 from models.serving_gpt import Projection
 
@@ -140,8 +140,7 @@ class ServingLlama:
             if w.q_norm is not None and w.k_norm is not None:
                 q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q, k = rotary(q, cos, sin), rotary(k, cos, sin)
             k, v = cache.update(i, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=KV != H)
             x = project(w.o, p_o, y.transpose(1, 2).reshape(B * T, H * D)).add_(x)
