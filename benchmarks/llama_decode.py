@@ -1,6 +1,7 @@
 """Greedy decode tokens/s of our Llama serving path against transformers `generate`, on
-the same random weights (a LlamaForCausalLM of SmolLM2-135M's shape, imported with
-`models.hf_llama.from_hf_state`), batch 1 and 8, and whether the greedy tokens agree.
+the same random weights (a LlamaForCausalLM of SmolLM2-135M's shape, or with `--shape small`
+the width of benchmarks/inference.py's GPT, imported with `models.hf_llama.from_hf_state`),
+batch 1 and 8, and whether the greedy tokens agree.
 
 Ours is `models.decoder.Decoder` stepped directly (ServingLlama, oneDNN-packed
 projections where available, and with `--plain` the plain layout too); theirs is
@@ -12,7 +13,7 @@ third peer: our model exported as a transformers directory (`models.hf.to_hf`, w
 variant decodes `--new` tokens after a `--prompt`-token prompt (no end token stops it); the
 median of `--passes` runs, the variants taking turns in each pass.
 
-    .venv/bin/python benchmarks/llama_decode.py [--layers 30] [--threads 2] [--ctranslate2]
+    .venv/bin/python benchmarks/llama_decode.py [--shape smollm2|small] [--threads 2] [--ctranslate2]
 
 CTranslate2 is a benchmark-only extra, not a dependency of Stagecraft:
 `pip install ctranslate2` (it brings its own oneDNN/OpenMP; 4.8.5 was measured).
@@ -42,6 +43,11 @@ from models.generate import Sampling
 from models.hf_llama import from_hf_state
 from models.serving_llama import ServingLlama
 from models.tokenizer import SPECIAL_TOKENS, Tokenizer
+
+SHAPES: dict[str, dict[str, int]] = {
+    "smollm2": {"n_layer": 30, "n_embd": 576, "n_head": 9, "n_kv_head": 3, "intermediate_size": 1536, "vocab": 49152},
+    "small": {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_kv_head": 2, "intermediate_size": 1024, "vocab": 8192},
+}
 
 
 def tokenizer(vocab: int) -> Tokenizer:
@@ -123,7 +129,13 @@ def ctranslate2_go(gen: Any, tok: Tokenizer, prompts: list[list[int]], new: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="smollm2",
+        help="SmolLM2-135M's, or the small one of benchmarks/inference.py's GPT (6 x 384, vocab 8192)",
+    )
+    ap.add_argument("--layers", type=int, default=0, help="override the shape's layer count")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--passes", type=int, default=3)
@@ -135,13 +147,14 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    shape = SHAPES[args.shape]
     cfg = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=args.layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
+        vocab_size=shape["vocab"],
+        hidden_size=shape["n_embd"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=args.layers or shape["n_layer"],
+        num_attention_heads=shape["n_head"],
+        num_key_value_heads=shape["n_kv_head"],
         max_position_embeddings=256,
         tie_word_embeddings=True,
         rms_norm_eps=1e-5,
@@ -168,7 +181,7 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="llama-decode-ct2-"))
         ct2 = ctranslate2_peer(model, tok, work, args.threads)
     for batch in (1, 8):
-        prompts = torch.randint(0, 49152, (batch, args.prompt), generator=g).tolist()
+        prompts = torch.randint(0, shape["vocab"], (batch, args.prompt), generator=g).tolist()
         variants = {
             f"ours_b{batch}": ours(model, tok, prompts, args.new, True),
             f"hf_b{batch}": theirs(hf, prompts, args.new),

@@ -63,7 +63,9 @@ def test_llama_train_benchmark_one_step() -> None:
 
 
 def test_llama_decode_benchmark_tiny() -> None:
-    report = run("llama_decode.py", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1")
+    report = run(
+        "llama_decode.py", "--shape", "small", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1"
+    )
     assert set(report["tokens_per_s"]) == {"ours_b1", "hf_b1", "ours_b8", "hf_b8"}
     assert report["greedy_tokens_match_hf"] == {"b1": True, "b8": True}  # our serving path and transformers agree
 
