@@ -129,7 +129,7 @@ def clipped_step(optimizer: torch.optim.Optimizer, grads: list[Tensor], max_norm
     factor = 1.0 if max_norm is None else max_norm / (norm + 1e-6)
     if factor >= 1.0:
         optimizer.step()
-    elif optimizer.defaults.get("fused"):
+    elif all(group.get("fused") for group in optimizer.param_groups):  # the groups' own setting, as step() reads it
         optimizer.grad_scale = torch.tensor(1.0 / factor)  # type: ignore[attr-defined]
         try:
             optimizer.step()

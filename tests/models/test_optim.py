@@ -319,3 +319,14 @@ def test_clipped_step_equals_torch_clipping(make: Callable[[list[torch.nn.Parame
     assert getattr(opt_ours, "grad_scale", None) is None
     moved = max(float((p.detach() - t).abs().max()) for p, t in zip(ours, start, strict=True))
     assert moved > 1e-3  # the updates happened
+
+
+def test_clipped_step_follows_the_groups_setting_after_a_load() -> None:
+    """Loading a state dict replaces the groups' `fused`; the factor goes where step() looks."""
+    p = torch.nn.Parameter(torch.ones(4))
+    saved = torch.optim.AdamW([p], lr=1e-2, foreach=True).state_dict()
+    opt = torch.optim.AdamW([p], lr=1e-2, fused=True)
+    opt.load_state_dict(saved)  # defaults say fused, the group does not
+    p.grad = torch.full((4,), 10.0)
+    clipped_step(opt, [p.grad], 1.0, 20.0)
+    assert torch.allclose(p.grad, torch.full((4,), 10.0 / (20.0 + 1e-6)))  # clipped by multiplication
