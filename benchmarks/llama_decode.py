@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from llama_shapes import SHAPES
 from machine import environment, log
 
 from models.decoder import Decoder, Row
@@ -43,11 +44,6 @@ from models.generate import Sampling
 from models.hf_llama import from_hf_state
 from models.serving_llama import ServingLlama
 from models.tokenizer import SPECIAL_TOKENS, Tokenizer
-
-SHAPES: dict[str, dict[str, int]] = {
-    "smollm2": {"n_layer": 30, "n_embd": 576, "n_head": 9, "n_kv_head": 3, "intermediate_size": 1536, "vocab": 49152},
-    "small": {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_kv_head": 2, "intermediate_size": 1024, "vocab": 8192},
-}
 
 
 def tokenizer(vocab: int) -> Tokenizer:

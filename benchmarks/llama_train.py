@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from llama_shapes import SHAPES
 from machine import CpuWindow, environment, log, runnable_precisions
 from ours import plan, segment_step
 from train_variants import RandomBatches
@@ -37,10 +38,6 @@ from models import onednn
 from models.arch import build_model, config_from_spec
 from models.spec import parse_spec
 
-SHAPES: dict[str, dict[str, int]] = {
-    "small": {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_kv_head": 2, "intermediate_size": 1024, "vocab": 8192},
-    "smollm2": {"n_layer": 30, "n_embd": 576, "n_head": 9, "n_kv_head": 3, "intermediate_size": 1536, "vocab": 49152},
-}
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
 
 
