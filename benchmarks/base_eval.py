@@ -5,7 +5,7 @@ Builds the run's pipeline for SPEC (data split, base model from `init_from`, pre
 chat format), then measures the model as loaded, before any step, on every data with a
 validation split: validation loss and perplexity, and the task metrics by greedy generation
 (`evaluation.metrics`, `evaluation.max_samples` held-out records per task) — the same code
-as the run's final evaluation (models.pipeline.Pipeline.measure). Prints one JSON object.
+as the run's final evaluation (models.training.pipeline.Pipeline.measure). Prints one JSON object.
 
     python benchmarks/base_eval.py examples/smollm2.yaml
     python benchmarks/base_eval.py examples/smollm2_multistep.yaml --max-samples 32
@@ -27,8 +27,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.pipeline import Pipeline  # noqa: E402
 from models.spec import parse_spec  # noqa: E402
+from models.training.pipeline import Pipeline  # noqa: E402
 
 
 def cpu_seconds() -> float:

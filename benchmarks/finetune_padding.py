@@ -2,10 +2,10 @@
 
 The finetune stage of shared/examples/multistep.yaml (cross_entropy, Adam lr 5e-4, l2 1e-5,
 batch 16) on the example model shape (n_layer 4, n_head 4, n_embd 256, block 256) with a
-2048-token BPE trained on the data, run through `models.stages.train_step` with three
+2048-token BPE trained on the data, run through `models.training.stages.train_step` with three
 batch sources over the same encoded records:
 
-- ours: `models.data.RecordStream`: random batches (tasks mixed), each padded to its
+- ours: `models.data.streams.RecordStream`: random batches (tasks mixed), each padded to its
   longest record;
 - random_longest: this script's own random batches padded to their longest (a check on ours);
 - block_padded: records in random order, every batch padded to block_size (naive code).
@@ -35,11 +35,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models import records
-from models.data import IGNORE, Batch, RecordStream, Stream, collate, fork, stable_seed
-from models.gpt import GPT, GPTConfig
+from models.data import records
+from models.data.streams import IGNORE, Batch, RecordStream, Stream, collate, fork, stable_seed
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT, GPTConfig
 from models.spec import parse_spec
-from models.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import CpuWindow, environment, log, log_noise, noise_summary, runnable_precisions

@@ -6,7 +6,7 @@ weights, 32-token prompts, 128 new tokens, greedy, fp32, every row run to its le
 (`ignore_eos` for us, no end token for transformers). Variants, interleaved over passes
 (median tokens/s reported):
 
-- `ours_decoder_b1`: models.decoder.Decoder stepped directly, one request;
+- `ours_decoder_b1`: models.inference.decoder.Decoder stepped directly, one request;
 - `ours_engine_b1`: one request through app.serving.engine.ModelCache (batching thread + asyncio);
 - `ours_engine_seq8`: 8 requests through the Engine one after another;
 - `ours_engine_conc8`: the same 8 requests at once (dynamic batching);
@@ -42,12 +42,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import CpuWindow, log, log_noise, noise_summary  # noqa: E402
 
 from app.serving.engine import ModelCache, Served  # noqa: E402
-from models.artifact import save_model  # noqa: E402
-from models.decoder import Decoder, Row  # noqa: E402
-from models.generate import Sampling  # noqa: E402
-from models.gpt import GPT, GPTConfig  # noqa: E402
-from models.hf import to_hf  # noqa: E402
-from models.tokenizer import Tokenizer  # noqa: E402
+from models.data.tokenizer import Tokenizer  # noqa: E402
+from models.families.gpt.model import GPT, GPTConfig  # noqa: E402
+from models.formats.hf.directory import to_hf  # noqa: E402
+from models.formats.native import save_model  # noqa: E402
+from models.inference.decoder import Decoder, Row  # noqa: E402
+from models.inference.generate import Sampling  # noqa: E402
 
 SHAPES = {
     "default": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "vocab": 8192, "prompt": 32, "new": 128},
@@ -97,11 +97,11 @@ class Variants:
         return self.engine.runner.call(fn).result()
 
     def _setup(self, ours: Path, hf_dir: Path, hf_module: Any) -> None:
-        from models import artifact
+        from models.formats.load import load_model
 
         g = torch.Generator().manual_seed(1)
         self.prompts = [torch.randint(0, 300, (self.shape["prompt"],), generator=g).tolist() for _ in range(CONCURRENT)]
-        self.model, self.tok = artifact.load_model(ours)
+        self.model, self.tok = load_model(ours)
         self.model.eval().requires_grad_(False)
         self.decoder = Decoder(self.model, self.tok, max_batch=16)
         self.hf = None

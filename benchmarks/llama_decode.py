@@ -1,12 +1,12 @@
 """Greedy decode tokens/s of our Llama serving path against transformers `generate`, on
 the same random weights (a LlamaForCausalLM of SmolLM2-135M's shape, or with `--shape small`
-the width of benchmarks/inference.py's GPT, imported with `models.hf_llama.from_hf_state`),
+the width of benchmarks/inference.py's GPT, imported with `models.families.llama.hf.from_hf_state`),
 batch 1 and 8, and whether the greedy tokens agree.
 
-Ours is `models.decoder.Decoder` stepped directly (ServingLlama, oneDNN-packed
+Ours is `models.inference.decoder.Decoder` stepped directly (ServingLlama, oneDNN-packed
 projections where available, and with `--plain` the plain layout too); theirs is
 `model.generate(do_sample=False)` with its KV cache. With `--ctranslate2`, CTranslate2 is a
-third peer: our model exported as a transformers directory (`models.hf.to_hf`, what
+third peer: our model exported as a transformers directory (`models.formats.hf.directory.to_hf`, what
 `GET /v1/models/{id}/export?format=hf` writes), converted with CTranslate2's
 `TransformersConverter` (fp32, no quantization) and run by `ctranslate2.Generator`
 (`generate_batch`, greedy, the batch of 8 as one call, `intra_threads` = `--threads`). Each
@@ -39,11 +39,11 @@ import torch
 from llama_shapes import SHAPES
 from machine import environment, log
 
-from models.decoder import Decoder, Row
-from models.generate import Sampling
-from models.hf_llama import from_hf_state
-from models.serving_llama import ServingLlama
-from models.tokenizer import SPECIAL_TOKENS, Tokenizer
+from models.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from models.families.llama.hf import from_hf_state
+from models.families.llama.serving import ServingLlama
+from models.inference.decoder import Decoder, Row
+from models.inference.generate import Sampling
 
 
 def tokenizer(vocab: int) -> Tokenizer:
@@ -96,10 +96,10 @@ def ctranslate2_peer(model: Any, tok: Tokenizer, work: Path, threads: int) -> An
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
 
-    from models import artifact
-    from models.hf import to_hf
+    from models.formats.hf.directory import to_hf
+    from models.formats.native import save_model
 
-    artifact.save_model(work / "ours", model.state_dict(), model.config, tok, {"name": "bench"})
+    save_model(work / "ours", model.state_dict(), model.config, tok, {"name": "bench"})
     to_hf(work / "ours", work / "hf")
     # CTranslate2's Llama loader needs a bos_token string; our models declare none (prompts
     # here are given whole, so which token it names changes nothing).

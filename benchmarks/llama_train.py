@@ -4,7 +4,7 @@ Two shapes: SmolLM2-135M's (30 layers, n_embd 576, 9 query / 3 key-value heads, 
 1536, vocabulary 49,152, tied head) and a smaller one (6 layers, 384, 6 / 2 heads, 1024,
 8,192). Same random tokens, AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1 on
 matrices), clipping at 1.0, fp32 (and bf16: autocast for transformers, our CPU policy of
-a bf16 model with fp32 masters for ours). Ours goes through `models.stages.train_step`
+a bf16 model with fp32 masters for ours). Ours goes through `models.training.stages.train_step`
 with a segment planned from a parsed spec; theirs is `model(input_ids, labels).loss`.
 The two take turns one step at a time; `paired_ratio` is the median over rounds of their
 step time over ours (the machine's drift cancels out within a round).
@@ -34,8 +34,8 @@ from machine import CpuWindow, environment, log, runnable_precisions
 from ours import plan, segment_step
 from train_variants import RandomBatches
 
-from models import onednn
-from models.arch import build_model, config_from_spec
+from models.families.build import build_model, config_from_spec
+from models.layers import onednn
 from models.spec import parse_spec
 
 LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
@@ -163,7 +163,7 @@ def main() -> None:
         "--fp32-products",
         choices=["auto", "onednn", "aten"],
         default="auto",
-        help="our fp32 matrix products: the CPU's default (models.onednn.ENABLED), or forced",
+        help="our fp32 matrix products: the CPU's default (models.layers.onednn.ENABLED), or forced",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

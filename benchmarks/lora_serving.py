@@ -6,7 +6,7 @@ Shape of PERFORMANCE.md (n_layer 6, n_head 6, n_embd 384, block 256, vocab 8192;
 `--arch llama` a Llama of that size: 2 key-value heads, SwiGLU 1024, tied), random
 weights, 4 adapters (rank 8, alpha 16, every attention and MLP projection, random A and
 B), 32-token prompts, 128 new tokens, greedy, fp32, every row run to its length. All
-variants step one `models.decoder.Decoder` directly (no HTTP, no engine thread):
+variants step one `models.inference.decoder.Decoder` directly (no HTTP, no engine thread):
 
 - `lora_seq8`: the 8 requests (2 per adapter) one after another;
 - `lora_conc8`: the same 8 at once, each row with its own adapter;
@@ -38,13 +38,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import CpuWindow, environment, log, log_noise, noise_summary  # noqa: E402
 
-from models import lora  # noqa: E402
-from models.decoder import Decoder, Row  # noqa: E402
-from models.generate import Sampling  # noqa: E402
-from models.gpt import GPT, GPTConfig  # noqa: E402
-from models.llama import Llama, LlamaConfig  # noqa: E402
+from models.data.tokenizer import Tokenizer  # noqa: E402
+from models.families.gpt.model import GPT, GPTConfig  # noqa: E402
+from models.families.llama.model import Llama, LlamaConfig  # noqa: E402
+from models.inference.decoder import Decoder, Row  # noqa: E402
+from models.inference.generate import Sampling  # noqa: E402
+from models.lora import layers as lora  # noqa: E402
 from models.spec import AdapterSpec  # noqa: E402
-from models.tokenizer import Tokenizer  # noqa: E402
 
 SHAPES = {
     "default": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "vocab": 8192, "prompt": 32, "new": 128},

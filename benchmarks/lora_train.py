@@ -8,7 +8,7 @@ key-value heads, SwiGLU 1536, vocab 49,152, tied head; block 256, batch `--batch
 default), random init, random tokens, AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1
 on matrices), gradient clipping at 1.0. LoRA: rank 8, alpha 16, no dropout, on every
 attention and MLP projection (GPT: c_attn, attn.c_proj, c_fc, mlp.c_proj; Llama: q, k, v,
-o, gate, up, down) in both ours and peft. Ours goes through `models.stages.train_step`
+o, gate, up, down) in both ours and peft. Ours goes through `models.training.stages.train_step`
 with a segment planned from a parsed spec (an `adapter:` finetune stage for LoRA,
 `trainable: [all]` for the full run); peft wraps transformers' GPT2LMHeadModel or
 LlamaForCausalLM. The variants take turns
@@ -43,8 +43,8 @@ from machine import CpuWindow, environment, log, log_noise, noise_summary, runna
 from ours import plan, segment_step
 from train_variants import DTYPES, RandomBatches, peer_step
 
-from models.gpt import GPT, GPTConfig
-from models.llama import LlamaConfig
+from models.families.gpt.model import GPT, GPTConfig
+from models.families.llama.model import LlamaConfig
 from models.spec import parse_spec
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 4, 4, 256, 256, 16, 2048
@@ -88,7 +88,7 @@ def build_ours(lora: bool, precision: str, batches: Batches) -> Callable[[], int
     pipe, seg = plan(spec)
     torch.manual_seed(0)
     if SHAPE["name"] == "smollm2":
-        from models.llama import Llama
+        from models.families.llama.model import Llama
 
         s = SMOLLM2
         config = LlamaConfig(s["vocab"], BLOCK, n_layer=s["n_layer"], n_head=s["n_head"], n_kv_head=s["n_kv_head"],

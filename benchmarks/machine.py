@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from models import onednn
+from models.layers import onednn
 
 
 def log(msg: str) -> None:

@@ -1,6 +1,6 @@
 """Our training step as the benchmarks time it: the stage's first segment of a parsed spec,
-planned by `models.pipeline.Pipeline` (segment plan, precision policy, device transfer of a
-real run) and stepped through `models.stages.train_step`."""
+planned by `models.training.pipeline.Pipeline` (segment plan, precision policy, device transfer of a
+real run) and stepped through `models.training.stages.train_step`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.gpt import GPT
-from models.optim import lr_factor
-from models.pipeline import Pipeline
-from models.stages import Segment, train_step
+from models.families.gpt.model import GPT
+from models.training.optim import lr_factor
+from models.training.pipeline import Pipeline
+from models.training.stages import Segment, train_step
 
 
 def plan(spec: Any) -> tuple[Pipeline, Segment]:

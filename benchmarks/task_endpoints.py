@@ -5,7 +5,7 @@ Against a running service (`stagecraft up`), uploads MODEL (a .gguf file, or a .
 N held-out records of each task of the spec's records data — the validation split the run
 holds out (same seed, same fraction) — to `/translate`, `/answer` and `/summarize`
 (greedy, 48 new tokens, as the run's evaluation), and scores the answers with the run's
-metrics (models.evaluate.score). Prints one JSON object.
+metrics (models.training.evaluate.score). Prints one JSON object.
 
     stagecraft up --data-dir /tmp/sc --port 8765 &
     python benchmarks/task_endpoints.py examples/smollm2.yaml \\
@@ -29,10 +29,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.data import load_splits  # noqa: E402
-from models.evaluate import TASK_METRICS, score  # noqa: E402
-from models.records import Example  # noqa: E402
+from models.data.records import Example  # noqa: E402
+from models.data.streams import load_splits  # noqa: E402
 from models.spec import parse_spec  # noqa: E402
+from models.training.evaluate import TASK_METRICS, score  # noqa: E402
 
 ROUTES = {"translate": ("translate", "translation"), "qa": ("answer", "answer"), "summarize": ("summarize", "summary")}
 

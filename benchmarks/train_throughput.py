@@ -3,7 +3,7 @@
 Same shape for every variant (n_layer 6, n_head 6, n_embd 384, block 256, batch 8, vocab
 8192), AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1 on matrices), gradient clipping
 at 1.0, random tokens; fp32 and bf16 autocast of each. Ours goes through
-`models.stages.train_step` with a segment planned from a parsed spec; nanoGPT is imported
+`models.training.stages.train_step` with a segment planned from a parsed spec; nanoGPT is imported
 at run time from a checkout (`--nanogpt DIR` holding its model.py); transformers is a
 benchmark-only dependency. Variants take turns one step at a time (the order rotating), over
 several passes; the median tokens/s of the passes is reported with MFU against a

@@ -1,5 +1,5 @@
 """The variants train_throughput.py times, all of one shape: ours (a parsed pretrain spec
-through `models.stages.train_step`), nanoGPT's model and training step (imported from a
+through `models.training.stages.train_step`), nanoGPT's model and training step (imported from a
 checkout at run time, never vendored) and Hugging Face GPT-2, in fp32 or bf16 autocast."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from types import ModuleType
 import torch
 from ours import plan, segment_step
 
-from models.data import Batch
-from models.gpt import GPT, GPTConfig
+from models.data.streams import Batch
+from models.families.gpt.model import GPT, GPTConfig
 from models.spec import parse_spec
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 6, 6, 384, 256, 8, 8192

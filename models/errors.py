@@ -1,14 +1,20 @@
 """The errors `models` raises, under one root, so a caller catches one class.
 
-    StagecraftError            code: how a job that hits it fails (CONTRACT §3 `job.failed`)
+    StagecraftError            code: how a job that hits it fails (docs/api.md, `job.failed`)
     ├── SpecError              a job spec that cannot run; `errors` lists {loc, message}
     ├── DataError              bad data lines; `issues` lists {line, field, reason}
+    ├── TooDeep                JSON nested deeper than its bound (also a ValueError)
+    ├── Stopped                not a failure: the run was asked to stop and checkpointed at `step`
     └── TrainingError          a run that cannot go on; its code is set per instance
         ├── ArchiveError       an archive member that would land outside its folder
+        ├── AdapterError       an adapter folder that cannot be read, or does not fit its model
+        ├── ChatTemplateError  a chat template that does not compile, raises, or hides its turns
         └── UnsupportedModel   a model this package cannot represent exactly
+            ├── GGUFError      a GGUF file we cannot read exactly (also a ValueError)
+            └── HeaderError    a safetensors header that cannot be read (also a ValueError)
 
-The service maps them to HTTP answers (a spec error is a 422 `invalid_spec`, bad data a 422
-`invalid_dataset`, an unsupported model a 422 `unsupported_model`).
+The service maps them to HTTP answers in one place (app/api/errors.py): a spec error is a 422
+`invalid_spec`, bad data a 422 `invalid_dataset`, an unsupported model a 422 `unsupported_model`.
 """
 
 from __future__ import annotations
@@ -62,3 +68,39 @@ class UnsupportedModel(TrainingError):
 
     def __init__(self, message: str):
         super().__init__("user_error", message)
+
+
+class AdapterError(TrainingError):
+    """An adapter directory that cannot be read, or that does not fit the model."""
+
+    def __init__(self, message: str):
+        super().__init__("user_error", message)
+
+
+class ChatTemplateError(TrainingError):
+    """A chat template that does not compile, raises, or renders turns we cannot find."""
+
+    def __init__(self, message: str):
+        super().__init__("user_error", message)
+
+
+class GGUFError(UnsupportedModel, ValueError):
+    """A GGUF file we cannot read exactly: reported as `unsupported_model` (422 / exit 2)."""
+
+
+class HeaderError(UnsupportedModel, ValueError):
+    """A safetensors file whose header cannot be read; the message says why (no path in it)."""
+
+
+class TooDeep(StagecraftError, ValueError):
+    """JSON nested deeper than the bound it was parsed with."""
+
+
+class Stopped(StagecraftError):
+    """The run was asked to stop between two steps and was checkpointed at `step`: not a failure."""
+
+    code = "cancelled"
+
+    def __init__(self, step: int):
+        self.step = step
+        super().__init__(f"stopped at step {step}")

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from models.tokenizer import EOS, PAD, SEP
+from models.data.tokenizer import EOS, PAD, SEP
 from tests.conftest import corpus_texts, record_objects
 
 # SmolLM2's template (ChatML with a default system turn), as the model ships it.

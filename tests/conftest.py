@@ -22,8 +22,8 @@ import torch
 
 from app.db import Database
 from app.migrate import upgrade
-from models.gpt import GPT, GPTConfig
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT, GPTConfig
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads
 # spinning against other processes make steps up to 50x slower. Subprocesses get the same.

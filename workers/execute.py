@@ -25,11 +25,11 @@ from app.outage import OutageLog, unreachable
 from app.queue.wakeups import Publisher
 from app.services import catalog, events, jobs, lifecycle, metrics
 from app.tables import Job
-from models.checkpoint import list_checkpoints
-from models.errors import StagecraftError
+from models.errors import StagecraftError, Stopped
 from models.events import make
-from models.run import RunResult, Stopped, run
 from models.spec import parse_spec
+from models.training.checkpoint import list_checkpoints
+from models.training.run import RunResult, run
 from workers.reporter import SHUTDOWN, JobRun, LeaseLost
 
 log = logging.getLogger(__name__)

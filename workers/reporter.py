@@ -31,9 +31,9 @@ from app.db import Database
 from app.outage import OutageLog, unreachable
 from app.queue.wakeups import CONTROL, EVENTS, Publisher
 from app.services import catalog, datasets, lifecycle, metrics
-from models import checkpoint
 from models.errors import TrainingError
 from models.events import Event
+from models.training import checkpoint
 
 log = logging.getLogger(__name__)
 SHUTDOWN = threading.Event()  # set when the worker process is asked to stop

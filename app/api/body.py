@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import error_body
 from app.errors import PayloadTooLarge, ServiceError
 from app.services import auth
-from models.bounded_json import TooDeep, loads
+from models.data.bounded_json import loads
+from models.errors import TooDeep
 
 PARSED = "stagecraft.json"  # the scope key of the parsed body
 TENANT = "stagecraft.tenant"  # the scope key of the authenticated tenant

@@ -12,7 +12,8 @@ import stagecraft
 from app.cli import submit as submitting
 from app.cli.connect import JsonOption, connect, err, out, print_fields, print_json, print_table, take, when
 from app.cli.display import RunDisplay
-from models.spec import SpecError, parse_spec
+from models.errors import SpecError
+from models.spec import parse_spec
 from stagecraft.types import Job
 
 jobs_cli = typer.Typer(

@@ -16,8 +16,8 @@ from rich.console import Console
 from app.cli.display import RunDisplay, summary_table
 from app.cli.specfile import checked_spec, local_data, print_data_error, read_raw
 from models import events
+from models.data.records import TASK_INPUTS, task_prompt
 from models.errors import DataError, StagecraftError
-from models.records import TASK_INPUTS, task_prompt
 from models.spec import JobSpec
 
 err = Console(stderr=True, soft_wrap=True)
@@ -78,7 +78,8 @@ def train(
     Dataset entries are file paths, relative to the spec file. Ctrl-C saves a checkpoint
     and exits; `--resume` continues from it and ends with the same weights.
     """
-    from models.run import Stopped, run  # torch loads here, not for every command
+    from models.errors import Stopped  # torch loads here, not for every command
+    from models.training.run import run
 
     raw = read_raw(spec_path)
     spec = checked_spec(raw, spec_path)
@@ -187,12 +188,12 @@ def generate(
         body = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p}
         generate_remote(model_ref, task, {**fields, **body, "seed": seed})
         return
-    from models import artifact
-    from models.generate import Sampling, complete, complete_tasks
+    from models.formats.load import load_model, served_chat_format
+    from models.inference.generate import Sampling, complete, complete_tasks
 
     directory = path / "model" if (path / "model" / "config.json").exists() else path
     try:
-        model, tok = artifact.load_model(directory)
+        model, tok = load_model(directory)
     except (FileNotFoundError, StagecraftError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -201,7 +202,7 @@ def generate(
         if task is None:
             [output] = complete(model, tok, [str(prompt)], sampling, stop=stop)
         else:  # a task's answer, as the task endpoints give it (through the chat template, if any)
-            chat = artifact.served_chat_format(directory, tok)
+            chat = served_chat_format(directory, tok)
             [output] = complete_tasks(model, tok, [str(prompt)], sampling, chat, stop=stop)
     except (ValueError, StagecraftError) as exc:
         err.print(f"[red]error:[/red] {exc}")

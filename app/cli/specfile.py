@@ -12,9 +12,9 @@ import typer
 import yaml
 from rich.console import Console
 
-from models.errors import DataError
-from models.records import load_file
-from models.spec import JobSpec, MultistepStage, SpecError, parse_spec
+from models.data.records import load_file
+from models.errors import DataError, SpecError
+from models.spec import JobSpec, MultistepStage, parse_spec
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 DATA_SUFFIXES = (".txt", ".jsonl")

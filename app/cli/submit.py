@@ -1,7 +1,7 @@
 """`stagecraft jobs validate | submit`: a spec file with local data files, checked completely
 before anything is uploaded, and identical datasets reused rather than uploaded again.
 
-Order: the spec's fields and cross-field checks (models.spec), every local data file parsed
+Order: the spec's fields and cross-field checks (models.spec.job), every local data file parsed
 as the service will (all their bad lines at once), then POST /v1/jobs/validate with the
 datasets already on the service (same sha256) in place of their files. Data names whose
 files are still to be uploaded are the only errors the service may report that are not

@@ -1,7 +1,7 @@
 """LoRA adapters in the catalogue: a model row whose folder is a PEFT adapter (adapter_config.json,
 adapter_model.safetensors) with a stagecraft.json naming its base: `base_id` (the tenant's model
 or checkpoint id that lists as its base) and `base_path` (that base's folder, relative to the
-adapter's, which `models.peft.load_with_base` reads for init_from and export).
+adapter's, which `models.formats.load.load_with_base` reads for init_from and export).
 
 Two ways in: a finished job that trained adapters (each of model/adapters/<name> becomes a row;
 a base that trained too, model/base, becomes a row of its own so its adapters have a base to
@@ -26,7 +26,7 @@ from app.config import Settings
 from app.errors import Conflict, Invalid, NotFound
 from app.tables import Job, Model, new_id
 
-ADAPTER_CONFIG = "adapter_config.json"  # models.peft.CONFIG, without importing torch
+ADAPTER_CONFIG = "adapter_config.json"  # models.formats.peft.CONFIG, without importing torch
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 INFO = "stagecraft.json"
 
@@ -175,8 +175,9 @@ def upload_base(session: Session, settings: Settings, tenant_id: str, source: Pa
 def convert_upload(settings: Settings, tenant_id: str, source: Path, name: str, base_id: str, base: Path) -> Path:
     """Check a PEFT adapter against its base (torch: on the inference thread) and keep it under
     the tenant's models; 422 `unsupported_model` naming what does not fit. Removes the scratch."""
-    from models import artifact
-    from models.peft import AdapterError, check_fits, load_adapter
+    from models.errors import AdapterError
+    from models.formats.load import load_model
+    from models.formats.peft import check_fits, load_adapter
 
     scratch = next(p for p in (source, *source.parents) if p.name.endswith(".d"))
     model_id = new_id("model")
@@ -184,7 +185,7 @@ def convert_upload(settings: Settings, tenant_id: str, source: Path, name: str, 
     try:
         try:
             loaded = load_adapter(source)
-            model, _ = artifact.load_model(base)
+            model, _ = load_model(base)
             check_fits(model, loaded.adapter)
         except AdapterError as exc:
             message = str(exc).replace(str(source) + "/", "").replace(str(source), "(archive)")

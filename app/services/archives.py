@@ -47,8 +47,8 @@ def unpack_checked(settings: Settings, archive: Path) -> Path:
     allocated for its model; returns the model folder inside the scratch folder. No torch:
     run it on a worker thread, not the inference thread. Removes the archive; on an error,
     the scratch folder too."""
-    from models.archive import unpack
     from models.errors import TrainingError
+    from models.formats.archive import unpack
 
     scratch = archive.with_name(archive.name + ".d")
     try:
@@ -74,19 +74,20 @@ def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path
     """Load a checked model folder and save it as ours under the tenant's models (torch: on the
     inference thread); returns its folder, named by its new model id. Removes `source`'s
     scratch folder whatever happens."""
-    from models import artifact
-    from models.chat_records import save_chat_format
+    from models.data.chat_records import save_chat_format
+    from models.formats.load import chat_format_of, load_model
+    from models.formats.native import save_model
 
     scratch = next(p for p in (source, *source.parents) if p.name.endswith(".d"))
     model_id = new_id("model")
     final = settings.models_dir / tenant_id / model_id
     tmp = final.with_name(f".{model_id}.partial")
     try:
-        model, tok = artifact.load_model(source)
+        model, tok = load_model(source)
         info = {"name": name, "steps": 0, "created_at": timestamp(), "parameters": model.num_parameters(),
                 "source": name}  # fmt: skip
-        artifact.save_model(tmp, model.state_dict(), model.config, tok, info)
-        chat = artifact.chat_format_of(source)
+        save_model(tmp, model.state_dict(), model.config, tok, info)
+        chat = chat_format_of(source)
         if chat is not None:  # where serving and init_from find the conversation format
             save_chat_format(tmp, chat)
         tmp.rename(final)
@@ -129,8 +130,8 @@ def register(session: Session, settings: Settings, tenant_id: str, name: str, fi
 
 def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kind: str) -> Path:
     """The model at `model_dir` as a .tar.gz or .zip in the `fmt` layout, made once per model."""
-    from models.archive import pack
-    from models.hf import to_hf
+    from models.formats.archive import pack
+    from models.formats.hf.directory import to_hf
 
     key = str(model_dir.relative_to(settings.data_dir)).replace("/", "-")
     out = settings.models_dir / "exports" / key / f"{name}-{fmt}.{kind}"

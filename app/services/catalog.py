@@ -25,7 +25,7 @@ from app.services.pagination import page
 from app.tables import Checkpoint, Job, Model, new_id
 from models.spec import parse_spec
 
-CONFIG_FILE = "config.json"  # models.checkpoint.CONFIG_FILE, without importing torch
+CONFIG_FILE = "config.json"  # models.formats.layout.CONFIG_FILE, without importing torch
 EXPORTS = "exports"  # under a job's directory: checkpoints exported as model directories
 ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
 
@@ -277,16 +277,18 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
 
 
 def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, m: dict[str, Any], out: Path) -> None:
-    from models import artifact, checkpoint
-    from models.gpt import GPTConfig
-    from models.tokenizer import Tokenizer
+    from models.data.tokenizer import Tokenizer
+    from models.families.gpt.model import GPTConfig
+    from models.formats.native import save_model
+    from models.training import checkpoint
+    from models.training.checkpoint import save_checkpoint_model
 
     if "model" in checkpoint.read_json(ckpt_dir / "state.json"):  # it records its model (any architecture)
-        artifact.save_checkpoint_model(ckpt_dir, tokenizer_dir, out, {"name": job.name})
+        save_checkpoint_model(ckpt_dir, tokenizer_dir, out, {"name": job.name})
         return
     tensors, state = checkpoint.load_checkpoint(ckpt_dir)
     weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     vocab = weights["transformer.wte.weight"].shape[0]
     config = GPTConfig(vocab, m["block_size"], m["n_layer"], m["n_head"], m["n_embd"], m["dropout"])
     info = {"name": job.name, "steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values())}
-    artifact.save_model(out, weights, config, Tokenizer.load(tokenizer_dir), info)
+    save_model(out, weights, config, Tokenizer.load(tokenizer_dir), info)

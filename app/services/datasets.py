@@ -13,7 +13,8 @@ from app.errors import Conflict, Invalid, NotFound
 from app.services import quotas
 from app.services.pagination import page
 from app.tables import ACTIVE, Dataset, Job, new_id
-from models.records import DataError, scan_path
+from models.data.records import scan_path
+from models.errors import DataError
 
 SUFFIXES = (".txt", ".jsonl")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models.spec import JobSpec
-from models.spec_model import training_block
+from models.spec import JobSpec, training_block
 
 
 @dataclass(frozen=True)
@@ -18,14 +17,14 @@ class Estimates:
 
 
 def gpt_parameters(vocab_size: int, block_size: int, n_layer: int, n_embd: int) -> int:
-    """Parameters of models.gpt.GPT: tied token embeddings, learned positions, and per block
+    """Parameters of models.families.gpt.model.GPT: tied token embeddings, learned positions, and per block
     two LayerNorms (2·2C), attention (C·3C + 3C, C·C + C) and the MLP (C·4C + 4C, 4C·C + C)."""
     c = n_embd
     return vocab_size * c + block_size * c + n_layer * (12 * c * c + 13 * c) + 2 * c
 
 
 def llama_parameters(config: dict[str, Any], vocab_size: int) -> int:
-    """Parameters of models.llama.Llama: embedding (and an untied head), per block two
+    """Parameters of models.families.llama.model.Llama: embedding (and an untied head), per block two
     RMSNorms, q/k/v/o projections (q/k/v biases optional, Qwen3's per-head norms) and a
     SwiGLU MLP, and the final norm."""
     c, h = int(config["n_embd"]), int(config["n_head"])

@@ -16,7 +16,8 @@ from app.services import catalog, datasets, lifecycle, quotas, spec_limits
 from app.services.estimates import Estimates, estimate
 from app.services.pagination import page
 from app.tables import STATUSES, Job, JobStatus
-from models.spec import JobSpec, MultistepStage, SpecError, block_errors, parse_spec
+from models.errors import SpecError
+from models.spec import JobSpec, MultistepStage, block_errors, parse_spec
 
 
 def _invalid(errors: list[dict[str, str]]) -> Invalid:

@@ -18,8 +18,9 @@ from typing import Any
 from app.config import Settings
 from app.errors import Invalid
 from app.services.estimates import gpt_parameters
-from models.archive import is_zip
-from models.bounded_json import TooDeep, loads
+from models.data.bounded_json import loads
+from models.errors import TooDeep
+from models.formats.archive import is_zip
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 GPT_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout"}
@@ -31,7 +32,7 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 MAX_HEADER = 100 << 20  # a safetensors header larger than this is not a model's
 MAX_JSON_FILE = 64 << 20
 LLAMA_SIZES = {"vocab_size": None, "block_size": 256, "n_layer": 4, "n_head": 4, "n_kv_head": 0, "n_embd": 256,
-               "head_dim": 0, "intermediate_size": 688}  # fmt: skip  # 0: derived (models.llama.LlamaConfig)
+               "head_dim": 0, "intermediate_size": 688}  # fmt: skip  # 0: derived (LlamaConfig)
 LLAMA_FIELDS = {*LLAMA_SIZES, "rms_norm_eps", "rope_theta", "rope_scaling", "attention_bias", "qk_norm",
                 "tie_embeddings", "dropout"}  # fmt: skip
 IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # buffers and the tied head: not parameters
@@ -189,7 +190,7 @@ def check_weights(directory: Path, declared: int | None) -> None:
     parameter count is what the tensors hold (so a config cannot make us allocate more)."""
     path = directory / WEIGHTS_FILE
     if not path.is_file():
-        return  # models.hf names what is missing (and refuses pickled weights)
+        return  # models.formats.hf.directory names what is missing (and refuses pickled weights)
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)

@@ -3,7 +3,7 @@
 - `ModelCache.get` loads a model directory on the inference thread (the event loop never waits
   on torch), keeps it in an LRU cache bounded by bytes (weights + the batch's KV cache), and
   makes concurrent first requests for one model share a single load.
-- Each loaded model has a `Batcher`, and one `InferenceThread` runs `models.decoder.Decoder.step`
+- Each loaded model has a `Batcher`, and one `InferenceThread` runs `models.inference.decoder.Decoder.step`
   for every model with active requests. Requests join at any time and are admitted
   between decode steps, so concurrent requests share one batched forward per token,
   each with its own sampling settings, stop strings and token budget.
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, TypeVar
 from prometheus_client import Counter
 
 if TYPE_CHECKING:
-    from models.arch import ModelConfig
-    from models.chat import ChatFormat
-    from models.decoder import Decoder, Row
-    from models.generate import Sampling
-    from models.tokenizer import Tokenizer
+    from models.data.chat import ChatFormat
+    from models.data.tokenizer import Tokenizer
+    from models.families.build import ModelConfig
+    from models.inference.decoder import Decoder, Row
+    from models.inference.generate import Sampling
 
 log = logging.getLogger("stagecraft.inference")
 Sink = Callable[["Row", str], None]
@@ -170,17 +170,17 @@ class Served:
 def _load(key: str, directory: Path, device: str, max_batch: int, runner: InferenceThread, threads: int = 0) -> Served:
     import torch
 
-    from models import artifact
-    from models.chat import stop_token_ids
-    from models.decoder import Decoder
+    from models.data.chat import stop_token_ids
+    from models.formats.load import load_model, served_chat_format
+    from models.inference.decoder import Decoder
 
     if threads > 0:
         torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tok = artifact.load_model(directory, device=device)
+    model, tok = load_model(directory, device=device)
     decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
-    chat = artifact.served_chat_format(directory, tok)
+    chat = served_chat_format(directory, tok)
     if chat is not None:  # every generation on a chat model ends at its end-of-turn tokens too
         decoder.end_ids |= stop_token_ids(chat, tok.hf, tok.end_ids)
     c = model.config
@@ -237,7 +237,7 @@ class ModelCache:
         if key not in served.adapters:
 
             def add() -> None:  # on the inference thread, between decode steps
-                from models.peft import load_adapter
+                from models.formats.peft import load_adapter
 
                 bank = served.batcher.decoder.net.adapters
                 before = bank.nbytes()
@@ -260,7 +260,7 @@ class ModelCache:
         adapter: str | None = None,
     ) -> AsyncIterator[Update]:
         """Updates for one request: text deltas as they come (stream) or one final update."""
-        from models.decoder import Row
+        from models.inference.decoder import Row
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Update] = asyncio.Queue()

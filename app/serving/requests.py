@@ -3,10 +3,10 @@ on the model cache. Shared by the native routes (/generate and the task endpoint
 OpenAI-compatible ones; nothing here knows HTTP.
 
 A prompt is plain text (continued as it is), a chat (`ChatPrompt`: OpenAI's messages) or a
-task prompt (`TaskPrompt`: the training template, models.records.task_prompt). On a model with
-a chat template (models.chat), chats are rendered by it as transformers' `apply_chat_template(...,
+task prompt (`TaskPrompt`: the training template, models.data.records.task_prompt). On a model with
+a chat template (models.data.chat), chats are rendered by it as transformers' `apply_chat_template(...,
 add_generation_prompt=True)` renders them, and a task prompt is the user turn of a one-turn chat
-(models.chat_records.task_prompt, as training renders task records); the decoder stops on the
+(models.data.chat_records.task_prompt, as training renders task records); the decoder stops on the
 model's end-of-turn tokens (app.serving.engine). On a model without one, both are rendered as
 training renders supervised records and generate after the completion marker. A task's answer
 is the text with surrounding space removed.
@@ -26,16 +26,17 @@ from app.db import Database
 from app.errors import InternalError, Invalid
 from app.services import catalog
 from app.serving.engine import ModelCache, Served, Update
-from models import chat_records
-from models.chat import ChatTemplateError, render_prompt
-from models.records import TASK_INPUTS, messages_prompt, task_prompt
+from models.data import chat_records
+from models.data.chat import render_prompt
+from models.data.records import TASK_INPUTS, messages_prompt, task_prompt
+from models.errors import ChatTemplateError
 
 if TYPE_CHECKING:
-    from models.generate import Sampling
+    from models.inference.generate import Sampling
 
 MAX_NEW_TOKENS = 2048
 MAX_STOPS = 4
-MAX_STOP_CHARS = 1000  # each; what the decoder holds back per step is linear in it (models.decoder)
+MAX_STOP_CHARS = 1000  # each; what the decoder holds back per step is linear in it (models.inference.decoder)
 MAX_SEED = 2**63 - 1  # seeds are torch generator seeds; OpenAI's n choices add up to n - 1
 MAX_PROMPTS = 16  # prompts in one OpenAI completions request (each decoded `n` times)
 LONG_PROMPT = 20_000  # characters; longer prompts are encoded off the event loop
@@ -87,7 +88,7 @@ class ChatPrompt:
 
 @dataclass(frozen=True)
 class TaskPrompt:
-    text: str  # a task's training prompt (models.records.task_prompt)
+    text: str  # a task's training prompt (models.data.records.task_prompt)
 
 
 Prompt = str | ChatPrompt | TaskPrompt
@@ -158,7 +159,7 @@ async def prepare(
     if len(ids) >= served.block_size:
         message = f"the prompt is {len(ids)} tokens; this model's context holds {served.block_size} in all"
         raise Invalid(message, [{"loc": loc, "message": message}], code="context_length_exceeded")
-    from models.generate import Sampling  # torch is loaded by now (the model is)
+    from models.inference.generate import Sampling  # torch is loaded by now (the model is)
 
     s = Sampling(sampling.max_new_tokens, sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
     return Prepared(cache, served, ids, s, stop, supervised, adapter=adapter)

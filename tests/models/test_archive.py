@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from models import artifact
-from models.archive import is_zip, pack, unpack
-from models.llama import Llama, LlamaConfig
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.families.llama.model import Llama, LlamaConfig
+from models.formats.archive import is_zip, pack, unpack
+from models.formats.native import save_model
 
 
 def _misjudged_tar(files: Path, out: Path) -> Path:
@@ -37,7 +37,7 @@ def test_a_tar_that_zipfile_misjudges_is_unpacked_as_a_tar(tokenizer: Tokenizer,
     src = tmp_path / "src"
     torch.manual_seed(0)
     config = LlamaConfig(tokenizer.vocab_size, 64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48)
-    artifact.save_model(src, Llama(config).state_dict(), config, tokenizer, {"name": "tiny"})
+    save_model(src, Llama(config).state_dict(), config, tokenizer, {"name": "tiny"})
     archive = _misjudged_tar(src, tmp_path / "m.tar.gz")
     assert zipfile.is_zipfile(archive) and not is_zip(archive)
     out = unpack(archive, tmp_path / "out")

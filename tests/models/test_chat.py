@@ -12,22 +12,16 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from models import artifact, records
-from models.chat import (
-    ChatFormat,
-    ChatTemplateError,
-    encode_chat,
-    encode_prompt,
-    render,
-    render_prompt,
-    stop_token_ids,
-)
-from models.chat_records import example_messages, load_chat_format, save_chat_format, task_prompt
-from models.checkpoint import list_checkpoints
-from models.data import IGNORE, RecordStream
-from models.run import run
+from models.data import records
+from models.data.chat import ChatFormat, encode_chat, encode_prompt, render, render_prompt, stop_token_ids
+from models.data.chat_records import example_messages, load_chat_format, save_chat_format, task_prompt
+from models.data.streams import IGNORE, RecordStream
+from models.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+from models.errors import ChatTemplateError
+from models.formats.native import save_model
 from models.spec import parse_spec
-from models.tokenizer import SPECIAL_TOKENS, Tokenizer
+from models.training.checkpoint import list_checkpoints, save_checkpoint_model
+from models.training.run import run
 from tests.conftest import corpus_texts, record_objects, tiny_model, write_jsonl
 
 transformers = pytest.importorskip("transformers")
@@ -201,7 +195,7 @@ def test_record_stream_scores_assistant_tokens_only(chat_tok):
 def test_messages_records_train_on_a_chat_model(tmp_path, chat_tok):
     base = tmp_path / "base"
     model = tiny_model(chat_tok.vocab_size, block_size=128)
-    artifact.save_model(base, model.state_dict(), model.config, chat_tok, {"name": "base"})
+    save_model(base, model.state_dict(), model.config, chat_tok, {"name": "base"})
     save_chat_format(base, ChatFormat(SMOLLM2, {"bos_token": BOS, "eos_token": EOS}))
     msgs = [o for o in record_objects(40) if "messages" in o]
     data = write_jsonl(tmp_path / "chats.jsonl", [*msgs, *[{"messages": CHATS["system"]}] * 4])
@@ -236,5 +230,5 @@ def test_messages_records_train_on_a_chat_model(tmp_path, chat_tok):
     assert load_chat_format(result.model_dir) == load_chat_format(base)  # the template stays with the model
     # and with its checkpoints, as the service exports them to serve them
     [ckpt, *_] = list_checkpoints(tmp_path / "run" / "checkpoints")
-    artifact.save_checkpoint_model(ckpt, tmp_path / "run" / "tokenizer", tmp_path / "ckpt", {"name": "ckpt"})
+    save_checkpoint_model(ckpt, tmp_path / "run" / "tokenizer", tmp_path / "ckpt", {"name": "ckpt"})
     assert load_chat_format(tmp_path / "ckpt") == load_chat_format(base)

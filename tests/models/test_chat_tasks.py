@@ -1,4 +1,4 @@
-"""Training-time task metrics on a chat model (models.evaluate.task_metrics): each record's
+"""Training-time task metrics on a chat model (models.training.evaluate.task_metrics): each record's
 task prompt is the user turn rendered by the model's template, generation stops at its end of
 turn, and the predictions are transformers' greedy `generate` from `apply_chat_template` ids."""
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import artifact, records
-from models.chat import stop_token_ids
-from models.evaluate import task_metrics
+from models.data import records
+from models.data.chat import stop_token_ids
+from models.formats.load import load_model, served_chat_format
+from models.training.evaluate import task_metrics
 from tests.chat_models import save_chat_llama, template_ids, transformers_tokenizer
 from tests.conftest import record_objects
 
@@ -20,8 +21,8 @@ transformers = pytest.importorskip("transformers")
 
 def test_task_metrics_on_a_chat_model_generate_as_transformers(tmp_path: Path) -> None:
     directory = save_chat_llama(tmp_path / "chat")
-    model, tok = artifact.load_model(directory)
-    chat = artifact.served_chat_format(directory, tok)
+    model, tok = load_model(directory)
+    chat = served_chat_format(directory, tok)
     assert chat is not None
     examples = [e for o in record_objects(40) if isinstance(e := records.parse_record(o, 1, []), records.Example)]
     examples = [e for e in examples if e.task in ("qa", "translate")]

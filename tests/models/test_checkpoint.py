@@ -1,4 +1,4 @@
-"""models.checkpoint: optimizer state without pickle round-trips exactly; atomic dirs; keep_last."""
+"""models.training.checkpoint: optimizer state without pickle round-trips exactly; atomic dirs; keep_last."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import artifact
-from models.checkpoint import (
+from models.data.streams import TextStream
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
+from models.files import write_atomic
+from models.formats.load import load_model
+from models.formats.native import load_config, save_model
+from models.spec import SGD, Adam, CausalLMLoss
+from models.training.checkpoint import (
     checkpoint_dir,
     join_optimizer_state,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
     split_optimizer_state,
-    write_atomic,
 )
-from models.data import TextStream
-from models.gpt import GPT
-from models.losses import causal_lm
-from models.optim import build_optimizer, select_trainable
-from models.spec import SGD, Adam, CausalLMLoss
-from models.tokenizer import Tokenizer
+from models.training.losses import causal_lm
+from models.training.optim import build_optimizer, select_trainable
 from tests.conftest import corpus_texts, tiny_model
 
 OPTIMIZERS = [
@@ -132,14 +133,14 @@ def test_list_checkpoints_of_missing_root(tmp_path: Path) -> None:
 
 
 def test_model_directory_roundtrip(tmp_path: Path, tokenizer: Tokenizer, model: GPT) -> None:
-    artifact.save_model(tmp_path / "m", model.state_dict(), model.config, tokenizer, {"name": "x", "steps": 3})
-    config = artifact.load_config(tmp_path / "m")
+    save_model(tmp_path / "m", model.state_dict(), model.config, tokenizer, {"name": "x", "steps": 3})
+    config = load_config(tmp_path / "m")
     assert config["format"] == "stagecraft-gpt" and config["steps"] == 3
     assert config["gpt"] == model.config.to_dict()
-    loaded, tok = artifact.load_model(tmp_path / "m")
+    loaded, tok = load_model(tmp_path / "m")
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     assert tok.encode("At the market") == tokenizer.encode("At the market")
     assert tok.eos_id == tokenizer.eos_id and tok.vocab_size == tokenizer.vocab_size
     with pytest.raises(FileNotFoundError):
-        artifact.load_config(tmp_path)
+        load_config(tmp_path)

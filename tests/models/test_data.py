@@ -1,12 +1,12 @@
-"""models.data: deterministic splits, packed text windows, bucketed supervised batches, resumable streams."""
+"""models.data.streams: deterministic splits, packed text windows, bucketed supervised batches, resumable streams."""
 
 from __future__ import annotations
 
 import torch
 
-from models.data import IGNORE, RecordStream, TextStream, collate, encode_example, fork, make_stream, split
-from models.records import DataFile, Example, parse_record
-from models.tokenizer import Tokenizer
+from models.data.records import DataFile, Example, parse_record
+from models.data.streams import IGNORE, RecordStream, TextStream, collate, encode_example, fork, make_stream, split
+from models.data.tokenizer import Tokenizer
 from tests.conftest import corpus_texts, record_objects
 
 

@@ -1,14 +1,14 @@
-"""models.decoder: continuous batching gives each row what generate_ids/complete give it alone."""
+"""models.inference.decoder: continuous batching gives each row what generate_ids/complete give it alone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.decoder import Decoder, Row
-from models.generate import Sampling, complete, generate_ids
-from models.gpt import GPT
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
+from models.inference.decoder import Decoder, Row
+from models.inference.generate import Sampling, complete, generate_ids
 from tests.conftest import tiny_model
 
 PROMPTS = ["At the market, Nadia has", "J", "Omar has 7 books, seven in", "So it goes. At the", "Hana"]
@@ -140,9 +140,9 @@ def test_one_step_prefills_a_bounded_number_of_prompt_tokens(
 ) -> None:
     """Long prompts arriving together join over several steps, and a row already decoding
     gets a token at each of them; the results are those of each prompt alone."""
-    import models.decoder
+    import models.inference.decoder
 
-    monkeypatch.setattr(models.decoder, "PREFILL_TOKENS_PER_STEP", 100)
+    monkeypatch.setattr(models.inference.decoder, "PREFILL_TOKENS_PER_STEP", 100)
     model = tiny_model(tokenizer.vocab_size, block_size=128)
     dec = Decoder(model, tokenizer, max_batch=8)
     short = Row([5, 6, 7], Sampling(max_new_tokens=20), ignore_eos=True)

@@ -1,13 +1,14 @@
-"""models.generate: KV-cache and full-recompute greedy decoding agree; rows are batch-independent."""
+"""models.inference.generate: KV-cache and full-recompute greedy decoding agree; rows are batch-independent."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.generate import Sampling, complete, cut_at_stop, generate_ids
-from models.gpt import GPT, KVCache
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
+from models.inference.generate import Sampling, complete, cut_at_stop, generate_ids
+from models.layers.kv_cache import KVCache
 from tests.conftest import tiny_model
 
 PROMPTS = ["At the market, Nadia has", "J", "Omar has 7 books, seven in", "So it goes. At the"]

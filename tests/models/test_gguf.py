@@ -11,9 +11,10 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from models.chat import encode_chat, render, stop_token_ids
-from models.chat_records import make_chat_format
-from models.gguf import GGUFError, read_gguf
+from models.data.chat import encode_chat, render, stop_token_ids
+from models.data.chat_records import make_chat_format
+from models.errors import GGUFError
+from models.formats.gguf.reader import read_gguf
 from tests.models.gguf_files import (
     CHATML,
     SPECIALS,

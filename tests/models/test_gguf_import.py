@@ -12,10 +12,10 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from models import artifact
-from models.chat_records import CHAT_FILE, load_chat_format
+from models.data.chat_records import CHAT_FILE, load_chat_format
 from models.errors import UnsupportedModel
-from models.llama import Llama
+from models.families.llama.model import Llama
+from models.formats.load import chat_format_of, is_gguf, load_model
 from models.spec import parse_spec
 from tests.models.gguf_files import CHATML, tiny_model, train_tokenizer, write_gguf
 from tests.models.test_pipeline import train
@@ -34,8 +34,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 def test_load_model_on_a_gguf_gives_the_reference_logits(tiny: tuple[Path, object]) -> None:
     path, ref = tiny
-    model, tok = artifact.load_model(path)
-    assert isinstance(model, Llama) and artifact.is_gguf(path)
+    model, tok = load_model(path)
+    assert isinstance(model, Llama) and is_gguf(path)
     ids = torch.tensor([tok.encode("The quick brown fox jumps over the lazy dog.")])
     vocab = ref.config.vocab_size  # type: ignore[attr-defined]
     with torch.no_grad():
@@ -46,7 +46,7 @@ def test_load_model_on_a_gguf_gives_the_reference_logits(tiny: tuple[Path, objec
 
 
 def test_chat_format_is_read_from_the_metadata(tiny: tuple[Path, object]) -> None:
-    chat = artifact.chat_format_of(tiny[0])
+    chat = chat_format_of(tiny[0])
     assert chat is not None and chat.template == CHATML and 2 in chat.eos_token_ids
 
 
@@ -68,7 +68,7 @@ def test_init_from_a_gguf_trains_and_keeps_the_chat_template(
     assert (model_dir / CHAT_FILE).is_file()
     chat = load_chat_format(model_dir)
     assert chat is not None and chat.template == CHATML
-    model, _ = artifact.load_model(model_dir)
+    model, _ = load_model(model_dir)
     assert isinstance(model, Llama) and model.config.n_kv_head == 2
 
 
@@ -78,4 +78,4 @@ def test_an_unreadable_quantization_names_the_tensor_and_type(tmp_path: Path) ->
     q81 = {"token_embd.weight": (np.zeros((tok.get_vocab_size(), 64 // 32 * 40), np.uint8), Q.Q8_1)}
     write_gguf(tmp_path / "q81.gguf", ref, tok, replace=q81)
     with pytest.raises(UnsupportedModel, match=r"tensor token_embd\.weight: quantization type Q8_1"):
-        artifact.load_model(tmp_path / "q81.gguf")
+        load_model(tmp_path / "q81.gguf")

@@ -1,4 +1,4 @@
-"""models.hf: the export loads in transformers with our logits and greedy text; imports
+"""models.formats.hf.directory: the export loads in transformers with our logits and greedy text; imports
 round-trip, add missing special tokens, and refuse what our GPT cannot represent."""
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from models import artifact
-from models.archive import ArchiveError, pack, unpack
-from models.generate import Sampling, complete
-from models.gpt import GPT
-from models.hf import UnsupportedModel, from_hf, to_hf
-from models.tokenizer import EOS, Tokenizer
+from models.data.tokenizer import EOS, Tokenizer
+from models.errors import UnsupportedModel
+from models.families.gpt.model import GPT
+from models.formats.archive import ArchiveError, pack, unpack
+from models.formats.hf.directory import from_hf, to_hf
+from models.formats.load import load_model
+from models.formats.native import save_model
+from models.inference.generate import Sampling, complete
 from tests.conftest import corpus_texts, tiny_model
 
 
@@ -30,7 +32,7 @@ def exported(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> 
         for p in model.parameters():
             if p.dim() >= 2:
                 p.mul_(6.0)
-    artifact.save_model(root / "ours", model.state_dict(), model.config, tokenizer, {"name": "t"})
+    save_model(root / "ours", model.state_dict(), model.config, tokenizer, {"name": "t"})
     to_hf(root / "ours", root / "hf")
     return model.eval(), root / "ours", root / "hf"
 
@@ -64,7 +66,7 @@ def test_import_round_trips_and_archives(exported: tuple[GPT, Path, Path], tmp_p
     for k, v in model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
     archive = pack(hf_dir, tmp_path / "m.tar.gz", "my-model")
-    again, _ = artifact.load_model(archive)  # load_model reads archives and HF directories too
+    again, _ = load_model(archive)  # load_model reads archives and HF directories too
     assert torch.equal(again.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
     zipped = pack(hf_dir, tmp_path / "m.zip", "z")
     assert (unpack(zipped, tmp_path / "z") / "config.json").is_file()
@@ -117,5 +119,5 @@ def test_unsupported_models_are_refused(
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(UnsupportedModel, match=message) as info:
-        artifact.load_model(d)
+        load_model(d)
     assert info.value.code == "user_error"

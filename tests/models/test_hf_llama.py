@@ -1,4 +1,4 @@
-"""models.hf for the Llama family, against transformers: our logits equal theirs on small
+"""models.formats.hf.directory for the Llama family, against transformers: our logits equal theirs on small
 random configs of every model_type; their save_pretrained output (single, sharded, bf16)
 imports with their logits; our export loads in transformers with our logits and greedy
 text; what we cannot represent is refused with the documented error."""
@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from models import artifact
+from models.data.tokenizer import Tokenizer
 from models.errors import UnsupportedModel
-from models.generate import Sampling, complete
-from models.hf import from_hf, to_hf
-from models.hf_llama import from_hf_state
-from models.llama import Llama, RMSNorm
-from models.tokenizer import Tokenizer
+from models.families.llama.hf import from_hf_state
+from models.families.llama.model import Llama, RMSNorm
+from models.formats.hf.directory import from_hf, to_hf
+from models.formats.load import load_model
+from models.formats.native import save_model
+from models.inference.generate import Sampling, complete
 
 transformers = pytest.importorskip("transformers")
 
@@ -87,7 +88,7 @@ def test_save_pretrained_imports_with_their_logits(case: str, how: str, tokenize
     ref.save_pretrained(tmp_path, max_shard_size="60KB" if how == "sharded" else "2GB")
     assert (tmp_path / "model.safetensors.index.json").is_file() == (how == "sharded")
     hf_tokenizer(tokenizer, tmp_path, "<|endoftext|>")
-    ours, tok = artifact.load_model(tmp_path)
+    ours, tok = load_model(tmp_path)
     assert isinstance(ours, Llama) and tok.chat_template == "{{ x }}"
     assert set(tok.end_ids) == {5, 3, 4, tokenizer.eos_id}
     idx = torch.randint(0, tokenizer.vocab_size, (2, 30))
@@ -107,7 +108,7 @@ def test_transformers_loads_our_export_with_our_logits_and_text(
     ours, _ = from_hf_state(ref.config.to_dict(), ref.state_dict())
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
     try:
-        artifact.save_model(tmp_path / "ours", ours.state_dict(), ours.config, tokenizer, {"name": "t"})
+        save_model(tmp_path / "ours", ours.state_dict(), ours.config, tokenizer, {"name": "t"})
     finally:
         tokenizer.chat_template = None
     to_hf(tmp_path / "ours", tmp_path / "hf")
@@ -175,7 +176,7 @@ def test_unsupported_configs_are_refused_naming_why(
     d = _config_dir(tmp_path, **change)
     tokenizer.save(d)
     with pytest.raises(UnsupportedModel) as info:
-        artifact.load_model(d)
+        load_model(d)
     assert message in str(info.value) and info.value.code == "user_error"
 
 
@@ -190,7 +191,7 @@ def test_pickled_weights_are_refused_unread(tmp_path: Path, tokenizer: Tokenizer
 
 
 def test_older_and_newer_rope_forms_read_alike(tmp_path: Path) -> None:
-    from models.hf_llama import config_from_hf
+    from models.families.llama.hf import config_from_hf
 
     base = {"model_type": "llama", "vocab_size": 300, "num_attention_heads": 4, **SMALL}
     old = config_from_hf({**base, "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}})
@@ -204,7 +205,7 @@ def test_parts_from_elsewhere_build_the_model(tokenizer: Tokenizer) -> None:
     HF-named tensors and a tokenizers.Tokenizer lacking our special tokens."""
     from tokenizers import Tokenizer as HFTokenizer
 
-    from models.hf import from_hf_parts, service_tokenizer
+    from models.formats.hf.directory import from_hf_parts, service_tokenizer
 
     raw = json.loads(tokenizer.hf.to_str())
     raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] != "<|completion|>"]
@@ -222,7 +223,7 @@ def test_parts_from_elsewhere_build_the_model(tokenizer: Tokenizer) -> None:
 
 
 def test_context_is_capped_by_a_sliding_window_and_the_serving_limit() -> None:
-    from models.hf_llama import MAX_BLOCK, config_from_hf
+    from models.families.llama.hf import MAX_BLOCK, config_from_hf
 
     base = {"vocab_size": 300, "num_attention_heads": 4, "num_key_value_heads": 2, **SMALL}
     assert config_from_hf({**base, "model_type": "mistral", "sliding_window": 32}).block_size == 32
@@ -254,8 +255,8 @@ def test_training_gradients_equal_transformers(case: str, onednn_products: bool,
     """The gradient of our training loss (fused vocabulary cross-entropy over the hidden
     states) equals that of transformers' `model(ids, labels=ids).loss`, parameter by parameter,
     with the fp32 products through oneDNN and through aten."""
-    from models import onednn
-    from models.linear_ce import linear_cross_entropy
+    from models.layers import onednn
+    from models.layers.linear_ce import linear_cross_entropy
 
     monkeypatch.setattr(onednn, "ENABLED", onednn_products)
     model_type, fields = CASES[case]

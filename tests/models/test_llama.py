@@ -1,4 +1,4 @@
-"""models.llama: cache = no cache (left padding, per-row positions), the batching decoder,
+"""models.families.llama.model: cache = no cache (left padding, per-row positions), the batching decoder,
 trainable parts, the fused vocabulary loss, and the llama spec fields' errors."""
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.arch import build_model, config_from_spec
-from models.decoder import Decoder, Row
-from models.generate import Sampling, generate_ids
-from models.gpt import KVCache
-from models.linear_ce import linear_cross_entropy
-from models.llama import Llama, LlamaConfig
-from models.optim import select_trainable
-from models.spec import LlamaModelSpec, SpecError, parse_spec
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.errors import SpecError
+from models.families.build import build_model, config_from_spec
+from models.families.llama.model import Llama, LlamaConfig
+from models.inference.decoder import Decoder, Row
+from models.inference.generate import Sampling, generate_ids
+from models.layers.kv_cache import KVCache
+from models.layers.linear_ce import linear_cross_entropy
+from models.spec import LlamaModelSpec, parse_spec
+from models.training.optim import select_trainable
 
 SHAPES = {
     "gqa-tied": {"n_kv_head": 2},
@@ -231,7 +232,7 @@ def test_gpt_only_specs_keep_their_meaning(spec_dict: Callable[..., dict[str, An
 
 @pytest.mark.parametrize("onednn", [True, False])
 def test_serving_path_logits_equal_the_model(llama: Llama, onednn: bool) -> None:
-    from models.serving_llama import ServingLlama
+    from models.families.llama.serving import ServingLlama
 
     net = ServingLlama(llama, onednn=onednn)
     idx = torch.randint(0, llama.config.vocab_size, (3, 9))

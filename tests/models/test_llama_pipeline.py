@@ -1,4 +1,4 @@
-"""models.pipeline on a 2-layer llama: every stage type runs, resume is bitwise exact
+"""models.training.pipeline on a 2-layer llama: every stage type runs, resume is bitwise exact
 (fp32 and bf16), a checkpoint exports as a model, init_from keeps the architecture."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import artifact
-from models.checkpoint import list_checkpoints
-from models.llama import Llama
+from models.families.llama.model import Llama
+from models.formats.load import load_model
 from models.spec import JobSpec, parse_spec
+from models.training.checkpoint import list_checkpoints, save_checkpoint_model
 from tests.models.test_pipeline import TOTAL, Run, assert_same_weights, final_tensors, train
 
 LLAMA = {"arch": "llama", "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 32, "block_size": 32}
@@ -42,7 +42,7 @@ def test_every_stage_type_trains_a_llama(baseline: Run) -> None:
     assert {e["stage"]["name"] for e in steps} == {"pretrain", "finetune", "refine"}
     first, last = steps[0]["data"]["loss"], steps[5]["data"]["loss"]
     assert last < first  # pretraining reduces the loss
-    model, _ = artifact.load_model(baseline.workdir / "model")
+    model, _ = load_model(baseline.workdir / "model")
     assert isinstance(model, Llama) and model.lm_head is not None
     record = json.loads((baseline.workdir / "model" / "config.json").read_text())
     assert record["arch"] == "llama" and record["llama"]["n_kv_head"] == 2
@@ -60,7 +60,7 @@ def test_frozen_llama_parts_do_not_change(spec: JobSpec, tmp_path: Path) -> None
 
 
 def _checkpoint_model(workdir: Path) -> dict[str, torch.Tensor]:
-    from models.checkpoint import load_checkpoint
+    from models.training.checkpoint import load_checkpoint
 
     tensors, _ = load_checkpoint(list_checkpoints(workdir / "checkpoints")[-1])
     return {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
@@ -91,8 +91,8 @@ def test_llama_bf16_resume_is_bitwise_exact(spec: JobSpec, tmp_path_factory: pyt
 
 def test_a_checkpoint_exports_as_the_llama_it_holds(spec: JobSpec, baseline: Run, tmp_path: Path) -> None:
     ckpt = list_checkpoints(baseline.workdir / "checkpoints")[-1]
-    artifact.save_checkpoint_model(ckpt, baseline.workdir / "tokenizer", tmp_path / "m", {"name": "c"})
-    model, tok = artifact.load_model(tmp_path / "m")
+    save_checkpoint_model(ckpt, baseline.workdir / "tokenizer", tmp_path / "m", {"name": "c"})
+    model, tok = load_model(tmp_path / "m")
     assert isinstance(model, Llama)
     want = _checkpoint_model(baseline.workdir)
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
@@ -113,5 +113,5 @@ def test_init_from_a_tied_llama_keeps_its_architecture(data_dir: Path, tmp_path:
     raw2.pop("tokenizer")
     again = train(parse_spec(raw2), tmp_path / "again")
     assert again.result is not None
-    model, _ = artifact.load_model(tmp_path / "again" / "model")
+    model, _ = load_model(tmp_path / "again" / "model")
     assert isinstance(model, Llama) and model.lm_head is None and model.config.n_kv_head == 2

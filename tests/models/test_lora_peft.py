@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import artifact, lora
-from models.gpt import GPT
-from models.hf import to_hf
-from models.peft import AdapterError, load_adapter, merge_adapter, save_adapter
+from models.data.tokenizer import Tokenizer
+from models.errors import AdapterError
+from models.families.gpt.model import GPT
+from models.formats.hf.directory import to_hf
+from models.formats.load import load_model
+from models.formats.native import save_model
+from models.formats.peft import load_adapter, merge_adapter, save_adapter
+from models.lora import layers as lora
 from models.spec import AdapterSpec
-from models.tokenizer import Tokenizer
 from tests.conftest import tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -29,7 +32,7 @@ def base(tokenizer: Tokenizer, tmp_path: Path) -> tuple[GPT, Path, Path]:
     """Our tiny GPT, its model directory and its transformers export."""
     model = tiny_model(tokenizer.vocab_size)
     ours, hf = tmp_path / "ours", tmp_path / "hf"
-    artifact.save_model(ours, model.state_dict(), model.config, tokenizer, {"name": "base"})
+    save_model(ours, model.state_dict(), model.config, tokenizer, {"name": "base"})
     to_hf(ours, hf)
     return model, ours, hf
 
@@ -145,9 +148,9 @@ def test_an_adapter_with_its_base_loads_as_a_model(base: tuple[GPT, Path, Path],
     with_peft = peft.get_peft_model(hf_model, config)
     with_peft.save_pretrained(tmp_path / "a")
     with pytest.raises(AdapterError, match="no base_path"):
-        artifact.load_model(tmp_path / "a")
+        load_model(tmp_path / "a")
     (tmp_path / "a" / "stagecraft.json").write_text(json.dumps({"base_path": str(ours)}))
-    loaded, tok = artifact.load_model(tmp_path / "a")
+    loaded, tok = load_model(tmp_path / "a")
     x = idx(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), hf_logits(with_peft, x), rtol=0, atol=2e-5)

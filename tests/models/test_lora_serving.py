@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 
-from models import lora
-from models.decoder import Decoder, Row
-from models.generate import Sampling, generate_ids
-from models.gpt import GPT
-from models.peft import merge_adapter
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
+from models.formats.peft import merge_adapter
+from models.inference.decoder import Decoder, Row
+from models.inference.generate import Sampling, generate_ids
+from models.lora import layers as lora
 from models.spec import AdapterSpec
-from models.tokenizer import Tokenizer
 from tests.conftest import tiny_model
 from tests.models.test_decoder import PROMPTS
 from tests.models.test_decoder import run as decode_all

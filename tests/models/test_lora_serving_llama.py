@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import artifact, lora
-from models.decoder import Decoder, Row
-from models.generate import Sampling, generate_ids
-from models.gpt import KVCache
-from models.hf import to_hf
-from models.llama import Llama
-from models.peft import merge_adapter, save_adapter
-from models.serving_llama import ServingLlama
+from models.data.tokenizer import Tokenizer
+from models.families.llama.model import Llama
+from models.families.llama.serving import ServingLlama
+from models.formats.hf.directory import to_hf
+from models.formats.native import save_model
+from models.formats.peft import merge_adapter, save_adapter
+from models.inference.decoder import Decoder, Row
+from models.inference.generate import Sampling, generate_ids
+from models.layers.kv_cache import KVCache
+from models.lora import layers as lora
 from models.spec import AdapterSpec
-from models.tokenizer import Tokenizer
 from tests.models.test_decoder import PROMPTS
 from tests.models.test_decoder import run as decode_all
 from tests.models.test_llama import SHAPES, peaked_llama
@@ -108,9 +109,9 @@ def test_served_adapters_give_peft_logits_on_the_transformers_export(
 ) -> None:
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    from models.serving_llama import ServingLlama
+    from models.families.llama.serving import ServingLlama
 
-    artifact.save_model(tmp_path / "ours", base.state_dict(), base.config, tokenizer, {"name": "base"})
+    save_model(tmp_path / "ours", base.state_dict(), base.config, tokenizer, {"name": "base"})
     to_hf(tmp_path / "ours", tmp_path / "hf")
     net = ServingLlama(base)
     idx = torch.randint(0, base.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(1))

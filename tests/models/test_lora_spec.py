@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from models.spec import SpecError, adapter_name, parse_spec
+from models.errors import SpecError
+from models.spec import adapter_name, parse_spec
 
 GOOD = {"type": "lora", "rank": 8, "alpha": 16, "dropout": 0.05, "targets": ["attention", "mlp"]}
 

@@ -10,13 +10,17 @@ from typing import Any
 import pytest
 import torch
 
-from models import artifact, lora
-from models.checkpoint import MODEL_FILE, list_checkpoints, load_checkpoint, load_tensors
-from models.peft import load_adapter
-from models.pipeline import Pipeline
-from models.run import Stopped, run
+from models.data.tokenizer import Tokenizer
+from models.errors import Stopped
+from models.formats.layout import MODEL_FILE
+from models.formats.load import load_model
+from models.formats.native import load_tensors, save_model
+from models.formats.peft import load_adapter
+from models.lora import layers as lora
 from models.spec import JobSpec, parse_spec
-from models.tokenizer import Tokenizer
+from models.training.checkpoint import list_checkpoints, load_checkpoint
+from models.training.pipeline import Pipeline
+from models.training.run import run
 from tests.conftest import BASE_SPEC, tiny_model
 
 ADAPTERS = ["tune", "alpha", "beta", "shared"]
@@ -26,7 +30,7 @@ ADAPTERS = ["tune", "alpha", "beta", "shared"]
 def base_dir(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("base")
     model = tiny_model(tokenizer.vocab_size)
-    artifact.save_model(d, model.state_dict(), model.config, tokenizer, {"name": "base"})
+    save_model(d, model.state_dict(), model.config, tokenizer, {"name": "base"})
     return d
 
 
@@ -128,14 +132,14 @@ def test_the_run_writes_the_merged_model_and_each_adapter(finished: Path, base_d
 
 
 def test_merged_logits_equal_base_plus_unmerged_adapters(finished: Path, base_dir: Path) -> None:
-    merged, _ = artifact.load_model(finished / "model")
-    base, _ = artifact.load_model(base_dir)
+    merged, _ = load_model(finished / "model")
+    base, _ = load_model(base_dir)
     for name in ADAPTERS:
         lora.attach_adapter(base, name, load_adapter(finished / "model" / "adapters" / name).adapter)
     idx = torch.randint(0, base.config.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, got = base.eval()(idx), merged.eval()(idx)
-        plain, _ = artifact.load_model(base_dir)
+        plain, _ = load_model(base_dir)
         assert not torch.allclose(plain.eval()(idx), got, atol=1e-3)  # the adapters do change the function
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
 
@@ -184,7 +188,7 @@ def test_trainable_beside_an_adapter_trains_those_parts_too(data_dir: Path, base
 def test_a_target_the_base_lacks_fails_the_run_with_its_field_path(
     data_dir: Path, base_dir: Path, tmp_path: Path
 ) -> None:
-    from models.stages import TrainingError
+    from models.errors import TrainingError
 
     raw = lora_spec_dict(data_dir, base_dir)
     raw["stages"][1]["phases"][1]["adapter"]["targets"] = ["attention", "q"]
@@ -233,8 +237,8 @@ def test_llama_roles(targets: list[str], adapted: list[str]) -> None:
 
 
 def test_llama_has_no_fused_qkv() -> None:
+    from models.errors import TrainingError
     from models.spec import AdapterSpec
-    from models.stages import TrainingError
 
     with pytest.raises(TrainingError, match=r"adapter\.targets\.0: 'qkv' is not a projection of arch llama"):
         lora.add_adapter(_LlamaNamed(), "x", AdapterSpec(type="lora", targets=["qkv"]), seed=0)

@@ -1,4 +1,4 @@
-"""models.losses: the objectives equal F.cross_entropy on the model's logits; L1/L2 gradients are exact."""
+"""models.training.losses: the objectives equal F.cross_entropy on the model's logits; L1/L2 gradients are exact."""
 
 from __future__ import annotations
 
@@ -6,13 +6,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.data import IGNORE, Batch, RecordStream, TextStream
-from models.gpt import GPT
-from models.losses import LOSSES, add_regularization_grads, causal_lm, cross_entropy, regularization_term, regularized
-from models.optim import select_trainable
-from models.records import Example, parse_record
+from models.data.records import Example, parse_record
+from models.data.streams import IGNORE, Batch, RecordStream, TextStream
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
 from models.spec import CausalLMLoss, CrossEntropyLoss
-from models.tokenizer import Tokenizer
+from models.training.losses import (
+    LOSSES,
+    add_regularization_grads,
+    causal_lm,
+    cross_entropy,
+    regularization_term,
+    regularized,
+)
+from models.training.optim import select_trainable
 from tests.conftest import corpus_texts, record_objects
 
 

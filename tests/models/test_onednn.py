@@ -1,4 +1,4 @@
-"""models.onednn: `linear` equals `F.linear` in value and in both gradients, and leaves what
+"""models.layers.onednn: `linear` equals `F.linear` in value and in both gradients, and leaves what
 oneDNN does not take (bf16 here) to `F.linear`. On every CPU: the switch that keeps Intel's
 products on MKL is turned on here."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import onednn
+from models.layers import onednn
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""models.optim: trainable selection, frozen parameters, optimizers and learning-rate schedules."""
+"""models.training.optim: trainable selection, frozen parameters, optimizers and learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-from models.data import TextStream
-from models.gpt import GPT
-from models.optim import build_optimizer, clipped_step, lr_factor, select_trainable
-from models.precision import Weights
+from models.data.streams import TextStream
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
 from models.spec import SGD, Adam, Schedule, parse_spec
-from models.stages import Trainee, plan, train_step
-from models.tokenizer import Tokenizer
+from models.training.optim import build_optimizer, clipped_step, lr_factor, select_trainable
+from models.training.precision import Weights
+from models.training.stages import Trainee, plan, train_step
 from tests.conftest import corpus_texts, tiny_model
 
 N_LAYER = 3

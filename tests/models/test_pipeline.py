@@ -1,4 +1,4 @@
-"""models.run.run end to end on a tiny model: events, checkpoints, exact resume, divergence."""
+"""models.training.run.run end to end on a tiny model: events, checkpoints, exact resume, divergence."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 import torch
 
-from models.checkpoint import MODEL_FILE, list_checkpoints, load_tensors
-from models.gpt import GPT, GPTConfig
-from models.optim import lr_factor
-from models.run import RunResult, Stopped, run
+from models.data.tokenizer import Tokenizer
+from models.errors import Stopped, TrainingError
+from models.families.gpt.model import GPT, GPTConfig
+from models.formats.layout import MODEL_FILE
+from models.formats.native import load_tensors
 from models.spec import JobSpec, MultistepStage, parse_spec
-from models.stages import TrainingError
-from models.tokenizer import Tokenizer
+from models.training.checkpoint import list_checkpoints
+from models.training.optim import lr_factor
+from models.training.run import RunResult, run
 from tests.conftest import EVENT_TYPES
 
 TOTAL = 6 + 4 + 2 * (3 + 3)

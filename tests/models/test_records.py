@@ -1,4 +1,4 @@
-"""models.records.parse_bytes: every CONTRACT §2 format parses; bad data is reported all at once, by line."""
+"""models.data.records.parse_bytes: every CONTRACT §2 format parses; bad data is reported all at once, by line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from models.records import (
-    DataError,
+from models.data.records import (
     Example,
     load_file,
     messages_prompt,
@@ -18,6 +17,7 @@ from models.records import (
     summarize_prompt,
     translate_prompt,
 )
+from models.errors import DataError
 from tests.conftest import SHARED_EXAMPLES
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from models import artifact
-from models.data import TextStream
+from models.data.streams import TextStream
 from models.errors import SpecError, TrainingError
-from models.llama import Llama
-from models.pipeline import Pipeline
+from models.families.llama.model import Llama
+from models.formats.load import load_model
 from models.spec import parse_spec
+from models.training.pipeline import Pipeline
 from tests.models.gguf_files import tiny_model, train_tokenizer, write_gguf
 from tests.models.test_pipeline import train
 
@@ -44,7 +44,7 @@ def test_the_lora_spec_trains_from_a_stand_in_gguf(data_dir: Path, tmp_path: Pat
     raw["checkpointing"]["every_steps"] = 3
     run = train(parse_spec(raw), tmp_path / "run")
     assert run.result is not None and run.result.steps == 3
-    model, _ = artifact.load_model(tmp_path / "run" / "model")
+    model, _ = load_model(tmp_path / "run" / "model")
     assert isinstance(model, Llama)
 
 
@@ -93,8 +93,8 @@ def test_trainable_blocks_are_checked_against_the_base_model(data_dir: Path, tmp
     raw["checkpointing"]["every_steps"] = 2
     run = train(parse_spec(raw), tmp_path / "run")
     assert run.result is not None and run.result.steps == 2
-    base, _ = artifact.load_model(gguf)
-    trained, _ = artifact.load_model(tmp_path / "run" / "model")
+    base, _ = load_model(gguf)
+    trained, _ = load_model(tmp_path / "run" / "model")
     before, after = base.state_dict(), trained.state_dict()
     layers = [n for n in before if n.startswith("model.layers.")]
     changed = {n.split(".")[2] for n in layers if not torch.equal(before[n], after[n])}
@@ -147,7 +147,7 @@ def test_train_block_size_sets_the_window_not_the_models_context(data_dir: Path,
     assert tuple(batch.idx.shape) == (2, 16)
     run = train(spec, tmp_path / "run")
     assert run.result is not None and run.result.steps == 2
-    model, _ = artifact.load_model(tmp_path / "run" / "model")
+    model, _ = load_model(tmp_path / "run" / "model")
     assert model.config.block_size == 128
     with pytest.raises(SpecError) as bad:
         parse_spec({**raw, "model": {**raw["model"], "train_block_size": 4}})

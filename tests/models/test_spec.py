@@ -1,4 +1,4 @@
-"""models.spec.parse_spec: every bad spec raises SpecError naming clean dotted field paths."""
+"""models.spec.job.parse_spec: every bad spec raises SpecError naming clean dotted field paths."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from models.spec import JobSpec, MultistepStage, SpecError, parse_spec
+from models.errors import SpecError
+from models.spec import JobSpec, MultistepStage, parse_spec
 from tests.conftest import SHARED_EXAMPLES
 
 # A clean loc: dotted names and list indices, no discriminator tags or pydantic markers.

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from models.spec import SpecError, parse_spec
+from models.errors import SpecError
+from models.spec import parse_spec
 from tests.conftest import BASE_SPEC
 
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import torch
 
-from models import artifact
-from models.generate import Sampling, complete
-from models.llama import Llama
+from models.families.llama.model import Llama
+from models.formats.load import load_model
+from models.inference.generate import Sampling, complete
 from tests.system.stack import Api, Served, example_spec
 
 transformers = pytest.importorskip("transformers")
@@ -34,7 +34,7 @@ def generate(api: Api, model: str) -> httpx.Response:
 @pytest.fixture(scope="module")
 def qwen2_zip(served: Served, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
     """A random Qwen2 (GQA, q/k/v biases, tied) saved by transformers, with the served model's tokenizer."""
-    _, tok = artifact.load_model(served.model_dir)
+    _, tok = load_model(served.model_dir)
     torch.manual_seed(0)
     config = transformers.Qwen2Config(
         vocab_size=tok.vocab_size,
@@ -66,7 +66,7 @@ def test_a_qwen2_upload_is_served_trained_and_exported(
     served: Served, qwen2_zip: tuple[bytes, Path], tmp_path: Path
 ) -> None:
     archive, source = qwen2_zip
-    local, tok = artifact.load_model(source)
+    local, tok = load_model(source)
     assert isinstance(local, Llama) and tok.chat_template is not None
     [want] = complete(local, tok, [PROMPT], Sampling(max_new_tokens=12))
     with served.api() as api:
@@ -126,7 +126,7 @@ def test_a_gguf_upload_is_served_and_an_unreadable_one_is_a_422(served: Served, 
     tok = train_tokenizer()
     ref = tiny_model("llama", tok.get_vocab_size(), tied=True)
     write_gguf(tmp_path / "tiny.gguf", ref, tok)
-    local, local_tok = artifact.load_model(tmp_path / "tiny.gguf")
+    local, local_tok = load_model(tmp_path / "tiny.gguf")
     [want] = complete(local, local_tok, ["hello"], Sampling(max_new_tokens=8))
     q81 = {"token_embd.weight": (np.zeros((tok.get_vocab_size(), 64 // 32 * 40), np.uint8), Q.Q8_1)}
     write_gguf(tmp_path / "q81.gguf", ref, tok, replace=q81)
@@ -152,10 +152,10 @@ def test_peft_adapters_of_a_qwen2_upload_serve_in_one_batch_on_it(
     from concurrent.futures import ThreadPoolExecutor
 
     peft = pytest.importorskip("peft")
-    from models.peft import load_adapter, merge_adapter
+    from models.formats.peft import load_adapter, merge_adapter
 
     archive, source = qwen2_zip
-    local, tok = artifact.load_model(source)
+    local, tok = load_model(source)
     targets = {"attn": ["q_proj", "k_proj", "v_proj", "o_proj"], "all": ["q_proj", "v_proj", "gate_proj", "up_proj",
                "down_proj", "k_proj", "o_proj"]}  # fmt: skip
     archives, wants = {}, {"base": complete(local, tok, [PROMPT], Sampling(max_new_tokens=12))[0]}
@@ -169,7 +169,7 @@ def test_peft_adapters_of_a_qwen2_upload_serve_in_one_batch_on_it(
                 if "lora_" in n:
                     p.mul_(3.0)  # large enough to change the greedy text
         model.save_pretrained(tmp_path / name)
-        merged, _ = artifact.load_model(source)
+        merged, _ = load_model(source)
         merge_adapter(merged, load_adapter(tmp_path / name).adapter)
         wants[name] = complete(merged, tok, [PROMPT], Sampling(max_new_tokens=12))[0]
         buf = io.BytesIO()

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from models import artifact
-from models.generate import Sampling, complete
-from models.gpt import GPT
-from models.records import messages_prompt
-from models.tokenizer import Tokenizer
+from models.data.records import messages_prompt
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
+from models.formats.load import load_model
+from models.inference.generate import Sampling, complete
 from tests.system.stack import Served
 
 openai = pytest.importorskip("openai")
@@ -26,7 +26,7 @@ def client(served: Served) -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def local(served: Served) -> tuple[GPT, Tokenizer]:
-    return artifact.load_model(served.model_dir)
+    return load_model(served.model_dir)
 
 
 def test_completions(client: object, served: Served, local: tuple[GPT, Tokenizer]) -> None:

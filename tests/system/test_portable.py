@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from models import artifact
+from models.formats.load import load_model
 from tests.system.processes import run_cli
 from tests.system.stack import Api, Served, example_spec
 
@@ -53,7 +53,7 @@ def test_transformers_loads_the_export(served: Served, exported: tuple[bytes, Pa
     assert "generation_config.json" in names
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
-    ours, tok = artifact.load_model(served.model_dir)
+    ours, tok = load_model(served.model_dir)
     ids = tok.encode(PROMPT)
     assert hf_tok(PROMPT)["input_ids"] == ids
     x = torch.tensor([ids])
@@ -90,7 +90,7 @@ def test_upload_serves_and_fine_tunes(served: Served, exported: tuple[bytes, Pat
         tuned = events[-1]["data"]["model_id"]
         r = generate(api, tuned)
         assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(
-            artifact.load_model(served.model_dir)[1].encode(PROMPT)
+            load_model(served.model_dir)[1].encode(PROMPT)
         )
 
 
@@ -112,8 +112,8 @@ def test_stagecraft_train_starts_from_an_exported_directory(
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     proc = run_cli("train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run"), env=served.env)
     assert proc.returncode == 0, proc.stderr
-    tuned, tok = artifact.load_model(tmp_path / "run" / "model")
-    assert tuned.config.vocab_size == 512 and tok.encode(PROMPT) == artifact.load_model(folder)[1].encode(PROMPT)
+    tuned, tok = load_model(tmp_path / "run" / "model")
+    assert tuned.config.vocab_size == 512 and tok.encode(PROMPT) == load_model(folder)[1].encode(PROMPT)
 
 
 def test_unsupported_uploads_are_refused(served: Served, exported: tuple[bytes, Path]) -> None:

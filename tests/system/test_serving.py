@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from models import artifact, records
-from models.generate import Sampling, complete
-from models.gpt import GPT
-from models.tokenizer import Tokenizer
+from models.data import records
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.model import GPT
+from models.formats.load import load_model
+from models.inference.generate import Sampling, complete
 from stagecraft._sse import parse as parse_sse
 from tests.system.processes import run_cli
 from tests.system.stack import Served
@@ -26,7 +27,7 @@ SAMPLED = {"temperature": 1.0, "top_k": 50, "top_p": 0.95, "seed": 7}
 @pytest.fixture(scope="module")
 def local(served: Served) -> tuple[GPT, Tokenizer]:
     """The served model, loaded here from its directory."""
-    return artifact.load_model(served.model_dir)
+    return load_model(served.model_dir)
 
 
 def post(served: Served, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def test_checkpoints_are_servable(served: Served) -> None:
         ckpt = api.http.get(f"/v1/models/{served.model_id}").json()["checkpoints"][0]
     body = {"prompt": "At the market, Nadia has", "max_new_tokens": 16, **SAMPLED}
     out = post(served, f"/v1/models/{ckpt['id']}/generate", body)
-    model, tok = artifact.load_model(served.data / "jobs" / served.job["id"] / "exports" / ckpt["id"])
+    model, tok = load_model(served.data / "jobs" / served.job["id"] / "exports" / ckpt["id"])
     assert out["text"] == complete(model, tok, [body["prompt"]], Sampling(16, **SAMPLED))[0]
     final = post(served, f"/v1/models/{served.model_id}/generate", body)
     assert final["text"] != out["text"]  # other weights

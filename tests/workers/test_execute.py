@@ -112,8 +112,8 @@ def test_a_jobs_adapters_become_models_of_a_base_of_their_own(
     does) as its base merged with it; the job's model is the base with both merged."""
     import torch
 
-    from models import artifact
-    from models.peft import load_adapter, merge_adapter
+    from models.formats.load import load_model
+    from models.formats.peft import load_adapter, merge_adapter
 
     url = database.engine.url.render_as_string(hide_password=False)
     settings = Settings(data_dir=tmp_path / "data", database_url=url, event_flush_s=0.05, cancel_poll_s=0.05)
@@ -138,21 +138,21 @@ def test_a_jobs_adapters_become_models_of_a_base_of_their_own(
     [base] = [i for i in infos if i.name.endswith("(base of its adapters)")]
     assert len(adapters) == 2 and {a.base for a in adapters} == {base.id}
     assert all(a.job_id == job.id and a.source == "job" and a.config == base.config for a in adapters)
-    base_model, _ = artifact.load_model(served[base.id][0])
+    base_model, _ = load_model(served[base.id][0])
     idx = torch.randint(0, base_model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     for a in adapters:
         base_dir, adapter_dir = served[a.id]
         assert base_dir == served[base.id][0] and adapter_dir is not None
-        want = artifact.load_model(base_dir)[0]
+        want = load_model(base_dir)[0]
         merge_adapter(want, load_adapter(adapter_dir).adapter)
-        got = artifact.load_model(adapter_dir)[0]  # init_from an adapter: the base with it merged
+        got = load_model(adapter_dir)[0]  # init_from an adapter: the base with it merged
         with torch.no_grad():
             torch.testing.assert_close(got.eval()(idx), want.eval()(idx))
             assert not torch.allclose(got(idx), base_model.eval()(idx))
         merge_adapter(base_model, load_adapter(adapter_dir).adapter)
     [job_model] = [i for i in infos if i.job_id == job.id and i.adapter is None]
     with torch.no_grad():
-        final = artifact.load_model(served[job_model.id][0])[0].eval()(idx)
+        final = load_model(served[job_model.id][0])[0].eval()(idx)
         torch.testing.assert_close(final, base_model(idx), rtol=1e-4, atol=1e-5)
     with database.write() as session:  # deleting the job takes its adapters and their base along
         deletion.delete_job(session, settings, tenant_id, job.id)

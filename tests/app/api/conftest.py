@@ -17,8 +17,8 @@ from app.api.main import create_app
 from app.config import Settings
 from app.db import Database
 from app.services import auth
-from models import artifact
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.formats.native import save_model
 from tests.conftest import tiny_model
 
 
@@ -67,7 +67,7 @@ def model_dir(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) ->
     """A tiny model as training saves it, with a long context (1024) for long generations."""
     d = tmp_path_factory.mktemp("upload") / "tiny"
     model = tiny_model(tokenizer.vocab_size, block_size=1024)
-    artifact.save_model(d, model.state_dict(), model.config, tokenizer, {"name": "tiny"})
+    save_model(d, model.state_dict(), model.config, tokenizer, {"name": "tiny"})
     return d
 
 

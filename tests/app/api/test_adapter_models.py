@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-from models import artifact, lora
-from models.peft import merge_adapter, save_adapter
+from models.data.tokenizer import Tokenizer
+from models.formats.native import save_model
+from models.formats.peft import merge_adapter, save_adapter
+from models.lora import layers as lora
 from models.spec import AdapterSpec
-from models.tokenizer import Tokenizer
 from tests.app.api.conftest import Client, archive, error, upload
 from tests.conftest import tiny_model
 
@@ -67,7 +68,7 @@ def setup(client: Client, model_dir: Path, tokenizer: Tokenizer, tmp_path: Path)
         merged = copy.deepcopy(base)
         merge_adapter(merged, adapter)
         mdir = tmp_path / f"merged{k}"
-        artifact.save_model(mdir, merged.state_dict(), merged.config, tokenizer, {"name": f"merged{k}"})
+        save_model(mdir, merged.state_dict(), merged.config, tokenizer, {"name": f"merged{k}"})
         r = upload(client, archive(mdir, tmp_path))
         assert r.status_code == 201, r.text
         out["merged"].append(r.json()["id"])
@@ -108,7 +109,7 @@ def test_adapters_list_with_their_base_and_serve_the_merged_models_text(client: 
 
 
 def test_an_adapter_exports_in_the_peft_layout(client: Client, setup: dict[str, Any], tmp_path: Path) -> None:
-    from models.peft import load_adapter
+    from models.formats.peft import load_adapter
 
     r = client.get(f"/v1/models/{setup['adapters'][0]}/export")
     assert r.status_code == 200, r.text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models import records
+from models.data import records
 from tests.app.api.conftest import Client, archive, error, upload
 from tests.chat_models import save_chat_llama, template_ids
 

@@ -8,7 +8,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from models.records import parse_bytes, scan_path
+from models.data.records import parse_bytes, scan_path
 from tests.app.api.conftest import Client, error
 from tests.conftest import record_objects
 

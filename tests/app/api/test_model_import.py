@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from app.config import Settings
-from models import artifact
-from models.llama import Llama, LlamaConfig
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.families.llama.model import Llama, LlamaConfig
+from models.formats.native import save_model
 from tests.app.api.conftest import Client, Edit, archive, error, upload
 
 
@@ -124,7 +124,7 @@ def test_a_llama_family_model_as_training_saves_it_imports_and_generates(
     config = LlamaConfig(tokenizer.vocab_size, 64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48)
     d = tmp_path / "llama"
     model = Llama(config)
-    artifact.save_model(d, model.state_dict(), config, tokenizer, {"name": "tiny-llama"})
+    save_model(d, model.state_dict(), config, tokenizer, {"name": "tiny-llama"})
     r = upload(client, archive(d, tmp_path))
     assert r.status_code == 201, r.text
     assert r.json()["parameters"] == model.num_parameters() and r.json()["config"]["n_layer"] == 2
@@ -147,7 +147,7 @@ def test_lying_llama_configs_are_422(
 ) -> None:
     config = LlamaConfig(tokenizer.vocab_size, 64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, intermediate_size=48)
     d = tmp_path / "llama"
-    artifact.save_model(d, Llama(config).state_dict(), config, tokenizer, {"name": "tiny-llama"})
+    save_model(d, Llama(config).state_dict(), config, tokenizer, {"name": "tiny-llama"})
     edit = config_edit(lambda c: {**c, "llama": {**c["llama"], **fields}})  # type: ignore[dict-item]
     err = error(upload(client, archive(d, tmp_path, edit)), 422, code)
     assert says in err["message"], err

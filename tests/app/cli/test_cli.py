@@ -18,9 +18,11 @@ import pytest
 import torch
 import yaml
 
-from models import artifact
-from models.checkpoint import MODEL_FILE, list_checkpoints, load_tensors
-from models.generate import Sampling, complete
+from models.formats.layout import MODEL_FILE
+from models.formats.load import load_model, served_chat_format
+from models.formats.native import load_tensors
+from models.inference.generate import Sampling, complete
+from models.training.checkpoint import list_checkpoints
 from tests.conftest import BASE_SPEC, EVENT_TYPES, corpus_texts, record_objects, write_jsonl
 
 PRETRAIN_STEPS = 60
@@ -108,7 +110,7 @@ def test_generate_prints_the_completion(trained: Path) -> None:
     prompt = "At the market, Nadia has"
     proc = cli("generate", trained, "--prompt", prompt, "--max-new-tokens", "8")
     assert proc.returncode == 0, proc.stderr
-    model, tok = artifact.load_model(trained / "model")
+    model, tok = load_model(trained / "model")
     [expected] = complete(model, tok, [prompt], Sampling(max_new_tokens=8))
     assert proc.stdout == expected + "\n"
     assert proc.stdout != "\n", "a trained model continues a corpus prompt"
@@ -212,16 +214,16 @@ def test_generate_a_task_on_a_chat_model_uses_its_template(tmp_path: Path) -> No
     """On a Hugging Face directory with a chat template, `--task` answers as the task endpoints
     do: the task prompt as the user turn (apply_chat_template), stopping at the end of turn."""
     transformers = pytest.importorskip("transformers")
-    from models.chat import stop_token_ids
-    from models.records import qa_prompt
+    from models.data.chat import stop_token_ids
+    from models.data.records import qa_prompt
     from tests.chat_models import save_chat_llama, template_ids, transformers_tokenizer
 
     directory = save_chat_llama(tmp_path / "chat")
     proc = cli("generate", directory, "--task", "qa", "--question", "Where?", "--context", "In Lyon.",
                "--max-new-tokens", "8")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    _, tok = artifact.load_model(directory)
-    chat = artifact.served_chat_format(directory, tok)
+    _, tok = load_model(directory)
+    chat = served_chat_format(directory, tok)
     assert chat is not None
     ids = template_ids(directory, [{"role": "user", "content": qa_prompt("Where?", "In Lyon.").strip()}])
     theirs = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()

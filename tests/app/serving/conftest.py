@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models import artifact
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.formats.native import save_model
 from tests.conftest import tiny_model
 
 
@@ -18,6 +18,6 @@ def model_dirs(tokenizer: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -
     dirs = []
     for seed in range(2):
         model = tiny_model(tokenizer.vocab_size, seed=seed, block_size=64, n_embd=32)
-        artifact.save_model(root / f"m{seed}", model.state_dict(), model.config, tokenizer, {"name": f"m{seed}"})
+        save_model(root / f"m{seed}", model.state_dict(), model.config, tokenizer, {"name": f"m{seed}"})
         dirs.append(root / f"m{seed}")
     return dirs

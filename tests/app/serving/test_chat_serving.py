@@ -14,9 +14,9 @@ import torch
 
 from app.serving.engine import ModelCache, Served
 from app.serving.requests import ChatPrompt, Prepared, TaskPrompt, encode
-from models import records
-from models.chat_records import encode_chat_example
-from models.generate import Sampling
+from models.data import records
+from models.data.chat_records import encode_chat_example
+from models.inference.generate import Sampling
 from tests.chat_models import END_OF_TURN, save_chat_llama, template_ids, transformers_tokenizer
 
 transformers = pytest.importorskip("transformers")

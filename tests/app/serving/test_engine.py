@@ -14,18 +14,18 @@ import torch
 
 import app.serving.engine
 from app.serving.engine import InferenceThread, ModelCache, Served
-from models import artifact
-from models.generate import Sampling, generate_ids
-from models.gpt import KVCache
-from models.serving_gpt import ServingGPT
-from models.tokenizer import Tokenizer
+from models.data.tokenizer import Tokenizer
+from models.families.gpt.serving import ServingGPT
+from models.formats.load import load_model
+from models.inference.generate import Sampling, generate_ids
+from models.layers.kv_cache import KVCache
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn-packed", "addmm"])
 def test_serving_gpt_computes_the_gpt_logits(model_dirs: list[Path], onednn: bool) -> None:
     if onednn and not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
-    model, _ = artifact.load_model(model_dirs[0])
+    model, _ = load_model(model_dirs[0])
     net = ServingGPT(model, onednn=onednn)  # False: the plain addmm layout, as on a build without oneDNN
     assert (net.layers[0].fc.packed is not None) == onednn and (net.head.packed is not None) == onednn
     idx = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -71,7 +71,7 @@ def test_concurrent_first_requests_share_one_load(model_dirs: list[Path], monkey
 def test_one_thread_runs_every_load_and_decode_step(model_dirs: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Two models, loaded and decoding at once, run torch on a single thread (a second torch
     thread in the process makes libgomp stop spin-waiting: see InferenceThread)."""
-    from models.decoder import Decoder
+    from models.inference.decoder import Decoder
 
     threads: set[str] = set()
     real_load, real_step = app.serving.engine._load, Decoder.step
@@ -140,7 +140,7 @@ def test_generation_never_blocks_the_event_loop(model_dirs: list[Path], tokenize
 
 
 def test_served_rows_match_generate_ids(model_dirs: list[Path], tokenizer: Tokenizer) -> None:
-    model, _ = artifact.load_model(model_dirs[1])
+    model, _ = load_model(model_dirs[1])
     prompts = [tokenizer.encode(p) for p in ("At the market, Nadia has", "So it", "Omar")]
 
     async def main() -> list[list[int]]:
@@ -157,7 +157,7 @@ def test_served_rows_match_generate_ids(model_dirs: list[Path], tokenizer: Token
 
 
 async def _tokens(engine: ModelCache, served: Served, prompt: list[int]) -> list[int]:
-    from models.decoder import Row
+    from models.inference.decoder import Row
 
     row = Row(prompt, Sampling(max_new_tokens=12))
     done = asyncio.Event()

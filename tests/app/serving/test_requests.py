@@ -11,9 +11,9 @@ import pytest
 from app.errors import InternalError, Invalid
 from app.serving.engine import ModelCache
 from app.serving.requests import Prepared, stop_list
-from models.decoder import Decoder
-from models.generate import Sampling
-from models.records import qa_prompt, summarize_prompt, task_prompt, translate_prompt
+from models.data.records import qa_prompt, summarize_prompt, task_prompt, translate_prompt
+from models.inference.decoder import Decoder
+from models.inference.generate import Sampling
 
 
 def test_a_failed_generation_is_an_internal_error(model_dirs: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,151 @@
+"""The Llama family's forward pass laid out for serving: the same function as
+`models.families.llama.model.Llama` with a KV cache, in fewer operations per token.
+
+- q, k and v are one projection (their weights concatenated), and so are the SwiGLU's
+  gate and up: two matmuls fewer per layer. Every projection is a
+  `models.layers.projection.Projection`, so on a CPU with oneDNN (fp32) its weight is laid out
+  once for batches of a few rows, as on the GPT path.
+- No `nn.Module` calls and no dropout; the output projection runs only for the
+  positions whose next token is wanted.
+
+It takes the decoder's caches as they are (`models.inference.decoder.SlotCache` holds n_kv_head
+heads per layer) and per-row positions, so rows that joined at different times rotate
+their keys at their own positions. The weights are copies (the Llama can be dropped);
+logits agree with `Llama` to float rounding (tests/models/test_llama.py).
+
+LoRA adapters join through `self.adapters` (models/lora/bank.py), whose fused groups
+mirror the fused projections: an adapter's q, k and v products land in their slices of
+the qkv output, gate and up in theirs of gate-up (before the norms, rotation and SiLU,
+as in the unfused model); `last_logits(..., adapters=rows)` gives each row its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.families.llama.model import Llama, LlamaConfig, rms_norm, rotary
+from models.layers.kv_cache import KVCache
+from models.layers.projection import Projection
+from models.lora.bank import AdapterBank
+
+
+@dataclass
+class Layer:
+    ln1: Tensor
+    qkv: Projection  # C -> (H + 2 KV) D
+    q_norm: Tensor | None
+    k_norm: Tensor | None
+    o: Projection  # H D -> C
+    ln2: Tensor
+    gate_up: Projection  # C -> 2 I
+    down: Projection  # I -> C
+
+    def tensors(self) -> list[Tensor]:
+        norms = [t for t in (self.ln1, self.ln2, self.q_norm, self.k_norm) if t is not None]
+        return norms + [t for p in (self.qkv, self.o, self.gate_up, self.down) for t in p.tensors()]
+
+
+class ServingLlama:
+    def __init__(self, model: Llama, onednn: bool = True):
+        """`onednn=False` keeps the plain `addmm` layout even where oneDNN could pack."""
+        self.config: LlamaConfig = model.config
+        sd = {k: v.detach() for k, v in model.state_dict().items()}
+        self.layers: list[Layer] = []
+        for i in range(self.config.n_layer):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            qkv_w = torch.cat([sd[a + f"{n}_proj.weight"] for n in "qkv"])
+            qkv_b = torch.cat([sd[a + f"{n}_proj.bias"] for n in "qkv"]) if self.config.attention_bias else None
+            gate_up = torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]])
+            qn, kn = sd.get(a + "q_norm.weight"), sd.get(a + "k_norm.weight")
+            self.layers.append(
+                Layer(
+                    sd[p + "input_layernorm.weight"].clone(),
+                    Projection(qkv_w, qkv_b, onednn),
+                    None if qn is None else qn.clone(),
+                    None if kn is None else kn.clone(),
+                    Projection(sd[a + "o_proj.weight"], None, onednn),
+                    sd[p + "post_attention_layernorm.weight"].clone(),
+                    Projection(gate_up, None, onednn),
+                    Projection(sd[p + "mlp.down_proj.weight"], None, onednn),
+                )
+            )
+        self.embed = sd["model.embed_tokens.weight"].clone()
+        self.norm = sd["model.norm.weight"].clone()
+        self.head = Projection(model.head_weight().detach(), None, onednn)
+        self.cos, self.sin = model.rope_cos.clone(), model.rope_sin.clone()
+        self._adapter_bank()
+
+    def _adapter_bank(self) -> None:
+        c = self.config
+        C, inter, q_out, kv_out = c.n_embd, c.intermediate_size, c.n_head * c.head_dim, c.n_kv_head * c.head_dim
+        shapes: dict[str, tuple[int, int]] = {}
+        fused: dict[str, list[str]] = {}
+        self.paths: list[tuple[str, str, str, str]] = []  # per layer: qkv group, o, gate-up group, down
+        for i in range(c.n_layer):
+            a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+            layer = {"q_proj": (C, q_out), "k_proj": (C, kv_out), "v_proj": (C, kv_out), "o_proj": (q_out, C)}
+            shapes |= {a + n: s for n, s in layer.items()}
+            shapes |= {m + "gate_proj": (C, inter), m + "up_proj": (C, inter), m + "down_proj": (inter, C)}
+            fused[a + "qkv"] = [a + "q_proj", a + "k_proj", a + "v_proj"]
+            fused[m + "gate_up"] = [m + "gate_proj", m + "up_proj"]
+            self.paths.append((a + "qkv", a + "o_proj", m + "gate_up", m + "down_proj"))
+        self.adapters = AdapterBank(shapes, self.device, self.dtype, fused)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    def nbytes(self) -> int:
+        tensors = [self.embed, self.norm, self.cos, self.sin, *self.head.tensors()]
+        tensors += [t for layer in self.layers for t in layer.tensors()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @torch.inference_mode()
+    def last_logits(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, adapters: Tensor | None = None
+    ) -> Tensor:
+        """Logits (B, V) for the last position of each row of `idx` (B, T), whose keys and
+        values join `cache`; `positions` (B or 1, T). Without `mask`: causal over the new
+        tokens if the cache is empty, else attention to every cached position. `adapters`
+        (B,): each row's slot in `self.adapters` (0: the base alone); None when every row
+        uses the base (the bank is not touched)."""
+        B, T = idx.shape
+        c = self.config
+        C, H, KV, D, eps = c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.rms_norm_eps
+        if cache.length + T > c.block_size:
+            raise ValueError(f"sequence of {cache.length + T} tokens is longer than block_size")
+        causal = mask is None and cache.length == 0 and T > 1
+        cos = self.cos[positions].to(self.dtype)[:, None]  # (B or 1, 1, T, D)
+        sin = self.sin[positions].to(self.dtype)[:, None]
+        bank = self.adapters
+
+        def project(proj: Projection, key: str, h: Tensor) -> Tensor:
+            y = proj(h)
+            return y if adapters is None else bank.add_delta(key, h, y, adapters)
+
+        x = self.embed[idx].view(B * T, C)
+        for i, w in enumerate(self.layers):
+            p_qkv, p_o, p_gate_up, p_down = self.paths[i]
+            qkv = project(w.qkv, p_qkv, rms_norm(x, w.ln1, eps)).view(B, T, H + 2 * KV, D)
+            q, k, v = qkv.split([H, KV, KV], dim=2)
+            if w.q_norm is not None and w.k_norm is not None:
+                q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+            k, v = cache.update(i, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=KV != H)
+            x = project(w.o, p_o, y.transpose(1, 2).reshape(B * T, H * D)).add_(x)
+            gate, up = project(w.gate_up, p_gate_up, rms_norm(x, w.ln2, eps)).chunk(2, dim=-1)
+            x = project(w.down, p_down, F.silu(gate).mul_(up)).add_(x)
+        cache.length += T
+        last = x.view(B, T, C)[:, -1]
+        return self.head(rms_norm(last, self.norm, eps))

@@ -1,0 +1,316 @@
+"""Step-wise batched decoding for serving: rows join and leave between decode steps.
+
+The forward pass is `models.families.gpt.serving.ServingGPT` (GPT's function in fewer operations)
+or `models.families.llama.serving.ServingLlama` for the Llama family.
+Each row keeps its own slot of a preallocated KV cache, its own length, sampling
+settings, random generator, stop strings and token budget. New rows are prefilled
+(prompts of one length together, their keys and values written straight into their
+slots); every `step()` then decodes one token for all rows at once. Rows stay packed
+at the front of the cache (a finished row's slot takes the last row's), so a step only
+ever reads `[:n]` views.
+
+Every step writes all rows' new keys at one shared column (a plain slice); rows that
+joined at different times carry gaps that a persistent key mask hides (see SlotCache),
+and when no row has one (batch 1, or rows that started together) no mask is used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from models.data.tokenizer import Tokenizer
+from models.families.build import Model
+from models.families.gpt.model import GPT
+from models.families.gpt.serving import ServingGPT
+from models.families.llama.serving import ServingLlama
+from models.inference.generate import Sampling, finished_text, pick
+from models.layers.kv_cache import CacheShape, KVCache
+from models.lora.layers import Adapter
+
+
+@dataclass(eq=False)
+class Row:
+    """One request. `supervised`: the prompt ends with the completion marker, and the
+    completion's leading space is dropped from the text (as `models.inference.generate.complete`)."""
+
+    prompt: list[int]
+    sampling: Sampling
+    stop: list[str] = field(default_factory=list)
+    supervised: bool = False
+    stream: bool = False  # decode text after every token (for streaming), not only at the end
+    ignore_eos: bool = False  # run to the budget (benchmarks, fixed-length batches)
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""  # the text so far (final once finish_reason is set)
+    sent: int = 0  # characters of `text` already handed out by `delta()`
+    finish_reason: str | None = None  # "stop" (end token or stop string) | "length" | "cancelled"
+    cancelled: bool = False  # set by the owner: the row is dropped at the next step
+    budget: int = 0
+    generator: torch.Generator | None = None
+    adapter: str | None = None  # a LoRA adapter added with Decoder.add_adapter; None: the base alone
+
+    def delta(self) -> str:
+        """Text produced since the last call."""
+        new = self.text[self.sent :]
+        self.sent = len(self.text)
+        return new
+
+
+class SlotCache(KVCache):
+    """Keys and values for `slots` rows. Every decode step writes all rows at one shared
+    column (`length`), so writes are plain slices. A row that joined while the column was
+    past its prompt has a gap there, which `valid` masks out; when no row has a gap (one
+    row, or rows that started together) no mask is needed. `lens` counts each row's
+    tokens, its next position. When the column reaches the end of the context, rows are
+    compacted (their gaps squeezed out)."""
+
+    def __init__(self, config: CacheShape, slots: int, device: torch.device, dtype: torch.dtype):
+        super().__init__(config, slots, device, dtype)
+        self.block = config.block_size
+        self.valid = torch.zeros((slots, self.block), dtype=torch.bool, device=device)
+        self.lens: list[int] = []
+        self.compactions = 0
+
+    def admit(self, prompt_len: int, count: int = 1) -> KVCache:
+        """The next `count` slots, as an empty cache whose writes land here (for a prefill of
+        `count` prompts of `prompt_len` tokens)."""
+        i = len(self.lens)
+        self.lens += [prompt_len] * count
+        self.valid[i : i + count] = False
+        self.valid[i : i + count, :prompt_len] = True
+        self.length = max(self.length, prompt_len)
+        view = KVCache.__new__(KVCache)
+        view.k = [k[i : i + count] for k in self.k]
+        view.v = [v[i : i + count] for v in self.v]
+        view.length = 0
+        return view
+
+    def prepare(self) -> tuple[Tensor, Tensor | None]:
+        """Positions (n, 1) of each row's next token, and the key mask (None if not needed)."""
+        n = len(self.lens)
+        if self.length >= self.block:
+            self._compact()
+        self.valid[:n, self.length] = True
+        pos = torch.tensor(self.lens, device=self.valid.device)[:, None]
+        if all(x == self.length for x in self.lens):
+            return pos, None
+        return pos, self.valid[:n, None, None, : self.length + 1]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        n, col = k.size(0), self.length
+        self.k[layer][:n, :, col : col + 1] = k
+        self.v[layer][:n, :, col : col + 1] = v
+        return self.k[layer][:n, :, : col + 1], self.v[layer][:n, :, : col + 1]
+
+    def _compact(self) -> None:
+        self.compactions += 1
+        for r, n in enumerate(self.lens):
+            cols = self.valid[r, : self.length].nonzero().squeeze(1)
+            if cols.numel() == self.length:
+                continue
+            for cache in (self.k, self.v):
+                for t in cache:
+                    t[r, :, :n] = t[r, :, cols]
+            self.valid[r] = False
+            self.valid[r, :n] = True
+        self.length = max(self.lens)
+
+    def remove(self, i: int) -> None:
+        """Drop row i; the last row takes its slot."""
+        last = len(self.lens) - 1
+        if i != last:
+            for cache in (self.k, self.v):
+                for t in cache:
+                    t[i, :, : self.length] = t[last, :, : self.length]
+            self.valid[i] = self.valid[last]
+            self.lens[i] = self.lens[last]
+        self.lens.pop()
+        if not self.lens:
+            self.length = 0
+
+
+PREFILL_TOKENS_PER_STEP = 4096  # prompt tokens admitted in one step (at least one prompt, whatever its length)
+
+
+class Decoder:
+    """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
+
+    def __init__(self, model: Model, tok: Tokenizer, max_batch: int = 16):
+        self.net = ServingGPT(model) if isinstance(model, GPT) else ServingLlama(model)
+        self.tok, self.max_batch = tok, max_batch
+        self.end_ids = set(tok.end_ids)  # the model's end-of-sequence / end-of-turn tokens, and ours
+        self.block = model.config.block_size
+        self.waiting: deque[Row] = deque()
+        self.rows: list[Row] = []  # row i is in cache slot i
+        self.cache: SlotCache | None = None
+        self.steps = 0  # batched decode steps run, and the rows they decoded (for monitoring)
+        self.rows_decoded = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    def add_adapter(self, name: str, adapter: Adapter) -> None:
+        """Serve `adapter` (models.lora.layers.Adapter) beside the base; rows name it in `Row.adapter`.
+        Call between steps, like `add`; adding a name again replaces that adapter."""
+        self.net.adapters.add(name, adapter)
+
+    def remove_adapter(self, name: str) -> None:
+        if any(r.adapter == name for r in [*self.rows, *self.waiting]):
+            raise ValueError(f"adapter '{name}' is in use")
+        self.net.adapters.remove(name)
+
+    def _adapter_rows(self, rows: list[Row]) -> Tensor | None:
+        if all(r.adapter is None for r in rows):
+            return None
+        bank = self.net.adapters
+        slots = [bank.index(r.adapter) for r in rows]
+        return torch.tensor(slots, device=self.net.device)
+
+    def _logits(self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, rows: list[Row]) -> Tensor:
+        adapters = self._adapter_rows(rows)
+        if adapters is None:
+            return self.net.last_logits(idx, positions, cache, mask)
+        return self.net.last_logits(idx, positions, cache, mask, adapters)
+
+    def add(self, row: Row) -> None:
+        if row.adapter is not None and row.adapter not in self.net.adapters.slots:
+            raise ValueError(f"unknown adapter '{row.adapter}'")
+        if not row.prompt or len(row.prompt) >= self.block:
+            raise ValueError(f"a prompt needs 1 to {self.block - 1} tokens, got {len(row.prompt)}")
+        row.budget = min(row.sampling.max_new_tokens, self.block - len(row.prompt))
+        if row.sampling.temperature > 0:
+            seed = row.sampling.seed if row.sampling.seed is not None else secrets.randbits(63)
+            row.generator = torch.Generator(self.net.device).manual_seed(seed)
+        self.waiting.append(row)
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """Admit waiting rows (prefill, first token), decode one token for the others.
+
+        Returns the rows that changed: new text to stream, or finished (then removed).
+        """
+        if self.cache is None:
+            self.cache = SlotCache(self.net.config, self.max_batch, self.net.device, self.net.dtype)
+        changed: list[Row] = []
+        old = len(self.rows)
+        if old:
+            positions, mask = self.cache.prepare()
+            last = torch.tensor([[r.tokens[-1]] for r in self.rows], device=positions.device)
+            logits = self._logits(last, positions, self.cache, mask, self.rows)
+            for i in range(old):
+                self.cache.lens[i] += 1
+            self.steps += 1
+            self.rows_decoded += old
+            self._advance(self.rows, logits, changed)
+            self._drop_finished()
+        joining: list[Row] = []
+        budget = PREFILL_TOKENS_PER_STEP  # so one step's prefill, and the rows' wait for it, stays bounded
+        while self.waiting and len(self.rows) + len(joining) < self.max_batch:
+            row = self.waiting[0]
+            if joining and len(row.prompt) > budget:
+                break  # it joins at the next step
+            self.waiting.popleft()
+            if row.cancelled:
+                row.finish_reason = "cancelled"
+                changed.append(row)
+            else:
+                budget -= len(row.prompt)
+                joining.append(row)
+        # Prompts of one length are prefilled together: one forward for requests that came at once.
+        for length, group in itertools.groupby(sorted(joining, key=lambda r: len(r.prompt)), lambda r: len(r.prompt)):
+            rows = list(group)
+            self.rows += rows
+            view = self.cache.admit(length, len(rows))
+            idx = torch.tensor([r.prompt for r in rows], device=self.net.device)
+            positions = torch.arange(length, device=self.net.device)[None]
+            logits = self._logits(idx, positions, view, None, rows)
+            self._advance(rows, logits, changed)
+        self._drop_finished()
+        return changed
+
+    def _advance(self, rows: list[Row], logits: Tensor, changed: list[Row]) -> None:
+        logits = logits.float()
+        greedy = [r.sampling.temperature <= 0 for r in rows]
+        picked: list[int] = logits.argmax(-1).tolist() if any(greedy) else [0] * len(rows)
+        for i, r in enumerate(rows):
+            if not greedy[i]:
+                picked[i] = int(pick(logits[i : i + 1], r.sampling, r.generator)[0])
+        for r, t in zip(rows, picked):
+            if r.cancelled:
+                r.finish_reason = "cancelled"
+            elif t in self.end_ids and not r.ignore_eos:
+                r.finish_reason = "stop"
+            else:
+                r.tokens.append(t)
+                if r.stop or r.stream:
+                    self._update_text(r)
+                if r.finish_reason is None and len(r.tokens) >= r.budget:
+                    r.finish_reason = "length"
+            if r.finish_reason is not None:
+                self._final_text(r)
+            if r.finish_reason is not None or r.stream:
+                changed.append(r)
+
+    def _update_text(self, r: Row) -> None:
+        raw = self.tok.decode(r.tokens)
+        cut = min((i for i in (raw.find(s) for s in r.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            r.finish_reason = "stop"
+            return
+        # Hold back an unfinished character and anything that may begin a stop string.
+        safe = raw.rstrip("\ufffd")
+        hold = max((pending_prefix(safe, s) for s in r.stop), default=0)
+        safe = finished_text(safe[: len(safe) - hold], None, r.supervised)  # (stop strings: checked above)
+        if len(safe) > len(r.text) and safe.startswith(r.text):
+            r.text = safe
+
+    def _final_text(self, r: Row) -> None:
+        r.text = finished_text(self.tok.decode(r.tokens), r.stop, r.supervised)
+
+    def _drop_finished(self) -> None:
+        assert self.cache is not None
+        i = 0
+        while i < len(self.rows):
+            if self.rows[i].finish_reason is None:
+                i += 1
+                continue
+            self.cache.remove(i)
+            self.rows[i] = self.rows[-1]
+            self.rows.pop()
+
+    def close(self) -> None:
+        """Finish every row as cancelled (the model is going away)."""
+        for r in [*self.rows, *self.waiting]:
+            r.finish_reason = r.finish_reason or "cancelled"
+        self.rows.clear()
+        self.waiting.clear()
+        self.cache = None
+
+
+def pending_prefix(text: str, stop: str) -> int:
+    """The length of the longest proper prefix of `stop` that `text` ends with: what must be
+    held back while it may still become `stop`. Knuth-Morris-Pratt over the last len(stop)-1
+    characters, so linear in len(stop) (checking every prefix with endswith is quadratic)."""
+    if len(stop) < 2:
+        return 0
+    fail = [0] * len(stop)  # fail[i]: longest proper prefix of stop[:i+1] that is also its suffix
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = fail[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        fail[i] = k
+    k = 0
+    for ch in text[-(len(stop) - 1) :]:
+        while k and (k == len(stop) or ch != stop[k]):
+            k = fail[k - 1]
+        if ch == stop[k]:
+            k += 1
+    return k if k < len(stop) else fail[k - 1]

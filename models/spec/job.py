@@ -1,0 +1,194 @@
+"""The job spec (docs/spec.md) as pydantic models, shared by the CLI, the API and the run.
+
+`models.spec.parse_spec` (models/spec/checks.py) is the one entry point.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from models.fields import Number, StrictInt, StrictModel
+from models.lora.targets import ALL_TARGETS
+from models.spec.model import AnyModelSpec, ModelSpec
+
+PosInt = Annotated[StrictInt, Field(ge=1)]
+LearningRate = Annotated[Number, Field(gt=0.0, le=10.0)]
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+# --- model and tokenizer -------------------------------------------------------------
+
+
+class TokenizerSpec(StrictModel):
+    type: Literal["bpe"] = "bpe"
+    vocab_size: Annotated[StrictInt, Field(ge=300, le=262144)] = 4096
+    train_on: Annotated[list[Name], Field(min_length=1)]
+
+
+class DataRef(StrictModel):
+    dataset: Annotated[str, Field(min_length=1, max_length=4096)]
+    validation_fraction: Annotated[Number, Field(ge=0.0, le=0.5)] = 0.05
+
+
+# --- losses, optimizers, schedules -----------------------------------------------------
+
+
+class CausalLMLoss(StrictModel):
+    type: Literal["causal_lm"]
+
+
+class CrossEntropyLoss(StrictModel):
+    type: Literal["cross_entropy"]
+    label_smoothing: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+Loss = Annotated[CausalLMLoss | CrossEntropyLoss, Field(discriminator="type")]
+
+
+class SGD(StrictModel):
+    type: Literal["sgd"]
+    lr: LearningRate
+    momentum: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+    nesterov: bool = False
+    weight_decay: Annotated[Number, Field(ge=0.0, le=10.0)] = 0.0
+
+
+class Adam(StrictModel):
+    type: Literal["adam", "adamw"]
+    lr: LearningRate
+    betas: tuple[Annotated[Number, Field(ge=0.0, lt=1.0)], Annotated[Number, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    eps: Annotated[Number, Field(gt=0.0, le=1.0)] = 1e-8
+    weight_decay: Annotated[Number, Field(ge=0.0, le=10.0)] = 0.0
+
+
+Optimizer = Annotated[SGD | Adam, Field(discriminator="type")]
+
+
+class Schedule(StrictModel):
+    type: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: Annotated[StrictInt, Field(ge=0, le=10_000_000)] = 0
+    min_lr_ratio: Annotated[Number, Field(ge=0.0, le=1.0)] = 0.0
+
+
+class Regularization(StrictModel):
+    l1: Annotated[Number, Field(ge=0.0, le=1.0)] = 0.0
+    l2: Annotated[Number, Field(ge=0.0, le=1.0)] = 0.0
+
+
+BLOCKS_PATTERN = r"blocks\.(\d+)(?:-(\d+))?"  # `blocks.N` or `blocks.A-B`: the one spelling of a block range
+TRAINABLE_PATTERN = rf"^(all|embeddings|attention|mlp|norms|head|{BLOCKS_PATTERN})$"
+
+
+def block_range(name: str) -> tuple[int, int] | None:
+    """(first, last) block of a `blocks.N` / `blocks.A-B` selector; None for other names."""
+    m = re.fullmatch(BLOCKS_PATTERN, name)
+    return None if m is None else (int(m.group(1)), int(m.group(2) or m.group(1)))
+
+
+Trainable = Annotated[str, Field(pattern=TRAINABLE_PATTERN)]
+Steps = Annotated[StrictInt, Field(ge=1, le=10_000_000)]
+BatchSize = Annotated[StrictInt, Field(ge=1, le=4096)]
+GradAccum = Annotated[StrictInt, Field(ge=1, le=1024)]
+GradClip = Annotated[Number, Field(gt=0.0, le=1e6)]
+
+
+AdapterName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+AdapterTarget = Annotated[str, Field(pattern="^(" + "|".join(ALL_TARGETS) + ")$")]
+
+
+class AdapterSpec(StrictModel):
+    """A LoRA adapter (models/lora/layers.py). Parts naming one `name` share one adapter, so they
+    must agree on everything else; without a name a stage or phase has its own."""
+
+    type: Literal["lora"]
+    rank: Annotated[StrictInt, Field(ge=1, le=512)] = 8
+    alpha: Annotated[Number, Field(gt=0.0, le=4096.0)] = 16.0
+    dropout: Annotated[Number, Field(ge=0.0, lt=1.0)] = 0.0
+    targets: Annotated[list[AdapterTarget], Field(min_length=1, max_length=16)] = ["attention"]
+    name: AdapterName | None = None
+
+
+# --- stages ----------------------------------------------------------------------------
+
+
+class _Training(StrictModel):
+    """What every single-objective stage and every multistep phase has."""
+
+    data: Name
+    steps: Steps
+    loss: Loss
+    optimizer: Optimizer
+    regularization: Regularization = Regularization()
+    trainable: Annotated[list[Trainable], Field(min_length=1)] = ["all"]
+    adapter: AdapterSpec | None = None  # with one, only parts `trainable` names explicitly train beside it
+
+
+class PretrainStage(_Training):
+    type: Literal["pretrain"]
+    name: Name
+    batch_size: BatchSize = 16
+    grad_accum: GradAccum = 1
+    schedule: Schedule = Schedule()
+    grad_clip: GradClip | None = None
+
+
+class FinetuneStage(PretrainStage):
+    type: Literal["finetune"]  # type: ignore[assignment]
+
+
+class Phase(_Training):
+    objective: Literal["pretrain", "finetune"]
+    name: Name | None = None
+
+
+class MultistepStage(StrictModel):
+    type: Literal["multistep"]
+    name: Name
+    cycles: Annotated[StrictInt, Field(ge=1, le=10_000)]
+    phases: Annotated[list[Phase], Field(min_length=1, max_length=16)]
+    batch_size: BatchSize = 16
+    grad_accum: GradAccum = 1
+    schedule: Schedule = Schedule()
+    grad_clip: GradClip | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.cycles * sum(p.steps for p in self.phases)
+
+
+Stage = Annotated[PretrainStage | FinetuneStage | MultistepStage, Field(discriminator="type")]
+
+Metric = Literal["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]
+METRICS: list[Metric] = ["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]
+
+
+class Evaluation(StrictModel):
+    every_steps: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = 100
+    metrics: list[Metric] = METRICS
+    max_samples: Annotated[StrictInt, Field(ge=0, le=10_000)] = 64
+
+
+class Checkpointing(StrictModel):
+    every_steps: Annotated[StrictInt, Field(ge=1, le=10_000_000)] = 100
+    keep_last: Annotated[StrictInt, Field(ge=1, le=1000)] = 2
+
+
+class JobSpec(StrictModel):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
+    model: AnyModelSpec = ModelSpec()
+    tokenizer: TokenizerSpec | None = None
+    data: Annotated[dict[Name, DataRef], Field(min_length=1, max_length=64)]
+    stages: Annotated[list[Stage], Field(min_length=1, max_length=16)]
+    evaluation: Evaluation = Evaluation()
+    checkpointing: Checkpointing = Checkpointing()
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_wall_clock_s: Annotated[StrictInt, Field(ge=1, le=30 * 86400)] = 86400
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)

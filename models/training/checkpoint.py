@@ -1,0 +1,111 @@
+"""Training checkpoints: safetensors for tensors, JSON for everything else.
+
+Every file is written atomically (models/files.py), and a checkpoint
+directory appears under its final name only once all its files are complete, so a crash
+at any moment leaves either the previous checkpoint or the new one, never half of one.
+No pickle anywhere: optimizer states are split into their tensors and their plain values.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from models.data.chat_records import CHAT_FILE
+from models.files import fsync_dir, read_json, write_json
+from models.formats.native import load_tensors, model_config, save_model, save_tensors, tokenizer_of
+
+# --- optimizer state without pickle -----------------------------------------------------
+
+
+def split_optimizer_state(prefix: str, state_dict: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer state_dict as (tensors keyed '<prefix>/<param>/<name>', JSON-able rest)."""
+    tensors: dict[str, Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for pid, entries in state_dict["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}/{pid}/{name}"] = value
+            else:
+                plain.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "plain": plain}
+
+
+def join_optimizer_state(prefix: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "/"):
+            pid, name = key[len(prefix) + 1 :].split("/", 1)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, entries in meta["plain"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# --- checkpoint directories -------------------------------------------------------------
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:09d}"
+
+
+def save_checkpoint(root: Path, step: int, tensors: dict[str, Tensor], state: dict[str, Any], keep_last: int) -> Path:
+    """Write tensors + state.json as checkpoint `step` under root; keep the newest keep_last."""
+    for leftover in root.glob(".step-*.partial"):  # from a crash mid-save
+        shutil.rmtree(leftover, ignore_errors=True)
+    staged = stage_checkpoint(root, step, tensors, state, f".step-{step:09d}.partial")
+    return publish_checkpoint(staged, root, step, keep_last)
+
+
+def stage_checkpoint(
+    staging: Path, step: int, tensors: dict[str, Tensor], state: dict[str, Any], name: str | None = None
+) -> Path:
+    """Write checkpoint `step` complete (fsynced) under `staging`, not yet where runs resume from."""
+    tmp = staging / (name or checkpoint_dir(staging, step).name)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_tensors(tmp / "tensors.safetensors", tensors)
+    write_json(tmp / "state.json", state)
+    return tmp
+
+
+def publish_checkpoint(staged: Path, root: Path, step: int, keep_last: int) -> Path:
+    """Move a staged checkpoint into place as `root/step-N` (atomically) and keep the newest
+    keep_last. Idempotent: a checkpoint already moved is left as it is."""
+    final = checkpoint_dir(root, step)
+    if staged.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    return load_tensors(path / "tensors.safetensors"), read_json(path / "state.json")
+
+
+def save_checkpoint_model(ckpt_dir: Path, tokenizer_dir: Path, out: Path, info: dict[str, Any]) -> None:
+    """A training checkpoint (models.training.pipeline) as a model directory: its weights, the model
+    it records in state.json, the run's tokenizer in `tokenizer_dir`."""
+    tensors, state = load_checkpoint(ckpt_dir)
+    weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    record = state["model"]
+    info = {"steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values()), **info}
+    save_model(out, weights, model_config(record), tokenizer_of(tokenizer_dir, record), info)
+    if (tokenizer_dir / CHAT_FILE).is_file():  # the run's chat format (models.training.pipeline keeps it there)
+        (out / CHAT_FILE).write_bytes((tokenizer_dir / CHAT_FILE).read_bytes())
