@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from models.data import records
 from models.data.streams import IGNORE, Batch, RecordStream, Stream, collate, fork, stable_seed
 from models.data.tokenizer import Tokenizer
-from models.families.gpt.model import GPT, GPTConfig
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
 from models.spec import parse_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -43,7 +43,8 @@ from machine import CpuWindow, log, log_noise, noise_summary  # noqa: E402
 
 from app.serving.engine import ModelCache, Served  # noqa: E402
 from models.data.tokenizer import Tokenizer  # noqa: E402
-from models.families.gpt.model import GPT, GPTConfig  # noqa: E402
+from models.families.gpt.config import GPTConfig  # noqa: E402
+from models.families.gpt.model import GPT  # noqa: E402
 from models.formats.hf.directory import to_hf  # noqa: E402
 from models.formats.native import save_model  # noqa: E402
 from models.inference.decoder import Decoder, Row  # noqa: E402

@@ -39,8 +39,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import CpuWindow, environment, log, log_noise, noise_summary  # noqa: E402
 
 from models.data.tokenizer import Tokenizer  # noqa: E402
-from models.families.gpt.model import GPT, GPTConfig  # noqa: E402
-from models.families.llama.model import Llama, LlamaConfig  # noqa: E402
+from models.families.gpt.config import GPTConfig  # noqa: E402
+from models.families.gpt.model import GPT  # noqa: E402
+from models.families.llama.config import LlamaConfig  # noqa: E402
+from models.families.llama.model import Llama  # noqa: E402
 from models.inference.decoder import Decoder, Row  # noqa: E402
 from models.inference.generate import Sampling  # noqa: E402
 from models.lora import layers as lora  # noqa: E402

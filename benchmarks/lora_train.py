@@ -43,8 +43,9 @@ from machine import CpuWindow, environment, log, log_noise, noise_summary, runna
 from ours import plan, segment_step
 from train_variants import DTYPES, RandomBatches, peer_step
 
-from models.families.gpt.model import GPT, GPTConfig
-from models.families.llama.model import LlamaConfig
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
+from models.families.llama.config import LlamaConfig
 from models.spec import parse_spec
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 4, 4, 256, 256, 16, 2048

@@ -17,7 +17,8 @@ import torch
 from ours import plan, segment_step
 
 from models.data.streams import Batch
-from models.families.gpt.model import GPT, GPTConfig
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
 from models.spec import parse_spec
 
 N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH, VOCAB = 6, 6, 384, 256, 8, 8192

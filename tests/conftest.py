@@ -23,7 +23,8 @@ import torch
 from app.db import Database
 from app.migrate import upgrade
 from models.data.tokenizer import Tokenizer
-from models.families.gpt.model import GPT, GPTConfig
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
 
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads
 # spinning against other processes make steps up to 50x slower. Subprocesses get the same.

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
+from app.errors import LeaseLost
 from app.outage import OutageLog, unreachable
 from app.queue.wakeups import Publisher
 from app.services import catalog, events, jobs, lifecycle, metrics
@@ -30,7 +31,7 @@ from models.events import make
 from models.spec import parse_spec
 from models.training.checkpoint import list_checkpoints
 from models.training.run import RunResult, run
-from workers.reporter import SHUTDOWN, JobRun, LeaseLost
+from workers.reporter import SHUTDOWN, JobRun
 
 log = logging.getLogger(__name__)
 

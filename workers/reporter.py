@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
+from app.errors import LeaseLost
 from app.outage import OutageLog, unreachable
 from app.queue.wakeups import CONTROL, EVENTS, Publisher
 from app.services import catalog, datasets, lifecycle, metrics
@@ -37,10 +38,6 @@ from models.training import checkpoint
 
 log = logging.getLogger(__name__)
 SHUTDOWN = threading.Event()  # set when the worker process is asked to stop
-
-
-class LeaseLost(Exception):
-    """Another worker owns the job now; this one must stop without writing anything."""
 
 
 class JobRun:

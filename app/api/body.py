@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_body
-from app.errors import PayloadTooLarge, ServiceError
+from app.errors import PayloadTooLarge, ServiceError, from_model_error
 from app.services import auth
 from models.data.bounded_json import loads
 from models.errors import TooDeep
@@ -46,7 +46,7 @@ def _parse(body: bytes, max_depth: int) -> tuple[Any, ServiceError | None]:
         message = f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         return None, ServiceError(message, [detail], code="invalid_json")
     except TooDeep as exc:
-        return None, ServiceError(str(exc), [{"loc": "body", "message": str(exc)}], code="invalid_json")
+        return None, from_model_error(exc, "body")
 
 
 async def authenticate(app: Any, authorization: str | None, scope: Scope | None = None) -> str:

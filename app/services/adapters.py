@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, Invalid, from_model_error
 from app.tables import Job, Model, new_id
 
 ADAPTER_CONFIG = "adapter_config.json"  # models.formats.peft.CONFIG, without importing torch
@@ -149,11 +149,10 @@ def check_no_users(session: Session, settings: Settings, tenant_id: str, model: 
         raise Conflict(f"model '{model.id}' is the base of adapter(s) {', '.join(users)}", code="in_use")
 
 
-def upload_base(session: Session, settings: Settings, tenant_id: str, source: Path, given: str) -> tuple[str, Path]:
-    """The base of an uploaded adapter: the `base` form field, else adapter_config.json's
-    base_model_name_or_path when it is one of ours; 422 without one, 404 for another tenant's."""
-    from app.services import catalog
-
+def named_base(source: Path, given: str) -> str:
+    """The base an uploaded adapter names: the `base` form field, else adapter_config.json's
+    base_model_name_or_path when it is one of ours (a model, checkpoint or job id); 422 without
+    one. app.services.catalog.resolve finds it."""
     ref = given
     if not ref:
         try:
@@ -164,12 +163,7 @@ def upload_base(session: Session, settings: Settings, tenant_id: str, source: Pa
     if not ref:
         message = "an adapter needs its base model: send `base` (a model id) with the archive"
         raise Invalid(message, [{"loc": "base", "message": message}], code="unsupported_model")
-    if ref.startswith("job_"):
-        ref = catalog._job_model(session, tenant_id, ref)
-    found = catalog.model_dir(session, settings, tenant_id, ref)
-    if found is None:
-        raise NotFound(f"no model '{ref}'")
-    return ref, found
+    return ref
 
 
 def convert_upload(settings: Settings, tenant_id: str, source: Path, name: str, base_id: str, base: Path) -> Path:
@@ -189,7 +183,7 @@ def convert_upload(settings: Settings, tenant_id: str, source: Path, name: str, 
             check_fits(model, loaded.adapter)
         except AdapterError as exc:
             message = str(exc).replace(str(source) + "/", "").replace(str(source), "(archive)")
-            raise Invalid(message, [{"loc": "file", "message": message}], code="unsupported_model") from None
+            raise from_model_error(exc, "file", message) from None
         final.mkdir(parents=True)
         for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
             shutil.copyfile(source / f, final / f)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
-from app.errors import Invalid
+from app.errors import from_model_error
 from app.services import adapters, catalog, deletion, model_checks
 from app.tables import Model, new_id
 from models.events import timestamp
@@ -36,10 +36,6 @@ def _clean(message: str, *paths: Path) -> str:
     for p in sorted({str(p) for p in paths}, key=len, reverse=True):
         message = message.replace(p + "/", "").replace(p, "(archive)")
     return message
-
-
-def _unsupported(message: str) -> Invalid:
-    return Invalid(message, [{"loc": "file", "message": message}], code="unsupported_model")
 
 
 def unpack_checked(settings: Settings, archive: Path) -> Path:
@@ -64,7 +60,7 @@ def unpack_checked(settings: Settings, archive: Path) -> Path:
     except BaseException as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         if isinstance(exc, TrainingError):
-            raise _unsupported(_clean(str(exc), scratch, settings.data_dir)) from None
+            raise from_model_error(exc, "file", _clean(str(exc), scratch, settings.data_dir)) from None
         raise
     finally:
         archive.unlink(missing_ok=True)
@@ -96,7 +92,8 @@ def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             raise
         log.info("model import refused: %r", exc)
-        raise _unsupported(_clean(f"not a model this service can import: {exc}", scratch, settings.data_dir)) from None
+        message = _clean(f"not a model this service can import: {exc}", scratch, settings.data_dir)
+        raise from_model_error(exc, "file", message) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return final
@@ -106,8 +103,9 @@ def convert_adapter(settings: Settings, db: Database, tenant_id: str, source: Pa
     """An uploaded PEFT adapter, checked against its base (`base`, or adapter_config.json's
     base_model_name_or_path if it is one of the tenant's ids) and kept (torch: the inference thread)."""
     try:
+        ref = adapters.named_base(source, base_ref)
         with db.read() as session:
-            base_id, base = adapters.upload_base(session, settings, tenant_id, source, base_ref)
+            base_id, base = catalog.resolve(session, settings, tenant_id, ref)
     except BaseException:
         shutil.rmtree(next(p for p in (source, *source.parents) if p.name.endswith(".d")), ignore_errors=True)
         raise

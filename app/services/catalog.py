@@ -162,12 +162,17 @@ def register_upload(session: Session, settings: Settings, tenant_id: str, name: 
 def servable(session: Session, settings: Settings, tenant_id: str, ref: str) -> Path:
     """The model directory to serve for a model id, checkpoint id or job id (its final model):
     404 if unknown to this tenant, 409 if the job has not succeeded (yet)."""
+    return resolve(session, settings, tenant_id, ref)[1]
+
+
+def resolve(session: Session, settings: Settings, tenant_id: str, ref: str) -> tuple[str, Path]:
+    """`servable`'s directory, with the model or checkpoint id it is (a job's model id for a job id)."""
     if ref.startswith("job_"):
         ref = _job_model(session, tenant_id, ref)
     found = model_dir(session, settings, tenant_id, ref)
     if found is None:
         raise NotFound(f"no model '{ref}'")
-    return found
+    return ref, found
 
 
 def serving(session: Session, settings: Settings, tenant_id: str, ref: str) -> tuple[Path, Path | None]:
@@ -278,7 +283,7 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
 
 def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, m: dict[str, Any], out: Path) -> None:
     from models.data.tokenizer import Tokenizer
-    from models.families.gpt.model import GPTConfig
+    from models.families.gpt.config import GPTConfig
     from models.formats.native import save_model
     from models.training import checkpoint
     from models.training.checkpoint import save_checkpoint_model

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, NotFound, from_model_error
 from app.services import quotas
 from app.services.pagination import page
 from app.tables import ACTIVE, Dataset, Job, new_id
@@ -37,12 +37,8 @@ def register(
         quotas.check_storage(session, settings, tenant_id, upload.stat().st_size)
         try:
             parsed = scan_path(upload, filename)
-        except DataError as exc:
-            details = [{"line": i["line"], "field": i["field"], "reason": i["reason"]} for i in exc.issues]
-            more = f" (showing the first {len(exc.issues)})" if exc.total > len(exc.issues) else ""
-            raise Invalid(
-                f"{filename}: {exc.total} problem(s) in the data{more}", details, code="invalid_dataset"
-            ) from None
+        except DataError as exc:  # named by `filename`
+            raise from_model_error(exc) from None
         ds_id = new_id("ds")
         final = upload.with_name(ds_id + Path(filename).suffix.lower())
         os.replace(upload, final)

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Row, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import Invalid, NotFound
+from app.errors import NotFound, ServiceError, from_model_error
 from app.services import catalog, datasets, lifecycle, quotas, spec_limits
 from app.services.estimates import Estimates, estimate
 from app.services.pagination import page
@@ -20,8 +20,8 @@ from models.errors import SpecError
 from models.spec import JobSpec, MultistepStage, block_errors, parse_spec
 
 
-def _invalid(errors: list[dict[str, str]]) -> Invalid:
-    return Invalid(f"the job spec has {len(errors)} error(s)", errors, code="invalid_spec")
+def _invalid(errors: list[dict[str, str]]) -> ServiceError:
+    return from_model_error(SpecError(errors))
 
 
 def _reference_errors(
@@ -67,7 +67,7 @@ def validate(session: Session, settings: Settings, tenant_id: str, raw: Any) -> 
     try:
         spec = parse_spec(raw)
     except SpecError as exc:
-        raise _invalid(exc.errors) from None
+        raise from_model_error(exc) from None
     errors, base = _reference_errors(session, settings, tenant_id, spec)
     if errors:
         raise _invalid(errors)

@@ -12,14 +12,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.errors import ServiceError
+from app.errors import QuotaExceeded
 from app.tables import ACTIVE, Dataset, Job, Tenant, utcnow
 
 RUNNING = ("running", "cancelling")  # a cancelling job still holds its worker
-
-
-class QuotaExceeded(ServiceError):
-    status, code = 429, "quota_exceeded"
 
 
 def check_jobs(session: Session, settings: Settings, tenant_id: str) -> None:

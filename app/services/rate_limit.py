@@ -11,7 +11,7 @@ import math
 import time
 
 from app.config import Settings
-from app.errors import ServiceError
+from app.errors import RateLimited
 
 log = logging.getLogger("stagecraft.api")
 
@@ -27,14 +27,6 @@ redis.call('HSET', KEYS[1], 't', tokens, 'at', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return wait
 """
-
-
-class RateLimited(ServiceError):
-    status, code = 429, "rate_limited"
-
-    def __init__(self, wait_s: float):
-        super().__init__(f"too many requests with this API key: retry in {wait_s:.1f} s (setting RATE_LIMIT_PER_S)")
-        self.headers = {"Retry-After": str(max(1, math.ceil(wait_s)))}
 
 
 class LocalLimiter:

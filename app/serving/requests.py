@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.db import Database
-from app.errors import InternalError, Invalid
+from app.errors import InternalError, Invalid, from_model_error
 from app.services import catalog
 from app.serving.engine import ModelCache, Served, Update
 from models.data import chat_records
@@ -155,7 +155,7 @@ async def prepare(
     try:
         ids, supervised = await run_in_threadpool(encode, served, prompt) if long else encode(served, prompt)
     except ChatTemplateError as exc:
-        raise Invalid(str(exc), [{"loc": loc, "message": str(exc)}]) from None
+        raise from_model_error(exc, loc) from None
     if len(ids) >= served.block_size:
         message = f"the prompt is {len(ids)} tokens; this model's context holds {served.block_size} in all"
         raise Invalid(message, [{"loc": loc, "message": message}], code="context_length_exceeded")

@@ -19,11 +19,10 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from models.data.tokenizer import Tokenizer
-from models.families.build import ModelConfig, config_from_dict
+from models.families import family, record_config
+from models.families.build import ModelConfig
 from models.files import read_json, write_atomic, write_json
 from models.formats.layout import CONFIG_FILE, MODEL_FILE
-
-FORMATS = {"gpt": "stagecraft-gpt", "llama": "stagecraft-llama"}
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -46,7 +45,7 @@ def save_model(
 
 def describe(config: ModelConfig, tok: Tokenizer) -> dict[str, Any]:
     """What config.json records of the model: architecture and conversation format."""
-    record: dict[str, Any] = {"format": FORMATS[config.arch], "arch": config.arch, config.arch: config.to_dict()}
+    record: dict[str, Any] = {"format": family(config.arch).format, "arch": config.arch, config.arch: config.to_dict()}
     if tok.chat_template is not None:
         record["chat_template"] = tok.chat_template
     record["eos_token_ids"] = tok.end_ids
@@ -65,8 +64,7 @@ def load_config(directory: Path) -> dict[str, Any]:
 
 def model_config(record: dict[str, Any]) -> ModelConfig:
     """The architecture a Stagecraft config.json records."""
-    arch = str(record.get("arch", "gpt"))
-    return config_from_dict(arch, dict(record[arch]))
+    return record_config(record)
 
 
 def tokenizer_of(directory: Path, record: dict[str, Any]) -> Tokenizer:

@@ -23,14 +23,13 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from models.errors import AdapterError
+from models.families import FAMILIES, family
 from models.files import read_json, write_atomic, write_json
 from models.lora.layers import Adapter
-from models.lora.targets import ARCHS
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-CONV1D_ARCHS = {"gpt"}  # transformers keeps these projections as Conv1D (fan_in_fan_out)
 
 
 @dataclass
@@ -45,11 +44,10 @@ def is_adapter_dir(directory: Path) -> bool:
 
 
 def _arch_of_paths(paths: list[str]) -> str:
-    for arch, (prefix, _, _) in ARCHS.items():
-        head = prefix.split("{i}")[0]
-        if all(p.startswith(head) for p in paths):
-            return arch
-    raise AdapterError(f"adapter layers {paths[:3]} ... belong to no architecture we serve ({', '.join(ARCHS)})")
+    for f in FAMILIES.values():
+        if all(f.lora.owns(p) for p in paths):
+            return f.arch
+    raise AdapterError(f"adapter layers {paths[:3]} ... belong to no architecture we serve ({', '.join(FAMILIES)})")
 
 
 def save_adapter(directory: Path, adapter: Adapter, base: str | None = None) -> None:
@@ -74,7 +72,7 @@ def save_adapter(directory: Path, adapter: Adapter, base: str | None = None) -> 
         "lora_alpha": adapter.alpha,
         "lora_dropout": adapter.dropout,
         "target_modules": sorted(paths),  # full module names: peft matches them exactly
-        "fan_in_fan_out": arch in CONV1D_ARCHS,
+        "fan_in_fan_out": family(arch).peft_fan_in_fan_out,
         "bias": "none",
         "use_rslora": rs,
         "use_dora": False,

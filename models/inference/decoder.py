@@ -1,8 +1,7 @@
 """Step-wise batched decoding for serving: rows join and leave between decode steps.
 
-The forward pass is `models.families.gpt.serving.ServingGPT` (GPT's function in fewer operations)
-or `models.families.llama.serving.ServingLlama` for the Llama family.
-Each row keeps its own slot of a preallocated KV cache, its own length, sampling
+The forward pass is the model family's serving net (models/families/<arch>/serving.py, a
+`models.layers.serving.ServingNet`: the model's function in fewer operations). Each row keeps its own slot of a preallocated KV cache, its own length, sampling
 settings, random generator, stop strings and token budget. New rows are prefilled
 (prompts of one length together, their keys and values written straight into their
 slots); every `step()` then decodes one token for all rows at once. Rows stay packed
@@ -10,8 +9,10 @@ at the front of the cache (a finished row's slot takes the last row's), so a ste
 ever reads `[:n]` views.
 
 Every step writes all rows' new keys at one shared column (a plain slice); rows that
-joined at different times carry gaps that a persistent key mask hides (see SlotCache),
-and when no row has one (batch 1, or rows that started together) no mask is used.
+joined at different times carry gaps that a persistent key mask hides (see
+models/inference/slot_cache.py), and when no row has one (batch 1, or rows that started
+together) no mask is used. A streaming row hands out only text that is final
+(models/inference/text.py).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ import torch
 from torch import Tensor
 
 from models.data.tokenizer import Tokenizer
-from models.families.build import Model
-from models.families.gpt.model import GPT
-from models.families.gpt.serving import ServingGPT
-from models.families.llama.serving import ServingLlama
+from models.families.build import Model, serving_net
 from models.inference.generate import Sampling, finished_text, pick
-from models.layers.kv_cache import CacheShape, KVCache
+from models.inference.slot_cache import SlotCache
+from models.inference.text import streamable_text
+from models.layers.kv_cache import KVCache
 from models.lora.layers import Adapter
 
 
@@ -61,79 +61,6 @@ class Row:
         return new
 
 
-class SlotCache(KVCache):
-    """Keys and values for `slots` rows. Every decode step writes all rows at one shared
-    column (`length`), so writes are plain slices. A row that joined while the column was
-    past its prompt has a gap there, which `valid` masks out; when no row has a gap (one
-    row, or rows that started together) no mask is needed. `lens` counts each row's
-    tokens, its next position. When the column reaches the end of the context, rows are
-    compacted (their gaps squeezed out)."""
-
-    def __init__(self, config: CacheShape, slots: int, device: torch.device, dtype: torch.dtype):
-        super().__init__(config, slots, device, dtype)
-        self.block = config.block_size
-        self.valid = torch.zeros((slots, self.block), dtype=torch.bool, device=device)
-        self.lens: list[int] = []
-        self.compactions = 0
-
-    def admit(self, prompt_len: int, count: int = 1) -> KVCache:
-        """The next `count` slots, as an empty cache whose writes land here (for a prefill of
-        `count` prompts of `prompt_len` tokens)."""
-        i = len(self.lens)
-        self.lens += [prompt_len] * count
-        self.valid[i : i + count] = False
-        self.valid[i : i + count, :prompt_len] = True
-        self.length = max(self.length, prompt_len)
-        view = KVCache.__new__(KVCache)
-        view.k = [k[i : i + count] for k in self.k]
-        view.v = [v[i : i + count] for v in self.v]
-        view.length = 0
-        return view
-
-    def prepare(self) -> tuple[Tensor, Tensor | None]:
-        """Positions (n, 1) of each row's next token, and the key mask (None if not needed)."""
-        n = len(self.lens)
-        if self.length >= self.block:
-            self._compact()
-        self.valid[:n, self.length] = True
-        pos = torch.tensor(self.lens, device=self.valid.device)[:, None]
-        if all(x == self.length for x in self.lens):
-            return pos, None
-        return pos, self.valid[:n, None, None, : self.length + 1]
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        n, col = k.size(0), self.length
-        self.k[layer][:n, :, col : col + 1] = k
-        self.v[layer][:n, :, col : col + 1] = v
-        return self.k[layer][:n, :, : col + 1], self.v[layer][:n, :, : col + 1]
-
-    def _compact(self) -> None:
-        self.compactions += 1
-        for r, n in enumerate(self.lens):
-            cols = self.valid[r, : self.length].nonzero().squeeze(1)
-            if cols.numel() == self.length:
-                continue
-            for cache in (self.k, self.v):
-                for t in cache:
-                    t[r, :, :n] = t[r, :, cols]
-            self.valid[r] = False
-            self.valid[r, :n] = True
-        self.length = max(self.lens)
-
-    def remove(self, i: int) -> None:
-        """Drop row i; the last row takes its slot."""
-        last = len(self.lens) - 1
-        if i != last:
-            for cache in (self.k, self.v):
-                for t in cache:
-                    t[i, :, : self.length] = t[last, :, : self.length]
-            self.valid[i] = self.valid[last]
-            self.lens[i] = self.lens[last]
-        self.lens.pop()
-        if not self.lens:
-            self.length = 0
-
-
 PREFILL_TOKENS_PER_STEP = 4096  # prompt tokens admitted in one step (at least one prompt, whatever its length)
 
 
@@ -141,7 +68,7 @@ class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
     def __init__(self, model: Model, tok: Tokenizer, max_batch: int = 16):
-        self.net = ServingGPT(model) if isinstance(model, GPT) else ServingLlama(model)
+        self.net = serving_net(model)
         self.tok, self.max_batch = tok, max_batch
         self.end_ids = set(tok.end_ids)  # the model's end-of-sequence / end-of-turn tokens, and ours
         self.block = model.config.block_size
@@ -258,16 +185,10 @@ class Decoder:
                 changed.append(r)
 
     def _update_text(self, r: Row) -> None:
-        raw = self.tok.decode(r.tokens)
-        cut = min((i for i in (raw.find(s) for s in r.stop) if i >= 0), default=-1)
-        if cut >= 0:
+        safe = streamable_text(self.tok.decode(r.tokens), r.stop, r.supervised)
+        if safe is None:
             r.finish_reason = "stop"
-            return
-        # Hold back an unfinished character and anything that may begin a stop string.
-        safe = raw.rstrip("\ufffd")
-        hold = max((pending_prefix(safe, s) for s in r.stop), default=0)
-        safe = finished_text(safe[: len(safe) - hold], None, r.supervised)  # (stop strings: checked above)
-        if len(safe) > len(r.text) and safe.startswith(r.text):
+        elif len(safe) > len(r.text) and safe.startswith(r.text):
             r.text = safe
 
     def _final_text(self, r: Row) -> None:
@@ -291,26 +212,3 @@ class Decoder:
         self.rows.clear()
         self.waiting.clear()
         self.cache = None
-
-
-def pending_prefix(text: str, stop: str) -> int:
-    """The length of the longest proper prefix of `stop` that `text` ends with: what must be
-    held back while it may still become `stop`. Knuth-Morris-Pratt over the last len(stop)-1
-    characters, so linear in len(stop) (checking every prefix with endswith is quadratic)."""
-    if len(stop) < 2:
-        return 0
-    fail = [0] * len(stop)  # fail[i]: longest proper prefix of stop[:i+1] that is also its suffix
-    k = 0
-    for i in range(1, len(stop)):
-        while k and stop[i] != stop[k]:
-            k = fail[k - 1]
-        if stop[i] == stop[k]:
-            k += 1
-        fail[i] = k
-    k = 0
-    for ch in text[-(len(stop) - 1) :]:
-        while k and (k == len(stop) or ch != stop[k]):
-            k = fail[k - 1]
-        if ch == stop[k]:
-            k += 1
-    return k if k < len(stop) else fail[k - 1]

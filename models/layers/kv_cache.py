@@ -41,3 +41,12 @@ class KVCache:
         self.k[layer][:, :, self.length : end] = k
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def cache_end(cache: KVCache | None, new: int, block_size: int) -> int:
+    """The position after `new` tokens join `cache` (after them alone without a cache);
+    ValueError past `block_size`. Checked on the host: no device sync."""
+    end = (cache.length if cache is not None else 0) + new
+    if end > block_size:
+        raise ValueError(f"sequence of {end} tokens is longer than block_size {block_size}")
+    return end

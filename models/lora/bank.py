@@ -7,7 +7,9 @@ adds two batched matmuls, (rows, T, in) @ (rows, in, r) @ (rows, r, out), to the
 projection, so rows of different adapters share every base matmul and the base weights
 are never copied. Rows of the base alone (slot 0) borrow the first adapter's pair and
 have their low-rank activations zeroed (a (rows, T, r) multiply), so the base needs no
-stack of zeros of its own. A base-only batch skips the bank altogether.
+stack of zeros of its own. A base-only batch skips the bank altogether. A serving net
+runs each of its projections through `project`, which is the projection alone for a
+base-only batch and the projection plus the rows' products otherwise.
 
 A serving net that fuses projections (the Llama path's one qkv and one gate-up matmul)
 names each fused group and its members in output order; the group's stacks then hold
@@ -19,8 +21,10 @@ Members no adapter targets take no room.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from models.layers.projection import Projection
 from models.lora.layers import Adapter
 
 
@@ -105,6 +109,14 @@ class AdapterBank:
         self.a[key] = a_t.to(self.device, self.dtype)
         self.b[key] = parts
         self.rank = rank
+
+    def project(self, proj: Projection, path: str, x: Tensor, rows: Tensor | None, gelu: bool = False) -> Tensor:
+        """`proj(x)` with each row's adapter product added (`add_delta`), GELU-tanh after
+        them with `gelu`; `rows` None: the base alone, `proj(x, gelu)` (the bank is not touched)."""
+        if rows is None:
+            return proj(x, gelu)
+        y = self.add_delta(path, x, proj(x), rows)
+        return F.gelu(y, approximate="tanh") if gelu else y
 
     def add_delta(self, path: str, x: Tensor, y: Tensor, rows: Tensor) -> Tensor:
         """y + each row's adapter product of x; x (rows*T, in), y (rows*T, out), rows (rows,).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,7 @@ from torch import Tensor, nn
 
 from models.errors import TrainingError
 from models.layers import onednn
-from models.lora.targets import ARCHS, module_paths, target_error
-from models.spec import AdapterSpec
+from models.lora.targets import LoraTable
 
 
 class LoRALinear(nn.Linear):
@@ -103,33 +102,30 @@ class _LowRank(torch.autograd.Function):
         return g, grad_h, grad_a, grad_b, None
 
 
-def arch_of(model: nn.Module) -> str:
-    """The architecture by its module names: GPT-2's `transformer.h`, Llama's `model.layers`."""
-    names = {n for n, _ in model.named_modules()}
-    if "transformer.h" in names:
-        return "gpt"
-    if "model.layers" in names:
-        return "llama"
-    raise TrainingError("user_error", f"adapters are not available for this model ({type(model).__name__})")
+class AdapterShape(Protocol):
+    """What creating an adapter reads of its spec (models.spec.AdapterSpec)."""
 
-
-def n_layers(model: nn.Module, arch: str) -> int:
-    blocks = model.get_submodule(ARCHS[arch][0].split(".{i}")[0])
-    return len(blocks)  # type: ignore[arg-type]
+    rank: int
+    alpha: float
+    dropout: float
+    targets: list[str]
 
 
 def _seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def add_adapter(model: nn.Module, name: str, a: AdapterSpec, seed: int, loc: str = "adapter") -> list[str]:
-    """Create adapter `name` on the layers `a.targets` names (not applied yet); return their paths."""
-    arch = arch_of(model)
+def add_adapter(
+    model: nn.Module, table: LoraTable, name: str, a: AdapterShape, seed: int, loc: str = "adapter"
+) -> list[str]:
+    """Create adapter `name` on the layers `a.targets` names in the model's family `table`
+    (not applied yet); return their paths."""
     for k, target in enumerate(a.targets):
-        why = target_error(arch, target)
+        why = table.target_error(target)
         if why:
             raise TrainingError("user_error", f"{loc}.targets.{k}: {why}")
-    paths = module_paths(arch, n_layers(model, arch), a.targets)
+    blocks = model.get_submodule(table.block_prefix.split(".{i}")[0])
+    paths = table.module_paths(len(blocks), a.targets)  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(_seed(seed, name))
     for path in paths:
         layer = model.get_submodule(path)

@@ -1,5 +1,6 @@
-"""The job spec: its sections (job.py, and model.py for the `model` section) and its checks
-(checks.py: `parse_spec`, the one entry point). Callers import from `models.spec`."""
+"""The job spec: its sections (job.py; model.py for the `model` section, made from the family
+registry) and its checks (checks.py: `parse_spec`, the one entry point). Callers import from
+`models.spec`."""
 
 from __future__ import annotations
 
@@ -49,19 +50,15 @@ from models.spec.job import (
     block_range,
 )
 from models.spec.model import (
+    DEFAULT_MODEL,
     AnyModelSpec,
-    InitFrom,
-    LinearScaling,
-    Llama3Scaling,
-    LlamaModelSpec,
-    ModelSpec,
-    RopeScaling,
-    llama_errors,
+    ModelSection,
     training_block,
 )
 
 __all__ = [
     "BLOCKS_PATTERN",
+    "DEFAULT_MODEL",
     "METRICS",
     "SGD",
     "TRAINABLE_PATTERN",
@@ -79,15 +76,11 @@ __all__ = [
     "FinetuneStage",
     "GradAccum",
     "GradClip",
-    "InitFrom",
     "JobSpec",
     "LearningRate",
-    "LinearScaling",
-    "Llama3Scaling",
-    "LlamaModelSpec",
     "Loss",
     "Metric",
-    "ModelSpec",
+    "ModelSection",
     "MultistepStage",
     "Name",
     "Optimizer",
@@ -95,7 +88,6 @@ __all__ = [
     "PosInt",
     "PretrainStage",
     "Regularization",
-    "RopeScaling",
     "Schedule",
     "Stage",
     "Steps",
@@ -107,7 +99,6 @@ __all__ = [
     "block_errors",
     "block_range",
     "cross_field_errors",
-    "llama_errors",
     "parse_spec",
     "training_block",
     "training_parts",

@@ -12,9 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from models.errors import SpecError
-from models.lora.targets import target_error
+from models.families import FAMILIES, family, lora_target_error
 from models.spec.job import AdapterSpec, JobSpec, MultistepStage, Stage, _Training, block_range
-from models.spec.model import LlamaModelSpec, llama_errors
 
 # --- parsing ---------------------------------------------------------------------------
 
@@ -22,7 +21,7 @@ from models.spec.model import LlamaModelSpec, llama_errors
 def _loc(parts: tuple[int | str, ...]) -> str:
     # pydantic puts the discriminator tag into the path ("stages.0.pretrain.steps"); drop it.
     tags = {"pretrain", "finetune", "multistep", "causal_lm", "cross_entropy", "sgd", "adam", "adamw"}
-    if len(parts) > 1 and parts[0] == "model" and parts[1] in ("gpt", "llama"):
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in FAMILIES:
         parts = (parts[0], *parts[2:])
     if len(parts) > 2 and parts[:2] == ("model", "rope_scaling") and parts[2] in ("llama3", "linear"):
         parts = (*parts[:2], *parts[3:])
@@ -40,7 +39,7 @@ def parse_spec(raw: Any) -> JobSpec:
         errors = [{"loc": _loc(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
         for e in errors:
             if e["loc"] == "model.arch" and e["message"].startswith("Input should be"):
-                e["message"] = "Input should be 'gpt' or 'llama'"
+                e["message"] = "Input should be " + " or ".join(f"'{a}'" for a in FAMILIES)
         raise SpecError(errors + _raw_reference_errors(raw, {e["loc"] for e in errors})) from None
     problems = cross_field_errors(spec)
     if problems:
@@ -71,10 +70,7 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
     errors += adapter_errors(spec)
 
     m = spec.model
-    if isinstance(m, LlamaModelSpec):
-        errors += llama_errors(m)
-    elif m.n_embd % m.n_head:
-        err("model.n_embd", f"must be divisible by model.n_head ({m.n_embd} % {m.n_head} != 0)")
+    errors += family(m.arch).spec_errors(m)
     if m.init_from is None and spec.tokenizer is None:
         err("tokenizer", "required for a new model (only init_from keeps the base model's tokenizer)")
     known = sorted(spec.data)
@@ -158,7 +154,7 @@ def adapter_errors(spec: JobSpec, base_arch: str | None = None) -> list[dict[str
     for loc, name, a in adapter_parts(spec):
         if arch is not None:
             for k, target in enumerate(a.targets):
-                why = target_error(arch, target)
+                why = lora_target_error(arch, target)
                 if why:
                     errors.append({"loc": f"{loc}.targets.{k}", "message": why})
         if name in first:

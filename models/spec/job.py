@@ -10,9 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from models.families import ALL_LORA_TARGETS
 from models.fields import Number, StrictInt, StrictModel
-from models.lora.targets import ALL_TARGETS
-from models.spec.model import AnyModelSpec, ModelSpec
+from models.spec.model import DEFAULT_MODEL, AnyModelSpec
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
 LearningRate = Annotated[Number, Field(gt=0.0, le=10.0)]
@@ -96,7 +96,7 @@ GradClip = Annotated[Number, Field(gt=0.0, le=1e6)]
 
 
 AdapterName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-AdapterTarget = Annotated[str, Field(pattern="^(" + "|".join(ALL_TARGETS) + ")$")]
+AdapterTarget = Annotated[str, Field(pattern="^(" + "|".join(ALL_LORA_TARGETS) + ")$")]
 
 
 class AdapterSpec(StrictModel):
@@ -179,7 +179,7 @@ class Checkpointing(StrictModel):
 class JobSpec(StrictModel):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
-    model: AnyModelSpec = ModelSpec()
+    model: AnyModelSpec = DEFAULT_MODEL()
     tokenizer: TokenizerSpec | None = None
     data: Annotated[dict[Name, DataRef], Field(min_length=1, max_length=64)]
     stages: Annotated[list[Stage], Field(min_length=1, max_length=16)]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from models.data.tokenizer import Tokenizer
+from models.families import family
 from models.formats.native import save_model
 from models.formats.peft import save_adapter
 from models.lora import layers as lora
@@ -42,7 +43,8 @@ class RunAdapters:
             if name is not None and name not in made:
                 assert seg.part.adapter is not None
                 loc = f"stages.{seg.key.replace('.p', '.phases.')}.adapter"
-                lora.add_adapter(model, name, seg.part.adapter, self.spec.seed, loc)
+                table = family(str(getattr(model, "config").arch)).lora  # noqa: B009
+                lora.add_adapter(model, table, name, seg.part.adapter, self.spec.seed, loc)
                 made.add(name)
 
     def apply(self, model: nn.Module, upto: int) -> None:
@@ -68,7 +70,7 @@ class RunAdapters:
         if base is None:
             base_state = {k: v for k, v in state.items() if not lora.is_adapter_param(k)}
             info = {"name": f"{self.spec.name} (base of its adapters)", "steps": steps}
-            save_model(model_dir / "base", base_state, model.config, tok, info)  # type: ignore[arg-type]
+            save_model(model_dir / "base", base_state, model.config, tok, info)
         for name, adapter in adapters.items():
             save_adapter(model_dir / "adapters" / name, adapter, base)
             checkpoint.write_json(

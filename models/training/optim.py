@@ -7,59 +7,28 @@ neither change nor hold optimizer state.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from models.families import family
+from models.families.family import Family
 from models.spec import SGD, Adam, Schedule, block_range
 
-Part = Callable[[str, set[str]], bool]  # (parameter name, all the model's names)
 
-# What each `trainable` selector names, per architecture; the same idea on both.
-# `head`: the final norm and the output projection. A tied head *is* the token embedding,
-# so selecting `head` on a tied model trains the embedding too (as `embeddings` does).
-PARTS: dict[str, dict[str, Part]] = {
-    "gpt": {
-        "all": lambda n, names: True,
-        "embeddings": lambda n, names: n in ("transformer.wte.weight", "transformer.wpe.weight"),
-        "head": lambda n, names: n.startswith("transformer.ln_f.") or n == "transformer.wte.weight",
-        "attention": lambda n, names: ".attn." in n,
-        "mlp": lambda n, names: ".mlp." in n,
-        "norms": lambda n, names: ".ln_" in n,
-    },
-    "llama": {
-        "all": lambda n, names: True,
-        "embeddings": lambda n, names: n == "model.embed_tokens.weight",
-        # lm_head.weight exists only when untied; tied, the embedding is the head.
-        "head": lambda n, names: (
-            n.startswith(("model.norm.", "lm_head."))
-            or (n == "model.embed_tokens.weight" and "lm_head.weight" not in names)
-        ),
-        "attention": lambda n, names: ".self_attn." in n,  # q/k/v/o projections (and Qwen3's q/k norms)
-        "mlp": lambda n, names: ".mlp." in n,
-        "norms": lambda n, names: (
-            n.endswith("layernorm.weight") or n.endswith("_norm.weight") or n == "model.norm.weight"
-        ),
-    },
-}
-BLOCKS = {"gpt": re.compile(r"transformer\.h\.(\d+)\."), "llama": re.compile(r"model\.layers\.(\d+)\.")}
-
-
-def _matches(arch: str, selector: str, name: str, names: set[str]) -> bool:
+def _matches(f: Family, selector: str, name: str, names: set[str]) -> bool:
     blocks = block_range(selector)
     if blocks is not None:
         lo, hi = blocks
-        b = BLOCKS[arch].match(name)
+        b = f.blocks.match(name)
         return b is not None and lo <= int(b.group(1)) <= hi
-    return PARTS[arch][selector](name, names)
+    return f.parts[selector](name, names)
 
 
 def select_trainable(model: nn.Module, selectors: list[str], adapter: str | None = None) -> list[nn.Parameter]:
-    """Unfreeze exactly the parameters the selectors name (see PARTS), and LoRA adapter
-    `adapter` (selectors never name adapter weights: `all` is every base weight); return them."""
-    arch = str(getattr(model.config, "arch"))  # noqa: B009 (nn.Module's attributes are untyped)
+    """Unfreeze exactly the parameters the selectors name (the family's `parts`), and LoRA
+    adapter `adapter` (selectors never name adapter weights: `all` is every base weight); return them."""
+    f = family(str(getattr(model.config, "arch")))  # noqa: B009 (nn.Module's attributes are untyped)
     names = {n for n, _ in model.named_parameters() if ".lora_A." not in n and ".lora_B." not in n}
     chosen = []
     own = (f".lora_A.{adapter}", f".lora_B.{adapter}")
@@ -67,7 +36,7 @@ def select_trainable(model: nn.Module, selectors: list[str], adapter: str | None
         if ".lora_A." in name or ".lora_B." in name:
             p.requires_grad_(adapter is not None and name.endswith(own))
         else:
-            p.requires_grad_(any(_matches(arch, s, name, names) for s in selectors))
+            p.requires_grad_(any(_matches(f, s, name, names) for s in selectors))
         if p.requires_grad:
             chosen.append(p)
     return chosen

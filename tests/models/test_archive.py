@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from models.data.tokenizer import Tokenizer
-from models.families.llama.model import Llama, LlamaConfig
+from models.families.llama.config import LlamaConfig
+from models.families.llama.model import Llama
 from models.formats.archive import is_zip, pack, unpack
 from models.formats.native import save_model
 

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from models.data.tokenizer import Tokenizer
 from models.errors import SpecError
 from models.families.build import build_model, config_from_spec
-from models.families.llama.model import Llama, LlamaConfig
+from models.families.llama.config import LlamaConfig, LlamaModelSpec
+from models.families.llama.model import Llama
 from models.inference.decoder import Decoder, Row
 from models.inference.generate import Sampling, generate_ids
 from models.layers.kv_cache import KVCache
 from models.layers.linear_ce import linear_cross_entropy
-from models.spec import LlamaModelSpec, parse_spec
+from models.spec import parse_spec
 from models.training.optim import select_trainable
 
 SHAPES = {

@@ -11,6 +11,7 @@ import torch
 
 from models.data.tokenizer import Tokenizer
 from models.errors import AdapterError
+from models.families import family
 from models.families.gpt.model import GPT
 from models.formats.hf.directory import to_hf
 from models.formats.load import load_model
@@ -39,7 +40,7 @@ def base(tokenizer: Tokenizer, tmp_path: Path) -> tuple[GPT, Path, Path]:
 
 def trained_looking(model: GPT, name: str, spec: AdapterSpec) -> lora.Adapter:
     """An adapter whose B is not zero (as after training), so it changes the logits."""
-    lora.add_adapter(model, name, spec, seed=3)
+    lora.add_adapter(model, family(model.config.arch).lora, name, spec, seed=3)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for p in lora.adapter_params(model, name):

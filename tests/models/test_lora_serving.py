@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.data.tokenizer import Tokenizer
+from models.families import FAMILIES
 from models.families.gpt.model import GPT
 from models.formats.peft import merge_adapter
 from models.inference.decoder import Decoder, Row
@@ -41,7 +42,7 @@ def adapters(peaked: GPT) -> dict[str, lora.Adapter]:
     out = {}
     for k, (name, spec) in enumerate(SPECS.items()):
         holder = copy.deepcopy(peaked)
-        lora.add_adapter(holder, name, spec, seed=k)
+        lora.add_adapter(holder, FAMILIES["gpt"].lora, name, spec, seed=k)
         with torch.no_grad():
             for p in lora.adapter_params(holder, name):
                 p.normal_(0.0, 0.4, generator=torch.Generator().manual_seed(100 + k + p.numel()))
@@ -111,7 +112,7 @@ def test_unknown_or_misfit_adapters_are_refused(
         dec.add(Row([1, 2], Sampling(), adapter="math"))
     wide = tiny_model(tokenizer.vocab_size, n_embd=64)
     holder = copy.deepcopy(wide)
-    lora.add_adapter(holder, "w", SPECS["chat"], seed=0)
+    lora.add_adapter(holder, FAMILIES["gpt"].lora, "w", SPECS["chat"], seed=0)
     with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn is 64->192"):
         dec.add_adapter("w", lora.extract(holder, "w"))
     dec.add_adapter("math", adapters["math"])

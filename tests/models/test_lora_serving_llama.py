@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.data.tokenizer import Tokenizer
+from models.families import FAMILIES
 from models.families.llama.model import Llama
 from models.families.llama.serving import ServingLlama
 from models.formats.hf.directory import to_hf
@@ -43,7 +44,7 @@ def base(request: pytest.FixtureRequest, tokenizer: Tokenizer) -> Llama:
 def made(model: Llama, name: str, spec: AdapterSpec, seed: int) -> lora.Adapter:
     """An adapter whose B is not zero (as after training), big enough to change the tokens."""
     holder = copy.deepcopy(model)
-    lora.add_adapter(holder, name, spec, seed=seed)
+    lora.add_adapter(holder, FAMILIES["llama"].lora, name, spec, seed=seed)
     with torch.no_grad():
         for p in lora.adapter_params(holder, name):
             p.normal_(0.0, 0.4, generator=torch.Generator().manual_seed(100 + seed + p.numel()))

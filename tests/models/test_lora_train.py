@@ -12,6 +12,7 @@ import torch
 
 from models.data.tokenizer import Tokenizer
 from models.errors import Stopped
+from models.families import FAMILIES, family
 from models.formats.layout import MODEL_FILE
 from models.formats.load import load_model
 from models.formats.native import load_tensors, save_model
@@ -229,7 +230,9 @@ def test_llama_roles(targets: list[str], adapted: list[str]) -> None:
     from models.spec import AdapterSpec
 
     model = _LlamaNamed()
-    paths = lora.add_adapter(model, "x", AdapterSpec(type="lora", rank=2, targets=targets), seed=0)
+    paths = lora.add_adapter(
+        model, FAMILIES["llama"].lora, "x", AdapterSpec(type="lora", rank=2, targets=targets), seed=0
+    )
     layers = lora.lora_layers(model)
     assert sorted(layers) == sorted(paths) and len(paths) == 2 * len(adapted)
     assert {p.rsplit(".", 1)[1] for p in paths} == set(adapted)
@@ -241,7 +244,7 @@ def test_llama_has_no_fused_qkv() -> None:
     from models.spec import AdapterSpec
 
     with pytest.raises(TrainingError, match=r"adapter\.targets\.0: 'qkv' is not a projection of arch llama"):
-        lora.add_adapter(_LlamaNamed(), "x", AdapterSpec(type="lora", targets=["qkv"]), seed=0)
+        lora.add_adapter(_LlamaNamed(), FAMILIES["llama"].lora, "x", AdapterSpec(type="lora", targets=["qkv"]), seed=0)
 
 
 def test_bf16_resume_with_adapters_is_bitwise_exact(data_dir: Path, base_dir: Path, tmp_path: Path) -> None:
@@ -268,7 +271,13 @@ def test_lora_layers_train_under_autocast(tokenizer: Tokenizer) -> None:
     from models.spec import AdapterSpec
 
     model = tiny_model(tokenizer.vocab_size)
-    lora.add_adapter(model, "a", AdapterSpec(type="lora", rank=4, targets=["attention", "mlp"]), seed=0)
+    lora.add_adapter(
+        model,
+        family(model.config.arch).lora,
+        "a",
+        AdapterSpec(type="lora", rank=4, targets=["attention", "mlp"]),
+        seed=0,
+    )
     lora.apply_adapters(model, ["a"])
     for n, p in model.named_parameters():
         p.requires_grad_(lora.is_adapter_param(n))

@@ -13,7 +13,8 @@ import torch
 
 from models.data.tokenizer import Tokenizer
 from models.errors import Stopped, TrainingError
-from models.families.gpt.model import GPT, GPTConfig
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
 from models.formats.layout import MODEL_FILE
 from models.formats.native import load_tensors
 from models.spec import JobSpec, MultistepStage, parse_spec

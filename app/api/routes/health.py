@@ -14,15 +14,12 @@ from app.api.deps import DatabaseDep
 from app.api.errors import error_body
 from app.api.metrics import JOBS
 from app.db import Database
+from app.errors import SchemaBehind
 from app.migrate import schema_problem
 from app.services import jobs
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("stagecraft.api")
-
-
-class SchemaBehind(Exception):
-    """The database schema is not at this code's revision (the message says what to run)."""
 
 
 @router.get("/healthz")

@@ -7,37 +7,15 @@ selections read naturally and an export to the Hugging Face layout is a transpos
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.families.base import DecoderModel
+from models.families.gpt.config import GPTConfig
 from models.layers.embedding import embed_tied
 from models.layers.kv_cache import KVCache
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    vocab_size: int
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    dropout: float = 0.0
-    arch: ClassVar[str] = "gpt"
-
-    @property
-    def n_kv_head(self) -> int:
-        return self.n_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class CausalSelfAttention(nn.Module):
@@ -98,7 +76,7 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
 
 
-class GPT(nn.Module):
+class GPT(DecoderModel):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -145,10 +123,3 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         return self.transformer.ln_f(x)
-
-    def logits(self, h: Tensor) -> Tensor:
-        return F.linear(h, self.head_weight())
-
-    def forward(self, idx: Tensor) -> Tensor:
-        """Logits for every position of a causal forward pass."""
-        return self.logits(self.hidden(idx))

@@ -12,21 +12,24 @@ KV cache, in fewer and cheaper operations per token.
   positions whose next token is wanted.
 
 The weights are copies (the GPT can be dropped); logits agree with `GPT` to float
-rounding (tests/inference/test_engine.py). LoRA adapters join through `self.adapters`
-(models/lora/bank.py): `last_logits(..., adapters=rows)` gives each row its own.
+rounding (tests/app/serving/test_engine.py). `last_logits` and the net's size, device and
+dtype are every family's (models/layers/serving.py). LoRA adapters join through
+`self.adapters` (models/lora/bank.py): `last_logits(..., adapters=rows)` gives each row its
+own, and with none the bank is not touched (the MLP's GELU stays a post-op of its matmul).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.families.gpt.model import GPT, GPTConfig
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
 from models.layers.kv_cache import KVCache
 from models.layers.projection import Projection
+from models.layers.serving import ServingNet
 from models.lora.bank import AdapterBank
 
 LN_EPS = 1e-5
@@ -49,7 +52,7 @@ class Layer:
         ]
 
 
-class ServingGPT:
+class ServingGPT(ServingNet):
     def __init__(self, model: GPT, onednn: bool = True):
         """`onednn=False` keeps the plain `addmm` layout even where oneDNN could pack."""
         self.config: GPTConfig = model.config
@@ -58,7 +61,7 @@ class ServingGPT:
         def proj(name: str) -> Projection:
             return Projection(sd[name + ".weight"], sd[name + ".bias"], onednn)
 
-        self.layers = []
+        self.layers: list[Layer] = []
         for i in range(self.config.n_layer):
             p = f"transformer.h.{i}."
             self.layers.append(
@@ -73,9 +76,9 @@ class ServingGPT:
                     proj(p + "mlp.c_proj"),
                 )
             )
-        self.wte = sd["transformer.wte.weight"].clone()
+        self.embed = sd["transformer.wte.weight"].clone()
         self.wpe = sd["transformer.wpe.weight"].clone()
-        self.head = Projection(self.wte, None, onednn)  # tied: the vocabulary projection reads the embedding
+        self.head = Projection(self.embed, None, onednn)  # tied: the vocabulary projection reads the embedding
         self.lnf_w, self.lnf_b = sd["transformer.ln_f.weight"].clone(), sd["transformer.ln_f.bias"].clone()
         C = self.config.n_embd
         shapes = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
@@ -83,70 +86,28 @@ class ServingGPT:
         layer_shapes = {path: shape for paths in self.paths for path, shape in zip(paths, shapes.values())}
         self.adapters = AdapterBank(layer_shapes, self.device, self.dtype)
 
-    @property
-    def device(self) -> torch.device:
-        return self.wte.device
+    def _weights(self) -> list[Tensor]:
+        return [self.wpe, self.lnf_w, self.lnf_b]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.wte.dtype
+    def _final_norm(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (self.config.n_embd,), self.lnf_w, self.lnf_b, LN_EPS)
 
-    def nbytes(self) -> int:
-        tensors = [self.wte, self.wpe, self.lnf_w, self.lnf_b, *self.head.tensors()]
-        tensors += [t for layer in self.layers for t in layer.tensors()]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    @torch.inference_mode()
-    def last_logits(
-        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, adapters: Tensor | None = None
+    def _blocks(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, causal: bool, adapters: Tensor | None
     ) -> Tensor:
-        """Logits (B, V) for the last position of each row of `idx` (B, T), whose keys and
-        values join `cache`. Without `mask`: causal over the new tokens if the cache is
-        empty, else attention to every cached position. `adapters` (B,): each row's slot in
-        `self.adapters` (0: the base alone); None when every row uses the base."""
-        if adapters is not None:
-            return self._adapted_logits(idx, positions, cache, mask, adapters)
+        """With `adapters`, each row's low-rank products join every projection (the MLP's GELU after them)."""
         B, T = idx.shape
         C, H = self.config.n_embd, self.config.n_head
-        if cache.length + T > self.config.block_size:
-            raise ValueError(f"sequence of {cache.length + T} tokens is longer than block_size")
-        causal = mask is None and cache.length == 0 and T > 1
-        x = (self.wte[idx] + self.wpe[positions]).view(B * T, C)
-        for i, w in enumerate(self.layers):
-            h = F.layer_norm(x, (C,), w.ln1_w, w.ln1_b, LN_EPS)
-            q, k, v = w.attn(h).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
-            k, v = cache.update(i, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            x = w.proj(y.transpose(1, 2).reshape(B * T, C)).add_(x)
-            h = F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, LN_EPS)
-            x = w.out(w.fc(h, gelu=True)).add_(x)
-        cache.length += T
-        last = x.view(B, T, C)[:, -1]
-        return self.head(F.layer_norm(last, (C,), self.lnf_w, self.lnf_b, LN_EPS))
-
-    def _adapted_logits(
-        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, rows: Tensor
-    ) -> Tensor:
-        """`last_logits` with each row's low-rank products added (the MLP's GELU after them)."""
-        B, T = idx.shape
-        C, H = self.config.n_embd, self.config.n_head
-        if cache.length + T > self.config.block_size:
-            raise ValueError(f"sequence of {cache.length + T} tokens is longer than block_size")
-        causal = mask is None and cache.length == 0 and T > 1
         bank = self.adapters
-        x = (self.wte[idx] + self.wpe[positions]).view(B * T, C)
+        x = (self.embed[idx] + self.wpe[positions]).view(B * T, C)
         for i, w in enumerate(self.layers):
             p_attn, p_proj, p_fc, p_out = self.paths[i]
             h = F.layer_norm(x, (C,), w.ln1_w, w.ln1_b, LN_EPS)
-            qkv = bank.add_delta(p_attn, h, w.attn(h), rows)
-            q, k, v = qkv.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            q, k, v = bank.project(w.attn, p_attn, h, adapters).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
             k, v = cache.update(i, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            y = y.transpose(1, 2).reshape(B * T, C)
-            x = bank.add_delta(p_proj, y, w.proj(y), rows).add_(x)
+            x = bank.project(w.proj, p_proj, y.transpose(1, 2).reshape(B * T, C), adapters).add_(x)
             h = F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, LN_EPS)
-            f = F.gelu(bank.add_delta(p_fc, h, w.fc(h), rows), approximate="tanh")
-            x = bank.add_delta(p_out, f, w.out(f), rows).add_(x)
-        cache.length += T
-        last = x.view(B, T, C)[:, -1]
-        return self.head(F.layer_norm(last, (C,), self.lnf_w, self.lnf_b, LN_EPS))
+            f = bank.project(w.fc, p_fc, h, adapters, gelu=True)
+            x = bank.project(w.out, p_out, f, adapters).add_(x)
+        return x

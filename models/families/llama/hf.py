@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from models.errors import UnsupportedModel
-from models.families.llama.model import ROPE_TYPES, Llama, LlamaConfig
+from models.families.llama.config import ROPE_TYPES, LlamaConfig
+from models.families.llama.model import Llama
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ARCHITECTURES = {

@@ -14,53 +14,17 @@ computed in fp32 from the same inverse frequencies.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.families.base import DecoderModel
+from models.families.llama.config import LlamaConfig
 from models.layers import onednn
 from models.layers.embedding import embed_tied
 from models.layers.kv_cache import KVCache
-
-ROPE_TYPES = ("llama3", "linear")
-
-
-@dataclass(frozen=True)
-class LlamaConfig:
-    vocab_size: int
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int = 0  # 0: n_head (plain multi-head attention)
-    n_embd: int = 256
-    head_dim: int = 0  # 0: n_embd // n_head
-    intermediate_size: int = 688
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = field(default=None, hash=False)  # {"type": "llama3" | "linear", ...}
-    attention_bias: bool = False
-    qk_norm: bool = False
-    tie_embeddings: bool = True
-    dropout: float = 0.0
-    arch: ClassVar[str] = "llama"
-
-    def __post_init__(self) -> None:
-        if not self.n_kv_head:
-            object.__setattr__(self, "n_kv_head", self.n_head)
-        if not self.head_dim:
-            object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
-        if self.rope_scaling is not None and self.rope_scaling.get("type") not in ROPE_TYPES:
-            raise ValueError(f"rope scaling type {self.rope_scaling.get('type')!r} is not supported ({ROPE_TYPES})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def inverse_frequencies(config: LlamaConfig) -> Tensor:
@@ -230,7 +194,7 @@ class Trunk(nn.Module):
         self.norm = RMSNorm(config.n_embd, config.rms_norm_eps)
 
 
-class Llama(nn.Module):
+class Llama(DecoderModel):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
@@ -287,10 +251,3 @@ class Llama(nn.Module):
         if cache is not None:
             cache.length += T
         return self.model.norm(x)
-
-    def logits(self, h: Tensor) -> Tensor:
-        return F.linear(h, self.head_weight())
-
-    def forward(self, idx: Tensor) -> Tensor:
-        """Logits for every position of a causal forward pass."""
-        return self.logits(self.hidden(idx))

@@ -11,7 +11,8 @@
 It takes the decoder's caches as they are (`models.inference.decoder.SlotCache` holds n_kv_head
 heads per layer) and per-row positions, so rows that joined at different times rotate
 their keys at their own positions. The weights are copies (the Llama can be dropped);
-logits agree with `Llama` to float rounding (tests/models/test_llama.py).
+logits agree with `Llama` to float rounding (tests/models/test_llama.py). `last_logits` and
+the net's size, device and dtype are every family's (models/layers/serving.py).
 
 LoRA adapters join through `self.adapters` (models/lora/bank.py), whose fused groups
 mirror the fused projections: an adapter's q, k and v products land in their slices of
@@ -27,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.families.llama.model import Llama, LlamaConfig, rms_norm, rotary
+from models.families.llama.config import LlamaConfig
+from models.families.llama.model import Llama, rms_norm, rotary
 from models.layers.kv_cache import KVCache
 from models.layers.projection import Projection
+from models.layers.serving import ServingNet
 from models.lora.bank import AdapterBank
 
 
@@ -49,7 +52,7 @@ class Layer:
         return norms + [t for p in (self.qkv, self.o, self.gate_up, self.down) for t in p.tensors()]
 
 
-class ServingLlama:
+class ServingLlama(ServingNet):
     def __init__(self, model: Llama, onednn: bool = True):
         """`onednn=False` keeps the plain `addmm` layout even where oneDNN could pack."""
         self.config: LlamaConfig = model.config
@@ -96,46 +99,25 @@ class ServingLlama:
             self.paths.append((a + "qkv", a + "o_proj", m + "gate_up", m + "down_proj"))
         self.adapters = AdapterBank(shapes, self.device, self.dtype, fused)
 
-    @property
-    def device(self) -> torch.device:
-        return self.embed.device
+    def _weights(self) -> list[Tensor]:
+        return [self.norm, self.cos, self.sin]
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.dtype
+    def _final_norm(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.norm, self.config.rms_norm_eps)
 
-    def nbytes(self) -> int:
-        tensors = [self.embed, self.norm, self.cos, self.sin, *self.head.tensors()]
-        tensors += [t for layer in self.layers for t in layer.tensors()]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
-    @torch.inference_mode()
-    def last_logits(
-        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, adapters: Tensor | None = None
+    def _blocks(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, causal: bool, adapters: Tensor | None
     ) -> Tensor:
-        """Logits (B, V) for the last position of each row of `idx` (B, T), whose keys and
-        values join `cache`; `positions` (B or 1, T). Without `mask`: causal over the new
-        tokens if the cache is empty, else attention to every cached position. `adapters`
-        (B,): each row's slot in `self.adapters` (0: the base alone); None when every row
-        uses the base (the bank is not touched)."""
         B, T = idx.shape
         c = self.config
         C, H, KV, D, eps = c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.rms_norm_eps
-        if cache.length + T > c.block_size:
-            raise ValueError(f"sequence of {cache.length + T} tokens is longer than block_size")
-        causal = mask is None and cache.length == 0 and T > 1
         cos = self.cos[positions].to(self.dtype)[:, None]  # (B or 1, 1, T, D)
         sin = self.sin[positions].to(self.dtype)[:, None]
         bank = self.adapters
-
-        def project(proj: Projection, key: str, h: Tensor) -> Tensor:
-            y = proj(h)
-            return y if adapters is None else bank.add_delta(key, h, y, adapters)
-
         x = self.embed[idx].view(B * T, C)
         for i, w in enumerate(self.layers):
             p_qkv, p_o, p_gate_up, p_down = self.paths[i]
-            qkv = project(w.qkv, p_qkv, rms_norm(x, w.ln1, eps)).view(B, T, H + 2 * KV, D)
+            qkv = bank.project(w.qkv, p_qkv, rms_norm(x, w.ln1, eps), adapters).view(B, T, H + 2 * KV, D)
             q, k, v = qkv.split([H, KV, KV], dim=2)
             if w.q_norm is not None and w.k_norm is not None:
                 q, k = rms_norm(q, w.q_norm, eps), rms_norm(k, w.k_norm, eps)
@@ -143,9 +125,7 @@ class ServingLlama:
             q, k = rotary(q, cos, sin), rotary(k, cos, sin)
             k, v = cache.update(i, k, v)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=KV != H)
-            x = project(w.o, p_o, y.transpose(1, 2).reshape(B * T, H * D)).add_(x)
-            gate, up = project(w.gate_up, p_gate_up, rms_norm(x, w.ln2, eps)).chunk(2, dim=-1)
-            x = project(w.down, p_down, F.silu(gate).mul_(up)).add_(x)
-        cache.length += T
-        last = x.view(B, T, C)[:, -1]
-        return self.head(rms_norm(last, self.norm, eps))
+            x = bank.project(w.o, p_o, y.transpose(1, 2).reshape(B * T, H * D), adapters).add_(x)
+            gate, up = bank.project(w.gate_up, p_gate_up, rms_norm(x, w.ln2, eps), adapters).chunk(2, dim=-1)
+            x = bank.project(w.down, p_down, F.silu(gate).mul_(up), adapters).add_(x)
+        return x

@@ -23,33 +23,13 @@ from gguf.quants import dequantize
 from tokenizers import Tokenizer
 
 from models.errors import GGUFError
+from models.families.llama.config import GGUF_GLOBAL_TENSORS, GGUF_LAYER_TENSORS
 from models.formats.gguf.tokenizer import build_tokenizer
 from models.formats.gguf.tokenizer import metadata_value as _value
 
 __all__ = ["GGUFCheckpoint", "GGUFError", "hf_name", "read_gguf", "unpermute"]
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-LAYER_TENSORS = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-
-
 def _decimal(value: Any) -> float:
     """A float32 metadata value as the decimal its config.json wrote (1e-05, not 9.9999997e-06)."""
     return float(str(np.float32(value)))
@@ -194,11 +174,11 @@ def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def hf_name(gguf_name: str) -> str | None:
     """The Hugging Face name of a GGUF tensor, or None when it has none."""
-    if gguf_name in GLOBAL_TENSORS:
-        return GLOBAL_TENSORS[gguf_name]
+    if gguf_name in GGUF_GLOBAL_TENSORS:
+        return GGUF_GLOBAL_TENSORS[gguf_name]
     parts = gguf_name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in LAYER_TENSORS:
-        return f"model.layers.{parts[1]}.{LAYER_TENSORS[parts[2]]}"
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in GGUF_LAYER_TENSORS:
+        return f"model.layers.{parts[1]}.{GGUF_LAYER_TENSORS[parts[2]]}"
     return None
 
 

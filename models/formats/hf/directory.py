@@ -22,9 +22,11 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from models.data.tokenizer import EOS, PAD, SEP, Tokenizer
 from models.errors import UnsupportedModel
-from models.families.gpt.model import GPT, GPTConfig
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
 from models.families.llama import hf as hf_llama
-from models.families.llama.model import Llama, LlamaConfig
+from models.families.llama.config import LlamaConfig
+from models.families.llama.model import Llama
 from models.files import read_json, write_atomic, write_json
 from models.formats.hf import files as hf_files
 from models.formats.layout import CONFIG_FILE, MODEL_FILE

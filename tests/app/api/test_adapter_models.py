@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from models.data.tokenizer import Tokenizer
+from models.families import family
 from models.formats.native import save_model
 from models.formats.peft import merge_adapter, save_adapter
 from models.lora import layers as lora
@@ -29,7 +30,13 @@ GREEDY = {"max_new_tokens": 12, "temperature": 0}
 
 def made_adapter(base: torch.nn.Module, seed: int, targets: list[str]) -> lora.Adapter:
     holder = copy.deepcopy(base)
-    lora.add_adapter(holder, "a", AdapterSpec(type="lora", rank=4, alpha=8, targets=targets), seed=seed)
+    lora.add_adapter(
+        holder,
+        family(holder.config.arch).lora,
+        "a",
+        AdapterSpec(type="lora", rank=4, alpha=8, targets=targets),
+        seed=seed,
+    )
     with torch.no_grad():
         for p in lora.adapter_params(holder, "a"):
             p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed + p.numel()))

@@ -15,7 +15,8 @@ import torch
 
 from app.config import Settings
 from models.data.tokenizer import Tokenizer
-from models.families.llama.model import Llama, LlamaConfig
+from models.families.llama.config import LlamaConfig
+from models.families.llama.model import Llama
 from models.formats.native import save_model
 from tests.app.api.conftest import Client, Edit, archive, error, upload
 

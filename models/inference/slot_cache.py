@@ -1,0 +1,82 @@
+"""The decoder's KV cache (models.inference.decoder): one slot per row, rows packed at the
+front, every decode step writing all rows at one shared column."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from models.layers.kv_cache import CacheShape, KVCache
+
+
+class SlotCache(KVCache):
+    """Keys and values for `slots` rows. Every decode step writes all rows at one shared
+    column (`length`), so writes are plain slices. A row that joined while the column was
+    past its prompt has a gap there, which `valid` masks out; when no row has a gap (one
+    row, or rows that started together) no mask is needed. `lens` counts each row's
+    tokens, its next position. When the column reaches the end of the context, rows are
+    compacted (their gaps squeezed out)."""
+
+    def __init__(self, config: CacheShape, slots: int, device: torch.device, dtype: torch.dtype):
+        super().__init__(config, slots, device, dtype)
+        self.block = config.block_size
+        self.valid = torch.zeros((slots, self.block), dtype=torch.bool, device=device)
+        self.lens: list[int] = []
+        self.compactions = 0
+
+    def admit(self, prompt_len: int, count: int = 1) -> KVCache:
+        """The next `count` slots, as an empty cache whose writes land here (for a prefill of
+        `count` prompts of `prompt_len` tokens)."""
+        i = len(self.lens)
+        self.lens += [prompt_len] * count
+        self.valid[i : i + count] = False
+        self.valid[i : i + count, :prompt_len] = True
+        self.length = max(self.length, prompt_len)
+        view = KVCache.__new__(KVCache)
+        view.k = [k[i : i + count] for k in self.k]
+        view.v = [v[i : i + count] for v in self.v]
+        view.length = 0
+        return view
+
+    def prepare(self) -> tuple[Tensor, Tensor | None]:
+        """Positions (n, 1) of each row's next token, and the key mask (None if not needed)."""
+        n = len(self.lens)
+        if self.length >= self.block:
+            self._compact()
+        self.valid[:n, self.length] = True
+        pos = torch.tensor(self.lens, device=self.valid.device)[:, None]
+        if all(x == self.length for x in self.lens):
+            return pos, None
+        return pos, self.valid[:n, None, None, : self.length + 1]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        n, col = k.size(0), self.length
+        self.k[layer][:n, :, col : col + 1] = k
+        self.v[layer][:n, :, col : col + 1] = v
+        return self.k[layer][:n, :, : col + 1], self.v[layer][:n, :, : col + 1]
+
+    def _compact(self) -> None:
+        self.compactions += 1
+        for r, n in enumerate(self.lens):
+            cols = self.valid[r, : self.length].nonzero().squeeze(1)
+            if cols.numel() == self.length:
+                continue
+            for cache in (self.k, self.v):
+                for t in cache:
+                    t[r, :, :n] = t[r, :, cols]
+            self.valid[r] = False
+            self.valid[r, :n] = True
+        self.length = max(self.lens)
+
+    def remove(self, i: int) -> None:
+        """Drop row i; the last row takes its slot."""
+        last = len(self.lens) - 1
+        if i != last:
+            for cache in (self.k, self.v):
+                for t in cache:
+                    t[i, :, : self.length] = t[last, :, : self.length]
+            self.valid[i] = self.valid[last]
+            self.lens[i] = self.lens[last]
+        self.lens.pop()
+        if not self.lens:
+            self.length = 0

@@ -1,0 +1,84 @@
+"""What every family's serving net shares (models/families/*/serving.py): the frame of a
+decoding forward pass around the family's own blocks, and the net's size, device and dtype.
+
+A serving net holds copies of its model's weights laid out for decoding: `embed` (the token
+embedding; its device and dtype are the net's), `layers` (each with `tensors()`) and `head`
+(the vocabulary projection, a `Projection`). `last_logits` checks that the new tokens fit the
+context, runs the family's `_blocks` over them (their keys and values joining the cache), and
+projects only the last position of each row, after the family's `_final_norm`: the same
+tensor operations as the families' own code, none added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from models.layers.kv_cache import CacheShape, KVCache, cache_end
+from models.layers.projection import Projection
+
+
+class ServingShape(CacheShape, Protocol):
+    """What a serving net needs of a model config (GPTConfig and LlamaConfig both have it)."""
+
+    @property
+    def n_embd(self) -> int: ...
+
+
+class Weights(Protocol):
+    """A layer's weights, as a serving net keeps them."""
+
+    def tensors(self) -> list[Tensor]: ...
+
+
+class ServingNet:
+    config: ServingShape
+    embed: Tensor  # (vocab, n_embd)
+    layers: Sequence[Weights]
+    head: Projection
+
+    def _blocks(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, causal: bool, adapters: Tensor | None
+    ) -> Tensor:
+        """The residual stream (B * T, n_embd) after every layer, for `last_logits`' arguments."""
+        raise NotImplementedError
+
+    def _final_norm(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _weights(self) -> list[Tensor]:
+        """The net's tensors besides the embedding, the layers' and the head's."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    def nbytes(self) -> int:
+        tensors = [self.embed, *self._weights(), *self.head.tensors()]
+        tensors += [t for layer in self.layers for t in layer.tensors()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @torch.inference_mode()
+    def last_logits(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, adapters: Tensor | None = None
+    ) -> Tensor:
+        """Logits (B, V) for the last position of each row of `idx` (B, T), whose keys and
+        values join `cache`; `positions` (B or 1, T). Without `mask`: causal over the new
+        tokens if the cache is empty, else attention to every cached position. `adapters`
+        (B,): each row's slot in the net's `adapters` (models/lora/bank.py; 0: the base
+        alone); None when every row uses the base (the bank is not touched)."""
+        B, T = idx.shape
+        cache_end(cache, T, self.config.block_size)
+        causal = mask is None and cache.length == 0 and T > 1
+        x = self._blocks(idx, positions, cache, mask, causal, adapters)
+        cache.length += T
+        last = x.view(B, T, self.config.n_embd)[:, -1]
+        return self.head(self._final_norm(last))
