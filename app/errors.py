@@ -89,10 +89,11 @@ class LeaseLost(Exception):
     """Another worker owns the job now; this one must stop without writing anything."""
 
 
-def from_model_error(exc: Exception, loc: str = "body", message: str | None = None) -> ServiceError:
+def from_model_error(exc: Exception, loc: str = "body", message: str | None = None, *, file: str = "") -> ServiceError:
     """The service's error for one that `models` raised: the one translation, whichever
     service or route caught it. `loc` is what is at fault, `message` replaces str(exc) where
-    the caller words it (without a server path, say).
+    the caller words it (without a server path, say), `file` names the file of an uploaded
+    archive at fault (in the message and the detail, as app.services.model_checks does).
 
         loc "file", any error   422 unsupported_model  an uploaded model (what its loaders raise)
         SpecError               422 invalid_spec       details: its {loc, message}s
@@ -102,6 +103,8 @@ def from_model_error(exc: Exception, loc: str = "body", message: str | None = No
 
     All but SpecError and DataError have the one detail {loc, message}."""
     text = str(exc) if message is None else message
+    if loc == "file" and file:
+        return Invalid(f"{file}: {text}", [{"loc": loc, "file": file, "message": text}], code="unsupported_model")
     detail = [{"loc": loc, "message": text}]
     if loc == "file":
         return Invalid(text, detail, code="unsupported_model")

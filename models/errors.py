@@ -13,7 +13,7 @@
             ├── GGUFError      a GGUF file we cannot read exactly (also a ValueError)
             └── HeaderError    a safetensors header that cannot be read (also a ValueError)
 
-The service maps them to HTTP answers in one place (app/api/errors.py): a spec error is a 422
+The service maps them to its errors in one place (app.errors.from_model_error): a spec error is a 422
 `invalid_spec`, bad data a 422 `invalid_dataset`, an unsupported model a 422 `unsupported_model`.
 """
 

@@ -61,7 +61,7 @@ def reexports(package: str) -> dict[str, str]:
     path = all_modules().get(package)
     if path is None or path.name != "__init__.py":
         return {}
-    found = {}
+    found: dict[str, str] = {}
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.ImportFrom) and _absolute(path, node).startswith(package + "."):
             found |= {a.asname or a.name: _absolute(path, node) for a in node.names}
@@ -174,10 +174,8 @@ def test_no_import_circles() -> None:
 
 @pytest.mark.parametrize(("package", "forbidden"), [("models", {"app", "workers"}), ("app", {"workers"})])
 def test_imports_go_one_way(package: str, forbidden: set[str]) -> None:
-    offenders = {
-        rel(p): sorted(n for n in imports(p) if n.split(".")[0] in forbidden) for p in modules(package)
-    }
-    offenders = {p: names for p, names in offenders.items() if names}
+    found = {rel(p): sorted(n for n in imports(p) if n.split(".")[0] in forbidden) for p in modules(package)}
+    offenders = {p: names for p, names in found.items() if names}
     assert not offenders, f"{package} may not import {sorted(forbidden)}: {offenders}"
 
 

@@ -1,5 +1,5 @@
 """`stagecraft jobs ...`: a client of a running service, built on the SDK (`stagecraft.Client`).
-validate and submit are in submit.py; the rest here."""
+validate and submit are in submit.py, following a job to its end in follow.py; the rest here."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-import stagecraft
 from app.cli import submit as submitting
 from app.cli.connect import JsonOption, connect, err, out, print_fields, print_json, print_table, take, when
-from app.cli.display import RunDisplay
-from models.errors import SpecError
-from models.spec import parse_spec
+from app.cli.follow import follow_to_end
 from stagecraft.types import Job
 
 jobs_cli = typer.Typer(
@@ -33,32 +30,6 @@ def job_fields(j: Job) -> dict[str, object]:
         "model": j.model_id, "error": error, "attempt": j.attempt, "created": when(j.created_at),
         "started": when(j.started_at), "finished": when(j.finished_at),
     }  # fmt: skip
-
-
-def follow_to_end(c: stagecraft.Client, job_id: str, quiet: bool = False) -> Job:
-    """Follow a job (progress bars on stderr unless quiet) to its end; exit 1 unless it succeeded."""
-    job = c.jobs.retrieve(job_id)
-    try:
-        if quiet:
-            job = c.jobs.wait(job_id)
-        else:
-            try:
-                spec = parse_spec(job.spec)
-            except SpecError:  # a spec this CLI does not know (a newer server): events as lines
-                job = c.jobs.wait(job_id, on_event=lambda e: err.print(e.type, e.step, highlight=False))
-            else:
-                with RunDisplay(spec, err) as display:
-                    job = c.jobs.wait(job_id, on_event=lambda e: display(e.to_dict()))
-    except KeyboardInterrupt:
-        err.print(f"\nstopped following; the job goes on (stagecraft jobs wait {job_id})")
-        raise typer.Exit(130) from None
-    if job.status != "succeeded":
-        reason = f" ({job.error.code}: {job.error.message})" if job.error else ""
-        err.print(f"[red]job {job.id} ended {job.status}[/red]{reason}", highlight=False)
-        raise typer.Exit(1)
-    if not quiet:
-        err.print(f"job {job.id} succeeded: model {job.model_id}", highlight=False)
-    return job
 
 
 @jobs_cli.command("wait", epilog="Example: MODEL=$(stagecraft jobs wait $JOB -q)   # the model id, once it succeeds")

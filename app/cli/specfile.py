@@ -14,7 +14,7 @@ from rich.console import Console
 
 from models.data.records import load_file
 from models.errors import DataError, SpecError
-from models.spec import JobSpec, MultistepStage, parse_spec
+from models.spec import JobSpec, data_kind_errors, parse_spec
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 DATA_SUFFIXES = (".txt", ".jsonl")
@@ -103,15 +103,4 @@ def local_data(raw: dict[str, Any], base: Path) -> dict[str, LocalData]:
 
 def kind_errors(spec: JobSpec, local: dict[str, LocalData]) -> list[dict[str, str]]:
     """A finetune objective on a local text corpus (the service checks this for uploaded ones)."""
-    errors = []
-    for i, stage in enumerate(spec.stages):
-        parts = (
-            [(f"stages.{i}.phases.{j}", p.objective, p.data) for j, p in enumerate(stage.phases)]
-            if isinstance(stage, MultistepStage)
-            else [(f"stages.{i}", stage.type, stage.data)]
-        )
-        for loc, objective, data in parts:
-            if objective == "finetune" and data in local and local[data].kind == "text":
-                message = f"a finetune objective needs supervised records, but '{data}' is a text corpus"
-                errors.append({"loc": f"{loc}.data", "message": message})
-    return errors
+    return data_kind_errors(spec, {name: data.kind for name, data in local.items()})

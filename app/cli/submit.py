@@ -18,6 +18,7 @@ import typer
 
 import stagecraft
 from app.cli.connect import JsonOption, connect, err, print_json
+from app.cli.follow import follow_to_end
 from app.cli.specfile import LocalData, checked_spec, kind_errors, local_data, print_spec_errors, read_raw
 from stagecraft.types import Dataset, Validation
 
@@ -103,8 +104,6 @@ def submit(
 ) -> None:
     """Submit a spec; prints the job id. Data given as local file paths (relative to the spec)
     are uploaded first, unless an identical dataset (same sha256) is already there."""
-    from app.cli.jobs import follow_to_end
-
     with connect() as c:
         raw, pending, _ = prepared(spec_path, c)
         upload_pending(c, raw, pending)

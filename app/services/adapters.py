@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import Conflict, Invalid, from_model_error
 from app.tables import Job, Model, new_id
+from models.formats.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parameter_count
 
-ADAPTER_CONFIG = "adapter_config.json"  # models.formats.peft.CONFIG, without importing torch
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 INFO = "stagecraft.json"
 
 
@@ -70,20 +68,6 @@ def describe(directory: Path) -> dict[str, Any]:
     }
 
 
-def _parameters(weights: Path) -> int:
-    with weights.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header: dict[str, Any] = json.loads(f.read(n))
-    total = 0
-    for k, v in header.items():
-        if k != "__metadata__":
-            size = 1
-            for s in v["shape"]:
-                size *= s
-            total += size
-    return total
-
-
 def _row(settings: Settings, tenant_id: str, name: str, directory: Path, steps: int, model_id: str = "") -> Model:
     return Model(
         id=model_id or new_id("model"),
@@ -91,7 +75,7 @@ def _row(settings: Settings, tenant_id: str, name: str, directory: Path, steps: 
         job_id=None,
         name=name[:100],
         path=str(directory.relative_to(settings.data_dir)),
-        parameters=_parameters(directory / ADAPTER_WEIGHTS),
+        parameters=parameter_count(directory / ADAPTER_WEIGHTS),
         steps=steps,
         evaluation={},
     )

@@ -9,7 +9,6 @@ runs on the inference thread (app.serving), so one export at a time by construct
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,8 @@ from app.errors import Conflict, NotFound
 from app.services import adapters
 from app.services.pagination import page
 from app.tables import Checkpoint, Job, Model, new_id
+from models.families import DEFAULT
+from models.formats.layout import tensor_shapes
 from models.spec import parse_spec
 
 CONFIG_FILE = "config.json"  # models.formats.layout.CONFIG_FILE, without importing torch
@@ -210,13 +211,6 @@ def checkpoint_of(session: Session, tenant_id: str, ckpt_id: str) -> tuple[Check
     return row[0], row[1]
 
 
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header: dict[str, Any] = json.loads(f.read(n))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-
-
 def _architecture(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
     """The model shape a job trains: its spec's, or (with init_from) its base model's."""
     base = (job.spec["model"].get("init_from") or {}).get("model")
@@ -225,15 +219,16 @@ def _architecture(session: Session, settings: Settings, job: Job) -> dict[str, A
 
 
 def checkpoint_config(session: Session, settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
-    """The model config of a checkpoint: the one its state.json records, or (older GPT
-    checkpoints) its job's model shape with the vocabulary from the tensors."""
+    """The model config of a checkpoint, its `arch` among the fields: the one its state.json
+    records, or (older GPT checkpoints) its job's model shape with the vocabulary from the tensors."""
     state = json.loads((settings.data_dir / ckpt.path / "state.json").read_text())
     if "model" in state:
-        return dict(state["model"][state["model"].get("arch", "gpt")])
-    shapes = _safetensors_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
+        return _fields(state["model"])
+    shapes = tensor_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
     m = _architecture(session, settings, job)
     vocab = shapes["model/transformer.wte.weight"][0]
     return {
+        "arch": "gpt",
         "vocab_size": vocab,
         "block_size": m["block_size"],
         "n_layer": m["n_layer"],
@@ -244,7 +239,7 @@ def checkpoint_config(session: Session, settings: Settings, ckpt: Checkpoint, jo
 
 
 def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) -> dict[str, Any] | None:
-    """The GPT config of a model or checkpoint id usable as `init_from`, or None if unknown."""
+    """The config (with its `arch`) of a model or checkpoint id usable as `init_from`, or None if unknown."""
     if ref.startswith("ckpt_"):
         found = checkpoint_of(session, tenant_id, ref)
         if found is None or not (settings.data_dir / found[0].path).is_dir():
@@ -256,9 +251,13 @@ def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) 
     directory = settings.data_dir / model.path
     if adapters.is_adapter(directory):  # init_from an adapter: its base's shape (merged with it)
         directory = adapters.base_dir(directory) or directory
-    record: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text())
-    config: dict[str, Any] = record[record.get("arch", "gpt")]
-    return config
+    return _fields(json.loads((directory / CONFIG_FILE).read_text()))
+
+
+def _fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A recorded model (config.json, state.json's `model`) as its config's fields and `arch`."""
+    arch = str(record.get("arch", DEFAULT))
+    return {"arch": arch, **record[arch]}
 
 
 def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) -> Path | None:

@@ -37,7 +37,7 @@ def register(
         quotas.check_storage(session, settings, tenant_id, upload.stat().st_size)
         try:
             parsed = scan_path(upload, filename)
-        except DataError as exc:  # named by `filename`
+        except DataError as exc:  # its source is `filename`
             raise from_model_error(exc) from None
         ds_id = new_id("ds")
         final = upload.with_name(ds_id + Path(filename).suffix.lower())

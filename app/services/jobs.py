@@ -17,7 +17,7 @@ from app.services.estimates import Estimates, estimate
 from app.services.pagination import page
 from app.tables import STATUSES, Job, JobStatus
 from models.errors import SpecError
-from models.spec import JobSpec, MultistepStage, block_errors, parse_spec
+from models.spec import JobSpec, block_errors, data_kind_errors, parse_spec
 
 
 def _invalid(errors: list[dict[str, str]]) -> ServiceError:
@@ -34,20 +34,7 @@ def _reference_errors(
         if ref.dataset not in found:
             errors.append({"loc": f"data.{name}.dataset", "message": f"unknown dataset '{ref.dataset}'"})
     kinds = {name: found[ref.dataset].kind for name, ref in spec.data.items() if ref.dataset in found}
-    for i, stage in enumerate(spec.stages):
-        parts = (
-            [(f"stages.{i}.phases.{j}", p.objective, p.data) for j, p in enumerate(stage.phases)]
-            if isinstance(stage, MultistepStage)
-            else [(f"stages.{i}", stage.type, stage.data)]
-        )
-        for loc, objective, data in parts:
-            if objective == "finetune" and kinds.get(data) == "text":
-                errors.append(
-                    {
-                        "loc": f"{loc}.data",
-                        "message": f"a finetune objective needs supervised records, but '{data}' is a text corpus",
-                    }
-                )
+    errors += data_kind_errors(spec, kinds)
     base = None
     if spec.model.init_from is not None:
         base_id = spec.model.init_from.model

@@ -12,29 +12,22 @@ import math
 import struct
 import tarfile
 import zipfile
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.errors import Invalid
-from app.services.estimates import gpt_parameters
+from app.errors import Invalid, from_model_error
 from models.data.bounded_json import loads
-from models.errors import TooDeep
+from models.errors import HeaderError, TooDeep
+from models.families import DEFAULT, FAMILIES
+from models.families.family import Family
+from models.families.gpt.config import HF_DEFAULTS, HF_DIMS, GPTConfig
 from models.formats.archive import is_zip
+from models.formats.layout import CONFIG_FILE, DTYPE_BYTES, MODEL_FILE, TOKENIZER_FILE, read_header
 
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
-GPT_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout"}
-HF_GPT2_DIMS = {"vocab_size": "vocab_size", "n_positions": "block_size", "n_layer": "n_layer", "n_head": "n_head",
-                "n_embd": "n_embd"}  # fmt: skip
-HF_GPT2_DEFAULTS = {"vocab_size": 50257, "block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768}
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
-MAX_HEADER = 100 << 20  # a safetensors header larger than this is not a model's
+WEIGHTS_FILE = MODEL_FILE
 MAX_JSON_FILE = 64 << 20
-LLAMA_SIZES = {"vocab_size": None, "block_size": 256, "n_layer": 4, "n_head": 4, "n_kv_head": 0, "n_embd": 256,
-               "head_dim": 0, "intermediate_size": 688}  # fmt: skip  # 0: derived (LlamaConfig)
-LLAMA_FIELDS = {*LLAMA_SIZES, "rms_norm_eps", "rope_theta", "rope_scaling", "attention_bias", "qk_norm",
-                "tie_embeddings", "dropout"}  # fmt: skip
 IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # buffers and the tied head: not parameters
 
 
@@ -94,58 +87,69 @@ def _json_file(directory: Path, name: str, depth: int) -> Any:
         raise refuse(name, f"larger than {MAX_JSON_FILE} bytes")
     try:
         return loads(path.read_bytes(), depth)
-    except (UnicodeDecodeError, json.JSONDecodeError, TooDeep) as exc:
+    except TooDeep as exc:
+        raise from_model_error(exc, "file", f"not valid JSON ({exc})", file=name) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise refuse(name, f"not valid JSON ({exc})") from None
 
 
-def _llama_parameters(config: dict[str, Any]) -> int:
-    """The parameter count of a Stagecraft Llama-family config (`"llama": {...}`), checked."""
-    llama = config.get("llama")
-    if not isinstance(llama, dict):
-        raise refuse(CONFIG_FILE, "`llama` must be an object of the model's dimensions")
-    unknown = sorted(set(llama) - LLAMA_FIELDS)
+def _family(config: dict[str, Any]) -> Family | None:
+    """The family of one of our model folders (by `format`, else `arch`; an older GPT folder
+    names neither); None for a Hugging Face config."""
+    for f in FAMILIES.values():
+        if config.get("format") == f.format or config.get("arch") == f.arch:
+            return f
+    return None if "model_type" in config else FAMILIES[DEFAULT]
+
+
+def _declared(config: dict[str, Any], f: Family) -> int:
+    """The parameter count of our config.json of family `f` (`"<arch>": {...}`), each field
+    checked against the family's config dataclass before anything is built from it."""
+    declared = config.get(f.arch)
+    if not isinstance(declared, dict):
+        raise refuse(CONFIG_FILE, f"`{f.arch}` must be an object of the model's dimensions")
+    known = {x.name: x for x in fields(f.config)}  # type: ignore[arg-type]
+    unknown = sorted(set(declared) - set(known))
     if unknown:
-        raise refuse(CONFIG_FILE, f"llama.{unknown[0]}: unknown field (known: {', '.join(sorted(LLAMA_FIELDS))})")
-    d: dict[str, int] = {}
-    for name, default in LLAMA_SIZES.items():
-        value = llama.get(name, default)
-        if value is None:
-            raise refuse(CONFIG_FILE, f"llama.{name}: required")
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if default == 0 else 1):
-            raise refuse(CONFIG_FILE, f"llama.{name}: must be a positive integer, got {json.dumps(value)[:40]}")
-        d[name] = value
-    heads, kv = d["n_head"], d["n_kv_head"] or d["n_head"]
-    if heads % kv:
-        raise refuse(CONFIG_FILE, "llama.n_head: must be a multiple of n_kv_head")
-    c, hd = d["n_embd"], d["head_dim"] or d["n_embd"] // heads
-    attention = c * hd * (2 * heads + 2 * kv) + (hd * (heads + 2 * kv) if llama.get("attention_bias") else 0)
-    layer = attention + 3 * c * d["intermediate_size"] + 2 * c + (2 * hd if llama.get("qk_norm") else 0)
-    head = 0 if llama.get("tie_embeddings", True) else d["vocab_size"] * c
-    return d["vocab_size"] * c + d["n_layer"] * layer + c + head
+        raise refuse(CONFIG_FILE, f"{f.arch}.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for name, x in known.items():
+        default = None if x.default is MISSING else x.default
+        value = declared.get(name, default)
+        if x.type == "int":  # sizes; 0 where the config derives the value from the others
+            if value is None:
+                raise refuse(CONFIG_FILE, f"{f.arch}.{name}: required")
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if default == 0 else 1):
+                raise refuse(CONFIG_FILE, f"{f.arch}.{name}: must be a positive integer, got {json.dumps(value)[:40]}")
+            values[name] = value
+        elif x.type == "bool":
+            values[name] = bool(value)
+    if values["n_head"] % (values.get("n_kv_head") or values["n_head"]):
+        raise refuse(CONFIG_FILE, f"{f.arch}.n_head: must be a multiple of n_kv_head")
+    dropout = declared.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise refuse(CONFIG_FILE, f"{f.arch}.dropout: must be a number in [0, 1)")
+    try:
+        count: int = f.config(**values).num_parameters()
+    except ValueError as exc:
+        raise refuse(CONFIG_FILE, f"{f.arch}: {exc}") from None
+    return count
 
 
-def _dims(config: dict[str, Any]) -> dict[str, Any] | None:
-    """The GPT dimensions a config declares (None for a family these checks do not size)."""
-    if config.get("format") == "stagecraft-gpt" or "model_type" not in config:
-        gpt = config.get("gpt")
-        if not isinstance(gpt, dict):
-            raise refuse(CONFIG_FILE, "`gpt` must be an object of the model's dimensions")
-        unknown = sorted(set(gpt) - GPT_FIELDS)
-        if unknown:
-            raise refuse(CONFIG_FILE, f"gpt.{unknown[0]}: unknown field (known: {', '.join(sorted(GPT_FIELDS))})")
-        missing = sorted({"vocab_size"} - set(gpt))
-        if missing:
-            raise refuse(CONFIG_FILE, f"gpt.{missing[0]}: required")
-        return {"prefix": "gpt.", **gpt}
-    if config.get("model_type") != "gpt2":
-        return None
-    dims: dict[str, Any] = {"prefix": "", **HF_GPT2_DEFAULTS}
-    for hf, ours in HF_GPT2_DIMS.items():
+def _hf_gpt2(config: dict[str, Any]) -> int:
+    """The parameter count of a Hugging Face GPT-2 config.json, its fields checked."""
+    dims: dict[str, Any] = dict(HF_DEFAULTS)
+    for hf, ours in HF_DIMS.items():
         if hf in config:
             dims[ours] = config[hf]
     if "n_positions" not in config and "n_ctx" in config:
         dims["block_size"] = config["n_ctx"]
-    return dims
+    for name, value in dims.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise refuse(CONFIG_FILE, f"{name}: must be a positive integer, got {json.dumps(value)[:40]}")
+    if dims["n_embd"] % dims["n_head"]:
+        raise refuse(CONFIG_FILE, "n_embd: must be a multiple of n_head")
+    return GPTConfig(**dims).num_parameters()
 
 
 def check_config(directory: Path, settings: Settings) -> int | None:
@@ -156,24 +160,12 @@ def check_config(directory: Path, settings: Settings) -> int | None:
     config = _json_file(directory, CONFIG_FILE, settings.max_json_depth)
     if not isinstance(config, dict):
         raise refuse(CONFIG_FILE, f"must be a JSON object, not {type(config).__name__}")
-    if config.get("format") == "stagecraft-llama" or config.get("arch") == "llama":
-        return _within(_llama_parameters(config), settings)
-    dims = _dims(config)
-    if dims is None:
-        return None
-    prefix = dims.pop("prefix")
-    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-        value = dims.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise refuse(CONFIG_FILE, f"{prefix}{name}: must be a positive integer, got {json.dumps(value)[:40]}")
-    if dims.get("n_embd", 1) % dims.get("n_head", 1):
-        raise refuse(CONFIG_FILE, f"{prefix}n_embd: must be a multiple of n_head")
-    dropout = dims.get("dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise refuse(CONFIG_FILE, f"{prefix}dropout: must be a number in [0, 1)")
-    params = gpt_parameters(dims["vocab_size"], dims.get("block_size", 256), dims.get("n_layer", 4),
-                            dims.get("n_embd", 256))  # fmt: skip
-    return _within(params, settings)
+    f = _family(config)
+    if f is not None:
+        return _within(_declared(config, f), settings)
+    if config.get("model_type") == "gpt2":
+        return _within(_hf_gpt2(config), settings)
+    return None
 
 
 def _within(params: int, settings: Settings) -> int:
@@ -191,24 +183,12 @@ def check_weights(directory: Path, declared: int | None) -> None:
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         return  # models.formats.hf.directory names what is missing (and refuses pickled weights)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise refuse(WEIGHTS_FILE, "truncated (no header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or n > size - 8:
-            raise refuse(WEIGHTS_FILE, f"the header claims {n} bytes; the file has {size}")
-        try:
-            header = loads(f.read(n), 8)
-        except (UnicodeDecodeError, json.JSONDecodeError, TooDeep):
-            raise refuse(WEIGHTS_FILE, "the header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise refuse(WEIGHTS_FILE, "the header is not a JSON object")
-    data_len, end, elements = size - 8 - n, 0, 0
+    try:
+        header, data_len = read_header(path)
+    except HeaderError as exc:
+        raise from_model_error(exc, "file", file=WEIGHTS_FILE) from None
+    end, elements = 0, 0
     for name, t in header.items():
-        if name == "__metadata__":
-            continue
         ok = isinstance(t, dict) and t.get("dtype") in DTYPE_BYTES and isinstance(t.get("shape"), list)
         offsets = t.get("data_offsets") if ok else None
         shape = t["shape"] if ok else []

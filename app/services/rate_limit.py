@@ -7,7 +7,6 @@ rather than failing them."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from app.config import Settings

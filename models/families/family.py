@@ -67,4 +67,5 @@ class Family:
     blocks: re.Pattern[str]  # a parameter name's block index (group 1)
     lora: LoraTable
     peft_fan_in_fan_out: bool  # transformers keeps the adapted projections as Conv1D
+    hf_layout: str  # the module of its Hugging Face layout (export / load), imported on first use
     hf_model_types: tuple[str, ...]  # Hugging Face model_type values imported as this family

@@ -22,7 +22,9 @@ from models.files import read_json
 from models.formats.archive import is_archive, unpack
 from models.formats.gguf.reader import open_gguf, read_gguf
 from models.formats.gguf.tokenizer import build_tokenizer
-from models.formats.hf.directory import from_hf, from_hf_parts, is_hf_dir, service_tokenizer
+from models.formats.hf.directory import from_hf, is_hf_dir
+from models.formats.hf.files import service_tokenizer
+from models.formats.hf.llama import from_hf_parts
 from models.formats.layout import ADAPTER_CONFIG, MODEL_FILE
 from models.formats.native import load_config, load_tensors, model_config, tokenizer_of
 from models.formats.peft import load_adapter, merge_adapter

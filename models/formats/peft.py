@@ -25,10 +25,10 @@ from torch import nn
 from models.errors import AdapterError
 from models.families import FAMILIES, family
 from models.files import read_json, write_atomic, write_json
+from models.formats.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from models.lora.layers import Adapter
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
+CONFIG, WEIGHTS = ADAPTER_CONFIG, ADAPTER_WEIGHTS
 PREFIX = "base_model.model."
 
 

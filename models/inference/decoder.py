@@ -1,12 +1,12 @@
 """Step-wise batched decoding for serving: rows join and leave between decode steps.
 
 The forward pass is the model family's serving net (models/families/<arch>/serving.py, a
-`models.layers.serving.ServingNet`: the model's function in fewer operations). Each row keeps its own slot of a preallocated KV cache, its own length, sampling
-settings, random generator, stop strings and token budget. New rows are prefilled
-(prompts of one length together, their keys and values written straight into their
-slots); every `step()` then decodes one token for all rows at once. Rows stay packed
-at the front of the cache (a finished row's slot takes the last row's), so a step only
-ever reads `[:n]` views.
+`models.layers.serving.ServingNet`: the model's function in fewer operations). Each row
+keeps its own slot of a preallocated KV cache, its own length, sampling settings, random
+generator, stop strings and token budget. New rows are prefilled (prompts of one length
+together, their keys and values written straight into their slots); every `step()` then
+decodes one token for all rows at once. Rows stay packed at the front of the cache (a
+finished row's slot takes the last row's), so a step only ever reads `[:n]` views.
 
 Every step writes all rows' new keys at one shared column (a plain slice); rows that
 joined at different times carry gaps that a persistent key mask hides (see

@@ -5,12 +5,15 @@ registry) and its checks (checks.py: `parse_spec`, the one entry point). Callers
 from __future__ import annotations
 
 from models.spec.checks import (
+    TrainingPart,
     adapter_errors,
     adapter_name,
     adapter_parts,
     block_errors,
     cross_field_errors,
+    data_kind_errors,
     parse_spec,
+    part_loc,
     training_parts,
 )
 from models.spec.job import (
@@ -93,13 +96,16 @@ __all__ = [
     "Steps",
     "TokenizerSpec",
     "Trainable",
+    "TrainingPart",
     "adapter_errors",
     "adapter_name",
     "adapter_parts",
     "block_errors",
     "block_range",
     "cross_field_errors",
+    "data_kind_errors",
     "parse_spec",
+    "part_loc",
     "training_block",
     "training_parts",
 ]

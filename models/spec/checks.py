@@ -1,34 +1,104 @@
-"""Checks of a job spec beyond its fields: `parse_spec`, the cross-field checks, and the
-adapter checks (targets the architecture has, shared adapter names that agree).
-
-`models.spec` re-exports everything here, so callers import from `models.spec` alone.
-"""
+"""Checks of a job spec (docs/spec.md) beyond its fields: `parse_spec`, the cross-field and
+adapter checks, `data_kind_errors` (one check for the API, the CLI and the run) and
+`training_parts`, the one walk over a spec's stages and multistep phases. Error paths lose
+pydantic's discriminator tags, read off the spec's own unions: a new stage, loss, optimizer
+or model family needs no edit here. `models.spec` re-exports everything here."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import types
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, NamedTuple, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, Discriminator, Tag, ValidationError
+from pydantic.fields import FieldInfo
 
 from models.errors import SpecError
-from models.families import FAMILIES, family, lora_target_error
-from models.spec.job import AdapterSpec, JobSpec, MultistepStage, Stage, _Training, block_range
+from models.families import family, lora_target_error
+from models.spec.job import AdapterSpec, JobSpec, MultistepStage, Phase, PretrainStage, Stage, block_range
 
-# --- parsing ---------------------------------------------------------------------------
+# --- error paths -----------------------------------------------------------------------
+
+
+def _union_members(annotation: Any, discriminator: Any = None) -> dict[str, type[BaseModel]]:
+    """tag -> member of a discriminated union (behind Optional / Annotated), as pydantic tags
+    its error paths: a member's `Tag`, else the `Literal` values of its discriminator field."""
+    origin = get_origin(annotation)
+    if origin is list:
+        return _union_members(get_args(annotation)[0])
+    if origin is Annotated:
+        inner, *meta = get_args(annotation)
+        found = [m.discriminator for m in meta if getattr(m, "discriminator", None) is not None]
+        return _union_members(inner, found[-1] if found else discriminator)
+    if origin not in (Union, types.UnionType):
+        return {}
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if len(args) == 1:
+        return _union_members(args[0], discriminator)
+    key = discriminator.discriminator if isinstance(discriminator, Discriminator) else discriminator
+    if key is None:
+        return {}
+    members: dict[str, type[BaseModel]] = {}
+    for member in args:
+        if get_origin(member) is Annotated:
+            cls, *meta = get_args(member)
+            members |= {m.tag: cls for m in meta if isinstance(m, Tag)}
+        else:
+            members |= dict.fromkeys(get_args(member.model_fields[key].annotation), member)
+    return members
+
+
+def _field_members(f: FieldInfo) -> dict[str, type[BaseModel]]:
+    """_union_members of a model field (pydantic keeps a field's own discriminator beside it)."""
+    found = [m for m in (f.discriminator, *f.metadata) if isinstance(m, str | Discriminator)]
+    return _union_members(f.annotation, found[0] if found else None)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's type holds (inside lists, Optional, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
+
+
+def _unions_below(models: list[type[BaseModel]]) -> dict[str, tuple[str, ...]]:
+    """Every discriminated-union field at any depth of `models`: field name -> its tags."""
+    found: dict[str, tuple[str, ...]] = {}
+    todo, seen = list(models), set()
+    while todo:
+        cls = todo.pop(0)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        for name, f in cls.model_fields.items():
+            members = _field_members(f)
+            if members:
+                found[name] = tuple(dict.fromkeys([*found.get(name, ()), *members]))
+            todo += list(members.values()) or _models_in(f.annotation)
+    return found
+
+
+_MODELS = _field_members(JobSpec.model_fields["model"])
+_MODEL_UNIONS = _unions_below(list(_MODELS.values()))  # rope_scaling: llama3, linear
+_STAGES = _field_members(JobSpec.model_fields["stages"])
+_PART_UNIONS = _unions_below(list(_STAGES.values()))  # loss, optimizer
+_TAGS = {*_STAGES, *(t for tags in _PART_UNIONS.values() for t in tags)}
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
     # pydantic puts the discriminator tag into the path ("stages.0.pretrain.steps"); drop it.
-    tags = {"pretrain", "finetune", "multistep", "causal_lm", "cross_entropy", "sgd", "adam", "adamw"}
-    if len(parts) > 1 and parts[0] == "model" and parts[1] in FAMILIES:
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in _MODELS:
         parts = (parts[0], *parts[2:])
-    if len(parts) > 2 and parts[:2] == ("model", "rope_scaling") and parts[2] in ("llama3", "linear"):
+    if len(parts) > 2 and parts[0] == "model" and parts[2] in _MODEL_UNIONS.get(str(parts[1]), ()):
         parts = (*parts[:2], *parts[3:])
-    kept = [str(p) for i, p in enumerate(parts) if not (i > 0 and isinstance(parts[i - 1], int) and p in tags)]
-    kept = [p for i, p in enumerate(kept) if not (p in tags and i > 0 and kept[i - 1] in ("loss", "optimizer"))]
+    kept = [str(p) for i, p in enumerate(parts) if not (i > 0 and isinstance(parts[i - 1], int) and p in _TAGS)]
+    kept = [p for i, p in enumerate(kept) if not (p in _TAGS and i > 0 and kept[i - 1] in _PART_UNIONS)]
     kept = [p for p in kept if p != "[key]"]  # a bad mapping key is reported at the key itself
     return ".".join(kept) or "(root)"
+
+
+# --- parsing ---------------------------------------------------------------------------
 
 
 def parse_spec(raw: Any) -> JobSpec:
@@ -39,12 +109,42 @@ def parse_spec(raw: Any) -> JobSpec:
         errors = [{"loc": _loc(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
         for e in errors:
             if e["loc"] == "model.arch" and e["message"].startswith("Input should be"):
-                e["message"] = "Input should be " + " or ".join(f"'{a}'" for a in FAMILIES)
+                e["message"] = "Input should be " + " or ".join(f"'{arch}'" for arch in _MODELS)
         raise SpecError(errors + _raw_reference_errors(raw, {e["loc"] for e in errors})) from None
     problems = cross_field_errors(spec)
     if problems:
         raise SpecError(problems)
     return spec
+
+
+# --- stages and phases -----------------------------------------------------------------
+
+
+class TrainingPart(NamedTuple):
+    """A stage (phase_index None) or a multistep phase: one objective on one data name."""
+
+    loc: str  # its field path: "stages.I" or "stages.I.phases.J"
+    stage_index: int
+    phase_index: int | None
+    part: PretrainStage | Phase  # data, steps, objective, loss, optimizer, trainable, adapter
+
+
+def part_loc(stage_index: int, phase_index: int | None) -> str:
+    """The field path of a stage (phase_index None) or of one of its multistep phases."""
+    return f"stages.{stage_index}" if phase_index is None else f"stages.{stage_index}.phases.{phase_index}"
+
+
+def training_parts(spec: JobSpec) -> Iterator[TrainingPart]:
+    """Every stage and multistep phase that trains, in spec order: the one walk over both."""
+    for i, stage in enumerate(spec.stages):
+        if isinstance(stage, MultistepStage):
+            for j, phase in enumerate(stage.phases):
+                yield TrainingPart(part_loc(i, j), i, j, phase)
+        else:
+            yield TrainingPart(part_loc(i, None), i, None, stage)
+
+
+# --- cross-field checks ----------------------------------------------------------------
 
 
 def _blocks_out_of_range(names: list[str], n_layer: int) -> str | None:
@@ -58,6 +158,10 @@ def _blocks_out_of_range(names: list[str], n_layer: int) -> str | None:
         if hi >= n_layer:
             return f"'{name}': the model has blocks 0-{n_layer - 1}"
     return None
+
+
+def _unknown_data(name: str, known: list[str]) -> str:
+    return f"unknown data name '{name}' (known: {', '.join(known)})"
 
 
 def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
@@ -77,34 +181,19 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
     if spec.tokenizer is not None:
         for i, name in enumerate(spec.tokenizer.train_on):
             if name not in spec.data:
-                err(f"tokenizer.train_on.{i}", f"unknown data name '{name}' (known: {', '.join(known)})")
+                err(f"tokenizer.train_on.{i}", _unknown_data(name, known))
     seen: set[str] = set()
+    parts = list(training_parts(spec))
     for i, stage in enumerate(spec.stages):
         if stage.name in seen:
             err(f"stages.{i}.name", f"duplicate stage name '{stage.name}'")
         seen.add(stage.name)
-        parts: list[tuple[str, Any]]
-        if isinstance(stage, MultistepStage):
-            parts = [(f"stages.{i}.phases.{j}", p) for j, p in enumerate(stage.phases)]
-        else:
-            parts = [(f"stages.{i}", stage)]
-        for loc, part in parts:
-            if part.data not in spec.data:
-                err(f"{loc}.data", f"unknown data name '{part.data}' (known: {', '.join(known)})")
+        for p in parts:
+            if p.stage_index == i and p.part.data not in spec.data:
+                err(f"{p.loc}.data", _unknown_data(p.part.data, known))
     if m.init_from is None:  # with init_from, spec.model's n_layer is not the base's: see block_errors
         errors += block_errors(spec, m.n_layer)
     return errors
-
-
-def training_parts(spec: JobSpec) -> list[tuple[str, _Training]]:
-    """(field path, part) of every stage and multistep phase that trains."""
-    out: list[tuple[str, _Training]] = []
-    for i, stage in enumerate(spec.stages):
-        if isinstance(stage, MultistepStage):
-            out += [(f"stages.{i}.phases.{j}", p) for j, p in enumerate(stage.phases)]
-        else:
-            out.append((f"stages.{i}", stage))
-    return out
 
 
 def block_errors(spec: JobSpec, n_layer: int) -> list[dict[str, str]]:
@@ -112,18 +201,34 @@ def block_errors(spec: JobSpec, n_layer: int) -> list[dict[str, str]]:
     model; with init_from the base's, checked where it is known (the API from the base's
     config, a local run when it loads the base)."""
     errors = []
-    for loc, part in training_parts(spec):
-        bad = _blocks_out_of_range(part.trainable, n_layer)
+    for p in training_parts(spec):
+        bad = _blocks_out_of_range(p.part.trainable, n_layer)
         if bad:
-            errors.append({"loc": f"{loc}.trainable", "message": bad})
+            errors.append({"loc": f"{p.loc}.trainable", "message": bad})
     return errors
+
+
+def data_kind_errors(spec: JobSpec, kinds: Mapping[str, str]) -> list[dict[str, str]]:
+    """Objectives on data of the wrong kind: a finetune objective needs supervised records,
+    not a text corpus. `kinds`: the kind ("text" or "records") of each data name where the
+    caller knows it (the API from the tenant's datasets, the CLI from local files, the run
+    from the data it loaded)."""
+    message = "a finetune objective needs supervised records, but '{}' is a text corpus"
+    return [
+        {"loc": f"{p.loc}.data", "message": message.format(p.part.data)}
+        for p in training_parts(spec)
+        if p.part.objective == "finetune" and kinds.get(p.part.data) == "text"
+    ]
+
+
+# --- adapters --------------------------------------------------------------------------
 
 
 def adapter_name(stage: Stage, phase: int | None) -> str:
     """The adapter a stage (phase None) or a multistep phase trains: its `name`, else its own."""
     if isinstance(stage, MultistepStage):
         assert phase is not None
-        part: _Training = stage.phases[phase]
+        part: PretrainStage | Phase = stage.phases[phase]
         own = f"{stage.name}-{stage.phases[phase].name or f'p{phase}'}"
     else:
         part, own = stage, stage.name
@@ -133,15 +238,11 @@ def adapter_name(stage: Stage, phase: int | None) -> str:
 
 def adapter_parts(spec: JobSpec) -> list[tuple[str, str, AdapterSpec]]:
     """(field path, adapter name, adapter spec) of every stage and phase with an adapter."""
-    out = []
-    for i, stage in enumerate(spec.stages):
-        if isinstance(stage, MultistepStage):
-            for j, phase in enumerate(stage.phases):
-                if phase.adapter is not None:
-                    out.append((f"stages.{i}.phases.{j}.adapter", adapter_name(stage, j), phase.adapter))
-        elif stage.adapter is not None:
-            out.append((f"stages.{i}.adapter", adapter_name(stage, None), stage.adapter))
-    return out
+    return [
+        (f"{p.loc}.adapter", adapter_name(spec.stages[p.stage_index], p.phase_index), p.part.adapter)
+        for p in training_parts(spec)
+        if p.part.adapter is not None
+    ]
 
 
 def adapter_errors(spec: JobSpec, base_arch: str | None = None) -> list[dict[str, str]]:
@@ -168,6 +269,9 @@ def adapter_errors(spec: JobSpec, base_arch: str | None = None) -> list[dict[str
     return errors
 
 
+# --- the name checks on a spec whose fields are invalid --------------------------------
+
+
 def _raw_reference_errors(raw: Any, reported: set[str]) -> list[dict[str, str]]:
     """The name checks of cross_field_errors, run on the raw mapping when fields are invalid
     too, so one pass reports both (fields already reported are skipped)."""
@@ -180,12 +284,12 @@ def _raw_reference_errors(raw: Any, reported: set[str]) -> list[dict[str, str]]:
         refs += [(f"tokenizer.train_on.{i}", n) for i, n in enumerate(tok["train_on"])]
     for i, st in enumerate(stages if isinstance(stages, list) else []):
         phases = st.get("phases") if isinstance(st, dict) else None
-        parts = [(f"stages.{i}.phases.{j}", p) for j, p in enumerate(phases)] if isinstance(phases, list) else []
-        for loc, part in parts or [(f"stages.{i}", st)]:
+        parts = [(part_loc(i, j), p) for j, p in enumerate(phases)] if isinstance(phases, list) else []
+        for loc, part in parts or [(part_loc(i, None), st)]:
             if isinstance(part, dict) and "data" in part:
                 refs.append((f"{loc}.data", part["data"]))
     return [
-        {"loc": loc, "message": f"unknown data name '{name}' (known: {', '.join(known)})"}
+        {"loc": loc, "message": _unknown_data(name, known)}
         for loc, name in refs
         if isinstance(name, str) and name not in raw["data"] and loc not in reported
     ]

@@ -134,6 +134,11 @@ class PretrainStage(_Training):
     schedule: Schedule = Schedule()
     grad_clip: GradClip | None = None
 
+    @property
+    def objective(self) -> str:
+        """What it trains for, as a multistep phase's `objective` names it: its type."""
+        return self.type
+
 
 class FinetuneStage(PretrainStage):
     type: Literal["finetune"]  # type: ignore[assignment]

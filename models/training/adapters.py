@@ -24,8 +24,7 @@ class RunAdapters:
         self.of: dict[str, str] = {}  # segment key -> the adapter it trains
         for seg in segments:
             if seg.part.adapter is not None:
-                phase = int(seg.key.split(".p")[1]) if ".p" in seg.key else None
-                self.of[seg.key] = adapter_name(seg.stage, phase)
+                self.of[seg.key] = adapter_name(seg.stage, seg.phase_index)
         # Base weights that no segment trains stay as built: checkpoints then leave them out.
         self.base_frozen = bool(self.of) and all(
             seg.key in self.of and "trainable" not in seg.part.model_fields_set for seg in segments
@@ -42,7 +41,7 @@ class RunAdapters:
             name = self.of.get(seg.key)
             if name is not None and name not in made:
                 assert seg.part.adapter is not None
-                loc = f"stages.{seg.key.replace('.p', '.phases.')}.adapter"
+                loc = f"{seg.loc}.adapter"
                 table = family(str(getattr(model, "config").arch)).lora  # noqa: B009
                 lora.add_adapter(model, table, name, seg.part.adapter, self.spec.seed, loc)
                 made.add(name)

@@ -1,8 +1,9 @@
 """The training run of one spec (models.training.run.run drives it): tokenizer → stages → final model.
 
-Workdir layout: `spec.json`, `tokenizer/`, `checkpoints/step-NNNNNNNNN/`, `model/`.
-A checkpoint holds the model, every live optimizer, the RNG states and each data
-stream's position, so a resumed run produces the same weights as an uninterrupted one.
+Workdir layout: `spec.json`, `tokenizer/`, `checkpoints/step-NNNNNNNNN/`, `model/`. Setting
+up (data, tokenizer, model, streams) is models/training/setup.py, checkpoints (exact resume)
+models/training/run_state.py, the evaluation history models/training/eval_log.py, the
+final `model/` folder models/training/final.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +19,28 @@ import torch
 from models import events
 from models.data import streams as data
 from models.data.chat import ChatFormat
-from models.data.chat_records import save_chat_format
+from models.data.records import DataFile
 from models.data.tokenizer import Tokenizer
 from models.errors import TrainingError
-from models.families.build import Model, build_model, config_from_spec
-from models.formats.load import chat_format_of, load_model
-from models.formats.native import describe, save_model
-from models.lora import layers as lora
-from models.spec import JobSpec, block_errors, training_block
-from models.training import checkpoint
+from models.families.build import Model
+from models.formats.native import describe
+from models.spec import JobSpec, training_block
+from models.training import checkpoint, run_state, setup
+from models.training import final as final_model
 from models.training.adapters import RunAdapters
+from models.training.eval_log import EvalLog
 from models.training.evaluate import measure
+from models.training.final import RunResult
 from models.training.optim import build_optimizer, lr_factor, select_trainable
 from models.training.precision import Weights, resolve_device, resolve_precision
+from models.training.run_state import EventSink, PublishHook
 from models.training.stages import Segment, Trainee, plan, train_step
-
-EventSink = Callable[[events.Event], None]
-# Given a staged checkpoint, its final directory and its `checkpoint.saved` event: make it
-# resumable (register it, move it into place, emit the event) or raise to stop the run.
-PublishHook = Callable[[Path, Path, events.Event], None]
-
-
-@dataclass
-class RunResult:
-    model_dir: Path
-    steps: int
-    evaluation: dict[str, dict[str, float]]
 
 
 class Pipeline:
+    """One run: constructed complete but empty; `load_data` then `build_model` fill in its data,
+    tokenizer, model and streams (run.py calls them, then `restore` on resume, `train`, `finish`)."""
+
     def __init__(
         self,
         spec: JobSpec,
@@ -62,7 +55,7 @@ class Pipeline:
         # With a publish hook, checkpoints and the final model are written under `staging`
         # (one run's own folder) and only the hook moves them where others read them.
         self.publish, self.staging = publish, staging or workdir
-        self.on_event = on_event or (lambda e: None)
+        self.on_event: EventSink = on_event or (lambda e: None)
         self.should_stop = should_stop or (lambda: False)
         self.resolve = resolve
         self.device = resolve_device(spec.device)
@@ -75,9 +68,42 @@ class Pipeline:
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.position = (0, 0)  # (segment index, steps done in it)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
-        self.evaluations: list[dict[str, Any]] = []
-        self.last_eval: dict[str, dict[str, Any]] = {}  # per data name: the newest measurement
+        self.evals = EvalLog()
         self.adapters = RunAdapters(spec, self.segments)
+        # load_data: each data name's training and validation part
+        self.train_sets: dict[str, DataFile] = {}
+        self.val_sets: dict[str, DataFile] = {}
+        # build_model: the model, its tokenizer and chat format (models/data/chat.py), the
+        # training stream of each segment key and the validation stream of each data name
+        self._model: Model | None = None
+        self._weights: Weights | None = None
+        self._tok: Tokenizer | None = None
+        self.chat: ChatFormat | None = None
+        self.streams: dict[str, data.Stream] = {}
+        self.val_streams: dict[str, data.Stream] = {}
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            raise RuntimeError("no model yet: build_model() (or adopt()) first")
+        return self._model
+
+    @model.setter
+    def model(self, model: Model) -> None:
+        self._model = model
+
+    @property
+    def weights(self) -> Weights:
+        """The model's weights as the optimizers see them (models/training/precision.py)."""
+        if self._weights is None:
+            raise RuntimeError("no weights yet: adopt() a model first")
+        return self._weights
+
+    @property
+    def tok(self) -> Tokenizer:
+        if self._tok is None:
+            raise RuntimeError("no tokenizer yet: build_model() first")
+        return self._tok
 
     # --- events ----------------------------------------------------------------------------
 
@@ -99,68 +125,25 @@ class Pipeline:
     # --- setup ------------------------------------------------------------------------------
 
     def load_data(self) -> None:
-        self.train_sets, self.val_sets = data.load_splits(self.spec.data, self.spec.seed, self.resolve)
-        for i, seg in enumerate(self.segments):
-            if seg.objective == "finetune" and self.train_sets[seg.part.data].kind == "text":
-                raise TrainingError(
-                    "user_error",
-                    f"stages.{i}: a finetune objective needs supervised records, "
-                    f"but data '{seg.part.data}' is a text corpus",
-                )
+        self.train_sets, self.val_sets = setup.load_data(self.spec, self.resolve)
 
     def adopt(self, model: Model) -> None:
         """Make `model` the one this run trains, on its device, in its precision."""
         self.model = model.to(self.device).train()
         # bf16 on the CPU: a bf16 model with fp32 masters instead of autocast (see models/training/precision.py).
         pure_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
-        self.weights = Weights(self.model, torch.bfloat16 if pure_bf16 else None)
+        self._weights = Weights(self.model, torch.bfloat16 if pure_bf16 else None)
         if pure_bf16:
             self.dtype = None
 
     def build_model(self) -> None:
-        init = self.spec.model.init_from
-        tok_dir = self.workdir / "tokenizer"
-        torch.manual_seed(self.spec.seed)
-        # chat format: a base model with a chat template trains on records rendered by it (models/data/chat.py)
-        self.chat: ChatFormat | None = None
-        if init is not None:
-            source = self.resolve(init.model)
-            self.model, self.tok = load_model(source, dropout=self.spec.model.dropout)
-            bad = block_errors(self.spec, self.model.config.n_layer)
-            if bad:
-                raise TrainingError("user_error", "; ".join(f"{e['loc']}: {e['message']}" for e in bad))
-            self.chat = chat_format_of(source)
-            if not (tok_dir / "tokenizer.json").exists():  # the run's tokenizer, beside its checkpoints
-                self.tok.save(tok_dir)
-                if self.chat is not None:  # and its chat format, for the checkpoints served
-                    save_chat_format(tok_dir, self.chat)
-        else:
-            if (tok_dir / "tokenizer.json").exists():
-                self.tok = Tokenizer.load(tok_dir)
-            else:
-                assert self.spec.tokenizer is not None
-                texts = [t for n in self.spec.tokenizer.train_on for t in self.train_sets[n].as_texts()]
-                self.tok = Tokenizer.train(texts, self.spec.tokenizer.vocab_size)
-                self.tok.save(tok_dir)
-            m = self.spec.model
-            self.model = build_model(config_from_spec(m, self.tok.vocab_size))
-        self.adapters.create(self.model)
-        self.adopt(self.model)
+        model, self._tok, self.chat = setup.tokenizer_and_model(self.spec, self.workdir, self.resolve, self.train_sets)
+        self.adapters.create(model)
+        self.adopt(model)
         block = training_block(self.spec.model, self.model.config.block_size)
-        self.streams: dict[str, data.Stream] = {}
-        protos: dict[str, data.Stream] = {}
-        for seg in self.segments:
-            if seg.key not in self.streams:
-                name = seg.part.data
-                if name not in protos:
-                    train = self.train_sets[name]
-                    protos[name] = data.make_stream(train, self.tok, block, self.spec.seed, name, self.chat)
-                self.streams[seg.key] = data.fork(protos[name], f"{name}/{seg.key}")
-        self.val_streams = {
-            name: data.make_stream(ds, self.tok, block, self.spec.seed, f"{name}/val", self.chat)
-            for name, ds in self.val_sets.items()
-            if ds.num_records
-        }
+        self.streams, self.val_streams = setup.make_streams(
+            self.spec, self.segments, self.train_sets, self.val_sets, self.tok, block, self.chat
+        )
 
     def trainee(self, seg: Segment) -> Trainee:
         """Unfreeze what `seg` trains; its optimizer is made on first use and kept for the stage.
@@ -182,76 +165,38 @@ class Pipeline:
         if self.saved_step == self.global_step:  # (a stop right after a checkpoint, or a resume)
             return checkpoint.checkpoint_dir(self.ckpt_root, self.global_step)
         self.saved_step = self.global_step
-        weights = self.weights.state_dict()
-        if self.adapters.base_frozen:  # the base is rebuilt from init_from (or the seed) on resume
-            weights = {k: v for k, v in weights.items() if lora.is_adapter_param(k)}
-        tensors = {f"model/{k}": v for k, v in weights.items()}
-        tensors["rng/torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
-        metas = {}
-        for key, opt in self.optimizers.items():
-            t, metas[key] = checkpoint.split_optimizer_state(f"opt/{key}", opt.state_dict())
-            tensors.update(t)
         seg_i, done = self.position
-        state = {
-            "version": 1,
+        progress = {
             "segment": seg_i,
             "segment_step": done,
             "global_step": self.global_step,
             "elapsed_s": self.elapsed,
-            "streams": {k: s.state() for k, s in self.streams.items()},
-            "optimizers": metas,
-            "evaluations": self.evaluations,
-            "base": "rebuilt" if self.adapters.base_frozen else "saved",
+            "evaluations": self.evals.history,
             "model": describe(self.model.config, self.tok),
         }
-        keep = self.spec.checkpointing.keep_last
+        base_frozen = self.adapters.base_frozen
+        tensors, state = run_state.pack(self.weights, base_frozen, self.device, self.optimizers, self.streams, progress)
         seg = self.segments[min(seg_i, len(self.segments) - 1)]
-        if self.publish is not None:
-            path = checkpoint.checkpoint_dir(self.ckpt_root, self.global_step)
-            staged = checkpoint.stage_checkpoint(self.staging / "checkpoints", self.global_step, tensors, state)
-            ref: events.StageRef = {"index": seg.stage_index, "name": seg.stage.name}
-            payload = {"path": str(path), "global_step": self.global_step}
-            self.publish(staged, path, events.make("checkpoint.saved", self.global_step, payload, ref))
-            return path
-        path = checkpoint.save_checkpoint(self.ckpt_root, self.global_step, tensors, state, keep)
-        self.emit("checkpoint.saved", seg, {"path": str(path), "global_step": self.global_step})
-        return path
+        stage: events.StageRef = {"index": seg.stage_index, "name": seg.stage.name}
+        keep = self.spec.checkpointing.keep_last
+        return run_state.store(self.ckpt_root, tensors, state, stage, keep, self.on_event, self.publish, self.staging)
 
     def restore(self, path: Path) -> None:
-        tensors, state = checkpoint.load_checkpoint(path)
-        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
-        if state.get("base") == "rebuilt":
-            weights = {**self.weights.state_dict(), **weights}
-        self.weights.load_state_dict(weights)
-        torch.set_rng_state(tensors["rng/torch"])
-        if "rng/cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        state, optimizer_states = run_state.unpack(path, self.weights, self.device, self.streams)
         self.position = (state["segment"], state["segment_step"])
         self.global_step, self.elapsed = state["global_step"], state["elapsed_s"]
         self.saved_step = self.global_step
-        self.evaluations = state["evaluations"]
-        for key, s in state["streams"].items():
-            self.streams[key].load_state(s)
-        for key, meta in state["optimizers"].items():
+        self.evals.history = state["evaluations"]
+        for key, opt_state in optimizer_states.items():
             seg = next(s for s in self.segments if s.key == key)
-            trainee = self.trainee(seg)
-            trainee.optimizer.load_state_dict(checkpoint.join_optimizer_state(f"opt/{key}", tensors, meta))
+            self.trainee(seg).optimizer.load_state_dict(opt_state)
 
     # --- evaluation -------------------------------------------------------------------------
 
     def evaluate_data(self, seg: Segment | None, name: str, with_tasks: bool) -> dict[str, Any]:
-        result = self.last_eval.get(name)
-        if result is None or result["step"] != self.global_step or (with_tasks and not result["tasks"]):
-            result = {"step": self.global_step, "tasks": with_tasks, "metrics": self.measure(name, with_tasks)}
-            self.last_eval[name] = result
-        metrics: dict[str, Any] = result["metrics"]
+        metrics = self.evals.measured(self.global_step, name, with_tasks, self.measure)
         self.emit("eval", seg, metrics)
-        stage = None if seg is None else seg.stage.name
-        self.evaluations.append(
-            {"stage": stage, "step": self.global_step, **{k: v for k, v in metrics.items() if k != "samples"}}
-        )
+        self.evals.record(None if seg is None else seg.stage.name, self.global_step, metrics)
         return metrics
 
     def measure(self, name: str, with_tasks: bool) -> dict[str, Any]:
@@ -341,21 +286,9 @@ class Pipeline:
         for name in self.val_streams:
             result = self.evaluate_data(None, name, with_tasks=True)
             final[name] = {k: v for k, v in result.items() if isinstance(v, float)}
-        state = self.weights.state_dict()
-        names = self.adapters.names
-        adapters = {n: lora.extract(self.model, n, state) for n in names}
-        merged = lora.merged_state(state, list(adapters.values()))
-        info = {
-            "name": self.spec.name,
-            "steps": self.global_step,
-            "created_at": events.timestamp(),
-            "parameters": sum(v.numel() for v in merged.values()),
-        }
-        if adapters:
-            info["adapters"] = names
-        save_model(model_dir, merged, self.model.config, self.tok, info)
-        self.adapters.save(model_dir, state, adapters, self.model, self.tok, self.global_step)
-        if self.chat is not None:
-            save_chat_format(model_dir, self.chat)
-        checkpoint.write_json(model_dir / "evaluation.json", {"final": final, "history": self.evaluations})
+        evaluation = {"final": final, "history": self.evals.history}
+        state, steps = self.weights.state_dict(), self.global_step
+        final_model.write_model(
+            model_dir, self.spec.name, self.model, state, self.tok, self.chat, self.adapters, steps, evaluation
+        )
         return RunResult(model_dir, self.global_step, final)

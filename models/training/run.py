@@ -14,7 +14,9 @@ from typing import Any
 from models.errors import SpecError, Stopped, TrainingError
 from models.spec import JobSpec, parse_spec
 from models.training import checkpoint
-from models.training.pipeline import EventSink, Pipeline, PublishHook, RunResult
+from models.training.final import RunResult
+from models.training.pipeline import Pipeline
+from models.training.run_state import EventSink, PublishHook
 
 __all__ = ["EventSink", "PublishHook", "RunResult", "Stopped", "run"]
 

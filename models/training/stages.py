@@ -20,7 +20,7 @@ from torch import nn
 from models.data.streams import Batch, Stream
 from models.errors import TrainingError
 from models.families.build import Model
-from models.spec import FinetuneStage, GradClip, MultistepStage, Phase, PretrainStage, Schedule, Stage
+from models.spec import FinetuneStage, GradClip, MultistepStage, Phase, PretrainStage, Schedule, Stage, part_loc
 from models.training.losses import LOSSES, add_regularization_grads
 from models.training.optim import clipped_step, set_lr
 from models.training.precision import Weights
@@ -30,6 +30,7 @@ from models.training.precision import Weights
 class Segment:
     stage_index: int
     stage: Stage
+    phase_index: int | None  # the multistep phase it is, None for a single-objective stage
     key: str  # names this segment's optimizer and data position: "1", or "2.p0" for a phase
     objective: str  # pretrain | finetune
     part: PretrainStage | FinetuneStage | Phase  # data, steps, loss, optimizer, regularization, trainable
@@ -45,6 +46,11 @@ class Segment:
         return self.part.steps
 
     @property
+    def loc(self) -> str:
+        """The field path of its stage or phase in the spec ("stages.2.phases.0")."""
+        return part_loc(self.stage_index, self.phase_index)
+
+    @property
     def stage_steps(self) -> int:
         return self.stage.steps
 
@@ -55,8 +61,9 @@ def _single(index: int, stage: Stage) -> list[Segment]:
         Segment(
             index,
             stage,
+            None,
             str(index),
-            stage.type,
+            stage.objective,
             stage,
             stage.batch_size,
             stage.grad_accum,
@@ -78,6 +85,7 @@ def _multistep(index: int, stage: Stage) -> list[Segment]:
                 Segment(
                     index,
                     stage,
+                    j,
                     f"{index}.p{j}",
                     phase.objective,
                     phase,

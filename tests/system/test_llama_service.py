@@ -121,7 +121,7 @@ def test_a_gguf_upload_is_served_and_an_unreadable_one_is_a_422(served: Served, 
     import numpy as np
     from gguf import GGMLQuantizationType as Q
 
-    from tests.models.gguf_files import tiny_model, train_tokenizer, write_gguf
+    from tests.models.formats.gguf_files import tiny_model, train_tokenizer, write_gguf
 
     tok = train_tokenizer()
     ref = tiny_model("llama", tok.get_vocab_size(), tied=True)

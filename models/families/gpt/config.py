@@ -102,5 +102,6 @@ FAMILY = Family(
         hint={p: "GPT's q, k and v are one fused projection: use 'qkv'" for p in "qkv"},
     ),
     peft_fan_in_fan_out=True,  # transformers' GPT-2 keeps c_attn/c_proj/c_fc as Conv1D
+    hf_layout="models.formats.hf.gpt2",
     hf_model_types=("gpt2",),
 )

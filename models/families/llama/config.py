@@ -217,5 +217,6 @@ FAMILY = Family(
         hint={},
     ),
     peft_fan_in_fan_out=False,
+    hf_layout="models.formats.hf.llama",
     hf_model_types=("llama", "mistral", "qwen2", "qwen3"),
 )

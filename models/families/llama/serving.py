@@ -11,7 +11,7 @@
 It takes the decoder's caches as they are (`models.inference.decoder.SlotCache` holds n_kv_head
 heads per layer) and per-row positions, so rows that joined at different times rotate
 their keys at their own positions. The weights are copies (the Llama can be dropped);
-logits agree with `Llama` to float rounding (tests/models/test_llama.py). `last_logits` and
+logits agree with `Llama` to float rounding (tests/models/families/llama/test_model.py). `last_logits` and
 the net's size, device and dtype are every family's (models/layers/serving.py).
 
 LoRA adapters join through `self.adapters` (models/lora/bank.py), whose fused groups

@@ -30,6 +30,8 @@ from models.formats.gguf.tokenizer import metadata_value as _value
 __all__ = ["GGUFCheckpoint", "GGUFError", "hf_name", "read_gguf", "unpermute"]
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def _decimal(value: Any) -> float:
     """A float32 metadata value as the decimal its config.json wrote (1e-05, not 9.9999997e-06)."""
     return float(str(np.float32(value)))

@@ -137,3 +137,24 @@ def write_tokenizer_files(out: Path, tok: Tokenizer, block_size: int, eos_token:
     if tok.chat_template is not None:
         cfg["chat_template"] = tok.chat_template
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def service_tokenizer(
+    hf: HFTokenizer,
+    eos_ids: list[int] | tuple[int, ...] = (),
+    chat_template: str | None = None,
+    generation: dict[str, Any] | None = None,
+) -> Tokenizer:
+    """A checkpoint's tokenizer as ours: our special tokens added where missing, its end
+    ids (and ours), chat template and generation defaults attached."""
+    add_service_tokens(hf)
+    tok = Tokenizer(hf)
+    tok.end_ids = list(dict.fromkeys([*eos_ids, tok.eos_id]))
+    tok.chat_template = chat_template
+    tok.generation = dict(generation or {})
+    return tok
+
+
+def directory_tokenizer(directory: Path, raw: dict[str, Any], hf: HFTokenizer) -> Tokenizer:
+    eos, generation = read_generation(directory, raw, hf)
+    return service_tokenizer(hf, eos, read_chat_template(directory), generation)

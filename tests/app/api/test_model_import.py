@@ -160,7 +160,8 @@ def test_lying_llama_configs_are_422(
 )
 def test_the_declared_llama_size_is_the_model_s(fields: dict[str, object]) -> None:
     """The torch-free count the upload checks use equals the built model's parameters."""
-    from app.services.model_checks import _llama_parameters
+    from app.services.model_checks import _declared
+    from models.families import FAMILIES
 
     config = LlamaConfig(100, 32, n_layer=2, n_head=4, n_embd=32, intermediate_size=48, **fields)  # type: ignore[arg-type]
-    assert _llama_parameters({"llama": config.to_dict()}) == Llama(config).num_parameters()
+    assert _declared({"llama": config.to_dict()}, FAMILIES["llama"]) == Llama(config).num_parameters()

@@ -15,7 +15,7 @@ from models.data.chat import encode_chat, render, stop_token_ids
 from models.data.chat_records import make_chat_format
 from models.errors import GGUFError
 from models.formats.gguf.reader import read_gguf
-from tests.models.gguf_files import (
+from tests.models.formats.gguf_files import (
     CHATML,
     SPECIALS,
     permute,

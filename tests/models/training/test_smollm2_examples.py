@@ -15,10 +15,10 @@ from models.families.llama.model import Llama
 from models.formats.load import load_model
 from models.spec import parse_spec
 from models.training.pipeline import Pipeline
-from tests.models.gguf_files import tiny_model, train_tokenizer, write_gguf
-from tests.models.test_pipeline import train
+from tests.models.formats.gguf_files import tiny_model, train_tokenizer, write_gguf
+from tests.models.training.test_pipeline import train
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 @pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_lora.yaml", "smollm2_multistep.yaml"])

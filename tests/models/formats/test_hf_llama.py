@@ -205,7 +205,8 @@ def test_parts_from_elsewhere_build_the_model(tokenizer: Tokenizer) -> None:
     HF-named tensors and a tokenizers.Tokenizer lacking our special tokens."""
     from tokenizers import Tokenizer as HFTokenizer
 
-    from models.formats.hf.directory import from_hf_parts, service_tokenizer
+    from models.formats.hf.files import service_tokenizer
+    from models.formats.hf.llama import from_hf_parts
 
     raw = json.loads(tokenizer.hf.to_str())
     raw["added_tokens"] = [t for t in raw["added_tokens"] if t["content"] != "<|completion|>"]

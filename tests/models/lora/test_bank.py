@@ -17,8 +17,8 @@ from models.inference.generate import Sampling, generate_ids
 from models.lora import layers as lora
 from models.spec import AdapterSpec
 from tests.conftest import tiny_model
-from tests.models.test_decoder import PROMPTS
-from tests.models.test_decoder import run as decode_all
+from tests.models.inference.test_decoder import PROMPTS
+from tests.models.inference.test_decoder import run as decode_all
 
 SPECS = {
     "math": AdapterSpec(type="lora", rank=4, alpha=8, targets=["attention", "mlp"]),

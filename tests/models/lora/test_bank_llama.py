@@ -22,9 +22,9 @@ from models.inference.generate import Sampling, generate_ids
 from models.layers.kv_cache import KVCache
 from models.lora import layers as lora
 from models.spec import AdapterSpec
-from tests.models.test_decoder import PROMPTS
-from tests.models.test_decoder import run as decode_all
-from tests.models.test_llama import SHAPES, peaked_llama
+from tests.models.families.llama.test_model import SHAPES, peaked_llama
+from tests.models.inference.test_decoder import PROMPTS
+from tests.models.inference.test_decoder import run as decode_all
 
 SPECS = {
     "all": AdapterSpec(type="lora", rank=4, alpha=8, targets=["attention", "mlp"]),

@@ -17,8 +17,8 @@ from models.errors import UnsupportedModel
 from models.families.llama.model import Llama
 from models.formats.load import chat_format_of, is_gguf, load_model
 from models.spec import parse_spec
-from tests.models.gguf_files import CHATML, tiny_model, train_tokenizer, write_gguf
-from tests.models.test_pipeline import train
+from tests.models.formats.gguf_files import CHATML, tiny_model, train_tokenizer, write_gguf
+from tests.models.training.test_pipeline import train
 
 pytest.importorskip("transformers")
 
