@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID = String(40)
-# A job row's status (CONTRACT §3; `validating` is the create request itself, never a row).
+# A job row's status (docs/api.md, the job object; `validating` is the create request itself, never a row).
 # The transitions between them are all in app/services/lifecycle.py.
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running", "cancelling")
@@ -180,7 +180,7 @@ class Model(Base):
     __tablename__ = "models"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    # The job that trained it; None for a model uploaded in the Hugging Face GPT-2 layout.
+    # The job that trained it; None for an uploaded model (Hugging Face folder, GGUF file, export).
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     name: Mapped[str] = mapped_column(String(100))
     path: Mapped[str] = mapped_column(String(1024))

@@ -2,7 +2,7 @@
 
 The pipeline, the command line's `events.jsonl` and the service all build events with
 `make`, so every event has the same keys and the same time format (UTC, milliseconds,
-`Z`). Consumers add `seq` (CONTRACT §3: `{seq, type, time, stage, step, data}`).
+`Z`). Consumers add `seq` (docs/api.md, the events route: `{seq, type, time, stage, step, data}`).
 """
 
 from __future__ import annotations

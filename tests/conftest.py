@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 PG_ADMIN = os.environ.get("STAGECRAFT_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_EXAMPLES = REPO_ROOT.parent / "shared" / "examples"
-# The event types of CONTRACT.md §3.
+# The event types of docs/api.md (`GET /v1/jobs/{id}/events`).
 EVENT_TYPES = {
     "job.queued",
     "job.started",
@@ -70,7 +70,7 @@ def corpus_texts(n: int = 300, seed: int = 0) -> list[str]:
 
 
 def record_objects(n: int = 120, seed: int = 0) -> list[dict[str, Any]]:
-    """Supervised records cycling through every CONTRACT §2 format, with varied lengths."""
+    """Supervised records cycling through every supervised format of docs/spec.md (`data`), with varied lengths."""
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     for i in range(n):

@@ -33,7 +33,7 @@ SPEC_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}},
-        "description": "the job spec (CONTRACT §1); dataset fields hold dataset ids",
+        "description": "the job spec (docs/spec.md); dataset fields hold dataset ids",
     }
 }
 SPEC_ERRORS: Responses = {

@@ -11,7 +11,7 @@ from app.cli.connect import JsonOption, connect, err, print_fields, print_json, 
 from stagecraft.types import Model
 
 models_cli = typer.Typer(
-    help="Models on a running service: trained by jobs, or uploaded (Hugging Face GPT-2 layout).",
+    help="Models on a running service: trained by jobs, or uploaded (Hugging Face, GGUF, exports).",
     no_args_is_help=True,
 )
 ModelId = Annotated[str, typer.Argument(metavar="MODEL", help="a model id (model_...), checkpoint id or job id")]
@@ -81,12 +81,12 @@ def export(
 
 @models_cli.command("upload", epilog="Example: stagecraft models upload gpt2-small.tar.gz --name small")
 def upload(
-    path: Annotated[Path, typer.Argument(metavar="ARCHIVE", help=".tar.gz or .zip of a GPT-2-family model")],
+    path: Annotated[Path, typer.Argument(metavar="ARCHIVE", help=".tar.gz/.zip of a model folder, or a .gguf")],
     name: Annotated[str | None, typer.Option(help="the model's name")] = None,
     json_: JsonOption = False,
 ) -> None:
-    """Import a model (an export, or a GPT-2-family Hugging Face folder archived); prints its id,
-    usable as `model.init_from.model` in a spec and for generation."""
+    """Import a model (an export, a GPT-2 or Llama-family Hugging Face folder archived, or a
+    GGUF file); prints its id, usable as `model.init_from.model` in a spec and for generation."""
     with connect() as c:
         m = c.models.upload(path, name)
     if json_:

@@ -1,4 +1,4 @@
-"""Data files (CONTRACT.md §2): format detection, line-numbered validation, task templates.
+"""Data files (docs/spec.md, `data`): format detection, line-numbered validation, task templates.
 
 A corpus is a list of documents (one per non-empty line of a `.txt`, or per `{"text"}`
 line of a `.jsonl`). Supervised records of every format become an `Example`: the prompt

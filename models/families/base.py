@@ -1,6 +1,7 @@
 """What every family's torch model is: a decoder whose forward pass is split at the final norm.
 
-`hidden(idx, positions, cache, mask)` gives the final-norm hidden states, `logits(h)` the
+`hidden(idx, positions, cache, mask)` gives the final-norm hidden states (the family's
+`trunk` runs the layers; the bounds, the default positions and the cache bookkeeping are here), `logits(h)` the
 vocabulary projection of them, `head_weight()` that projection's (vocab, n_embd) weight (the
 fused loss reads it directly), and `config` the family's config dataclass. Training,
 generation, evaluation and the formats hold any family through this class.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers.kv_cache import KVCache
+from models.layers.kv_cache import KVCache, cache_end
 
 
 class DecoderModel(nn.Module):
@@ -26,6 +28,20 @@ class DecoderModel(nn.Module):
         cache: KVCache | None = None,
         mask: Tensor | None = None,
     ) -> Tensor:
+        """Final-norm hidden states (B, T, n_embd) of `idx` (B, T), whose keys and values join
+        `cache`. `positions`: (T,) or (B, T) (per row for left-padded batches); by default the
+        ones after the cache. Without `mask`, attention is causal."""
+        T = idx.size(1)
+        end = cache_end(cache, T, self.config.block_size)
+        if positions is None:
+            positions = torch.arange(end - T, end, device=idx.device)
+        h = self.trunk(idx, positions, cache, mask)
+        if cache is not None:
+            cache.length += T
+        return h
+
+    def trunk(self, idx: Tensor, positions: Tensor, cache: KVCache | None, mask: Tensor | None) -> Tensor:
+        """The family's forward pass up to and including the final norm (`hidden` does the rest)."""
         raise NotImplementedError
 
     def head_weight(self) -> Tensor:

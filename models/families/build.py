@@ -12,6 +12,8 @@ from typing import Any
 
 from models.families import family
 from models.families.base import DecoderModel
+from models.layers.serving import ServingNet
+from models.lora.bank import AdapterBank
 
 Model = DecoderModel
 ModelConfig = Any  # a family's config dataclass (models/families/family.py `Config`)
@@ -28,9 +30,16 @@ def build_model(config: ModelConfig) -> Model:
     return model
 
 
-def serving_net(model: Model) -> Any:
+class ServingModel(ServingNet):
+    """A family's serving layout (models.layers.serving.ServingNet) with its adapter bank."""
+
+    adapters: AdapterBank
+
+
+def serving_net(model: Model) -> ServingModel:
     """`model` laid out for decoding by its family's serving class (its weights copied)."""
-    return _resolve(family(model.config.arch).serving)(model)
+    net: ServingModel = _resolve(family(model.config.arch).serving)(model)
+    return net
 
 
 def config_from_spec(m: Any, vocab_size: int) -> ModelConfig:

@@ -32,7 +32,8 @@ Part = Callable[[str, set[str]], bool]  # (parameter name, all the model's param
 
 
 class Config(Protocol):
-    """What every family's config has (a frozen dataclass, recorded in config.json by `to_dict`)."""
+    """What every family's config has (a frozen dataclass, recorded in config.json by `to_dict`);
+    a superset of what a KV cache reads (models.layers.kv_cache.CacheShape, which imports torch)."""
 
     arch: str  # a ClassVar on the dataclasses
     vocab_size: int

@@ -110,7 +110,8 @@ class Models:
         return target
 
     def upload(self, path: str | Path, name: str | None = None) -> Model:
-        """Import a .tar.gz or .zip of a GPT-2-family model (Hugging Face layout) or of an export."""
+        """Import a .tar.gz or .zip of a Hugging Face model folder (GPT-2 or Llama family: gpt2,
+        llama, mistral, qwen2, qwen3) or of an export, or a .gguf file."""
         body = self._t.upload("/v1/models", path, name, TRANSFER_TIMEOUT)
         return Model.model_validate(body)
 

@@ -1,4 +1,4 @@
-"""/docs and /openapi.json describe every route of CONTRACT §3 that this service has."""
+"""/docs and /openapi.json describe every route of docs/api.md that this service has."""
 
 from __future__ import annotations
 

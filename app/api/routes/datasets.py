@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
 @router.post(
     "",
     status_code=201,
-    openapi_extra=upload_body(".txt or .jsonl (CONTRACT §2)"),
+    openapi_extra=upload_body(".txt or .jsonl (docs/spec.md, data)"),
     responses={**UPLOAD_ERRORS, 422: error("`invalid_dataset`: details list every bad line as {line, field, reason}")},
 )
 async def upload_dataset(request: Request, tenant_id: TenantDep, settings: SettingsDep, db: DatabaseDep) -> DatasetOut:

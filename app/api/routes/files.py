@@ -1,6 +1,6 @@
 """OpenAI's files API (`client.files.*`) over Stagecraft datasets: a file id is a dataset id,
 so a file uploaded here is a dataset in /v1/datasets and the other way round. Only
-`purpose="fine-tune"` is accepted; the file is validated whole (CONTRACT §2) before it is kept."""
+`purpose="fine-tune"` is accepted; the file is validated whole (docs/spec.md, data) before it is kept."""
 
 from __future__ import annotations
 

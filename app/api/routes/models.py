@@ -1,5 +1,7 @@
 """/v1/models: finished and uploaded models, and checkpoints by id (all usable as `init_from`
-and servable); uploading a Hugging Face GPT-2-family model; exporting one in that layout.
+and servable); uploading a model (a Hugging Face folder of the GPT-2 or Llama family: gpt2,
+llama, mistral, qwen2, qwen3; a GGUF file; an export; a PEFT adapter); exporting one in the
+Hugging Face layout.
 
 Import extracts and checks an archive on a worker thread and converts it on the serving
 cache's one torch thread (`ModelCache.run`), as exports do (app.services.archives)."""
@@ -55,7 +57,7 @@ UPLOAD_BODY = upload_body(
     openapi_extra=UPLOAD_BODY,
     responses={
         **UPLOAD_ERRORS,
-        422: error("`unsupported_model`: not an archive of a GPT-2-family model this service can represent"),
+        422: error("`unsupported_model`: not a model this service can represent (GPT-2 or Llama family)"),
     },
 )
 async def upload_model(
@@ -117,8 +119,9 @@ async def export_model(
     archive: Literal["tar.gz", "zip"] = "tar.gz",
 ) -> FileResponse:
     """An archive that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer`
-    load with no custom code (GPT2LMHeadModel): config.json, model.safetensors, tokenizer
-    files, generation_config.json."""
+    load with no custom code (GPT2LMHeadModel for arch gpt; LlamaForCausalLM, Qwen2ForCausalLM
+    or Qwen3ForCausalLM for arch llama): config.json, model.safetensors, tokenizer files,
+    generation_config.json."""
 
     def build() -> Path:
         with db.read() as session:

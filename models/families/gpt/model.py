@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -103,23 +102,8 @@ class GPT(DecoderModel):
         """The (vocab, n_embd) output projection: tied to the token embedding."""
         return self.transformer.wte.weight
 
-    def hidden(
-        self,
-        idx: Tensor,
-        positions: Tensor | None = None,
-        cache: KVCache | None = None,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        """Final-norm hidden states (B, T, n_embd). Without `mask`, attention is causal."""
-        T = idx.size(1)
-        end = (cache.length if cache is not None else 0) + T  # checked on the host: no device sync
-        if end > self.config.block_size:
-            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
-        if positions is None:
-            positions = torch.arange(end - T, end, device=idx.device)
+    def trunk(self, idx: Tensor, positions: Tensor, cache: KVCache | None, mask: Tensor | None) -> Tensor:
         x = self.transformer.drop(embed_tied(self.transformer.wte, idx) + self.transformer.wpe(positions))
         for i, block in enumerate(self.transformer.h):
             x = block(x, i, cache, mask)
-        if cache is not None:
-            cache.length += T
         return self.transformer.ln_f(x)

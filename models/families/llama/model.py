@@ -226,21 +226,8 @@ class Llama(DecoderModel):
         """The (vocab, n_embd) output projection: the token embedding when tied."""
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden(
-        self,
-        idx: Tensor,
-        positions: Tensor | None = None,
-        cache: KVCache | None = None,
-        mask: Tensor | None = None,
-    ) -> Tensor:
-        """Final-norm hidden states (B, T, n_embd). `positions`: (T,) or (B, T) rotary positions
-        (per row for left-padded batches). Without `mask`, attention is causal."""
-        T = idx.size(1)
-        end = (cache.length if cache is not None else 0) + T
-        if end > self.config.block_size:
-            raise ValueError(f"sequence of {end} tokens is longer than block_size {self.config.block_size}")
-        if positions is None:
-            positions = torch.arange(end - T, end, device=idx.device)
+    def trunk(self, idx: Tensor, positions: Tensor, cache: KVCache | None, mask: Tensor | None) -> Tensor:
+        """`positions`: (T,) or (B, T) rotary positions (per row for left-padded batches)."""
         x = self.model.embed_tokens(idx) if self.lm_head is not None else embed_tied(self.model.embed_tokens, idx)
         cos, sin = self.rope_cos[positions].to(x.dtype), self.rope_sin[positions].to(x.dtype)
         per_row = positions.dim() == 2
@@ -248,6 +235,4 @@ class Llama(DecoderModel):
         x = self.drop(x)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, rope, i, cache, mask)
-        if cache is not None:
-            cache.length += T
         return self.model.norm(x)

@@ -8,7 +8,7 @@
 - No `nn.Module` calls and no dropout; the output projection runs only for the
   positions whose next token is wanted.
 
-It takes the decoder's caches as they are (`models.inference.decoder.SlotCache` holds n_kv_head
+It takes the decoder's caches as they are (`models.inference.slot_cache.SlotCache` holds n_kv_head
 heads per layer) and per-row positions, so rows that joined at different times rotate
 their keys at their own positions. The weights are copies (the Llama can be dropped);
 logits agree with `Llama` to float rounding (tests/models/families/llama/test_model.py). `last_logits` and

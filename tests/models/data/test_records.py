@@ -1,4 +1,5 @@
-"""models.data.records.parse_bytes: every CONTRACT §2 format parses; bad data is reported all at once, by line."""
+"""models.data.records.parse_bytes: every format of docs/spec.md (`data`) parses; bad data is
+reported all at once, by line."""
 
 from __future__ import annotations
 

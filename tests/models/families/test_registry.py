@@ -61,3 +61,18 @@ def test_every_part_block_and_lora_projection_names_real_parameters(arch: str) -
 def test_an_unknown_arch_names_the_known_families() -> None:
     with pytest.raises(ValueError, match="known: gpt, llama"):
         family("mamba")
+
+
+def test_the_registry_the_spec_and_the_service_checks_load_without_torch() -> None:
+    """The API process validates specs, sizes models and reads headers without importing torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import models.families, models.spec, models.formats.layout\n"
+        "import app.services.estimates, app.services.model_checks\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
