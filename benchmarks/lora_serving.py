@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import CpuWindow, environment, log, log_noise, noise_summary  # noqa: E402
 
 from models.data.tokenizer import Tokenizer  # noqa: E402
+from models.families import FAMILIES  # noqa: E402
 from models.families.gpt.config import GPTConfig  # noqa: E402
 from models.families.gpt.model import GPT  # noqa: E402
 from models.families.llama.config import LlamaConfig  # noqa: E402
@@ -73,7 +74,7 @@ def build(arch: str, shape: dict[str, int]) -> tuple[GPT | Llama, Tokenizer, dic
     adapters = {}
     for k in range(ADAPTERS):
         holder = new_model(arch, shape)
-        lora.add_adapter(holder, f"a{k}", spec, seed=k)
+        lora.add_adapter(holder, FAMILIES[arch].lora, f"a{k}", spec, seed=k)
         with torch.no_grad():
             for p in lora.adapter_params(holder, f"a{k}"):
                 p.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(k * 1000 + p.numel()))
