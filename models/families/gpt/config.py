@@ -28,6 +28,10 @@ class GPTConfig:
     dropout: float = 0.0
     arch: ClassVar[str] = "gpt"
 
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
     @property
     def n_kv_head(self) -> int:
         return self.n_head

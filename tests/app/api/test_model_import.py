@@ -54,6 +54,12 @@ CASES: list[tuple[str, Edit, str, str]] = [
     ("config is a list", config_edit(lambda c: [c]), "unsupported_model", "config.json: must be a JSON object"),
     ("n_head 0", set_gpt(n_head=0), "unsupported_model", "gpt.n_head: must be a positive integer"),
     ("n_head a bool", set_gpt(n_head=True), "unsupported_model", "gpt.n_head"),
+    (
+        "n_head not dividing n_embd",
+        set_gpt(n_head=5),
+        "unsupported_model",
+        "gpt: n_embd (32) must be a multiple of n_head (5)",
+    ),
     ("unknown field", set_gpt(colour="blue"), "unsupported_model", "gpt.colour: unknown field"),
     ("huge config", set_gpt(n_layer=96, n_embd=12288, n_head=96), "resource_limit_exceeded", "MAX_MODEL_PARAMETERS"),
     ("config over its weights", set_gpt(n_layer=24, n_embd=1024, n_head=16), "unsupported_model", "declares"),
