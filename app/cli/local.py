@@ -35,11 +35,9 @@ def refuse_out(out: Path, spec: JobSpec, resume: bool) -> None:
     if not resume:
         err.print(f"[red]error:[/red] {out} already holds a run: add --resume to continue it, or choose another --out")
         raise typer.Exit(2)
-    try:
-        same = json.loads(spec_file.read_text(encoding="utf-8")) == spec.model_dump(mode="json")
-    except (OSError, ValueError):
-        same = False
-    if not same:
+    from models.training.run import same_spec  # (train has imported it already)
+
+    if not same_spec(spec_file, spec):
         err.print(f"[red]error:[/red] {out} holds a run of a different spec; --resume needs the same spec")
         raise typer.Exit(2)
 

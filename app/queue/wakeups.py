@@ -1,9 +1,10 @@
 """Wake-ups over Redis pub/sub, when Redis is configured; without it, readers poll.
 
-Channels: `stagecraft:events:<job id>` (new events were committed; SSE streams read
-them) and `stagecraft:control:<job id>` (the job was asked to cancel; its worker checks
-at once instead of at its next poll). Messages carry nothing a reader relies on: the
-database stays the only truth, and a lost message only delays a reader until its poll.
+Channels: `stagecraft:events:<job id>` (new events were committed; the job's one event
+tail in each API process reads them, app/api/fanout.py) and `stagecraft:control:<job id>`
+(the job was asked to cancel; its worker checks at once instead of at its next poll).
+Messages carry nothing a reader relies on: the database stays the only truth, and a lost
+message only delays a reader until its poll.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Publisher:
 
 
 class EventWaiters:
-    """One Redis subscription per API process, fanned out to the SSE streams waiting on a job."""
+    """One Redis subscription per API process, fanned out to whatever waits on a job: its event
+    tail (app/api/fanout.py), which then hands the new events to every stream of the job."""
 
     def __init__(self, url: str | None, poll_s: float):
         self.url, self.poll_s = url, poll_s

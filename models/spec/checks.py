@@ -202,7 +202,7 @@ def block_errors(spec: JobSpec, n_layer: int) -> list[dict[str, str]]:
     config, a local run when it loads the base)."""
     errors = []
     for p in training_parts(spec):
-        bad = _blocks_out_of_range(p.part.trainable, n_layer)
+        bad = _blocks_out_of_range(p.part.base_parts, n_layer)
         if bad:
             errors.append({"loc": f"{p.loc}.trainable", "message": bad})
     return errors

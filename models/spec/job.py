@@ -122,8 +122,18 @@ class _Training(StrictModel):
     loss: Loss
     optimizer: Optimizer
     regularization: Regularization = Regularization()
-    trainable: Annotated[list[Trainable], Field(min_length=1)] = ["all"]
-    adapter: AdapterSpec | None = None  # with one, only parts `trainable` names explicitly train beside it
+    # None (the default, and what a stored spec keeps): every base weight without an adapter,
+    # none with one. A list names the base parts that train, beside the adapter if there is one.
+    trainable: Annotated[list[Trainable], Field(min_length=1)] | None = None
+    adapter: AdapterSpec | None = None
+
+    @property
+    def base_parts(self) -> list[str]:
+        """The `trainable` selectors of the base weights this stage or phase trains: the one
+        reading of `trainable` (the run, the checks; the API, the CLI and the SDK alike)."""
+        if self.trainable is not None:
+            return list(self.trainable)
+        return [] if self.adapter is not None else ["all"]
 
 
 class PretrainStage(_Training):

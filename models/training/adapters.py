@@ -26,9 +26,7 @@ class RunAdapters:
             if seg.part.adapter is not None:
                 self.of[seg.key] = adapter_name(seg.stage, seg.phase_index)
         # Base weights that no segment trains stay as built: checkpoints then leave them out.
-        self.base_frozen = bool(self.of) and all(
-            seg.key in self.of and "trainable" not in seg.part.model_fields_set for seg in segments
-        )
+        self.base_frozen = bool(self.of) and not any(seg.part.base_parts for seg in segments)
 
     @property
     def names(self) -> list[str]:

@@ -148,10 +148,9 @@ class Pipeline:
     def trainee(self, seg: Segment) -> Trainee:
         """Unfreeze what `seg` trains; its optimizer is made on first use and kept for the stage.
 
-        With an adapter, the base weights train only where `trainable` is given explicitly."""
+        With an adapter, the base weights train only where `trainable` names them (base_parts)."""
         adapter = self.adapters.of.get(seg.key)
-        explicit = adapter is None or "trainable" in seg.part.model_fields_set
-        params = select_trainable(self.model, seg.part.trainable if explicit else [], adapter)
+        params = select_trainable(self.model, seg.part.base_parts, adapter)
         if not params:
             raise TrainingError("user_error", f"{seg.label}: nothing to train")
         opt_params = self.weights.optimizer_params(params)

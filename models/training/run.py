@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from models.errors import SpecError, Stopped, TrainingError
 from models.spec import JobSpec, parse_spec
@@ -18,17 +17,26 @@ from models.training.final import RunResult
 from models.training.pipeline import Pipeline
 from models.training.run_state import EventSink, PublishHook
 
-__all__ = ["EventSink", "PublishHook", "RunResult", "Stopped", "run"]
+__all__ = ["EventSink", "PublishHook", "RunResult", "Stopped", "run", "same_spec"]
 
 
-def _stored_spec(path: Path) -> Any:
-    """The run's spec as this code reads it: fields added since it was written take their
-    defaults, so a run started before an upgrade still resumes."""
-    stored = json.loads(path.read_text())
+def same_spec(path: Path, spec: JobSpec) -> bool:
+    """Whether the run in `path` (its spec.json) is of `spec`, read as this code reads it:
+    fields added since it was written take their defaults, and a `trainable: [all]` that
+    earlier versions filled in where `spec` leaves it out counts as left out (it read the same
+    then: every weight, or with an adapter none of the base), so a run started before an
+    upgrade still resumes. The one comparison of `run` and `stagecraft train --resume`."""
+    current = spec.model_dump(mode="json")
     try:
-        return parse_spec(stored).model_dump(mode="json")
-    except SpecError:
-        return stored
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = parse_spec(stored).model_dump(mode="json")
+    except (OSError, ValueError, SpecError):
+        return False
+    for was, now in zip(stored["stages"], current["stages"], strict=False):
+        for w, n in zip(was.get("phases") or [was], now.get("phases") or [now], strict=False):
+            if w.get("trainable") == ["all"] and n.get("trainable") is None:
+                w["trainable"] = None
+    return bool(stored == current)
 
 
 def run(
@@ -50,14 +58,13 @@ def run(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     spec_file = workdir / "spec.json"
-    spec_json = spec.model_dump(mode="json")
     if spec_file.exists():
         if not resume:
             raise TrainingError("user_error", f"{workdir} already holds a run: resume it, or use another directory")
-        if _stored_spec(spec_file) != spec_json:
+        if not same_spec(spec_file, spec):
             raise TrainingError("user_error", f"{workdir} holds a run of a different spec; resume needs the same spec")
     else:
-        checkpoint.write_json(spec_file, spec_json)
+        checkpoint.write_json(spec_file, spec.model_dump(mode="json"))
     ckpts = checkpoint.list_checkpoints(workdir / "checkpoints")
     p = Pipeline(spec, workdir, on_event, should_stop, resolve, publish, staging)
     p.load_data()

@@ -3,8 +3,6 @@ evaluation report."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -13,54 +11,23 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import shape, sse
 from app.api.deps import DatabaseDep, JobDep, ReadSession, SettingsDep
+from app.api.fanout import Fanout
 from app.api.openapi import ERRORS, EVENT_STREAM
 from app.api.schemas import CheckpointOut, EvaluationOut, EventOut, MetricsOut, Page
-from app.db import Database
 from app.errors import Invalid
-from app.queue.wakeups import EventWaiters
 from app.services import evaluation, events, metrics
-from app.tables import FINISHED, JobEvent
-from models.events import FINAL
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=ERRORS)
-SSE_BATCH = 500
 MAX_SEQ = 2**63 - 1  # seqs are BIGINT: a larger cursor cannot be compared in SQL
 
 
-def _read(db: Database, job_id: str, after: int) -> tuple[list[JobEvent], str | None]:
-    with db.read() as session:
-        return events.tail(session, job_id, after, SSE_BATCH)
-
-
-def _sse(e: JobEvent) -> str:
-    return sse.message(shape.event(e).model_dump_json(), e.type, e.seq)
-
-
-async def stream(
-    db: Database, waiters: EventWaiters, job_id: str, after: int, keepalive_s: float
-) -> AsyncIterator[str]:
-    yield sse.RETRY
-    sent_at = time.monotonic()
-    while True:
-        wake = waiters.register(job_id)
-        try:
-            rows, status = await run_in_threadpool(_read, db, job_id, after)
-            for e in rows:
-                yield _sse(e)
-                after = e.seq
-                if e.type in FINAL:
-                    return
-            if rows:
-                sent_at = time.monotonic()
-                continue
-            if status is None or status in FINISHED:
-                return
-            await waiters.wait(wake, keepalive_s - (time.monotonic() - sent_at))
-            if time.monotonic() - sent_at >= keepalive_s:
-                yield sse.KEEPALIVE
-                sent_at = time.monotonic()
-        finally:
-            waiters.unregister(job_id, wake)
+def fanout(request: Request) -> Fanout:
+    """This process's tails of live job events (app/api/fanout.py), made on first use."""
+    state = request.app.state
+    found: Fanout | None = getattr(state, "fanout", None)
+    if found is None:
+        found = state.fanout = Fanout(state.db, state.waiters)
+    return found
 
 
 @router.get("/events", response_model=Page[EventOut], responses=EVENT_STREAM)
@@ -81,7 +48,7 @@ async def job_events(
         after = max(after, int(last_event_id))
     if "text/event-stream" in accept:
         return StreamingResponse(
-            stream(db, request.app.state.waiters, job.id, after, settings.sse_keepalive_s),
+            fanout(request).stream(job.id, after, settings.sse_keepalive_s),
             media_type="text/event-stream",
             headers=sse.HEADERS,
         )

@@ -147,7 +147,7 @@ def frozen_run(
     model = tiny_model(tokenizer.vocab_size)
     weights = Weights(model, master)  # master=bf16: a bf16 model trained through fp32 masters
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    params = select_trainable(model, seg.part.trainable)
+    params = select_trainable(model, seg.part.base_parts)
     opt_params = weights.optimizer_params(params)
     opt = build_optimizer(seg.part.optimizer, opt_params)
     stream = TextStream(corpus_texts(40), tokenizer, 32, seed=0, key="c")
