@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_model_upload_bytes: int = 2 << 30
     max_model_parameters: int = 2_000_000_000  # an uploaded config declaring more is a 422 before any allocation
     max_archive_entries: int = 1_000  # members of an uploaded model archive
+    # Converting an uploaded model runs in a child process with these limits (app.serving.sandbox):
+    # past the time a 408, past the memory a 422. The memory fits max_model_parameters in fp32,
+    # loaded and saved; at most import_workers conversions at once per API process, one per tenant.
+    import_timeout_s: float = 600.0
+    import_memory_bytes: int = 24 << 30
+    import_workers: int = 2
     export_cache_bytes: int = 10 << 30  # export archives kept for reuse; the least recently used go first
 
     @field_validator("data_dir")

@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 from app.api import body
 from app.config import Settings
 from app.db import Database
+from app.errors import NotFound
 from app.queue import outbox
 from app.services import jobs
+from app.services.names import is_id
 from app.services.pagination import MAX_LIMIT
 from app.serving.engine import ModelCache
 from app.tables import Job
@@ -80,6 +82,14 @@ async def page_params(
 
 
 PageDep = Annotated[PageParams, Depends(page_params)]
+# An Idempotency-Key (docs/api.md): any text up to 255 characters, no control characters (a
+# NUL would reach the database, where text cannot hold one).
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$", description="retries with the same key return the first job"
+    ),
+]
 
 
 async def tenant(
@@ -93,6 +103,14 @@ async def tenant(
 
 
 TenantDep = Annotated[str, Depends(tenant)]
+
+
+async def ids_in_path(request: Request, _tenant: TenantDep) -> None:
+    """Every path parameter of /v1 is an id (app.services.names): one that is not names no
+    object, a 404 before any query (after the key is checked). main.py adds this to each router."""
+    for param, value in request.path_params.items():
+        if not is_id(value):
+            raise NotFound(f"no {param.removesuffix('_id').replace('_', ' ')} '{value}'")
 
 
 def job(request: Request, job_id: str, tenant_id: TenantDep) -> Job:

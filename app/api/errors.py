@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
@@ -106,7 +107,20 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     response = _response(exc.status_code, code, message)
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:  # Starlette's names the methods of the one route it tried
+        response.headers["Allow"] = ", ".join(allowed_methods(request))
     return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at this request's path (included routers' too)."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -139,15 +153,22 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
 DB_RETRY_AFTER_S = 5
 
 
+def unavailable(method: str, path: str, exc: BaseException, close: bool = False) -> JSONResponse:
+    """The 503 of a database outage, with Retry-After (`close`: the request's body was not read)."""
+    log.warning("database unreachable in %s %s: %s", method, path, type(exc).__name__)
+    response = _response(503, "unavailable", "the service's database is unreachable; retry shortly")
+    response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
+    if close:
+        response.headers["Connection"] = "close"
+    return response
+
+
 async def database_unreachable_handler(request: Request, exc: Exception) -> JSONResponse:
     """OperationalError and the like: the database is down or refusing connections. The answer
     names no host, port or driver message; the log has them."""
     if not unreachable(exc):
         return await unexpected_error_handler(request, exc)
-    log.warning("database unreachable in %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    response = _response(503, "unavailable", "the service's database is unreachable; retry shortly")
-    response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
-    return response
+    return unavailable(request.method, request.url.path, exc)
 
 
 def install(app: FastAPI) -> None:

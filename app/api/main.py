@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+import anyio.to_thread
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api import body, errors, openapi
+from app.api import body, deps, errors, openapi
 from app.api.metrics import PrometheusMiddleware
 from app.api.routes import datasets, events, files, fine_tuning, generate, health, jobs, landing, models, openai
 from app.config import Settings, get_settings
@@ -16,7 +20,7 @@ from app.db import get_database
 from app.queue.broker import Broker
 from app.queue.outbox import Outbox
 from app.queue.wakeups import EventWaiters, Publisher
-from app.services import auth, rate_limit
+from app.services import auth, incoming, rate_limit
 from app.serving.engine import ModelCache
 
 
@@ -26,7 +30,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.waiters.start()
+        await sweep_uploads(settings)  # before the first request: what a killed process left goes
+        sweeping = asyncio.create_task(sweep_uploads(settings, every_s=incoming.SWEEP_EVERY_S))
         yield
+        sweeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeping
         await app.state.waiters.stop()
         if app.state.limiter is not None:
             await app.state.limiter.close()
@@ -50,10 +59,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s.inference_cache_bytes, s.inference_max_batch, s.inference_device, s.inference_threads
     )
     errors.install(app)
-    app.add_middleware(body.JsonBodyGuard, max_bytes=s.max_json_bytes, max_depth=s.max_json_depth)
+    app.add_middleware(body.BodyGuard, max_bytes=s.max_json_bytes, max_depth=s.max_json_depth)
     app.add_middleware(PrometheusMiddleware)
-    for module in (datasets, jobs, events, models, generate, openai, files, fine_tuning, health, landing):
+    for module in (datasets, jobs, events, models, generate, openai, files, fine_tuning):
+        app.include_router(module.router, dependencies=[Depends(deps.ids_in_path)])
+    for module in (health, landing):
         app.include_router(module.router)
-    body.use_parsed_json(app)
     app.openapi = lambda: openapi.with_job_spec(app)  # type: ignore[method-assign]
     return app
+
+
+async def sweep_uploads(settings: Settings, every_s: float | None = None) -> None:
+    """Remove the uploads a killed process left behind (app.services.incoming): once, or every
+    `every_s` seconds for ever."""
+    while True:
+        if every_s is not None:
+            await asyncio.sleep(every_s)
+        try:
+            await anyio.to_thread.run_sync(incoming.sweep, settings)
+        except Exception:
+            logging.getLogger("stagecraft.api").exception("sweeping stale uploads failed")
+        if every_s is None:
+            return

@@ -2,7 +2,8 @@
 
 - every status a route can return is listed: 429 (rate limits, quotas) and 503 (a
   dependency down) on every /v1 route; 400 (`invalid_json`), 413 and 415 on every route
-  that reads a JSON body, 400 (`invalid_multipart`) on uploads;
+  that reads a JSON body, 400 (`invalid_multipart`) on uploads, 415 on the other routes of
+  a method that may carry a body (app.api.body);
 - bounds are JSON Schema's (`exclusiveMinimum`, `maximum`, ...), where pydantic left the
   `gt`/`ge`/`lt`/`le` of constrained types it could not translate;
 - streamed answers are declared as `text/event-stream` beside their JSON.
@@ -37,6 +38,7 @@ JSON_BODY = {
     "415": _error("`unsupported_media_type`: the body is not sent as application/json"),
 }
 MULTIPART_BODY = {"400": _error("`invalid_multipart`: a malformed multipart body")}
+NO_BODY = {"415": _error("`unsupported_media_type`: a body sent to a route that takes none (JSON is ignored)")}
 
 
 def _bounds(node: Any) -> None:
@@ -59,7 +61,7 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
         "ErrorResponse", ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     )
     for path, operations in schema.get("paths", {}).items():
-        for op in operations.values():
+        for method, op in operations.items():
             responses = op.setdefault("responses", {})
             extra: dict[str, Any] = dict(EVERY_V1) if path.startswith("/v1/") else {}
             content = op.get("requestBody", {}).get("content", {})
@@ -67,6 +69,8 @@ def correct(schema: dict[str, Any]) -> dict[str, Any]:
                 extra.update(JSON_BODY)
             elif "multipart/form-data" in content:
                 extra.update(MULTIPART_BODY)
+            elif method in ("post", "put", "patch", "delete"):
+                extra.update(NO_BODY)
             for status, response in extra.items():
                 responses.setdefault(status, response)
             if path in STREAMED and "200" in responses:

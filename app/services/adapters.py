@@ -7,7 +7,7 @@ Two ways in: a finished job that trained adapters (each of model/adapters/<name>
 a base that trained too, model/base, becomes a row of its own so its adapters have a base to
 list and to share when served), and an uploaded PEFT archive with `base` (app.services.archives).
 Serving loads the base once and adds each adapter to its decoder (app.serving.engine); nothing
-here imports torch except `convert_upload`, which runs on the inference thread.
+here imports torch except `convert_upload`, which runs in the import sandbox (app.services.archives).
 """
 
 from __future__ import annotations
@@ -150,15 +150,18 @@ def named_base(source: Path, given: str) -> str:
     return ref
 
 
-def convert_upload(settings: Settings, tenant_id: str, source: Path, name: str, base_id: str, base: Path) -> Path:
-    """Check a PEFT adapter against its base (torch: on the inference thread) and keep it under
-    the tenant's models; 422 `unsupported_model` naming what does not fit. Removes the scratch."""
+def convert_upload(
+    settings: Settings, tenant_id: str, source: Path, name: str, base_id: str, base: Path, model_id: str = ""
+) -> Path:
+    """Check a PEFT adapter against its base (torch: in the import sandbox, app.services.archives)
+    and keep it under the tenant's models as `model_id` (a new id unless given); 422
+    `unsupported_model` naming what does not fit. Removes the scratch."""
     from models.errors import AdapterError
     from models.formats.load import load_model
     from models.formats.peft import check_fits, load_adapter
 
     scratch = next(p for p in (source, *source.parents) if p.name.endswith(".d"))
-    model_id = new_id("model")
+    model_id = model_id or new_id("model")
     final = settings.models_dir / tenant_id / model_id
     try:
         try:

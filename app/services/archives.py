@@ -3,15 +3,19 @@ Llama family), a GGUF file, or an exported Stagecraft model; and exporting any s
 model in the Hugging Face layout.
 
 Import is three steps: extracting and checking the archive (no torch: a worker thread),
-converting it (torch: the inference thread, `ModelCache.run`), registering it (a worker
-thread). Export runs torch code, on the inference thread too.
+converting it (`import_model`: parsers of untrusted files and torch, so in a child process
+with time and memory limits, app.serving.sandbox; never on the inference thread, so one
+tenant's import holds up nobody's generation nor another tenant's import), registering it
+(a worker thread). Export runs torch code, on the inference thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,6 +23,7 @@ from app.config import Settings
 from app.db import Database
 from app.errors import from_model_error
 from app.services import adapters, catalog, deletion, model_checks
+from app.serving import sandbox
 from app.tables import Model, new_id
 from models.events import timestamp
 
@@ -66,16 +71,57 @@ def unpack_checked(settings: Settings, archive: Path) -> Path:
         archive.unlink(missing_ok=True)
 
 
-def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path:
-    """Load a checked model folder and save it as ours under the tenant's models (torch: on the
-    inference thread); returns its folder, named by its new model id. Removes `source`'s
-    scratch folder whatever happens."""
+def _scratch(source: Path) -> Path:
+    return next(p for p in (source, *source.parents) if p.name.endswith(".d"))
+
+
+async def import_model(
+    settings: Settings, db: Database, tenant_id: str, source: Path, name: str, base_ref: str | None = None
+) -> Path:
+    """Convert a checked upload (`unpack_checked`; an adapter with the model it adapts,
+    `base_ref`) into a folder under the tenant's models, in a sandboxed child process within
+    IMPORT_TIMEOUT_S and IMPORT_MEMORY_BYTES (408 / 422 past them); returns the folder. Removes
+    the scratch folder, and whatever a failed conversion left, whatever happens."""
+    model_id = new_id("model")
+    final = settings.models_dir / tenant_id / model_id
+    args: dict[str, Any] = {"settings": settings.model_dump(mode="json"), "tenant_id": tenant_id,
+                            "source": str(source), "name": name, "model_id": model_id}  # fmt: skip
+    try:
+        if adapters.is_adapter(source):
+            base_id, base = await asyncio.to_thread(_adapter_base, settings, db, tenant_id, source, base_ref or "")
+            args.update(base_id=base_id, base=str(base))
+        limits = sandbox.Limits(settings.import_timeout_s, settings.import_memory_bytes)
+        await sandbox.run("model_import", args, limits, tenant_id, settings.import_workers)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(final.with_name(f".{model_id}.partial"), ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(_scratch(source), ignore_errors=True)  # the child removes it, unless it was killed
+    return final
+
+
+def sandboxed_convert(args: dict[str, Any]) -> str:
+    """The sandbox's `model_import` entry, in the child process: `convert` (or, for an adapter,
+    adapters.convert_upload) from `import_model`'s JSON arguments; returns the folder written."""
+    settings, source = Settings(**args["settings"]), Path(args["source"])
+    tenant_id, name, model_id = args["tenant_id"], args["name"], args["model_id"]
+    if "base" in args:
+        base_id, base = args["base_id"], Path(args["base"])
+        return str(adapters.convert_upload(settings, tenant_id, source, name, base_id, base, model_id))
+    return str(convert(settings, tenant_id, source, name, model_id))
+
+
+def convert(settings: Settings, tenant_id: str, source: Path, name: str, model_id: str = "") -> Path:
+    """Load a checked model folder and save it as ours under the tenant's models (torch: in the
+    import sandbox, `import_model`); returns its folder, named by its model id (a new one unless
+    given). Removes `source`'s scratch folder whatever happens."""
     from models.data.chat_records import save_chat_format
     from models.formats.load import chat_format_of, load_model
     from models.formats.native import save_model
 
-    scratch = next(p for p in (source, *source.parents) if p.name.endswith(".d"))
-    model_id = new_id("model")
+    scratch = _scratch(source)
+    model_id = model_id or new_id("model")
     final = settings.models_dir / tenant_id / model_id
     tmp = final.with_name(f".{model_id}.partial")
     try:
@@ -89,8 +135,8 @@ def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path
         tmp.rename(final)
     except Exception as exc:  # what the loaders raise on data the checks let through
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-            raise
+        if isinstance(exc, (OSError, MemoryError)) and not isinstance(exc, FileNotFoundError):
+            raise  # the disk's or the import limit's (app.serving.sandbox), not the file's
         log.info("model import refused: %r", exc)
         message = _clean(f"not a model this service can import: {exc}", scratch, settings.data_dir)
         raise from_model_error(exc, "file", message) from None
@@ -99,17 +145,12 @@ def convert(settings: Settings, tenant_id: str, source: Path, name: str) -> Path
     return final
 
 
-def convert_adapter(settings: Settings, db: Database, tenant_id: str, source: Path, name: str, base_ref: str) -> Path:
-    """An uploaded PEFT adapter, checked against its base (`base`, or adapter_config.json's
-    base_model_name_or_path if it is one of the tenant's ids) and kept (torch: the inference thread)."""
-    try:
-        ref = adapters.named_base(source, base_ref)
-        with db.read() as session:
-            base_id, base = catalog.resolve(session, settings, tenant_id, ref)
-    except BaseException:
-        shutil.rmtree(next(p for p in (source, *source.parents) if p.name.endswith(".d")), ignore_errors=True)
-        raise
-    return adapters.convert_upload(settings, tenant_id, source, name, base_id, base)
+def _adapter_base(settings: Settings, db: Database, tenant_id: str, source: Path, base_ref: str) -> tuple[str, Path]:
+    """The id and folder of the model an uploaded PEFT adapter adapts (`base_ref`, or
+    adapter_config.json's base_model_name_or_path if it is one of the tenant's ids)."""
+    ref = adapters.named_base(source, base_ref)
+    with db.read() as session:
+        return catalog.resolve(session, settings, tenant_id, ref)
 
 
 def register(session: Session, settings: Settings, tenant_id: str, name: str, final: Path) -> Model:

@@ -41,7 +41,7 @@ def list_keys(session: Session, tenant_name: str | None = None) -> list[tuple[Ap
     query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id).order_by(ApiKey.created_at)
     if tenant_name is not None:
         query = query.where(Tenant.name == tenant_name)
-    return [(key, name) for key, name in session.execute(query).tuples()]
+    return [(key, name) for key, name in session.execute(query)]
 
 
 def revoke_key(session: Session, key_id_or_prefix: str) -> ApiKey | None:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import Conflict, NotFound
 from app.services import adapters
+from app.services.names import is_id
 from app.services.pagination import page
 from app.tables import Checkpoint, Job, Model, new_id
 from models.families import DEFAULT
@@ -82,7 +83,7 @@ def register_adapters(session: Session, settings: Settings, job: Job, directory:
 
 
 def get(session: Session, tenant_id: str, model_id: str) -> Model:
-    model = session.get(Model, model_id)
+    model = session.get(Model, model_id) if is_id(model_id) else None
     if model is None or model.tenant_id != tenant_id:
         raise NotFound(f"no model '{model_id}'")
     return model
@@ -190,7 +191,7 @@ def serving(session: Session, settings: Settings, tenant_id: str, ref: str) -> t
 
 def _job_model(session: Session, tenant_id: str, job_id: str) -> str:
     """The model id of a succeeded job: 404 if unknown to this tenant, 409 until it has succeeded."""
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_id(job_id) else None
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"no model '{job_id}'")
     if job.status != "succeeded" or job.model_id is None:
@@ -203,9 +204,8 @@ def _job_model(session: Session, tenant_id: str, job_id: str) -> str:
 
 
 def checkpoint_of(session: Session, tenant_id: str, ckpt_id: str) -> tuple[Checkpoint, Job] | None:
-    row = session.execute(
-        select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(Checkpoint.id == ckpt_id)
-    ).first()
+    query = select(Checkpoint, Job).join(Job, Job.id == Checkpoint.job_id).where(Checkpoint.id == ckpt_id)
+    row = session.execute(query).first() if is_id(ckpt_id) else None
     if row is None or row[1].tenant_id != tenant_id:
         return None
     return row[0], row[1]
@@ -245,7 +245,7 @@ def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) 
         if found is None or not (settings.data_dir / found[0].path).is_dir():
             return None
         return checkpoint_config(session, settings, *found)
-    model = session.get(Model, ref)
+    model = session.get(Model, ref) if is_id(ref) else None
     if model is None or model.tenant_id != tenant_id:
         return None
     directory = settings.data_dir / model.path
@@ -263,7 +263,7 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
 def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) -> Path | None:
     """A loadable model directory for a model or checkpoint id (exporting a checkpoint once)."""
     if not ref.startswith("ckpt_"):
-        model = session.get(Model, ref)
+        model = session.get(Model, ref) if is_id(ref) else None
         return None if model is None or model.tenant_id != tenant_id else settings.data_dir / model.path
     found = checkpoint_of(session, tenant_id, ref)
     if found is None:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import Conflict, NotFound, from_model_error
 from app.services import quotas
+from app.services.names import is_id
 from app.services.pagination import page
 from app.tables import ACTIVE, Dataset, Job, new_id
 from models.data.records import scan_path
@@ -31,14 +32,20 @@ def register(
 ) -> Dataset:
     """Validate an uploaded file (every bad line reported at once), keep it and add its row.
 
-    The caller commits; on any error the uploaded file is removed.
+    `session` is a fresh write session; the caller commits; on any error the uploaded file is
+    removed. The storage quota is checked before the file is validated (a quick refusal) and
+    again, under the tenant's lock, after (app.services.quotas): no transaction stays open
+    while a large file is read.
     """
     try:
-        quotas.check_storage(session, settings, tenant_id, upload.stat().st_size)
+        size = upload.stat().st_size
+        quotas.check_storage(session, settings, tenant_id, size, lock=False)
+        session.rollback()  # no transaction (nor SQLite's write lock) held while the file is validated
         try:
             parsed = scan_path(upload, filename)
         except DataError as exc:  # its source is `filename`
             raise from_model_error(exc) from None
+        quotas.check_storage(session, settings, tenant_id, size)  # locked until the caller commits
         ds_id = new_id("ds")
         final = upload.with_name(ds_id + Path(filename).suffix.lower())
         os.replace(upload, final)
@@ -59,8 +66,17 @@ def register(
     return ds
 
 
+def commit(session: Session, settings: Settings, ds: Dataset) -> None:
+    """Commit a registered dataset's row; if that fails, its file goes too (no file without a row)."""
+    try:
+        session.commit()
+    except BaseException:
+        (settings.data_dir / ds.path).unlink(missing_ok=True)
+        raise
+
+
 def get(session: Session, tenant_id: str, ds_id: str) -> Dataset:
-    ds = session.get(Dataset, ds_id)
+    ds = session.get(Dataset, ds_id) if is_id(ds_id) else None
     if ds is None or ds.tenant_id != tenant_id:
         raise NotFound(f"no dataset '{ds_id}'")
     return ds
@@ -71,6 +87,7 @@ def list_page(session: Session, tenant_id: str, limit: int, after: str | None) -
 
 
 def lookup(session: Session, tenant_id: str, ids: list[str]) -> dict[str, Dataset]:
+    ids = [i for i in ids if is_id(i)]
     rows = session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.id.in_(ids)))
     return {ds.id: ds for ds in rows}
 

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.errors import NotFound, ServiceError, from_model_error
 from app.services import catalog, datasets, lifecycle, quotas, spec_limits
 from app.services.estimates import Estimates, estimate
+from app.services.names import is_id
 from app.services.pagination import page
 from app.tables import STATUSES, Job, JobStatus
 from models.errors import SpecError
@@ -76,7 +77,7 @@ def submit(
 
 
 def get(session: Session, tenant_id: str, job_id: str) -> Job:
-    job = session.get(Job, job_id, populate_existing=True)
+    job = session.get(Job, job_id, populate_existing=True) if is_id(job_id) else None
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"no job '{job_id}'")
     return job
@@ -89,7 +90,7 @@ _RECORD = select(Job.__table__).where(Job.id == bindparam("job_id"), Job.tenant_
 def record(conn: Connection, tenant_id: str, job_id: str) -> Row[Any]:
     """The tenant's job as a row (the columns, by name, as on Job) or 404: what GET reads,
     one statement without an ORM object (on `Database.autocommit`, one round trip)."""
-    row = conn.execute(_RECORD, {"job_id": job_id, "tenant_id": tenant_id}).first()
+    row = conn.execute(_RECORD, {"job_id": job_id, "tenant_id": tenant_id}).first() if is_id(job_id) else None
     if row is None:
         raise NotFound(f"no job '{job_id}'")
     return row
@@ -106,7 +107,7 @@ def list_page(
 
 def count_by_status(session: Session) -> dict[str, int]:
     """Every tenant's jobs, counted by status (all statuses, zeros included)."""
-    counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    counts: dict[str, int] = {s: n for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status))}
     return {status: counts.get(status, 0) for status in STATUSES}
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import Invalid, NotFound
 from app.services import datasets, jobs, lifecycle
+from app.services.names import check_id, is_id
 from app.services.pagination import page
 from app.tables import Checkpoint, Dataset, FineTune, Job, JobEvent
 
@@ -138,6 +139,7 @@ def create(
     session: Session, settings: Settings, tenant_id: str, req: Request, idempotency_key: str | None
 ) -> tuple[Job, FineTune]:
     """Check the files, build the spec and submit it (jobs.submit: every check a job gets)."""
+    check_id(req.model, "model", "model", "ckpt", "job", code="model_not_found")
     train = _file(session, tenant_id, req.training_file, "training_file")
     if req.validation_file:
         _file(session, tenant_id, req.validation_file, "validation_file")
@@ -169,7 +171,7 @@ def create(
 
 
 def get(session: Session, tenant_id: str, job_id: str) -> tuple[Job, FineTune]:
-    ft = session.get(FineTune, job_id)
+    ft = session.get(FineTune, job_id) if is_id(job_id) else None
     if ft is None or ft.tenant_id != tenant_id:
         raise NotFound(f"no fine-tuning job '{job_id}'")
     return jobs.get(session, tenant_id, job_id), ft

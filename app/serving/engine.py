@@ -9,6 +9,9 @@
   each with its own sampling settings, stop strings and token budget.
 - Results come back to the event loop with `call_soon_threadsafe`; a request whose
   client goes away is cancelled and leaves the batch at the next step.
+- A request that fails ends with finish_reason "error", the one way a row reports one: with
+  `Update.error` set when its own model went wrong (non-finite logits: that row alone
+  ends, the others go on), without it when a step failed (every row of the batch ends).
 
 torch is imported on the inference thread, not when the API starts.
 """
@@ -47,6 +50,7 @@ class Update:
     text: str  # new text since the previous update
     finish_reason: str | None  # set on the last update
     tokens: int  # completion tokens so far
+    error: str | None = None  # with finish_reason "error": what the model did (None: our failure, logged)
 
 
 class InferenceThread:
@@ -170,8 +174,7 @@ class Served:
 def _load(key: str, directory: Path, device: str, max_batch: int, runner: InferenceThread, threads: int = 0) -> Served:
     import torch
 
-    from models.data.chat import stop_token_ids
-    from models.formats.load import load_model, served_chat_format
+    from models.formats.load import load_model
     from models.inference.decoder import Decoder
 
     if threads > 0:
@@ -180,12 +183,21 @@ def _load(key: str, directory: Path, device: str, max_batch: int, runner: Infere
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load_model(directory, device=device)
     decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
-    chat = served_chat_format(directory, tok)
-    if chat is not None:  # every generation on a chat model ends at its end-of-turn tokens too
-        decoder.end_ids |= stop_token_ids(chat, tok.hf, tok.end_ids)
     c = model.config
     kv = 2 * c.n_layer * max_batch * c.block_size * c.n_kv_head * c.head_dim * 4
-    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner), chat)
+    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner))
+
+
+def _add_chat(served: Served, directory: Path) -> None:
+    """Its chat template, and the template's end-of-turn ids among those generation ends at: found by
+    rendering it (the uploader's code), so on a worker thread, not the inference thread."""
+    from models.data.chat import stop_token_ids
+    from models.formats.load import served_chat_format
+
+    chat = served_chat_format(directory, served.tok)
+    if chat is not None:
+        served.batcher.decoder.end_ids |= stop_token_ids(chat, served.tok.hf, served.tok.end_ids)
+    served.chat = chat
 
 
 class ModelCache:
@@ -221,6 +233,7 @@ class ModelCache:
         try:
             args = (key, directory, self.device, self.max_batch, self.runner, self.threads)
             served = await self.run(lambda: _load(*args))
+            await asyncio.to_thread(_add_chat, served, directory)
         finally:
             del self.loading[key]
         self.entries[key] = served
@@ -269,7 +282,8 @@ class ModelCache:
 
         def sink(r: Row, delta: str) -> None:  # on the batcher thread
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, Update(delta, r.finish_reason, len(r.tokens)))
+                update = Update(delta, r.finish_reason, len(r.tokens), r.error)
+                loop.call_soon_threadsafe(queue.put_nowait, update)
             except RuntimeError:  # the event loop has closed (shutdown): nobody is waiting
                 r.cancelled = True
 

@@ -39,7 +39,7 @@ MAX_STOPS = 4
 MAX_STOP_CHARS = 1000  # each; what the decoder holds back per step is linear in it (models.inference.decoder)
 MAX_SEED = 2**63 - 1  # seeds are torch generator seeds; OpenAI's n choices add up to n - 1
 MAX_PROMPTS = 16  # prompts in one OpenAI completions request (each decoded `n` times)
-LONG_PROMPT = 20_000  # characters; longer prompts are encoded off the event loop
+LONG_PROMPT = 20_000  # characters; longer prompts (and chat-template ones) are encoded off the event loop
 
 
 class SamplingFields(Protocol):
@@ -68,6 +68,9 @@ class Prepared:
             self.served, self.prompt, self.sampling, self.stop, self.supervised, stream, self.ignore_eos, self.adapter
         )
         async for u in updates:
+            if u.finish_reason == "error" and u.error:  # this request's model went wrong, not the service
+                detail = [{"loc": "model", "message": u.error}]
+                raise Invalid(f"generation failed: {u.error}", detail, code="model_error")
             if u.finish_reason == "error":
                 raise InternalError("generation failed; it has been logged")
             yield u
@@ -151,9 +154,11 @@ async def prepare(
     directory, adapter_dir = await cache.run(find)
     served = await cache.get(str(directory), directory)
     adapter = None if adapter_dir is None else await cache.adapter(served, adapter_dir)
-    long = _size(prompt) > LONG_PROMPT
+    # Off the event loop: long prompts, and any a chat template renders (the uploader's code:
+    # bounded by models.data.bounded_jinja, yet up to ~0.1 s and an output 4x its input).
+    away = _size(prompt) > LONG_PROMPT or (served.chat is not None and not isinstance(prompt, str))
     try:
-        ids, supervised = await run_in_threadpool(encode, served, prompt) if long else encode(served, prompt)
+        ids, supervised = await run_in_threadpool(encode, served, prompt) if away else encode(served, prompt)
     except ChatTemplateError as exc:
         raise from_model_error(exc, loc) from None
     if len(ids) >= served.block_size:

@@ -1,9 +1,11 @@
 """Chat templates: rendering `messages` the way transformers' `apply_chat_template` does, and the
 assistant-only loss mask.
 
-A chat template is Jinja2 shipped by the model (tokenizer_config.json, a GGUF's metadata). We
-render it in a sandboxed, immutable Jinja2 environment with the options and helpers transformers
-gives templates (trim_blocks, lstrip_blocks, loop controls, `raise_exception`, a JSON `tojson`,
+A chat template is Jinja2 shipped by the model (tokenizer_config.json, a GGUF's metadata): code
+from whoever uploaded the model. We render it in a sandboxed, immutable Jinja2 environment whose
+every render is metered (models.data.bounded_jinja: steps, work and value sizes bounded in
+proportion to the conversation; past them, a ChatTemplateError), with the options and helpers
+transformers gives templates (trim_blocks, lstrip_blocks, loop controls, `raise_exception`, a JSON `tojson`,
 `strftime_now`, a guarded `namespace`, the `{% generation %}` tag, the special tokens as
 variables), so a template renders to the same text here as there.
 
@@ -27,9 +29,9 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.utils
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from models.data.bounded_jinja import BoundedEnvironment, bounded_render
 from models.errors import ChatTemplateError
 
 Message = dict[str, Any]
@@ -97,28 +99,33 @@ def _strftime_now(fmt: str) -> str:
 
 @lru_cache(maxsize=32)
 def compile_template(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    helpers = {"raise_exception": _raise_exception, "strftime_now": _strftime_now, "namespace": _Namespace}
+    env = BoundedEnvironment(
+        filters={"tojson": _tojson},
+        globals={**helpers, "dict": dict},
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[_GenerationTag, jinja2.ext.loopcontrols],
     )
-    env.filters["tojson"] = _tojson
-    env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, namespace=_Namespace, dict=dict)
     try:
         return env.from_string(template)
     except jinja2.exceptions.TemplateSyntaxError as exc:
         raise ChatTemplateError(f"chat template: syntax error on line {exc.lineno}: {exc.message}") from None
+    except (jinja2.exceptions.TemplateError, ArithmeticError, RecursionError, MemoryError) as exc:
+        raise ChatTemplateError(f"chat template: {exc}") from None  # a constant the compiler folds, refused
 
 
 def render(messages: Sequence[Message], chat: ChatFormat, add_generation_prompt: bool = False, **kwargs: Any) -> str:
     """The conversation as text, as `apply_chat_template(..., tokenize=False)` gives it."""
     variables: dict[str, Any] = {"tools": None, "documents": None, **chat.special_tokens, **kwargs}
+    variables.update(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt)
+    template = compile_template(chat.template)
     try:
-        return str(
-            compile_template(chat.template).render(
-                messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt, **variables
-            )
-        )
+        return bounded_render(template, variables)
     except jinja2.exceptions.TemplateError as exc:
         raise ChatTemplateError(f"chat template: {exc}") from None
+    except Exception as exc:  # the template's own failure (1/0, a type error, deep recursion): not ours
+        raise ChatTemplateError(f"chat template: {type(exc).__name__}: {exc}") from None
 
 
 def render_prompt(messages: Sequence[Message], chat: ChatFormat) -> str:

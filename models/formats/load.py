@@ -20,6 +20,7 @@ from models.errors import AdapterError
 from models.families.build import Model, build_model
 from models.files import read_json
 from models.formats.archive import is_archive, unpack
+from models.formats.finite import check_finite
 from models.formats.gguf.reader import open_gguf, read_gguf
 from models.formats.gguf.tokenizer import build_tokenizer
 from models.formats.hf.directory import from_hf, is_hf_dir
@@ -72,25 +73,30 @@ def served_chat_format(directory: Path, tok: Tokenizer) -> ChatFormat | None:
 def load_model(
     directory: Path, device: torch.device | str = "cpu", dropout: float | None = None
 ) -> tuple[Model, Tokenizer]:
-    if is_gguf(directory):
-        model, tok = load_gguf(directory, dropout)
-        return model.to(device), tok
+    """The model at `directory` (any of the sources above) and its tokenizer; UnsupportedModel
+    naming the first tensor that holds a NaN or an infinity (models/formats/finite.py)."""
     if is_archive(directory):
         with tempfile.TemporaryDirectory() as tmp:
             return load_model(unpack(directory, Path(tmp)), device, dropout)
+    model, tok = _load(directory, device, dropout)
+    check_finite(model.state_dict().items(), "the model's weights")
+    return model.to(device), tok
+
+
+def _load(directory: Path, device: torch.device | str, dropout: float | None) -> tuple[Model, Tokenizer]:
+    if is_gguf(directory):
+        return load_gguf(directory, dropout)
     if (directory / ADAPTER_CONFIG).is_file():
-        merged, tok = load_with_base(directory, device, dropout)
-        return merged, tok
+        return load_with_base(directory, device, dropout)
     if is_hf_dir(directory):
-        model, tok = from_hf(directory, dropout)
-        return model.to(device), tok
+        return from_hf(directory, dropout)
     record = load_config(directory)
     config = model_config(record)
     if dropout is not None:
         config = replace(config, dropout=dropout)
     model = build_model(config)
     model.load_state_dict(load_tensors(directory / MODEL_FILE))
-    return model.to(device), tokenizer_of(directory, record)
+    return model, tokenizer_of(directory, record)
 
 
 def load_merged(

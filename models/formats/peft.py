@@ -25,6 +25,7 @@ from torch import nn
 from models.errors import AdapterError
 from models.families import FAMILIES, family
 from models.files import read_json, write_atomic, write_json
+from models.formats.finite import check_finite
 from models.formats.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from models.lora.layers import Adapter
 
@@ -116,7 +117,7 @@ def _config(directory: Path) -> dict[str, Any]:
         raise AdapterError(f"{CONFIG}: bias: only 'none' is supported, got {config.get('bias')!r}")
     for key in ("r", "lora_alpha"):
         value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
             raise AdapterError(f"{CONFIG}: {key}: expected a positive number, got {value!r}")
     return config
 
@@ -132,6 +133,7 @@ def load_adapter(directory: Path) -> LoadedAdapter:
         tensors = st_load(weights.read_bytes())
     except Exception as exc:  # safetensors raises its own error type for a corrupt header
         raise AdapterError(f"{WEIGHTS}: not a safetensors file ({exc})") from None
+    check_finite(tensors.items(), WEIGHTS, AdapterError)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         name = key[len(PREFIX) :] if key.startswith(PREFIX) else key

@@ -13,11 +13,17 @@ joined at different times carry gaps that a persistent key mask hides (see
 models/inference/slot_cache.py), and when no row has one (batch 1, or rows that started
 together) no mask is used. A streaming row hands out only text that is final
 (models/inference/text.py).
+
+Rows never reach each other: every operation of a step is per row (the adapter bank
+computes products for the adapted rows only, a slot's keys and values are zeroed when its
+row leaves), so a NaN or an infinity in one row's adapter stays in that row. A row whose logits are not finite
+(a NaN, an infinity) ends there, `finish_reason` "error" with `error` saying why; the others go on.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,7 +54,8 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     text: str = ""  # the text so far (final once finish_reason is set)
     sent: int = 0  # characters of `text` already handed out by `delta()`
-    finish_reason: str | None = None  # "stop" (end token or stop string) | "length" | "cancelled"
+    finish_reason: str | None = None  # "stop" (end token or stop string) | "length" | "cancelled" | "error"
+    error: str | None = None  # why the row ended with "error" (non-finite logits)
     cancelled: bool = False  # set by the owner: the row is dropped at the next step
     budget: int = 0
     generator: torch.Generator | None = None
@@ -61,6 +68,7 @@ class Row:
         return new
 
 
+BROKEN = "the model's weights, or its adapter's, are broken"
 PREFILL_TOKENS_PER_STEP = 4096  # prompt tokens admitted in one step (at least one prompt, whatever its length)
 
 
@@ -163,14 +171,19 @@ class Decoder:
 
     def _advance(self, rows: list[Row], logits: Tensor, changed: list[Row]) -> None:
         logits = logits.float()
-        greedy = [r.sampling.temperature <= 0 for r in rows]
-        picked: list[int] = logits.argmax(-1).tolist() if any(greedy) else [0] * len(rows)
+        # Each row's greedy token, or -1 where its largest logit is not finite (a NaN anywhere, an
+        # infinity, or nothing above -inf): nothing to pick from. One operation, as argmax was.
+        top, greedy = logits.max(-1)
+        picked: list[int] = [t if math.isfinite(v) else -1 for v, t in zip(top.tolist(), greedy.tolist())]
         for i, r in enumerate(rows):
-            if not greedy[i]:
+            if r.sampling.temperature > 0 and picked[i] >= 0:
                 picked[i] = int(pick(logits[i : i + 1], r.sampling, r.generator)[0])
         for r, t in zip(rows, picked):
             if r.cancelled:
                 r.finish_reason = "cancelled"
+            elif t < 0:
+                r.finish_reason = "error"
+                r.error = f"non-finite logits (NaN or infinity) at generated token {len(r.tokens) + 1}: {BROKEN}"
             elif t in self.end_ids and not r.ignore_eos:
                 r.finish_reason = "stop"
             else:

@@ -15,7 +15,14 @@ class SlotCache(KVCache):
     past its prompt has a gap there, which `valid` masks out; when no row has a gap (one
     row, or rows that started together) no mask is needed. `lens` counts each row's
     tokens, its next position. When the column reaches the end of the context, rows are
-    compacted (their gaps squeezed out)."""
+    compacted (their gaps squeezed out).
+
+    A gap is hidden by the mask, not skipped: attention still multiplies its (zero) weight
+    by the value there, and a NaN or infinity times 0 is NaN. So nothing a row leaves
+    behind may stay: every position a row does not hold is zero. A slot is zeroed when its
+    row leaves (after the last row moved into it), and the columns a compaction frees are
+    zeroed too; a gap is then always zeros, whatever an earlier request (a broken adapter,
+    say) wrote there."""
 
     def __init__(self, config: CacheShape, slots: int, device: torch.device, dtype: torch.dtype):
         super().__init__(config, slots, device, dtype)
@@ -64,19 +71,23 @@ class SlotCache(KVCache):
             for cache in (self.k, self.v):
                 for t in cache:
                     t[r, :, :n] = t[r, :, cols]
+                    t[r, :, n : self.length] = 0
             self.valid[r] = False
             self.valid[r, :n] = True
         self.length = max(self.lens)
 
     def remove(self, i: int) -> None:
-        """Drop row i; the last row takes its slot."""
+        """Drop row i; the last row takes its slot, and the slot it leaves is zeroed."""
         last = len(self.lens) - 1
-        if i != last:
-            for cache in (self.k, self.v):
-                for t in cache:
+        for cache in (self.k, self.v):
+            for t in cache:
+                if i != last:
                     t[i, :, : self.length] = t[last, :, : self.length]
+                t[last, :, : self.length] = 0
+        if i != last:
             self.valid[i] = self.valid[last]
             self.lens[i] = self.lens[last]
+        self.valid[last] = False
         self.lens.pop()
         if not self.lens:
             self.length = 0

@@ -5,11 +5,14 @@ along a leading adapter axis, padded to the largest rank
 with zeros (which add nothing). A step gathers each row's pair by its adapter index and
 adds two batched matmuls, (rows, T, in) @ (rows, in, r) @ (rows, r, out), to the base
 projection, so rows of different adapters share every base matmul and the base weights
-are never copied. Rows of the base alone (slot 0) borrow the first adapter's pair and
-have their low-rank activations zeroed (a (rows, T, r) multiply), so the base needs no
-stack of zeros of its own. A base-only batch skips the bank altogether. A serving net
-runs each of its projections through `project`, which is the projection alone for a
-base-only batch and the projection plus the rows' products otherwise.
+are never copied. Rows of the base alone (slot 0) take no part: in a batch that has
+some, the adapted rows are selected (an index, not a mask), their products computed and
+added into their rows of the output (`index_add_`), so a base row's output is the base
+projection's, exactly, whatever the adapters hold (a multiplied mask would not do: a NaN
+or an infinity times 0 is NaN), and the base needs no stack of zeros. A base-only batch
+skips the bank altogether. A serving net runs each of its projections through
+`project`, which is the projection alone for a base-only batch and the projection plus
+the rows' products otherwise.
 
 A serving net that fuses projections (the Llama path's one qkv and one gate-up matmul)
 names each fused group and its members in output order; the group's stacks then hold
@@ -48,9 +51,9 @@ class AdapterBank:
         # (offset of the member's output slice, its B^T stack) per member an adapter targets
         self.b: dict[str, list[tuple[int, Tensor]]] = {}
         self.rank = 0
-        self._rows: Tensor | None = None  # the last rows seen, and their stack indices and base mask
+        self._rows: Tensor | None = None  # the last rows seen: the adapted ones and their stack indices
+        self._adapted: Tensor | None = None
         self._idx: Tensor | None = None
-        self._keep: Tensor | None = None
 
     def add(self, name: str, adapter: Adapter) -> None:
         for path, (a, b) in adapter.layers.items():
@@ -125,23 +128,30 @@ class AdapterBank:
         if a is None:
             return y
         n, parts = rows.size(0), self.b[path]
-        idx, keep = self._select(rows)
-        low = torch.bmm(x.view(n, -1, x.size(-1)), a[idx])
-        if keep is not None:
-            low.mul_(keep)
-        if len(parts) == 1 and parts[0][1].size(-1) == y.size(-1):  # one projection: the whole output
-            return y.add_(torch.bmm(low, parts[0][1][idx]).view_as(y))
-        y3, r = y.view(n, -1, y.size(-1)), self.rank
+        adapted, idx = self._select(rows)
+        x3, y3 = x.view(n, -1, x.size(-1)), y.view(n, -1, y.size(-1))
+        if adapted is not None:
+            x3 = x3.index_select(0, adapted)
+        low = torch.bmm(x3, a[idx])
+        whole = len(parts) == 1 and parts[0][1].size(-1) == y.size(-1)  # one projection: the whole output
+        r = self.rank
         for j, (offset, b) in enumerate(parts):
-            y3[:, :, offset : offset + b.size(-1)].add_(torch.bmm(low[:, :, j * r : (j + 1) * r], b[idx]))
+            out = y3 if whole else y3[:, :, offset : offset + b.size(-1)]
+            delta = torch.bmm(low if whole else low[:, :, j * r : (j + 1) * r], b[idx])
+            if adapted is None:
+                out.add_(delta)
+            else:
+                out.index_add_(0, adapted, delta)
         return y
 
-    def _select(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Stack indices of `rows` (slots) and the mask zeroing base rows (None: no base row);
-        worked out once per forward pass (every projection gets the same `rows` tensor)."""
+    def _select(self, rows: Tensor) -> tuple[Tensor | None, Tensor]:
+        """The positions of the adapted rows of `rows` (None: every row is adapted) and their
+        stack indices; worked out once per forward pass (every projection gets the same
+        `rows` tensor, made anew for each pass)."""
         if rows is not self._rows:
             base = rows == 0
-            self._rows, self._idx = rows, (rows - 1).clamp(min=0)
-            self._keep = (~base).to(self.dtype)[:, None, None] if bool(base.any()) else None
+            self._rows = rows
+            self._adapted = base.logical_not().nonzero().squeeze(1) if bool(base.any()) else None
+            self._idx = rows - 1 if self._adapted is None else rows[self._adapted] - 1
         assert self._idx is not None
-        return self._idx, self._keep
+        return self._adapted, self._idx

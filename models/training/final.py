@@ -15,7 +15,9 @@ from models import events
 from models.data.chat import ChatFormat
 from models.data.chat_records import save_chat_format
 from models.data.tokenizer import Tokenizer
+from models.errors import TrainingError
 from models.families.build import Model
+from models.formats.finite import check_finite
 from models.formats.native import save_model
 from models.lora import layers as lora
 from models.training import checkpoint
@@ -54,8 +56,21 @@ def write_model(
     }
     if extracted:
         info["adapters"] = names
+    _check_finite(merged, extracted)
     save_model(model_dir, merged, model.config, tok, info)
     adapters.save(model_dir, state, extracted, model, tok, steps)
     if chat is not None:
         save_chat_format(model_dir, chat)
     checkpoint.write_json(model_dir / "evaluation.json", evaluation)
+
+
+def _check_finite(merged: dict[str, torch.Tensor], adapters: dict[str, lora.Adapter]) -> None:
+    """The run fails (user_error) naming the first tensor it produced that holds a NaN or an infinity."""
+
+    def failed(message: str) -> TrainingError:
+        return TrainingError("user_error", message)
+
+    for name, adapter in adapters.items():  # first: a broken adapter breaks the merged model too
+        ab = [(f"{path}.lora_{k}", t) for path, pair in adapter.layers.items() for k, t in zip("AB", pair)]
+        check_finite(ab, f"adapter '{name}'", failed)
+    check_finite(merged.items(), "the trained model", failed)

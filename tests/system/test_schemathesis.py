@@ -1,12 +1,16 @@
 """The OpenAPI document against the service it describes: schemathesis generates requests for
 every operation (a few examples each, valid and not) against a real `stagecraft up`, and
-every answer must be no 5xx, a status the document lists, and a body its schema allows."""
+every answer must be no 5xx, a status the document lists, and a body its schema allows; a
+method a path lacks is a 405 whose `Allow` lists the methods the document gives that path.
+(Our own fuzzing of names, ids and outages: tests/app/api/test_fuzz.py.)"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -71,3 +75,23 @@ def test_the_api_does_what_its_document_says(up: tuple[str, str]) -> None:
     assert operations > 20 and sum(statuses.values()) > 2 * operations, statuses
     print(f"schemathesis: {operations} operations, answers by status {sorted(statuses.items())}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_every_405_lists_the_methods_of_its_path(up: tuple[str, str]) -> None:
+    """Each documented path, its parameters ids of no object, with each method it lacks."""
+    url, key = up
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    patterns = {t: re.compile(re.sub(r"\{[^}]+\}", "[^/]+", t)) for t in paths}
+    mismatches = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        for template in paths:
+            path = template.replace("{", "x_").replace("}", "")
+            declared = {m.upper() for t, ops in paths.items() if patterns[t].fullmatch(path) for m in ops}
+            for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - declared):
+                r = http.request(method, path)
+                allow = set(r.headers.get("allow", "").split(", ")) - {""}
+                if r.status_code != 405 or allow != declared:
+                    mismatches.append(
+                        f"{method} {path}: {r.status_code}, Allow {sorted(allow)}, not {sorted(declared)}"
+                    )
+    assert not mismatches, "\n".join(mismatches)

@@ -6,13 +6,14 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api import shape
+from app.api.body import ParsedJsonRoute
 from app.api.deps import DatabaseDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
 from app.api.schemas import DatasetOut, Deleted, Page
 from app.api.uploads import receive_file
 from app.services import datasets
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS, route_class=ParsedJsonRoute)
 
 
 @router.post(
@@ -30,7 +31,7 @@ async def upload_dataset(request: Request, tenant_id: TenantDep, settings: Setti
             ds = datasets.register(
                 session, settings, tenant_id, upload.path, upload.filename, upload.name, upload.sha256
             )
-            session.commit()
+            datasets.commit(session, settings, ds)
             return shape.dataset(ds)
 
     return await run_in_threadpool(save)

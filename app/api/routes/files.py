@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import openai_objects as objects
+from app.api.body import ParsedJsonRoute
 from app.api.deps import DatabaseDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error
 from app.api.uploads import receive_file
@@ -19,7 +20,7 @@ from app.services import datasets
 from app.services.openai_ft import bad_param
 from app.services.pagination import MAX_LIMIT
 
-router = APIRouter(prefix="/v1/files", tags=["openai fine-tuning"], responses=ERRORS)
+router = APIRouter(prefix="/v1/files", tags=["openai fine-tuning"], responses=ERRORS, route_class=ParsedJsonRoute)
 
 UPLOAD = {
     "requestBody": {
@@ -56,7 +57,7 @@ async def create_file(request: Request, tenant_id: TenantDep, settings: Settings
         with db.write() as session:
             ds = datasets.register(session, settings, tenant_id, upload.path, upload.filename, upload.filename,
                                    upload.sha256)  # fmt: skip
-            session.commit()
+            datasets.commit(session, settings, ds)
             return objects.file(ds)
 
     return await run_in_threadpool(save)

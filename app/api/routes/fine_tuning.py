@@ -7,18 +7,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from app.api import openai_objects as objects
-from app.api.deps import ReadSession, SettingsDep, TenantDep, WriteSession
+from app.api.body import ParsedJsonRoute
+from app.api.deps import IdempotencyKey, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, error
 from app.services import openai_ft
 from app.services.openai_ft import bad_param
 from app.services.pagination import MAX_LIMIT
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["openai fine-tuning"], responses=ERRORS)
+router = APIRouter(
+    prefix="/v1/fine_tuning/jobs", tags=["openai fine-tuning"], responses=ERRORS, route_class=ParsedJsonRoute
+)
 Obj = dict[str, Any]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 After = Annotated[str | None, Query(description="the last id of the previous page")]
@@ -103,7 +106,7 @@ def create_job(
     tenant_id: TenantDep,
     session: WriteSession,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Obj:
     """A finetune job on `training_file` from `model`; `fine_tuned_model` serves once it has succeeded."""
     job, ft = openai_ft.create(session, settings, tenant_id, body.request(), idempotency_key)

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from app.api import sse
+from app.api.body import ParsedJsonRoute
 from app.api.deps import DatabaseDep, ModelCacheDep, SettingsDep, TenantDep
 from app.api.errors import error_body
 from app.api.openapi import ERRORS, GENERATION_STREAM, SERVE_ERRORS
@@ -30,7 +31,7 @@ from app.api.schemas import (
 from app.errors import ServiceError
 from app.serving.requests import Prepared, TaskAnswer, prepare, run_task, stop_list
 
-router = APIRouter(prefix="/v1/models/{model_id}", tags=["inference"], responses=ERRORS)
+router = APIRouter(prefix="/v1/models/{model_id}", tags=["inference"], responses=ERRORS, route_class=ParsedJsonRoute)
 
 
 def usage(prompt: int, completion: int) -> Usage:

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import DatabaseDep
-from app.api.errors import error_body
+from app.api.errors import DB_RETRY_AFTER_S, error_body
 from app.api.metrics import JOBS
 from app.db import Database
 from app.errors import SchemaBehind
@@ -40,7 +40,7 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     problems = await readiness_problems(request, db)
     if problems:
         body = error_body("not_ready", "a dependency is unreachable or not migrated", problems, 503)
-        return JSONResponse(body, status_code=503)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(DB_RETRY_AFTER_S)})
     return JSONResponse({"status": "ready"})
 
 

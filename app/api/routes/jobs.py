@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from app.api import shape
-from app.api.body import PARSED
-from app.api.deps import DatabaseDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
+from app.api.body import PARSED, ParsedJsonRoute
+from app.api.deps import DatabaseDep, IdempotencyKey, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.errors import parse_json
 from app.api.openapi import ERRORS, SPEC_BODY, SPEC_ERRORS, error
 from app.api.schemas import DeletedJob, JobOut, Page, ValidationOut
@@ -19,7 +19,7 @@ from app.db import AUTOCOMMIT_POOL_SIZE
 from app.services import deletion, jobs, lifecycle
 from app.tables import JobStatus
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS, route_class=ParsedJsonRoute)
 POLL_THREADS = AUTOCOMMIT_POOL_SIZE  # a connection each
 
 
@@ -47,9 +47,7 @@ def create_job(
     tenant_id: TenantDep,
     session: WriteSession,
     settings: SettingsDep,
-    idempotency_key: Annotated[
-        str | None, Header(max_length=255, description="retries with the same key return the first job")
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Validate the spec, store the job and queue it. With an Idempotency-Key already used
     for the same spec, the job made then is returned (header `Idempotent-Replayed: true`)."""

@@ -3,11 +3,13 @@ and servable); uploading a model (a Hugging Face folder of the GPT-2 or Llama fa
 llama, mistral, qwen2, qwen3; a GGUF file; an export; a PEFT adapter); exporting one in the
 Hugging Face layout.
 
-Import extracts and checks an archive on a worker thread and converts it on the serving
-cache's one torch thread (`ModelCache.run`), as exports do (app.services.archives)."""
+Import extracts and checks an archive on a worker thread and converts it in a child process
+with time and memory limits (app.services.archives.import_model); exports run on the serving
+cache's one torch thread (`ModelCache.run`)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -16,14 +18,19 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import shape
+from app.api.body import ParsedJsonRoute
 from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
 from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page
 from app.api.uploads import receive_file
+from app.config import Settings
+from app.db import Database
+from app.errors import Invalid
 from app.services import adapters, archives, catalog, deletion, quotas
+from app.services.names import NAME_MAX, is_id
 from app.tables import Checkpoint
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS, route_class=ParsedJsonRoute)
 
 
 @router.get("")
@@ -57,19 +64,24 @@ UPLOAD_BODY = upload_body(
     openapi_extra=UPLOAD_BODY,
     responses={
         **UPLOAD_ERRORS,
-        422: error("`unsupported_model`: not a model this service can represent (GPT-2 or Llama family)"),
+        408: error("`time_limit_exceeded`: converting the file took longer than IMPORT_TIMEOUT_S"),
+        422: error(
+            "`unsupported_model`: not a model this service can represent (GPT-2 or Llama family), or one "
+            "larger than its limits; `resource_limit_exceeded`: converting it needed more than IMPORT_MEMORY_BYTES"
+        ),
     },
 )
 async def upload_model(
     request: Request, tenant_id: TenantDep, settings: SettingsDep, db: DatabaseDep, cache: ModelCacheDep
 ) -> ModelOut:
     """Import a model trained elsewhere; its id then serves, exports and seeds `init_from`."""
-    upload = await receive_file(request, archives.incoming_path(settings), settings.max_model_upload_bytes)
+    path = archives.incoming_path(settings)
+    upload = await receive_file(request, path, settings.max_model_upload_bytes, NAME_MAX)
 
     def check() -> Path:
         try:
-            with db.read() as session:
-                quotas.check_storage(session, settings, tenant_id, upload.size)
+            with db.read() as session:  # a quick refusal; the locked check is at `save`
+                quotas.check_storage(session, settings, tenant_id, upload.size, lock=False)
         except BaseException:
             upload.path.unlink(missing_ok=True)
             raise
@@ -77,19 +89,48 @@ async def upload_model(
 
     source = await run_in_threadpool(check)
     if adapters.is_adapter(source):  # a PEFT LoRA adapter: checked against its base, which it is served on
-        final = await cache.run(
-            lambda: archives.convert_adapter(settings, db, tenant_id, source, upload.name, upload.base)
-        )
-    else:
-        final = await cache.run(lambda: archives.convert(settings, tenant_id, source, upload.name))
+        base = await run_in_threadpool(adapter_base, db, settings, tenant_id, source, upload.base)
+        final = await archives.import_model(settings, db, tenant_id, source, upload.name, base)
+    else:  # converted in a sandboxed child process, not on the inference thread (app.serving.sandbox)
+        final = await archives.import_model(settings, db, tenant_id, source, upload.name)
 
     def save() -> ModelOut:
-        with db.write() as session:
-            model = archives.register(session, settings, tenant_id, upload.name, final)
-            session.commit()
-            return shape.model(catalog.describe(session, settings, model))
+        try:
+            with db.write() as session:
+                quotas.check_storage(session, settings, tenant_id)  # `final` counts; locked until the commit
+                model = archives.register(session, settings, tenant_id, upload.name, final)
+                session.commit()
+                return shape.model(catalog.describe(session, settings, model))
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)  # no folder without its row
+            raise
 
     return await run_in_threadpool(save)
+
+
+def adapter_base(db: Database, settings: Settings, tenant_id: str, source: Path, given: str) -> str:
+    """The model an uploaded adapter adapts (`base`, or its adapter_config.json's): a model of
+    the tenant's, or a job id for its model; 422 naming `base` for a checkpoint (whose folder
+    goes with its job), an adapter (adapters do not stack) or anything else, 404 for none of
+    the tenant's. On an error the upload's scratch folder goes."""
+    try:
+        ref = adapters.named_base(source, given)
+        if not is_id(ref, "model", "job"):
+            what = "a checkpoint" if is_id(ref, "ckpt") else "not a model id"
+            raise _bad_base(f"'{ref[:60]}' is {what}: an adapter's base is a model (`model_…`, or a job's `job_…`)")
+        with db.read() as session:
+            base_id, directory = catalog.resolve(session, settings, tenant_id, ref)
+        if adapters.is_adapter(directory):
+            of = adapters.info(directory).get("base_id")
+            raise _bad_base(f"'{ref}' is an adapter (of '{of}'): adapters do not stack; an adapter's base is a model")
+        return base_id
+    except BaseException:
+        shutil.rmtree(next(p for p in (source, *source.parents) if p.name.endswith(".d")), ignore_errors=True)
+        raise
+
+
+def _bad_base(message: str) -> Invalid:
+    return Invalid(message, [{"loc": "base", "message": message}], code="unsupported_model")
 
 
 @router.delete("/{model_id}", responses={409: error("`in_use`: an unfinished job starts from it (init_from)")})

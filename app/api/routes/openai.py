@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api import sse
+from app.api.body import ParsedJsonRoute
 from app.api.deps import DatabaseDep, ModelCacheDep, SettingsDep, TenantDep
 from app.api.errors import error_body
 from app.api.openapi import ERRORS, SERVE_ERRORS
@@ -34,7 +35,7 @@ from app.errors import Invalid, ServiceError
 from app.serving.engine import ModelCache
 from app.serving.requests import MAX_NEW_TOKENS, MAX_PROMPTS, MAX_SEED, ChatPrompt, Prepared, Prompt, prepare, stop_list
 
-router = APIRouter(prefix="/v1", tags=["openai"], responses={**ERRORS, **SERVE_ERRORS})
+router = APIRouter(prefix="/v1", tags=["openai"], responses={**ERRORS, **SERVE_ERRORS}, route_class=ParsedJsonRoute)
 Chunk = dict[str, Any]
 
 

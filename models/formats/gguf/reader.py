@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from models.errors import GGUFError
 from models.families.llama.config import GGUF_GLOBAL_TENSORS, GGUF_LAYER_TENSORS
+from models.formats.gguf.header import check_header
 from models.formats.gguf.tokenizer import build_tokenizer
 from models.formats.gguf.tokenizer import metadata_value as _value
 
@@ -51,8 +52,13 @@ class GGUFCheckpoint:
 
 
 def open_gguf(path: Path) -> GGUFReader:
+    """The file's reader, once its metadata is sized (models.formats.gguf.header: GGUFError past
+    the limits, before the reader builds anything)."""
+    check_header(path)
     try:
         return GGUFReader(str(path))
+    except MemoryError:
+        raise  # the import's memory limit (app.serving.sandbox), not a damaged file
     except Exception as exc:  # the reader raises many kinds on a damaged file; none is ours to show raw
         raise GGUFError(f"{path.name}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
 

@@ -18,6 +18,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from models.errors import GGUFError
 
 CONTROL, USER_DEFINED = 3, 4
+MAX_SPLIT_WORK = 1 << 28  # sum of squared token lengths (262,144 tokens of 8 characters: 1.7e7)
 
 # Split patterns of the models' own tokenizer.json files (facts about those models).
 LLAMA3_SPLIT = (
@@ -123,7 +124,11 @@ def _byte_level(reader: GGUFReader, tokens: list[str], types: list[int]) -> Toke
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
     """A sentencepiece BPE vocabulary's merges, which llama.cpp does not store: every split of a
     token into two vocabulary tokens is a merge, ranked by the merged token's score (best first;
-    among equals, longer left then right pieces first, then by the pieces' ids)."""
+    among equals, longer left then right pieces first, then by the pieces' ids). Every split of
+    every token is looked up: GGUFError past MAX_SPLIT_WORK characters of lookups."""
+    work = sum(len(t) * len(t) for t in tokens)
+    if work > MAX_SPLIT_WORK:
+        raise GGUFError(f"tokenizer.ggml.tokens: too long to derive merges from ({work:,} > {MAX_SPLIT_WORK:,})")
     vocab = {t: i for i, t in reversed(list(enumerate(tokens)))}
     found: list[tuple[str, str, float]] = []
     for token, score in zip(tokens, scores, strict=True):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 from models.data.records import parse_bytes, scan_path
 from tests.app.api.conftest import Client, error
@@ -51,9 +50,3 @@ def test_scanning_keeps_memory_bounded_and_agrees_with_parsing(tmp_path: Path) -
             assert {i["line"] for i in exc.issues} == {2, 3}  # type: ignore[attr-defined]
         else:
             raise AssertionError("bad lines passed")
-
-
-def test_names_with_nul_are_stored_without_it(client: Client) -> None:
-    files: dict[str, Any] = {"file": ("a\x00b.txt", b"some text\n"), "name": (None, "my\x00data")}
-    r = client.post("/v1/datasets", files=files)
-    assert r.status_code == 201 and r.json()["name"] == "mydata", r.text
