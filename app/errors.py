@@ -4,6 +4,7 @@
     Exception
     ├── ServiceError (400 bad_request)
     │   ├── Unauthorized (401)   ├── NotFound (404)   ├── Conflict (409)
+    │   ├── TimeLimitExceeded (408 time_limit_exceeded)   untrusted work past its time (app.serving.sandbox)
     │   ├── PayloadTooLarge (413)   ├── UnsupportedMediaType (415)
     │   ├── Invalid (422 invalid_request)
     │   ├── QuotaExceeded (429 quota_exceeded)   a tenant's quota (app.services.quotas)
@@ -45,6 +46,10 @@ class Unauthorized(ServiceError):
 
 class NotFound(ServiceError):
     status, code = 404, "not_found"
+
+
+class TimeLimitExceeded(ServiceError):
+    status, code = 408, "time_limit_exceeded"
 
 
 class Conflict(ServiceError):

@@ -38,15 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.errors import InternalError, Invalid, ServiceError
+from app.errors import InternalError, Invalid, ServiceError, TimeLimitExceeded
 
 log = logging.getLogger("stagecraft.sandbox")
 ENTRIES = {"model_import": "app.services.archives:sandboxed_convert"}  # name -> "module:function"
 THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
-
-
-class TimeLimitExceeded(ServiceError):
-    status, code = 408, "time_limit_exceeded"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ SEP = "<|completion|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = [EOS, SEP, PAD]
 FILENAME = "tokenizer.json"
+LONG_TEXT = 100_000  # characters: longer texts are encoded without holding the interpreter
 
 
 class Tokenizer:
@@ -63,6 +64,8 @@ class Tokenizer:
         return int(self.hf.get_vocab_size())
 
     def encode(self, text: str) -> list[int]:
+        if len(text) > LONG_TEXT:  # encode_batch releases the GIL; encode holds it (seconds for megabytes)
+            return self.encode_batch([text])[0]
         return list(self.hf.encode(text, add_special_tokens=False).ids)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:

@@ -46,14 +46,14 @@ def test_a_vocabulary_over_the_limit_is_refused_before_the_reader(tmp_path: Path
 
 def test_long_tokens_and_strings_are_refused(tmp_path: Path) -> None:
     long_token = vocabulary_file(tmp_path / "token.gguf", ["a", "b" * (header.MAX_TOKEN_BYTES + 1)])
-    with pytest.raises(GGUFError, match="tokenizer.ggml.tokens: a string of 1025 bytes"):
+    with pytest.raises(GGUFError, match=r"tokenizer\.ggml\.tokens: a string of 1025 bytes"):
         header.check_header(long_token)
     w = GGUFWriter(str(tmp_path / "template.gguf"), "llama")
     w.add_chat_template("{{ x }}" * (header.MAX_STRING_BYTES // 7 + 1))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.close()
-    with pytest.raises(GGUFError, match="tokenizer.chat_template: a string of"):
+    with pytest.raises(GGUFError, match=r"tokenizer\.chat_template: a string of"):
         header.check_header(tmp_path / "template.gguf")
 
 
