@@ -273,26 +273,17 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
     if not (out / CONFIG_FILE).exists():  # the first request for it exports it (torch: see the module doc)
         tokenizer = settings.jobs_dir / job.id / "tokenizer"
         base = (job.spec["model"].get("init_from") or {}).get("model")
-        if not tokenizer.is_dir() and base:  # a job from init_from trains no tokenizer: it has its base's
-            tokenizer = model_dir(session, settings, tenant_id, base) or tokenizer
-            tokenizer = (adapters.base_dir(tokenizer) or tokenizer) if adapters.is_adapter(tokenizer) else tokenizer
-        _export_checkpoint(settings.data_dir / ckpt.path, tokenizer, job, _architecture(session, settings, job), out)
+        base_dir = model_dir(session, settings, tenant_id, base) if base else None
+        if not tokenizer.is_dir() and base_dir is not None:  # a job from init_from has its base's tokenizer
+            tokenizer = (adapters.base_dir(base_dir) or base_dir) if adapters.is_adapter(base_dir) else base_dir
+        m = _architecture(session, settings, job)
+        _export_checkpoint(settings.data_dir / ckpt.path, tokenizer, job, m, out, base_dir)
     return out
 
 
-def _export_checkpoint(ckpt_dir: Path, tokenizer_dir: Path, job: Job, m: dict[str, Any], out: Path) -> None:
-    from models.data.tokenizer import Tokenizer
-    from models.families.gpt.config import GPTConfig
-    from models.formats.native import save_model
-    from models.training import checkpoint
-    from models.training.checkpoint import save_checkpoint_model
+def _export_checkpoint(
+    ckpt_dir: Path, tokenizer_dir: Path, job: Job, shape: dict[str, Any], out: Path, base_dir: Path | None
+) -> None:
+    from models.training.export import save_checkpoint_model
 
-    if "model" in checkpoint.read_json(ckpt_dir / "state.json"):  # it records its model (any architecture)
-        save_checkpoint_model(ckpt_dir, tokenizer_dir, out, {"name": job.name})
-        return
-    tensors, state = checkpoint.load_checkpoint(ckpt_dir)
-    weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    vocab = weights["transformer.wte.weight"].shape[0]
-    config = GPTConfig(vocab, m["block_size"], m["n_layer"], m["n_head"], m["n_embd"], m["dropout"])
-    info = {"name": job.name, "steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values())}
-    save_model(out, weights, config, Tokenizer.load(tokenizer_dir), info)
+    save_checkpoint_model(ckpt_dir, tokenizer_dir, out, {"name": job.name}, parse_spec(job.spec), base_dir, shape)

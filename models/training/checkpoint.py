@@ -15,9 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
-from models.data.chat_records import CHAT_FILE
 from models.files import fsync_dir, read_json, write_json
-from models.formats.native import load_tensors, model_config, save_model, save_tensors, tokenizer_of
+from models.formats.native import load_tensors, save_tensors
 
 # --- optimizer state without pickle -----------------------------------------------------
 
@@ -97,15 +96,3 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return load_tensors(path / "tensors.safetensors"), read_json(path / "state.json")
-
-
-def save_checkpoint_model(ckpt_dir: Path, tokenizer_dir: Path, out: Path, info: dict[str, Any]) -> None:
-    """A training checkpoint (models.training.pipeline) as a model directory: its weights, the model
-    it records in state.json, the run's tokenizer in `tokenizer_dir`."""
-    tensors, state = load_checkpoint(ckpt_dir)
-    weights = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    record = state["model"]
-    info = {"steps": state["global_step"], "parameters": sum(v.numel() for v in weights.values()), **info}
-    save_model(out, weights, model_config(record), tokenizer_of(tokenizer_dir, record), info)
-    if (tokenizer_dir / CHAT_FILE).is_file():  # the run's chat format (models.training.pipeline keeps it there)
-        (out / CHAT_FILE).write_bytes((tokenizer_dir / CHAT_FILE).read_bytes())

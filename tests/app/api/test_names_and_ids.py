@@ -140,3 +140,22 @@ def test_an_adapter_s_base_is_a_model_not_a_checkpoint_nor_an_adapter(
         r = send_adapter(client, data, base)
         assert r.status_code == 201 and r.json()["base"] is not None, r.text
     assert not files_left(settings)
+
+
+def test_a_lora_job_s_checkpoints_are_served_and_exported(
+    client: Client, database: Database, settings: Settings
+) -> None:
+    """A checkpoint of an adapter job is its model at that step (the base with the adapter
+    merged): the last one generates what the job's model does; none is a 500."""
+    job_id = lora_job(client, database, settings)
+    model_id = client.get(f"/v1/jobs/{job_id}").json()["model_id"]
+    ckpts = {c["step"]: c["id"] for c in client.get(f"/v1/jobs/{job_id}/checkpoints").json()}
+    body = {"prompt": "At the market", "max_new_tokens": 6, "temperature": 0}
+    want = client.post(f"/v1/models/{model_id}/generate", json=body)
+    assert want.status_code == 200, want.text
+    for step, ckpt in ckpts.items():
+        got = client.post(f"/v1/models/{ckpt}/generate", json=body)
+        assert got.status_code == 200, got.text
+        if step == max(ckpts):
+            assert got.json()["text"] == want.json()["text"]
+        assert client.get(f"/v1/models/{ckpt}/export").status_code == 200

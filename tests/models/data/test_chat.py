@@ -20,7 +20,8 @@ from models.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from models.errors import ChatTemplateError
 from models.formats.native import save_model
 from models.spec import parse_spec
-from models.training.checkpoint import list_checkpoints, save_checkpoint_model
+from models.training.checkpoint import list_checkpoints
+from models.training.export import save_checkpoint_model
 from models.training.run import run
 from tests.conftest import corpus_texts, record_objects, tiny_model, write_jsonl
 

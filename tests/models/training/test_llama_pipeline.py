@@ -12,7 +12,8 @@ import torch
 from models.families.llama.model import Llama
 from models.formats.load import load_model
 from models.spec import JobSpec, parse_spec
-from models.training.checkpoint import list_checkpoints, save_checkpoint_model
+from models.training.checkpoint import list_checkpoints
+from models.training.export import save_checkpoint_model
 from tests.models.training.test_pipeline import TOTAL, Run, assert_same_weights, final_tensors, train
 
 LLAMA = {"arch": "llama", "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 32, "block_size": 32}
