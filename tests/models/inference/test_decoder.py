@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from models.data.tokenizer import Tokenizer
 from models.families.gpt.model import GPT
@@ -12,17 +11,6 @@ from models.inference.generate import Sampling, complete, generate_ids
 from tests.conftest import tiny_model
 
 PROMPTS = ["At the market, Nadia has", "J", "Omar has 7 books, seven in", "So it goes. At the", "Hana"]
-
-
-@pytest.fixture(scope="module")
-def peaked(tokenizer: Tokenizer) -> GPT:
-    """A random model with large weights: confident, varied greedy choices (no near-ties)."""
-    model = tiny_model(tokenizer.vocab_size, seed=1, block_size=48)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
-    return model.eval()
 
 
 def run(dec: Decoder, rows: list[Row], join_every: int = 0) -> list[Row]:

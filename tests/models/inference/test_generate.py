@@ -9,20 +9,8 @@ from models.data.tokenizer import Tokenizer
 from models.families.gpt.model import GPT
 from models.inference.generate import Sampling, complete, cut_at_stop, generate_ids
 from models.layers.kv_cache import KVCache
-from tests.conftest import tiny_model
 
 PROMPTS = ["At the market, Nadia has", "J", "Omar has 7 books, seven in", "So it goes. At the"]
-
-
-@pytest.fixture(scope="module")
-def peaked(tokenizer: Tokenizer) -> GPT:
-    """A random model with large weights: confident, varied greedy choices (no near-ties)."""
-    model = tiny_model(tokenizer.vocab_size, seed=1, block_size=48)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
-    return model.eval()
 
 
 def encoded(tok: Tokenizer) -> list[list[int]]:

@@ -27,17 +27,6 @@ SPECS = {
 
 
 @pytest.fixture(scope="module")
-def peaked(tokenizer: Tokenizer) -> GPT:
-    """Large random weights: confident, varied greedy choices (no near-ties)."""
-    model = tiny_model(tokenizer.vocab_size, seed=1, block_size=48)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def adapters(peaked: GPT) -> dict[str, lora.Adapter]:
     out = {}
     for k, (name, spec) in enumerate(SPECS.items()):
