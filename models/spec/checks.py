@@ -172,6 +172,11 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
         errors.append({"loc": loc, "message": message})
 
     errors += adapter_errors(spec)
+    r = spec.resources
+    if r.device is not None and spec.device != "auto" and r.device != spec.device:
+        err("resources.device", f"'{r.device}' contradicts the top-level device '{spec.device}'; set one of them")
+    if r.sharding == "fsdp" and r.processes == 1:
+        err("resources.sharding", "fsdp shards over processes: set resources.processes to 2 or more")
 
     m = spec.model
     errors += family(m.arch).spec_errors(m)

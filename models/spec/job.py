@@ -191,6 +191,19 @@ class Checkpointing(StrictModel):
     keep_last: Annotated[StrictInt, Field(ge=1, le=1000)] = 2
 
 
+class Resources(StrictModel):
+    """What the job needs from a worker (docs/spec.md#resources): the queue it is routed to.
+
+    `device` None means the top-level `device` (kept for specs written before `resources`).
+    `processes` > 1 runs the job under torchrun, one process per device (gloo on CPU, NCCL
+    on CUDA); `sharding` picks DDP (replicated weights) or FSDP2 (sharded weights, gradients
+    and optimizer state)."""
+
+    device: Literal["auto", "cpu", "cuda"] | None = None
+    processes: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+
+
 class JobSpec(StrictModel):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
@@ -202,8 +215,14 @@ class JobSpec(StrictModel):
     checkpointing: Checkpointing = Checkpointing()
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    resources: Resources = Resources()
     max_wall_clock_s: Annotated[StrictInt, Field(ge=1, le=30 * 86400)] = 86400
 
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
+
+    @property
+    def run_device(self) -> str:
+        """The device the job asks for: `resources.device`, or the top-level `device`."""
+        return self.resources.device or self.device
