@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,14 @@ class Settings(BaseSettings):
     broker_url: str = ""  # default: sqla+sqlite:///DATA_DIR/broker.db
     redis_url: str = ""  # pub/sub wake-ups; default: BROKER_URL when that is Redis
     queue: str = "train"
+    # Artifacts (app/storage, docs/scaling.md): empty keeps them in the data directory; an fsspec
+    # URL (s3://bucket/prefix, endpoint and credentials from AWS_*) makes the data directory a
+    # cache of at most cache_bytes.
+    storage_url: str = ""
+    cache_bytes: int = 20 << 30
+    # What this worker offers (`stagecraft worker --device --processes`): the queues it consumes.
+    worker_device: Literal["cpu", "cuda"] = "cpu"
+    worker_processes: int = 1
 
     max_upload_bytes: int = 512 * 1024 * 1024
     max_json_bytes: int = 8 << 20  # a JSON request body over this is a 413 (app/api/body.py)

@@ -253,3 +253,13 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     db = Database(url)
     yield db
     db.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A moto S3 server on loopback for the whole session (tests/s3.py); each test makes its own bucket."""
+    from tests.s3 import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
