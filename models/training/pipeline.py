@@ -58,7 +58,7 @@ class Pipeline:
         self.on_event: EventSink = on_event or (lambda e: None)
         self.should_stop = should_stop or (lambda: False)
         self.resolve = resolve
-        self.device = resolve_device(spec.device)
+        self.device = resolve_device(spec.run_device)
         self.dtype = resolve_precision(spec.precision, self.device)
         if self.dtype == torch.float16:
             raise TrainingError("user_error", "precision: fp16 training is not supported yet; use bf16")
