@@ -206,3 +206,15 @@ class FineTune(Base):
     user_metadata: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (Index(None, "tenant_id", "job_id"),)
+
+
+class Worker(Base):
+    """A running worker and what it offers (app.queue.routing): a heartbeat row, gone when it stops."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid:tag, as job.started names it
+    host: Mapped[str] = mapped_column(String(200))
+    device: Mapped[str] = mapped_column(String(10))
+    processes: Mapped[int]
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -11,9 +11,12 @@ leave Celery connected to nothing), so it exits for its supervisor to start a fr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import threading
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +26,7 @@ from sqlalchemy import select
 from app.config import get_settings
 from app.db import Database, get_database
 from app.outage import OutageLog, unreachable
-from app.queue import outbox
+from app.queue import outbox, routing
 from app.queue.broker import Broker
 from app.queue.wakeups import Publisher
 from app.services import lifecycle
@@ -38,6 +41,9 @@ broker = Broker(settings, get_database(settings.db_url).write)
 celery_app = broker.celery
 celery_app.conf.include = ["workers.tasks"]
 app = celery_app  # the name `celery -A workers.celery_app` looks for
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # host:pid:tag, in job.started
+OFFER = (settings.worker_device, settings.worker_processes)  # what this worker offers (`stagecraft worker`)
+QUEUES = routing.worker_queues(settings.queue, *OFFER)
 
 
 @signals.worker_shutting_down.connect
@@ -54,6 +60,7 @@ def reap_forever(stop: threading.Event) -> None:
         try:
             with db.write() as session:
                 lifecycle.reap(outbox.bind(session, sender), settings)
+                routing.heartbeat(session, WORKER_ID, socket.gethostname(), *OFFER, QUEUES)
                 session.commit()  # the requeued jobs' wake-ups leave now
             if not BUSY.is_set() and _left_waiting(db):
                 log.error("idle while a sent job waits unclaimed: not consuming from the broker; exiting")
@@ -65,15 +72,18 @@ def reap_forever(stop: threading.Event) -> None:
             else:
                 log.exception("reaper failed; retrying")
         if stop.wait(interval):
+            with contextlib.suppress(Exception), db.write() as session:
+                routing.gone(session, WORKER_ID)
+                session.commit()
             return
 
 
 def _left_waiting(db: Database) -> bool:
-    """A job queued (and its message sent) for longer than worker_idle_exit_s."""
+    """A job this worker could take, queued (and its message sent) for longer than worker_idle_exit_s."""
     since = utcnow() - timedelta(seconds=settings.worker_idle_exit_s)
-    stmt = select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_not(None), Job.updated_at < since)
+    stmt = select(Job.spec).where(Job.status == "queued", Job.enqueued_at.is_not(None), Job.updated_at < since)
     with db.read() as session:
-        return session.scalar(stmt.limit(1)) is not None
+        return any(routing.job_queue(settings.queue, s) in QUEUES for s in session.scalars(stmt.limit(100)))
 
 
 @signals.worker_ready.connect

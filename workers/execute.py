@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from celery.exceptions import Reject
 from sqlalchemy.orm import Session
@@ -25,6 +26,7 @@ from app.errors import LeaseLost
 from app.outage import OutageLog, unreachable
 from app.queue.wakeups import Publisher
 from app.services import catalog, events, jobs, lifecycle, metrics
+from app.storage import ArtifactCorrupt, ArtifactMissing, StorageError, get_store, key_of
 from app.tables import Job
 from models.errors import StagecraftError, Stopped
 from models.events import make
@@ -60,47 +62,40 @@ def execute(
             log.info("job %s: its tenant runs %d jobs, its most; sent again later", job_id, claim.running)
             defer(job_id)
             return
-        if claim is not None:
-            metrics.drop_missing_checkpoints(session, settings, job_id)
-            registered = {c.step for c in metrics.checkpoints(session, job_id)}
-            _keep_only_registered(workdir, registered, claim.attempt)
-            if not list_checkpoints(workdir / "checkpoints"):
-                lifecycle.reset_progress(session, job_id)  # a new run, or a retry with nothing to resume
-                restart = events.has_run_events(session, job_id)  # an earlier attempt's, all superseded
         session.commit()
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or unknown); dropping this delivery", job_id)
         return
-    keep_last = parse_spec(claim.spec).checkpointing.keep_last
-    job_run = JobRun(db, settings, claim, publisher, keep_last)
-    job_run.on_event(make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
-    if restart:
-        job_run.on_event(make("job.restarted", 0, {"from_step": 0, "checkpoint": None}))
-    job_run.start()
-    log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
     result: RunResult | None = None
     error: tuple[str, str] | None = None
     crash: Exception | None = None
     stopped = False
     try:
-        result = run(
-            parse_spec(claim.spec),
-            workdir,
-            on_event=job_run.on_event,
-            should_stop=job_run.should_stop,
-            resolve=job_run.resolve,
-            resume=True,  # the workdir is the job's own: a retry continues its registered checkpoint
-            publish=job_run.publish,
-            staging=workdir / "staging" / f"attempt-{claim.attempt}",
-        )
+        restart = _restore_point(db, settings, job_id, workdir, claim.attempt)
+    except StorageError as exc:  # the store is down or refuses us: fail now, clearly, rather than hang
+        error = (exc.code, str(exc))
+    spec = parse_spec(claim.spec)
+    job_run = JobRun(db, settings, claim, publisher, spec.checkpointing.keep_last)
+    job_run.on_event(make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
+    if restart:
+        job_run.on_event(make("job.restarted", 0, {"from_step": 0, "checkpoint": None}))
+    job_run.start()
+    log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
+    try:
+        if error is None:  # processes > 1: under torchrun, supervised from here (models/training/launch.py)
+            launch = run
+            if spec.resources.processes > 1:
+                from models.training.launch import run_processes as launch
+            result = launch(spec, workdir, **_callbacks(job_run, workdir, claim.attempt))
+            _store_model(settings, result, workdir)  # stored before the transaction that registers it
     except Stopped:
         stopped = True
     except LeaseLost:
         job_run.lost.set()
     except StagecraftError as exc:
-        error = (exc.code, str(exc))
+        result, error = None, (exc.code, str(exc))
     except Exception as exc:
-        crash = exc
+        result, crash = None, exc
         error = ("system_error", f"{type(exc).__name__}: {exc}")
     job_run.close()
     if job_run.lost.is_set():
@@ -136,6 +131,53 @@ def execute(
     if ok:
         shutil.rmtree(workdir / "staging", ignore_errors=True)
     log.info("job %s: %s", job_id, outcome if ok else "lease lost before it could be finished")
+
+
+def _callbacks(job_run: JobRun, workdir: Path, attempt: int) -> dict[str, Any]:
+    """The pipeline's hooks into this claim (models.training.run.run's keyword arguments)."""
+    return {
+        "on_event": job_run.on_event,
+        "should_stop": job_run.should_stop,
+        "resolve": job_run.resolve,
+        "resume": True,  # the workdir is the job's own: a retry continues its registered checkpoint
+        "publish": job_run.publish,
+        "staging": workdir / "staging" / f"attempt-{attempt}",
+    }
+
+
+def _restore_point(db: Database, settings: Settings, job_id: str, workdir: Path, attempt: int) -> bool:
+    """Make the job's folder hold only what its rows vouch for, with a local copy of the newest
+    registered checkpoint that verifies (from the store, on a host that has none), and its
+    tokenizer. A checkpoint the store lost, or whose download does not match its manifest, is
+    dropped with its row: the run resumes from the one before (or starts over). Returns whether
+    this is a restart over an earlier attempt's superseded events."""
+    store = get_store(settings)
+    with db.write() as session:
+        for ckpt in reversed(metrics.checkpoints(session, job_id)):
+            try:
+                store.get(ckpt.path)
+                break
+            except (ArtifactMissing, ArtifactCorrupt) as exc:
+                log.warning(
+                    "job %s: checkpoint at step %d cannot be restored (%s); falling back", job_id, ckpt.step, exc
+                )
+                session.delete(ckpt)
+        tokenizer = key_of(settings, workdir / "tokenizer")
+        if store.remote and store.exists(tokenizer):
+            store.get(tokenizer)
+        session.flush()
+        registered = {c.step for c in metrics.checkpoints(session, job_id)}
+        _keep_only_registered(workdir, registered, attempt)
+        restart = False
+        if not list_checkpoints(workdir / "checkpoints"):
+            lifecycle.reset_progress(session, job_id)  # a new run, or a retry with nothing to resume
+            restart = events.has_run_events(session, job_id)  # an earlier attempt's, all superseded
+        session.commit()
+    return restart
+
+
+def _store_model(settings: Settings, result: RunResult, workdir: Path) -> None:
+    get_store(settings).put(key_of(settings, workdir / "model"), source=result.model_dir)
 
 
 def _write_retrying(db: Database, body: Callable[[Session], tuple[bool, str]]) -> tuple[bool, str]:

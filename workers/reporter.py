@@ -32,6 +32,7 @@ from app.errors import LeaseLost
 from app.outage import OutageLog, unreachable
 from app.queue.wakeups import CONTROL, EVENTS, Publisher
 from app.services import catalog, datasets, lifecycle, metrics
+from app.storage import get_store, key_of
 from models.errors import TrainingError
 from models.events import Event
 from models.training import checkpoint
@@ -44,6 +45,7 @@ class JobRun:
     def __init__(self, db: Database, settings: Settings, claim: lifecycle.Claim, publisher: Publisher, keep_last: int):
         self.db, self.settings, self.claim, self.publisher = db, settings, claim, publisher
         self.keep_last = keep_last
+        self.store = get_store(settings)
         self.outage = OutageLog(log, "the database")
         self.pending: list[Event] = []
         self.lock = threading.Lock()
@@ -57,9 +59,8 @@ class JobRun:
         self.thread = threading.Thread(target=self._report, name=f"report-{claim.job_id}", daemon=True)
         with db.read() as session:
             refs = [ref["dataset"] for ref in claim.spec["data"].values()]
-            self.dataset_paths = {
-                ds_id: settings.data_dir / ds.path
-                for ds_id, ds in datasets.lookup(session, claim.tenant_id, refs).items()
+            self.dataset_keys = {
+                ds_id: ds.path for ds_id, ds in datasets.lookup(session, claim.tenant_id, refs).items()
             }
 
     # --- pipeline callbacks (training thread) ------------------------------------------
@@ -76,8 +77,8 @@ class JobRun:
         return self.cancelled.is_set() or SHUTDOWN.is_set()
 
     def resolve(self, ref: str) -> Path:
-        if ref in self.dataset_paths:
-            return self.dataset_paths[ref]
+        if ref in self.dataset_keys:
+            return self.store.get(self.dataset_keys[ref])  # downloaded, verified, if this host has no copy
         with self.db.read() as session:
             found = catalog.model_dir(session, self.settings, self.claim.tenant_id, ref)
         if found is None:
@@ -91,8 +92,13 @@ class JobRun:
         step = event["step"]
 
         def move_into_place(session: Session) -> None:
-            checkpoint.publish_checkpoint(staged, final.parent, step, self.keep_last)
-            metrics.drop_missing_checkpoints(session, self.settings, self.claim.job_id)
+            # Uploaded (with its manifest) before the transaction that registers it commits.
+            path = checkpoint.publish_checkpoint(staged, final.parent, step, self.keep_last)
+            self.store.put(key_of(self.settings, path))
+            tokenizer = path.parent.parent / "tokenizer"
+            if self.store.remote and tokenizer.is_dir() and not self.store.exists(key_of(self.settings, tokenizer)):
+                self.store.put(key_of(self.settings, tokenizer))
+            metrics.prune_checkpoints(session, self.settings, self.claim.job_id, self.keep_last)
 
         try:
             self.flush_retrying(move_into_place, "registering a checkpoint", event)

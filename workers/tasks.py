@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 
 from app.db import get_database
 from app.queue.wakeups import EVENTS, Publisher
-from workers.celery_app import BUSY, broker, celery_app, settings
+from workers.celery_app import BUSY, WORKER_ID, broker, celery_app, settings
 from workers.execute import execute
 
 log = logging.getLogger(__name__)
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @celery_app.task(name="stagecraft.run_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from app.errors import ServiceError
 from app.outage import unreachable
+from app.storage import StorageError
 
 log = logging.getLogger("stagecraft.api")
 
@@ -171,8 +172,17 @@ async def database_unreachable_handler(request: Request, exc: Exception) -> JSON
     return unavailable(request.method, request.url.path, exc)
 
 
+async def storage_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The object store failed (app.storage.StorageError): 503, naming the store, with Retry-After."""
+    log.warning("object store failed in %s %s: %s", request.method, request.url.path, exc)
+    response = _response(503, "storage_unavailable", str(exc))
+    response.headers["Retry-After"] = str(DB_RETRY_AFTER_S)
+    return response
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(SQLAlchemyError, database_unreachable_handler)
+    app.add_exception_handler(StorageError, storage_error_handler)
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(HTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

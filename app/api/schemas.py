@@ -83,6 +83,9 @@ class JobOut(BaseModel):
     model_id: str | None
     estimates: dict[str, Any]
     spec: dict[str, Any]
+    waiting: str | None = Field(
+        None, description="why a queued job waits: no running worker offers its resources (docs/scaling.md)"
+    )
 
 
 class EventOut(BaseModel):

@@ -32,7 +32,7 @@ def dataset(ds: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(ds, from_attributes=True)
 
 
-def job(j: Job | Row[Any]) -> JobOut:
+def job(j: Job | Row[Any], waiting: str | None = None) -> JobOut:
     stage = None if j.stage_index is None else {"index": j.stage_index, "name": j.stage_name}
     error = None if j.error_code is None else {"code": j.error_code, "message": j.error_message or ""}
     return JobOut(
@@ -51,6 +51,7 @@ def job(j: Job | Row[Any]) -> JobOut:
         model_id=j.model_id,
         estimates=j.estimates,
         spec=j.spec,
+        waiting=waiting,
     )
 
 

@@ -22,19 +22,22 @@ from rich.console import Console
 
 from app.cli.datadir import DataDir, settings_for
 from app.cli.supervise import Supervisor
-from app.config import Settings
+from app.config import Settings, get_settings
+from app.queue import routing
 
 err = Console(stderr=True)
 WORKER_STOP_S = 120  # how long `up` waits for its worker to checkpoint and hand its job back
 CELERY_APP = "workers.celery_app"  # started by module path: app does not import workers
 
 
-def worker_argv(queue: str) -> list[str]:
-    """`python -m celery ...` for one worker. The solo pool runs one job per process, in the
-    main thread, so the shutdown signal and the training loop share a process. Scale out
-    with more worker processes (one per GPU)."""
+def worker_argv(settings: Settings) -> list[str]:
+    """`python -m celery ...` for one worker, consuming the queues of what it offers
+    (app.queue.routing). The solo pool runs one job per process, in the main thread, so the
+    shutdown signal and the training loop share a process. A job of N processes runs under
+    torchrun, which this worker launches and supervises."""
+    queues = ",".join(routing.worker_queues(settings.queue, settings.worker_device, settings.worker_processes))
     quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    worker = ["worker", "--pool=solo", "--concurrency=1", f"--queues={queue}", "--loglevel=INFO", *quiet]
+    worker = ["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", "--loglevel=INFO", *quiet]
     return [sys.executable, "-m", "celery", "-A", CELERY_APP, *worker]
 
 
@@ -148,13 +151,33 @@ def api(
         _serve(settings, host, port).run()
 
 
-def worker(data_dir: DataDir = None) -> None:
-    """Run one training worker: takes jobs from the queue, one at a time.
+def worker(
+    data_dir: DataDir = None,
+    device: Annotated[
+        str | None, typer.Option(help="what this worker offers: cpu, or cuda (env STAGECRAFT_WORKER_DEVICE)")
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="the most processes (GPUs) one job may use here (env STAGECRAFT_WORKER_PROCESSES)"
+        ),
+    ] = None,
+) -> None:
+    """Run one training worker: takes jobs from the queues of what it offers, one at a time.
 
-    SIGTERM or Ctrl-C checkpoints the running job and hands it back to the queue.
+    A job goes to a worker that offers its spec's `resources` (docs/scaling.md): `--device
+    cuda --processes 8` on a host with 8 GPUs takes jobs of up to 8 processes on cuda, and
+    every cpu job. SIGTERM or Ctrl-C checkpoints the running job and hands it back to the queue.
     """
-    settings = settings_for(data_dir)  # (the data directory reaches the worker in its environment)
-    argv = worker_argv(settings.queue)
+    if device is not None:
+        if device not in ("cpu", "cuda"):
+            raise typer.BadParameter("cpu or cuda", param_hint="--device")
+        os.environ["STAGECRAFT_WORKER_DEVICE"] = device
+    if processes is not None:
+        os.environ["STAGECRAFT_WORKER_PROCESSES"] = str(processes)
+    get_settings.cache_clear()
+    settings = settings_for(data_dir)  # (the data directory and the offer reach the worker in its environment)
+    argv = worker_argv(settings)
     os.execv(argv[0], argv)  # this process becomes the worker: signals reach it directly
 
 
@@ -183,7 +206,7 @@ def up(
             key_file.chmod(0o600)
             err.print(f"created an API key for tenant 'local' (also in {key_file})")
     server = _serve(settings, host, port)
-    worker = Supervisor(worker_argv(settings.queue), _warn)
+    worker = Supervisor(worker_argv(settings), _warn)
     worker.start()
     err.print(f"stagecraft is up on http://{host}:{port} (data in {settings.data_dir}); Ctrl-C stops it")
     print(export_line(host, port, key_file), file=sys.stderr, flush=True)

@@ -13,10 +13,11 @@ import logging
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sqla
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.queue import routing
 from app.tables import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ def make_celery(settings: Settings) -> Celery:
 
 
 class Broker:
-    """Sends wake-ups to the `train` queue. Code that changes jobs does not call it: it notes
-    the job id in its session's outbox (app.queue.outbox), sent once the session commits."""
+    """Sends wake-ups, each to the queue of its job's resources (app.queue.routing). Code that
+    changes jobs does not call it: it notes the job id in its session's outbox
+    (app.queue.outbox), sent once the session commits."""
 
     def __init__(self, settings: Settings, write: sessionmaker[Session]):
         self.settings, self.write = settings, write
@@ -70,7 +72,10 @@ class Broker:
         sends it again later.
         """
         try:
-            self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.queue, retry=False, countdown=countdown)
+            with self.write() as session:
+                spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+            queue = routing.job_queue(self.settings.queue, spec or {})  # by its resources
+            self.celery.send_task(RUN_JOB, args=[job_id], queue=queue, retry=False, countdown=countdown)
         except Exception as exc:
             log.warning("could not enqueue job %s: %s", job_id, exc)
             return False

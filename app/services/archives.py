@@ -24,6 +24,7 @@ from app.db import Database
 from app.errors import from_model_error
 from app.services import adapters, catalog, deletion, model_checks
 from app.serving import sandbox
+from app.storage import get_store, key_of
 from app.tables import Model, new_id
 from models.events import timestamp
 
@@ -92,6 +93,7 @@ async def import_model(
             args.update(base_id=base_id, base=str(base))
         limits = sandbox.Limits(settings.import_timeout_s, settings.import_memory_bytes)
         await sandbox.run("model_import", args, limits, tenant_id, settings.import_workers)
+        await asyncio.to_thread(get_store(settings).put, key_of(settings, final))  # stored before its row exists
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         shutil.rmtree(final.with_name(f".{model_id}.partial"), ignore_errors=True)
@@ -163,20 +165,24 @@ def register(session: Session, settings: Settings, tenant_id: str, name: str, fi
         session.flush()
         return model
     except BaseException:
-        shutil.rmtree(final, ignore_errors=True)
+        get_store(settings).delete(key_of(settings, final))
         raise
 
 
-def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kind: str) -> Path:
-    """The model at `model_dir` as a .tar.gz or .zip in the `fmt` layout, made once per model."""
+def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kind: str) -> str:
+    """The key of the model at `model_dir` as a .tar.gz or .zip in the `fmt` layout, made once
+    per model and kept in the store (served from this host's copy, or streamed from the store)."""
     from models.formats.archive import pack
     from models.formats.hf.directory import to_hf
 
-    key = str(model_dir.relative_to(settings.data_dir)).replace("/", "-")
-    out = settings.models_dir / "exports" / key / f"{name}-{fmt}.{kind}"
+    store = get_store(settings)
+    folder = key_of(settings, model_dir).replace("/", "-")
+    out = settings.models_dir / "exports" / folder / f"{name}-{fmt}.{kind}"
     if out.is_file():
         out.touch()  # most recently used: the cache evicts the others first
-        return out
+        return key_of(settings, out)
+    if store.remote and store.exists(key_of(settings, out)):
+        return key_of(settings, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{fmt}-{new_id('x')}"
     try:
@@ -188,5 +194,6 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
         tmp.replace(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    store.put(key_of(settings, out))
     deletion.evict_exports(settings, out)
-    return out
+    return key_of(settings, out)

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, NotFound
-from app.services import adapters
+from app.services import adapters, artifacts
 from app.services.names import is_id
 from app.services.pagination import page
+from app.storage import get_store
 from app.tables import Checkpoint, Job, Model, new_id
 from models.families import DEFAULT
 from models.formats.layout import tensor_shapes
@@ -108,17 +109,14 @@ def find(session: Session, settings: Settings, tenant_id: str, ref: str) -> Mode
 
 def describe(session: Session, settings: Settings, m: Model) -> ModelInfo:
     """The row, with its architecture, its job's stages and the checkpoints servable beside it."""
-    if adapters.is_adapter(settings.data_dir / m.path):
-        a = adapters.describe(settings.data_dir / m.path)
+    if artifacts.is_adapter(settings, m.path):
+        a = adapters.describe(artifacts.local_model(settings, m.path))  # an adapter is small; its base is not read
         src = "job" if a["job_id"] else "upload"
         config = {k: a["config"][k] for k in ARCHITECTURE if k in a["config"]}
         return ModelInfo(m.id, m.name, a["job_id"], src, m.parameters, m.steps, m.evaluation, m.created_at,
                          int(m.created_at.timestamp()), config, base=a["base"], adapter=a["adapter"])  # fmt: skip
-    try:
-        record = json.loads((settings.data_dir / m.path / CONFIG_FILE).read_text())
-        config = record.get(record.get("arch", "gpt"), {})
-    except (OSError, ValueError):
-        config = {}
+    record = artifacts.read_json(settings, m.path, CONFIG_FILE) or {}
+    config = record.get(record.get("arch", "gpt"), {})
     stages: list[dict[str, Any]] = []
     ckpts: list[CheckpointRef] = []
     if m.job_id is not None:
@@ -221,10 +219,10 @@ def _architecture(session: Session, settings: Settings, job: Job) -> dict[str, A
 def checkpoint_config(session: Session, settings: Settings, ckpt: Checkpoint, job: Job) -> dict[str, Any]:
     """The model config of a checkpoint, its `arch` among the fields: the one its state.json
     records, or (older GPT checkpoints) its job's model shape with the vocabulary from the tensors."""
-    state = json.loads((settings.data_dir / ckpt.path / "state.json").read_text())
+    state = artifacts.read_json(settings, ckpt.path, "state.json") or {}
     if "model" in state:
         return _fields(state["model"])
-    shapes = tensor_shapes(settings.data_dir / ckpt.path / "tensors.safetensors")
+    shapes = tensor_shapes(get_store(settings).get(ckpt.path) / "tensors.safetensors")
     m = _architecture(session, settings, job)
     vocab = shapes["model/transformer.wte.weight"][0]
     return {
@@ -242,16 +240,14 @@ def base_config(session: Session, settings: Settings, tenant_id: str, ref: str) 
     """The config (with its `arch`) of a model or checkpoint id usable as `init_from`, or None if unknown."""
     if ref.startswith("ckpt_"):
         found = checkpoint_of(session, tenant_id, ref)
-        if found is None or not (settings.data_dir / found[0].path).is_dir():
+        if found is None or not get_store(settings).exists(found[0].path):
             return None
         return checkpoint_config(session, settings, *found)
     model = session.get(Model, ref) if is_id(ref) else None
     if model is None or model.tenant_id != tenant_id:
         return None
-    directory = settings.data_dir / model.path
-    if adapters.is_adapter(directory):  # init_from an adapter: its base's shape (merged with it)
-        directory = adapters.base_dir(directory) or directory
-    return _fields(json.loads((directory / CONFIG_FILE).read_text()))
+    config = artifacts.model_config(settings, model.path)  # init_from an adapter: its base's shape (merged with it)
+    return _fields(config) if config is not None else None
 
 
 def _fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -264,20 +260,23 @@ def model_dir(session: Session, settings: Settings, tenant_id: str, ref: str) ->
     """A loadable model directory for a model or checkpoint id (exporting a checkpoint once)."""
     if not ref.startswith("ckpt_"):
         model = session.get(Model, ref) if is_id(ref) else None
-        return None if model is None or model.tenant_id != tenant_id else settings.data_dir / model.path
+        return None if model is None or model.tenant_id != tenant_id else artifacts.local_model(settings, model.path)
     found = checkpoint_of(session, tenant_id, ref)
     if found is None:
         return None
     ckpt, job = found
     out = settings.jobs_dir / job.id / EXPORTS / ckpt.id
     if not (out / CONFIG_FILE).exists():  # the first request for it exports it (torch: see the module doc)
+        store = get_store(settings)
         tokenizer = settings.jobs_dir / job.id / "tokenizer"
+        if store.remote and store.exists(f"jobs/{job.id}/tokenizer"):
+            store.get(f"jobs/{job.id}/tokenizer")
         base = (job.spec["model"].get("init_from") or {}).get("model")
         base_dir = model_dir(session, settings, tenant_id, base) if base else None
         if not tokenizer.is_dir() and base_dir is not None:  # a job from init_from has its base's tokenizer
             tokenizer = (adapters.base_dir(base_dir) or base_dir) if adapters.is_adapter(base_dir) else base_dir
         m = _architecture(session, settings, job)
-        _export_checkpoint(settings.data_dir / ckpt.path, tokenizer, job, m, out, base_dir)
+        _export_checkpoint(store.get(ckpt.path), tokenizer, job, m, out, base_dir)
     return out
 
 

@@ -13,6 +13,7 @@ from app.errors import Conflict, NotFound, from_model_error
 from app.services import quotas
 from app.services.names import is_id
 from app.services.pagination import page
+from app.storage import get_store
 from app.tables import ACTIVE, Dataset, Job, new_id
 from models.data.records import scan_path
 from models.errors import DataError
@@ -49,6 +50,11 @@ def register(
         ds_id = new_id("ds")
         final = upload.with_name(ds_id + Path(filename).suffix.lower())
         os.replace(upload, final)
+        try:
+            get_store(settings).put(str(final.relative_to(settings.data_dir)))  # stored before its row exists
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
     finally:
         upload.unlink(missing_ok=True)
     ds = Dataset(
@@ -71,7 +77,7 @@ def commit(session: Session, settings: Settings, ds: Dataset) -> None:
     try:
         session.commit()
     except BaseException:
-        (settings.data_dir / ds.path).unlink(missing_ok=True)
+        get_store(settings).delete(ds.path)
         raise
 
 
@@ -102,3 +108,8 @@ def delete(session: Session, settings: Settings, tenant_id: str, ds_id: str) -> 
         raise Conflict(f"dataset '{ds_id}' is used by unfinished job(s) {', '.join(users)}", code="dataset_in_use")
     session.delete(ds)
     return settings.data_dir / ds.path
+
+
+def local_path(settings: Settings, ds: Dataset) -> Path:
+    """A local copy of the dataset's file (from the store if this host has none)."""
+    return get_store(settings).get(ds.path)

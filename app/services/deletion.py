@@ -6,7 +6,7 @@ go with it. Neither can be deleted while an unfinished job of the tenant starts 
 
 from __future__ import annotations
 
-import shutil
+import logging
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -15,7 +15,10 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import Conflict
 from app.services import adapters, catalog, jobs
+from app.storage import StorageError, get_store
 from app.tables import ACTIVE, FINISHED, Checkpoint, Job, Model
+
+log = logging.getLogger(__name__)
 
 EXPORTS = "exports"  # under models_dir: archives made by app.services.archives.export_archive
 
@@ -82,12 +85,16 @@ def _drop_inside(session: Session, settings: Settings, tenant_id: str, model: Mo
         session.delete(m)
 
 
-def remove(paths: list[Path]) -> None:
+def remove(settings: Settings, paths: list[Path]) -> None:
+    """Remove the artifacts at `paths` (under the data directory): the local copies and the
+    store's objects. The rows are gone already: a store that fails now leaves objects no row
+    names (logged), never a row without its objects."""
+    store = get_store(settings)
     for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+        try:
+            store.delete(str(p.relative_to(settings.data_dir)))
+        except StorageError as exc:
+            log.error("deleting %s: %s (the objects stay in the store)", p, exc)
 
 
 def evict_exports(settings: Settings, keep: Path) -> None:

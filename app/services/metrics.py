@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.storage import get_store
 from app.tables import Checkpoint, Metric, new_id
 from models.events import Event
 
@@ -76,10 +77,20 @@ def record(
 
 
 def drop_missing_checkpoints(session: Session, settings: Settings, job_id: str) -> None:
-    """The pipeline keeps only the newest few checkpoints on disk; so do the rows."""
+    """Rows of checkpoints the store no longer holds go too."""
+    store = get_store(settings)
     for ckpt in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)):
-        if not (settings.data_dir / ckpt.path).is_dir():
+        if not store.exists(ckpt.path):
             session.delete(ckpt)
+
+
+def prune_checkpoints(session: Session, settings: Settings, job_id: str, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints (`checkpointing.keep_last`): the others' rows and
+    their objects in the store go (the pipeline has already removed its local copies)."""
+    store = get_store(settings)
+    for ckpt in checkpoints(session, job_id)[:-keep_last]:
+        store.delete(ckpt.path)
+        session.delete(ckpt)
 
 
 def _metric_rows(job_id: str, rows: dict[tuple[str, int], float]) -> list[dict[str, Any]]:

@@ -14,13 +14,12 @@ happens, names what it serializes, and is what `running_slot` takes for the same
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import QuotaExceeded
+from app.storage import get_store
 from app.tables import ACTIVE, Dataset, Job, Tenant, utcnow
 
 RUNNING = ("running", "cancelling")  # a cancelling job still holds its worker
@@ -66,17 +65,14 @@ def running_slot(session: Session, job_id: str, limit: int) -> int | None:
     return running
 
 
-def _tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.is_dir() else 0
-
-
 def storage_used(session: Session, settings: Settings, tenant_id: str) -> int:
     """Bytes the tenant stores: its datasets, its uploaded models, and every job's folder
     (checkpoints, the trained model, exported checkpoints, staging)."""
     datasets = session.scalar(select(func.coalesce(func.sum(Dataset.bytes), 0)).where(Dataset.tenant_id == tenant_id))
     job_ids = session.scalars(select(Job.id).where(Job.tenant_id == tenant_id))
-    jobs = sum(_tree_bytes(settings.jobs_dir / job_id) for job_id in job_ids)  # = jobs.workdir
-    return int(datasets or 0) + _tree_bytes(settings.models_dir / tenant_id) + jobs
+    store = get_store(settings)  # with an object store: what it holds, not this host's cache
+    jobs = sum(store.size(f"jobs/{job_id}") for job_id in job_ids)  # = jobs.workdir
+    return int(datasets or 0) + store.size(f"models/{tenant_id}") + jobs
 
 
 def check_storage(session: Session, settings: Settings, tenant_id: str, adding: int = 0, *, lock: bool = True) -> None:

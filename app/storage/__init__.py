@@ -26,7 +26,7 @@ from typing import BinaryIO, Protocol
 from app.config import Settings
 from models.errors import TrainingError
 
-__all__ = ["ArtifactMissing", "LocalStore", "Store", "StorageError", "get_store", "tree_bytes"]
+__all__ = ["ArtifactMissing", "LocalStore", "StorageError", "Store", "get_store", "key_of", "tree_bytes"]
 
 
 class StorageError(TrainingError):
@@ -55,13 +55,18 @@ class Store(Protocol):
     def path(self, key: str) -> Path:
         """Where the key's local copy is (or would be); downloads nothing."""
 
-    def put(self, key: str) -> None:
-        """Upload the local copy of `key` (file or folder), its manifest last: readers see all of it or nothing."""
+    def put(self, key: str, source: Path | None = None) -> None:
+        """Upload the local copy of `key` (or `source`, which then becomes that copy) as one
+        artifact, file or folder, its manifest last: readers see all of it or nothing."""
 
     def get(self, key: str) -> Path:
         """A verified local copy of `key` (downloaded if needed); ArtifactMissing if the store has none."""
 
     def exists(self, key: str) -> bool: ...
+
+    def read(self, key: str, rel: str) -> bytes | None:
+        """One file of a folder artifact (config.json, state.json), without downloading the rest;
+        None if the artifact has no such file. ArtifactMissing if there is no artifact."""
 
     def delete(self, key: str) -> None:
         """Remove the key (a file, a folder, or every artifact under that prefix), here and in the store."""
@@ -93,8 +98,8 @@ class LocalStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str) -> None:
-        if not self.path(key).exists():
+    def put(self, key: str, source: Path | None = None) -> None:
+        if not (source or self.path(key)).exists():
             raise ArtifactMissing(f"nothing to store at {key}")
 
     def get(self, key: str) -> Path:
@@ -105,6 +110,10 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
+
+    def read(self, key: str, rel: str) -> bytes | None:
+        folder = self.get(key)
+        return (folder / rel).read_bytes() if (folder / rel).is_file() else None
 
     def delete(self, key: str) -> None:
         path = self.path(key)
@@ -122,6 +131,11 @@ class LocalStore:
     def check(self) -> None:
         if not self.root.is_dir():
             raise StorageError(f"the data directory {self.root} does not exist")
+
+
+def key_of(settings: Settings, path: Path) -> str:
+    """The key of a path under the data directory (what rows store)."""
+    return str(path.relative_to(settings.data_dir))
 
 
 def get_store(settings: Settings) -> Store:

@@ -13,6 +13,7 @@ cache passes `cache_bytes` (never one used in the last CACHE_GRACE_S).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -42,7 +43,11 @@ CHUNK = 1 << 20
 
 def file_manifest(path: Path) -> dict[str, Any]:
     """{"kind", "bytes", "files": {relative path: {"size", "sha256"}}} of a local file or folder."""
-    files = [("", path)] if path.is_file() else sorted((str(p.relative_to(path)), p) for p in path.rglob("*") if p.is_file())
+    files = (
+        [("", path)]
+        if path.is_file()
+        else sorted((str(p.relative_to(path)), p) for p in path.rglob("*") if p.is_file())
+    )
     entries = {}
     for rel, p in files:
         digest = hashlib.sha256()
@@ -76,7 +81,8 @@ class ObjectStore:
     def __init__(self, url: str, root: Path, cache_bytes: int):
         self.url, self.root, self.cache_bytes = url.rstrip("/"), root, cache_bytes
         self.protocol = url.split("://", 1)[0] if "://" in url else "file"
-        self.prefix = self.url.split("://", 1)[-1].strip("/") if self.protocol != "file" else self.url.split("://", 1)[-1]
+        where = self.url.split("://", 1)[-1]
+        self.prefix = where if self.protocol == "file" else where.strip("/")  # s3: bucket/prefix
         self._fs: Any = None
         self._pid = -1
         self._locks: dict[str, threading.Lock] = {}
@@ -121,8 +127,8 @@ class ObjectStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def put(self, key: str) -> None:
-        local = self.path(key)
+    def put(self, key: str, source: Path | None = None) -> None:
+        local = source or self.path(key)
         if not local.exists():
             raise ArtifactMissing(f"nothing to store at {key}")
         manifest = file_manifest(local)
@@ -161,6 +167,18 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         return bool(self._retrying(f"looking up {key}", lambda: self.fs.exists(self._remote(key) + MANIFEST)))
 
+    def read(self, key: str, rel: str) -> bytes | None:
+        local, marker = self.path(key), self._marker(key)
+        if marker.is_file() and local.is_dir():
+            return (local / rel).read_bytes() if (local / rel).is_file() else None
+        want = self._manifest(key)["files"].get(rel)
+        if want is None:
+            return None
+        body: bytes = self._retrying(f"reading {key}/{rel}", lambda: self.fs.cat_file(f"{self._remote(key)}/{rel}"))
+        if {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()} != want:
+            raise ArtifactCorrupt(f"object store {self.url}: {key}/{rel} does not match its manifest")
+        return body
+
     def delete(self, key: str) -> None:
         remote = self._remote(key)
         try:
@@ -193,7 +211,10 @@ class ObjectStore:
 
     def check(self) -> None:
         try:
-            self._retrying("listing the store", lambda: self.fs.ls(self.prefix.split("/", 1)[0] if self.protocol == "s3" else self.prefix))
+            self._retrying(
+                "listing the store",
+                lambda: self.fs.ls(self.prefix.split("/", 1)[0] if self.protocol == "s3" else self.prefix),
+            )
         except FileNotFoundError:
             raise StorageError(f"object store {self.url}: the bucket or folder does not exist") from None
 
@@ -201,7 +222,9 @@ class ObjectStore:
 
     def _manifest(self, key: str) -> dict[str, Any]:
         try:
-            body = self._retrying(f"reading the manifest of {key}", lambda: self.fs.cat_file(self._remote(key) + MANIFEST))
+            body = self._retrying(
+                f"reading the manifest of {key}", lambda: self.fs.cat_file(self._remote(key) + MANIFEST)
+            )
         except FileNotFoundError:
             raise ArtifactMissing(f"object store {self.url} has no {key}") from None
         return json.loads(body)  # type: ignore[no-any-return]
@@ -218,7 +241,9 @@ class ObjectStore:
                 try:
                     self._retrying(f"downloading {key}/{rel}", lambda s=source, t=target: self.fs.get_file(s, str(t)))
                 except FileNotFoundError:
-                    raise ArtifactCorrupt(f"object store {self.url}: {key}/{rel} is in its manifest but not in the store") from None
+                    raise ArtifactCorrupt(
+                        f"object store {self.url}: {key}/{rel} is in its manifest but not in the store"
+                    ) from None
                 got = file_manifest(target)["files"][""]
                 if got != want:
                     raise ArtifactCorrupt(f"object store {self.url}: {key}/{rel} does not match its manifest")
@@ -231,10 +256,8 @@ class ObjectStore:
 
     def _remove_objects(self, remote: str, manifest: dict[str, Any]) -> None:
         for rel in manifest["files"]:
-            try:
+            with contextlib.suppress(Exception):  # best effort: without a manifest they are invisible anyway
                 self.fs.rm_file(f"{remote}/{rel}" if rel else remote)
-            except Exception:  # best effort: without a manifest they are invisible anyway
-                pass
 
     def _marker(self, key: str) -> Path:
         return self.root / CACHE_DIR / f"{key}.json"

@@ -11,7 +11,7 @@ from app.api.deps import DatabaseDep, PageDep, ReadSession, SettingsDep, TenantD
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
 from app.api.schemas import DatasetOut, Deleted, Page
 from app.api.uploads import receive_file
-from app.services import datasets
+from app.services import datasets, deletion
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS, route_class=ParsedJsonRoute)
 
@@ -52,5 +52,5 @@ def get_dataset(dataset_id: str, tenant_id: TenantDep, session: ReadSession) -> 
 def delete_dataset(dataset_id: str, tenant_id: TenantDep, session: WriteSession, settings: SettingsDep) -> Deleted:
     path = datasets.delete(session, settings, tenant_id, dataset_id)
     session.commit()
-    path.unlink(missing_ok=True)
+    deletion.remove(settings, [path])
     return Deleted(id=dataset_id)

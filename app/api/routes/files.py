@@ -4,7 +4,6 @@ so a file uploaded here is a dataset in /v1/datasets and the other way round. On
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -16,7 +15,7 @@ from app.api.body import ParsedJsonRoute
 from app.api.deps import DatabaseDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error
 from app.api.uploads import receive_file
-from app.services import datasets
+from app.services import datasets, deletion
 from app.services.openai_ft import bad_param
 from app.services.pagination import MAX_LIMIT
 
@@ -88,7 +87,7 @@ def retrieve_file(file_id: str, tenant_id: TenantDep, session: ReadSession) -> d
 @router.get("/{file_id}/content", summary="A file's content", response_class=FileResponse)
 def file_content(file_id: str, tenant_id: TenantDep, session: ReadSession, settings: SettingsDep) -> FileResponse:
     ds = datasets.get(session, tenant_id, file_id)
-    path: Path = settings.data_dir / ds.path
+    path = datasets.local_path(settings, ds)
     return FileResponse(path, media_type="application/octet-stream", filename=ds.name)
 
 
@@ -100,5 +99,5 @@ def file_content(file_id: str, tenant_id: TenantDep, session: ReadSession, setti
 def delete_file(file_id: str, tenant_id: TenantDep, session: WriteSession, settings: SettingsDep) -> dict[str, Any]:
     path = datasets.delete(session, settings, tenant_id, file_id)
     session.commit()
-    path.unlink(missing_ok=True)
+    deletion.remove(settings, [path])
     return {"id": file_id, "object": "file", "deleted": True}

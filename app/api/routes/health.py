@@ -1,4 +1,4 @@
-"""Liveness, readiness (database reachable and migrated, broker reachable) and Prometheus metrics."""
+"""Liveness, readiness (database reachable and migrated, broker and object store reachable) and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from app.db import Database
 from app.errors import SchemaBehind
 from app.migrate import schema_problem
 from app.services import jobs
+from app.storage import StorageError, get_store
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("stagecraft.api")
@@ -34,7 +35,7 @@ def _check_broker(request: Request) -> None:
 
 @router.get(
     "/readyz",
-    responses={503: {"description": "the database or the broker is unreachable, or the schema is not migrated"}},
+    responses={503: {"description": "a database, broker or object store outage, or an unmigrated schema"}},
 )
 async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     problems = await readiness_problems(request, db)
@@ -55,10 +56,11 @@ async def readiness_problems(request: Request, db: Database) -> list[dict[str, s
             if problem:
                 raise SchemaBehind(problem)
 
-    for name, check in (("database", check_db), ("broker", lambda: _check_broker(request))):
+    store = get_store(request.app.state.settings)
+    for name, check in (("database", check_db), ("broker", lambda: _check_broker(request)), ("storage", store.check)):
         try:
             await run_in_threadpool(check)
-        except SchemaBehind as exc:  # our own message: what to run
+        except (SchemaBehind, StorageError) as exc:  # our own message: what to run, or which store fails
             problems.append({"component": name, "message": str(exc)})
         except Exception as exc:  # the driver's text names hosts and ports: logged, not answered
             log.warning("readyz: %s unreachable: %s", name, exc)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import Connection, Row
+from sqlalchemy.orm import Session
 
 from app.api import shape
 from app.api.body import PARSED, ParsedJsonRoute
@@ -15,9 +18,11 @@ from app.api.deps import DatabaseDep, IdempotencyKey, PageDep, ReadSession, Sett
 from app.api.errors import parse_json
 from app.api.openapi import ERRORS, SPEC_BODY, SPEC_ERRORS, error
 from app.api.schemas import DeletedJob, JobOut, Page, ValidationOut
+from app.config import Settings
 from app.db import AUTOCOMMIT_POOL_SIZE
+from app.queue import routing
 from app.services import deletion, jobs, lifecycle
-from app.tables import JobStatus
+from app.tables import Job, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERRORS, route_class=ParsedJsonRoute)
 POLL_THREADS = AUTOCOMMIT_POOL_SIZE  # a connection each
@@ -55,19 +60,31 @@ def create_job(
     session.commit()  # the job's wake-up leaves now (app.queue.outbox)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return shape.job(job)
+    return shape.job(job, _waiting(session, settings, [job]).get(job.id))
 
 
 @router.get("")
 def list_jobs(
     tenant_id: TenantDep,
     session: ReadSession,
+    settings: SettingsDep,
     page: PageDep,
     status: JobStatus | None = None,
 ) -> Page[JobOut]:
     """Newest first."""
     rows, more = jobs.list_page(session, tenant_id, status, page.limit, page.after)
-    return shape.page([shape.job(j) for j in rows], more, rows[-1].id if rows else None)
+    waiting = _waiting(session, settings, rows)
+    return shape.page([shape.job(j, waiting.get(j.id)) for j in rows], more, rows[-1].id if rows else None)
+
+
+def _waiting(db: Session | Connection, settings: Settings, rows: Sequence[Job | Row[Any]]) -> dict[str, str]:
+    """Why each queued job among `rows` waits, where no running worker can take it (app.queue.routing)."""
+    queued = [j for j in rows if j.status == "queued"]
+    if not queued:
+        return {}
+    live = routing.live_queues(db)
+    found = {j.id: routing.waiting_reason(live, settings.queue, j.spec) for j in queued}
+    return {k: v for k, v in found.items() if v is not None}
 
 
 _polls: RunVar[anyio.CapacityLimiter] = RunVar("stagecraft_job_polls")  # one per event loop, as anyio's own
@@ -89,7 +106,7 @@ def poll_limiter() -> anyio.CapacityLimiter:
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, tenant_id: TenantDep, db: DatabaseDep) -> Response:
+async def get_job(job_id: str, tenant_id: TenantDep, db: DatabaseDep, settings: SettingsDep) -> Response:
     """The most polled route: one statement in autocommit (no BEGIN / ROLLBACK round trips),
     no ORM object, serialized once (the model built here is not validated again), on one of a
     few threads of its own."""
@@ -97,7 +114,8 @@ async def get_job(job_id: str, tenant_id: TenantDep, db: DatabaseDep) -> Respons
     def read() -> str:
         with db.autocommit.connect() as conn:
             row = jobs.record(conn, tenant_id, job_id)
-        return shape.job(row).model_dump_json()
+            waiting = _waiting(conn, settings, [row]).get(row.id)
+        return shape.job(row, waiting).model_dump_json()
 
     return Response(await anyio.to_thread.run_sync(read, limiter=poll_limiter()), media_type="application/json")
 
@@ -120,5 +138,5 @@ def delete_job(job_id: str, tenant_id: TenantDep, session: WriteSession, setting
     and their files. A queued or running job must be cancelled first (409 `job_active`)."""
     paths = deletion.delete_job(session, settings, tenant_id, job_id)
     session.commit()
-    deletion.remove(paths)
+    deletion.remove(settings, paths)
     return DeletedJob(id=job_id)

@@ -10,12 +10,13 @@ cache's one torch thread (`ModelCache.run`)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from app.api import shape
 from app.api.body import ParsedJsonRoute
@@ -28,6 +29,7 @@ from app.db import Database
 from app.errors import Invalid
 from app.services import adapters, archives, catalog, deletion, quotas
 from app.services.names import NAME_MAX, is_id
+from app.storage import get_store
 from app.tables import Checkpoint
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS, route_class=ParsedJsonRoute)
@@ -138,7 +140,7 @@ def delete_model(model_id: str, tenant_id: TenantDep, session: WriteSession, set
     """Delete a model and its files (its export archives too); a job that trained it stays."""
     paths = deletion.delete_model(session, settings, tenant_id, model_id)
     session.commit()
-    deletion.remove(paths)
+    deletion.remove(settings, paths)
     return DeletedModel(id=model_id)
 
 
@@ -158,17 +160,29 @@ async def export_model(
     db: DatabaseDep,
     format: Literal["hf"] = "hf",
     archive: Literal["tar.gz", "zip"] = "tar.gz",
-) -> FileResponse:
+) -> Response:
     """An archive that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer`
     load with no custom code (GPT2LMHeadModel for arch gpt; LlamaForCausalLM, Qwen2ForCausalLM
     or Qwen3ForCausalLM for arch llama): config.json, model.safetensors, tokenizer files,
     generation_config.json."""
 
-    def build() -> Path:
+    def build() -> str:
         with db.read() as session:
             directory = catalog.servable(session, settings, tenant_id, model_id)
         return archives.export_archive(settings, directory, model_id, format, archive)
 
-    path = await cache.run(build)
+    key = await cache.run(build)
     media = "application/zip" if archive == "zip" else "application/gzip"
-    return FileResponse(path, media_type=media, filename=path.name)
+    store = get_store(settings)
+    path = store.path(key)
+    if path.is_file():
+        return FileResponse(path, media_type=media, filename=path.name)
+    stream = await run_in_threadpool(store.open, key)  # another host built it: straight from the store
+    disposition = {"Content-Disposition": f'attachment; filename="{path.name}"'}
+    return StreamingResponse(iterate_in_threadpool(_chunks(stream)), media_type=media, headers=disposition)
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    with stream:
+        while block := stream.read(1 << 20):
+            yield block

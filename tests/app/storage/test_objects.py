@@ -37,8 +37,12 @@ def test_a_folder_round_trips_to_another_host_and_verifies(bucket: str, tmp_path
     _folder(a.root, "jobs/j/checkpoints/step-10", files)
     a.put("jobs/j/checkpoints/step-10")
 
-    manifest = json.loads(s3_server.client().get_object(Bucket=bucket, Key="pre/jobs/j/checkpoints/step-10.manifest.json")["Body"].read())
-    assert manifest["files"]["state.json"]["size"] == 12 and len(manifest["files"]["tensors.safetensors"]["sha256"]) == 64
+    manifest = json.loads(
+        s3_server.client().get_object(Bucket=bucket, Key="pre/jobs/j/checkpoints/step-10.manifest.json")["Body"].read()
+    )
+    assert (
+        manifest["files"]["state.json"]["size"] == 12 and len(manifest["files"]["tensors.safetensors"]["sha256"]) == 64
+    )
     assert manifest["bytes"] == sum(len(v) for v in files.values())
 
     b = ObjectStore(f"s3://{bucket}/pre", tmp_path / "b", 1 << 30)  # a second host: an empty data directory
@@ -80,7 +84,9 @@ def test_objects_without_a_manifest_do_not_exist(bucket: str, tmp_path: Path, s3
         b.get("half")
 
 
-def test_delete_removes_the_objects_and_a_prefix_takes_everything_under_it(bucket: str, tmp_path: Path, s3_server: Any) -> None:
+def test_delete_removes_the_objects_and_a_prefix_takes_everything_under_it(
+    bucket: str, tmp_path: Path, s3_server: Any
+) -> None:
     a = ObjectStore(f"s3://{bucket}", tmp_path / "a", 1 << 30)
     for key in ("jobs/j/checkpoints/step-1", "jobs/j/model", "jobs/other/model"):
         _folder(a.root, key, {"w": b"1"})
