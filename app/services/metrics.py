@@ -76,14 +76,6 @@ def record(
     return created
 
 
-def drop_missing_checkpoints(session: Session, settings: Settings, job_id: str) -> None:
-    """Rows of checkpoints the store no longer holds go too."""
-    store = get_store(settings)
-    for ckpt in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)):
-        if not store.exists(ckpt.path):
-            session.delete(ckpt)
-
-
 def prune_checkpoints(session: Session, settings: Settings, job_id: str, keep_last: int) -> None:
     """Keep the newest `keep_last` checkpoints (`checkpointing.keep_last`): the others' rows and
     their objects in the store go (the pipeline has already removed its local copies)."""

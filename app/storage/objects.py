@@ -226,6 +226,7 @@ class ObjectStore:
                 f"reading the manifest of {key}", lambda: self.fs.cat_file(self._remote(key) + MANIFEST)
             )
         except FileNotFoundError:
+            self.check()  # a missing bucket is the store's fault, not the artifact's: say so
             raise ArtifactMissing(f"object store {self.url} has no {key}") from None
         return json.loads(body)  # type: ignore[no-any-return]
 
