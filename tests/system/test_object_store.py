@@ -159,7 +159,8 @@ def test_a_worker_on_another_host_resumes_a_killed_job_bitwise(hosts: Hosts, spe
 
 def test_a_job_no_worker_can_take_waits_and_says_why(hosts: Hosts, spec: dict[str, Any]) -> None:
     with hosts.api() as api:
-        job = api.submit({**spec, "name": "needs-gpus", "device": "auto", "resources": {"device": "cuda", "processes": 2}})
+        gpus = {"device": "cuda", "processes": 2}
+        job = api.submit({**spec, "name": "needs-gpus", "device": "auto", "resources": gpus})
         assert job["status"] == "queued"
         assert "cuda" in (job["waiting"] or "") and "2 processes" in job["waiting"], job
         assert "queue" in api.job(job["id"])["waiting"]
