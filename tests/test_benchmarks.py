@@ -80,3 +80,10 @@ def test_llama_decode_benchmark_ctranslate2_tiny() -> None:
 def test_get_job_cpu_benchmark_runs() -> None:
     report = run("get_job_cpu.py", "--requests", "20", "--rounds", "1")
     assert report["database"] == "sqlite" and report["cpu_ms_per_request_min"] > 0
+
+
+def test_storage_transfer_benchmark_tiny() -> None:
+    report = run("storage_transfer.py", "--sizes", "0.2", "--passes", "1")
+    [row] = report["results"]
+    assert set(row["seconds"]) == {"ours_up", "peer_up", "ours_down", "peer_down"}
+    assert row["ours_vs_peer"]["save_upload"] > 0 and row["ours_vs_peer"]["download_verify"] > 0

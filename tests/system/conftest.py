@@ -10,6 +10,7 @@ import random
 import secrets
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -40,18 +41,38 @@ def pg_stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
     A Redis database and queue of its own, so concurrent test sessions never share messages.
     """
+    yield from _pg_stack(pg_url, tmp_path_factory.mktemp("pg-stack"), {})
+
+
+@pytest.fixture(scope="session")
+def pg_s3_stack(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[Stack]:
+    """The same with its artifacts in an S3 bucket (moto's server, tests/s3.py), and a
+    PostgreSQL database of its own: its workers never see the other stack's jobs."""
+    from tests.system.faults import PgDatabase
+
+    bucket = f"stack-{secrets.token_hex(4)}"
+    s3_server.make_bucket(bucket)
+    pg = PgDatabase()
+    try:
+        extra = {**s3_server.env(), "STAGECRAFT_STORAGE_URL": f"s3://{bucket}/artifacts"}
+        yield from _pg_stack(pg.url, tmp_path_factory.mktemp("pg-s3-stack"), extra)
+    finally:
+        pg.drop()
+
+
+def _pg_stack(db_url: str, root: Path, extra_env: dict[str, str]) -> Iterator[Stack]:
     redis.Redis.from_url(REDIS).ping()
-    root = tmp_path_factory.mktemp("pg-stack")
     port = free_port()
     env = base_env(
         data_dir=str(root / "data"),
-        database_url=pg_url,
+        database_url=db_url,
         broker_url=f"{REDIS}/{random.randint(1, 15)}",
         queue=f"train-{secrets.token_hex(4)}",
         max_upload_bytes=str(UPLOAD_LIMIT),
         lease_s=str(LEASE_S),
         url=f"http://127.0.0.1:{port}",
     )
+    env.update(extra_env)
     migrate = run_cli("migrate", env=env)
     assert migrate.returncode == 0, migrate.stderr
     stack = Stack(f"http://127.0.0.1:{port}", env, "", root)

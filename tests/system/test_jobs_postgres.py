@@ -1,5 +1,6 @@
 """Jobs end to end on the production stack: PostgreSQL, Redis, `stagecraft api` and
-`stagecraft worker` as separate processes, everything over HTTP."""
+`stagecraft worker` as separate processes, everything over HTTP; once with the artifacts in
+the data directory, once in an S3 bucket (moto's server on loopback)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,16 @@ from tests.system.stack import Api, Stack, example_spec, total_steps
 EVENT_KEYS = {"seq", "type", "time", "stage", "step", "data"}
 
 
+@pytest.fixture(scope="module", params=["local", "s3"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """The production stack, with its artifacts on local disk or in the object store."""
+    found: Stack = request.getfixturevalue("pg_stack" if request.param == "local" else "pg_s3_stack")
+    return found
+
+
 @pytest.fixture(scope="module")
-def api(pg_stack: Stack) -> Iterator[Api]:
-    with pg_stack.api() as client:
+def api(stack: Stack) -> Iterator[Api]:
+    with stack.api() as client:
         yield client
 
 
@@ -30,14 +38,14 @@ def datasets(api: Api, example_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def finished(pg_stack: Stack, api: Api, datasets: dict[str, str]) -> dict[str, Any]:
+def finished(stack: Stack, api: Api, datasets: dict[str, str]) -> dict[str, Any]:
     """The example spec (shrunk), followed over SSE, with the API restarted mid-job."""
     spec = example_spec(datasets, pretrain=40)
     job = api.submit(spec)
     before = api.wait_for(job["id"], "train.step")
-    pg_stack.procs["api"].stop()
-    pg_stack.start_api()
-    pg_stack.wait_ready()
+    stack.procs["api"].stop()
+    stack.start_api()
+    stack.wait_ready()
     after = api.follow(job["id"], last_event_id=before[-1]["seq"])
     return {"spec": spec, "submitted": job, "before": before, "after": after, "job": api.job(job["id"])}
 
@@ -165,17 +173,17 @@ def test_list_jobs_paginates_and_filters(finished: dict[str, Any], cancelled: di
 
 
 @pytest.mark.slow
-def test_a_lost_worker_s_job_is_requeued_and_resumed(pg_stack: Stack, api: Api, datasets: dict[str, str]) -> None:
+def test_a_lost_worker_s_job_is_requeued_and_resumed(stack: Stack, api: Api, datasets: dict[str, str]) -> None:
     """SIGKILL the worker mid-job: once its lease lapses the job is queued again and the next
     worker resumes it from its checkpoint. A job cancelled while queued is never run."""
     spec = example_spec(datasets, pretrain=40)
     job = api.submit(spec)
     before = api.wait_for(job["id"], "checkpoint.saved")
-    pg_stack.procs["worker"].stop(signal.SIGKILL)
+    stack.procs["worker"].stop(signal.SIGKILL)
     waiting = api.submit(example_spec(datasets))
     r = api.http.post(f"/v1/jobs/{waiting['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    pg_stack.start("worker", "worker")
+    stack.start("worker", "worker")
     after = api.follow(job["id"], last_event_id=before[-1]["seq"])
     events = before + after
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
