@@ -122,3 +122,39 @@ def test_errors_name_the_store(s3_server: Any, tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr("app.storage.objects.ATTEMPTS", 2)
     with pytest.raises(StorageError, match=r"s3://b/p.*cannot connect"):
         ObjectStore("s3://b/p", tmp_path, 1 << 30).check()
+
+
+def test_a_failing_upload_is_retried_then_refused_leaving_nothing(
+    bucket: str, tmp_path: Path, s3_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transfers that fail are tried again; one that keeps failing raises StorageError and
+    leaves neither a manifest nor stray objects (so nothing half-written can be registered)."""
+    monkeypatch.setattr("app.storage.objects.time.sleep", lambda s: None)
+    store = ObjectStore(f"s3://{bucket}", tmp_path, 1 << 30)
+    _folder(store.root, "ckpt", {"a": b"1" * 100, "b": b"2" * 100})
+    real = store.fs.put_file
+    failures = {"n": 0}
+
+    def flaky(source: str, target: str, **kw: Any) -> None:
+        if target.endswith("/b") and failures["n"] < 2:  # the second file fails twice, then goes
+            failures["n"] += 1
+            raise ConnectionError("connection reset by peer")
+        real(source, target, **kw)
+
+    monkeypatch.setattr(store.fs, "put_file", flaky)
+    store.put("ckpt")
+    assert failures["n"] == 2 and store.exists("ckpt")
+
+    def broken(source: str, target: str, **kw: Any) -> None:
+        if target.endswith("/b"):
+            raise ConnectionError("connection reset by peer")
+        real(source, target, **kw)
+
+    _folder(store.root, "ckpt2", {"a": b"1" * 100, "b": b"2" * 100})
+    monkeypatch.setattr(store.fs, "put_file", broken)
+    with pytest.raises(StorageError, match=r"uploading ckpt2/b failed"):
+        store.put("ckpt2")
+    assert not store.exists("ckpt2")
+    assert [
+        o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="ckpt2").get("Contents", [])
+    ] == []
