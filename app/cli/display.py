@@ -126,3 +126,24 @@ def summary_table(evaluation: dict[str, dict[str, float]]) -> Table:
         for metric, value in metrics.items():
             table.add_row(name, metric, f"{value:.4f}")
     return table
+
+
+def print_answer(text: str, finish_reason: str | None, tokens: int | None) -> None:
+    """A generation on stdout; when it is empty (or only whitespace), a line on stderr saying
+    why, so an empty line is never the whole answer."""
+    print(text)
+    if text.strip():
+        return
+    what = "no text" if not text else "only whitespace"
+    how = f"finish reason {finish_reason}, " if finish_reason else ""
+    count = "?" if tokens is None else str(tokens)
+    hint = (
+        "the model ended its answer at once"
+        if finish_reason == "stop" and not tokens
+        else "the tokens it chose decode to nothing visible"
+    )
+    Console(stderr=True).print(
+        f"[yellow]note:[/yellow] the model generated {what} ({how}{count} new tokens): {hint}. "
+        "A small model trained from scratch answers few task prompts (README, 'What the example reaches').",
+        soft_wrap=True,
+    )

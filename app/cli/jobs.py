@@ -10,6 +10,7 @@ import typer
 
 from app.cli import submit as submitting
 from app.cli.connect import JsonOption, connect, err, out, print_fields, print_json, print_table, take, when
+from app.cli.display import print_answer
 from app.cli.follow import follow_to_end
 from stagecraft.types import Job
 
@@ -158,13 +159,17 @@ def generate_remote(model_id: str, task: str | None, body: dict[str, Any]) -> No
     with connect() as c:
         if task == "translate":
             langs = {"source_lang": body["source_lang"], "target_lang": body["target_lang"]}
-            print(c.models.translate(model_id, body["text"], **langs, **sampling).translation)
+            t = c.models.translate(model_id, body["text"], **langs, **sampling)
+            print_answer(t.translation, t.finish_reason, t.usage.completion_tokens)
         elif task == "qa":
-            print(c.models.answer(model_id, body["question"], body["context"], **sampling).answer)
+            a = c.models.answer(model_id, body["question"], body["context"], **sampling)
+            print_answer(a.answer, a.finish_reason, a.usage.completion_tokens)
         elif task == "summarize":
-            print(c.models.summarize(model_id, body["text"], **sampling).summary)
+            s = c.models.summarize(model_id, body["text"], **sampling)
+            print_answer(s.summary, s.finish_reason, s.usage.completion_tokens)
         elif not body.get("stream"):
-            print(c.models.generate(model_id, body["prompt"], **sampling).text)
+            g = c.models.generate(model_id, body["prompt"], **sampling)
+            print_answer(g.text, g.finish_reason, g.usage.completion_tokens)
         else:
             for piece in c.models.stream(model_id, body["prompt"], **sampling):
                 print(piece, end="", flush=True)

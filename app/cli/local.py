@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from app.cli.display import RunDisplay, summary_table
+from app.cli.display import RunDisplay, print_answer, summary_table
 from app.cli.specfile import checked_spec, local_data, print_data_error, read_raw
 from models import events
 from models.data.records import TASK_INPUTS, task_prompt
@@ -74,9 +74,11 @@ def train(
     """Run a job spec on this machine, without the service.
 
     Dataset entries are file paths, relative to the spec file. Ctrl-C saves a checkpoint
-    and exits; `--resume` continues from it and ends with the same weights.
+    and exits; `--resume` continues from it and ends with the same weights. A spec asking
+    for `resources.processes` > 1 runs that many processes under torchrun.
     """
     from models.errors import Stopped  # torch loads here, not for every command
+    from models.training.launch import run_processes
     from models.training.run import run
 
     raw = read_raw(spec_path)
@@ -95,11 +97,12 @@ def train(
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     started = time.monotonic()
+    runner = run_processes if spec.resources.processes > 1 else run
     with RunDisplay(spec, err) as display:
         log = EventLog(out / "events.jsonl", display)
         log.job("job.started", 0, {"name": spec.name, "total_steps": spec.total_steps})
         try:
-            result = run(
+            result = runner(
                 spec,
                 out,
                 on_event=log,
@@ -205,4 +208,5 @@ def generate(
     except (ValueError, StagecraftError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    print(output)
+    new_tokens = len(tok.encode(output)) if output else 0
+    print_answer(output, "stop" if new_tokens < max_new_tokens else "length", new_tokens)
