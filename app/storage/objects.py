@@ -30,7 +30,8 @@ from typing import Any, BinaryIO, TypeVar
 
 import fsspec
 
-from app.storage import ArtifactCorrupt, ArtifactMissing, StorageError, tree_bytes
+from app.storage import ArtifactCorrupt, ArtifactMissing, StorageError
+from app.storage.manifest import CHUNK, file_manifest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,25 +39,6 @@ MANIFEST = ".manifest.json"
 CACHE_DIR = ".store"  # under the data directory: one manifest per local copy, and per-key locks
 CACHE_GRACE_S = 600.0  # a copy used this recently is never evicted (a job or a request may be reading it)
 ATTEMPTS = 4  # tries of one transfer (1 s, 2 s, 4 s apart)
-CHUNK = 1 << 20
-
-
-def file_manifest(path: Path) -> dict[str, Any]:
-    """{"kind", "bytes", "files": {relative path: {"size", "sha256"}}} of a local file or folder."""
-    files = (
-        [("", path)]
-        if path.is_file()
-        else sorted((str(p.relative_to(path)), p) for p in path.rglob("*") if p.is_file())
-    )
-    entries = {}
-    for rel, p in files:
-        digest = hashlib.sha256()
-        with p.open("rb") as f:
-            while block := f.read(CHUNK):
-                digest.update(block)
-        entries[rel] = {"size": p.stat().st_size, "sha256": digest.hexdigest()}
-    kind = "file" if path.is_file() else "dir"
-    return {"version": 1, "kind": kind, "bytes": sum(e["size"] for e in entries.values()), "files": entries}
 
 
 def _describe(exc: BaseException) -> str:
@@ -304,6 +286,3 @@ class ObjectStore:
             shutil.rmtree(local, ignore_errors=True) if local.is_dir() else local.unlink(missing_ok=True)
             total -= size
             log.info("cache: removed the local copy of %s (%d bytes)", key, size)
-
-
-__all__ = ["ObjectStore", "file_manifest", "tree_bytes"]
