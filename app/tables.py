@@ -218,3 +218,41 @@ class Worker(Base):
     processes: Mapped[int]
     queues: Mapped[list[str]] = mapped_column(JSON)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Webhook(Base):
+    """A URL a tenant asked to be told of its jobs' ends at (app.services.webhooks)."""
+
+    __tablename__ = "webhooks"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON)  # the event types it receives
+    description: Mapped[str | None]
+    secret: Mapped[str] = mapped_column(String(64))  # the HMAC key deliveries are signed with (whsec_...)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index(None, "tenant_id", "id"),)
+
+
+class WebhookDelivery(Base):
+    """One event to send to one webhook, written in the transaction that wrote the event;
+    a sender (app.services.webhook_sender) claims it, sends it and records the outcome."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ID)  # no foreign key: a delivery outlives its job's deletion
+    event_id: Mapped[str] = mapped_column(ID)  # the same for every webhook the event goes to
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent (and signed), every attempt
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When it is due (pending); a claimed delivery's is pushed past its send, so that a sender
+    # that dies mid-send leaves it due again. None once delivered or failed.
+    next_attempt_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    response_status: Mapped[int | None] = mapped_column(Integer)  # the last attempt's HTTP status
+    error: Mapped[str | None] = mapped_column(String(500))  # the last attempt's failure, if it failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    __table_args__ = (Index(None, "webhook_id", "id"), Index(None, "status", "next_attempt_at"))

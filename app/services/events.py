@@ -18,8 +18,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from app.services import webhooks
 from app.tables import Job, JobEvent, utcnow
-from models.events import Event
+from models.events import FINAL, Event
 
 
 def append(
@@ -57,6 +58,9 @@ def append(
         for i, e in enumerate(events)
     ]
     session.execute(insert(JobEvent), rows)
+    final = [(first + i, e) for i, e in enumerate(events) if e["type"] in FINAL]
+    if final:  # their webhook deliveries commit (or roll back) with them
+        webhooks.record(session, job_id, final)
     return last
 
 

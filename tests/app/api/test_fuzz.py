@@ -45,6 +45,7 @@ NAMES = ["n" * 100, "n" * 101, "n" * 256, "n" * 10_000, "a\x00b", "tab\there", "
          "../../etc/passwd", "\ud800", " ", "é" * 101]  # fmt: skip
 MALFORMED_IDS = ["a\x00b", "x" * 300, "..", "model_", "ckpt_é", "job_01 02", "-1", "MODEL_X", "ds_\ud800"]
 PURPOSE = ("purpose", None, b"fine-tune")
+WEBHOOK = {"url": "https://93.184.215.14/hook"}  # a public address, so no operator setting is needed
 Call = tuple[str, str, dict[str, Any]]  # method, path, httpx request arguments
 
 
@@ -97,6 +98,9 @@ def build_world(
     ids["ft_job"] = r.json()["id"]
     r = c.post("/v1/datasets", files={"file": ("theirs.txt", b"their text\n")}, headers=other)
     ids["ds_other_tenant"] = r.json()["id"]
+    r = c.post("/v1/webhooks", json=WEBHOOK)
+    assert r.status_code == 201, r.text
+    ids["webhook"] = r.json()["id"]
     return ids
 
 
@@ -118,6 +122,7 @@ def default_bodies(ids: dict[str, str], adapter_tar: bytes, model_tar: bytes) ->
         ("POST", "/v1/datasets"): multipart([("file", "c.txt", b"some text\n")]),
         ("POST", "/v1/files"): multipart([("file", "p.jsonl", jsonl(record_objects(5))), PURPOSE]),
         ("POST", "/v1/models"): multipart([("file", "m.tar.gz", model_tar)]),
+        ("POST", "/v1/webhooks"): as_json(WEBHOOK),
     }
 
 
@@ -154,6 +159,8 @@ def hostile_bodies(ids: dict[str, str], id_values: list[str], adapter_tar: bytes
         yield "POST", f"/v1/models/{ids['model_up']}/generate", as_json(generate)
         chat = {"model": ids["model_up"], "messages": [{"role": "user", "content": name, "name": name}]}
         yield "POST", "/v1/chat/completions", as_json({**chat, "max_tokens": 1})
+        yield "POST", "/v1/webhooks", as_json({**WEBHOOK, "description": name})
+        yield "POST", "/v1/webhooks", as_json({"url": f"https://93.184.215.14/{name}"})
         key = {"Content-Type": "application/json", "Idempotency-Key": name.encode("utf-8", "replace")}
         yield "POST", "/v1/jobs", {**as_json(spec), "headers": key}
 
@@ -193,6 +200,7 @@ def path_params(op: dict[str, Any]) -> list[dict[str, Any]]:
 def path_with(template: str, params: list[dict[str, Any]], own: dict[str, str]) -> str:
     """The template with the tenant's own object of the right kind in its path parameter."""
     kind = {"dataset_id": "ds_text", "file_id": "ds_records", "model_id": "model_up", "job_id": "job_queued"}
+    kind["webhook_id"] = "webhook"
     if template.startswith("/v1/fine_tuning/jobs/"):
         kind["job_id"] = "ft_job"
     for p in params:
