@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     broker_url: str = ""  # default: sqla+sqlite:///DATA_DIR/broker.db
     redis_url: str = ""  # pub/sub wake-ups; default: BROKER_URL when that is Redis
     queue: str = "train"
+    # Log lines (app/logs.py): auto is readable on a terminal, JSON otherwise; json or console forces one.
+    log_format: Literal["auto", "console", "json"] = "auto"
     # Artifacts (app/storage, docs/scaling.md): empty keeps them in the data directory; an fsspec
     # URL (s3://bucket/prefix, endpoint and credentials from AWS_*) makes the data directory a
     # cache of at most cache_bytes.
@@ -32,6 +34,13 @@ class Settings(BaseSettings):
     # What this worker offers (`stagecraft worker --device --processes`): the queues it consumes.
     worker_device: Literal["cpu", "cuda"] = "cpu"
     worker_processes: int = 1
+    # Experiment trackers (app/services/reporting.py, docs/spec.md `report_to`): report_to lists
+    # those every job reports to besides its spec's (comma-separated: tensorboard, mlflow, wandb).
+    # Empty dirs and URI mean the job's folder: jobs/<id>/tensorboard, a file store jobs/<id>/mlruns.
+    report_to: str = ""
+    tensorboard_dir: str = ""  # TensorBoard event files under <this>/<job id>
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "stagecraft"
 
     max_upload_bytes: int = 512 * 1024 * 1024
     max_json_bytes: int = 8 << 20  # a JSON request body over this is a 413 (app/api/body.py)
@@ -80,12 +89,37 @@ class Settings(BaseSettings):
     import_memory_bytes: int = 24 << 30
     import_workers: int = 2
     export_cache_bytes: int = 10 << 30  # export archives kept for reuse; the least recently used go first
+    # Webhooks (app/services/webhooks.py, docs/api.md "Webhooks"). Targets on loopback, private,
+    # link-local, multicast or unspecified addresses are refused unless allowed here: all of them
+    # (webhook_allow_private) or some (webhook_allow_hosts: comma-separated host names and CIDRs).
+    webhook_allow_private: bool = False
+    webhook_allow_hosts: str = ""
+    webhook_max_attempts: int = 10  # sends of one delivery before it is `failed`
+    webhook_backoff_s: str = "10,30,120,600,1800,3600"  # waits after attempt 1, 2, ...; the last repeats
+    webhook_connect_timeout_s: float = 5.0  # DNS and connect
+    webhook_timeout_s: float = 10.0  # one attempt, from the DNS lookup to the response's (capped) body
+    webhook_poll_s: float = 1.0  # how often each worker's sender looks for due deliveries
+    webhook_max_per_tenant: int = 20
 
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         # Rows store paths relative to the data directory; the pipeline reports absolute ones.
         return v.expanduser().resolve()
+
+    @field_validator("report_to")
+    @classmethod
+    def _report_targets(cls, v: str) -> str:
+        from models.spec.job import REPORT_TARGETS  # (not at import: every command reads the settings)
+
+        unknown = [t for t in v.replace(" ", "").split(",") if t and t not in REPORT_TARGETS]
+        if unknown:
+            raise ValueError(f"STAGECRAFT_REPORT_TO: unknown {', '.join(unknown)} (use {', '.join(REPORT_TARGETS)})")
+        return v
+
+    @property
+    def report_targets(self) -> list[str]:
+        return [t for t in self.report_to.replace(" ", "").split(",") if t]
 
     # The command-line client.
     url: str = "http://127.0.0.1:8000"

@@ -23,14 +23,16 @@ from typing import Any
 from celery import signals
 from sqlalchemy import select
 
+from app import logs
 from app.config import get_settings
 from app.db import Database, get_database
 from app.outage import OutageLog, unreachable
 from app.queue import outbox, routing
 from app.queue.broker import Broker
 from app.queue.wakeups import Publisher
-from app.services import lifecycle
+from app.services import lifecycle, webhook_sender
 from app.tables import Job, utcnow
+from workers import meter
 from workers.reporter import SHUTDOWN
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,16 @@ QUEUES = routing.worker_queues(settings.queue, *OFFER)
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
     SHUTDOWN.set()
+
+
+@signals.setup_logging.connect  # instead of Celery's: the service's lines (app/logs.py), each naming this worker
+def _setup_logging(loglevel: int | None = None, **_: Any) -> None:
+    logs.configure(settings.log_format, loglevel or logging.INFO, static={"worker": WORKER_ID})
+
+
+@signals.worker_shutdown.connect
+def _push_metrics(**_: Any) -> None:
+    meter.push_last(settings)
 
 
 def reap_forever(stop: threading.Event) -> None:
@@ -89,3 +101,6 @@ def _left_waiting(db: Database) -> bool:
 @signals.worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     threading.Thread(target=reap_forever, args=(SHUTDOWN,), name="reaper", daemon=True).start()
+    meter.start(settings)  # training counters to the API's /metrics (workers/meter.py)
+    log.info("worker ready: %d process(es) on %s; queues %s", OFFER[1], OFFER[0], ",".join(QUEUES))
+    webhook_sender.start(settings, SHUTDOWN)  # webhook deliveries, out of band (app/services/webhook_sender.py)

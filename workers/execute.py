@@ -20,12 +20,14 @@ from typing import Any
 from celery.exceptions import Reject
 from sqlalchemy.orm import Session
 
+from app import logs
 from app.config import Settings
 from app.db import Database
 from app.errors import LeaseLost
 from app.outage import OutageLog, unreachable
 from app.queue.wakeups import Publisher
 from app.services import catalog, events, jobs, lifecycle, metrics
+from app.services.reporting import ReportSinks
 from app.storage import ArtifactCorrupt, ArtifactMissing, StorageError, get_store, key_of
 from app.tables import Job
 from models.errors import StagecraftError, Stopped
@@ -33,6 +35,7 @@ from models.events import make
 from models.spec import parse_spec
 from models.training.checkpoint import list_checkpoints
 from models.training.run import RunResult, run
+from workers import meter
 from workers.reporter import SHUTDOWN, JobRun
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ def execute(
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or unknown); dropping this delivery", job_id)
         return
+    logs.bind(tenant=claim.tenant_id, request_id=claim.request_id)  # the request that created the job
     result: RunResult | None = None
     error: tuple[str, str] | None = None
     crash: Exception | None = None
@@ -76,6 +80,8 @@ def execute(
         error = (exc.code, str(exc))
     spec = parse_spec(claim.spec)
     job_run = JobRun(db, settings, claim, publisher, spec.checkpointing.keep_last)
+    sinks = ReportSinks.for_job(settings, spec, job_id, workdir)  # report_to: TensorBoard, MLflow, W&B
+    job_run.on_event = sinks.wrap(job_run.on_event)  # type: ignore[method-assign,assignment]
     job_run.on_event(make("job.started", 0, {"attempt": claim.attempt, "worker": worker}))
     if restart:
         job_run.on_event(make("job.restarted", 0, {"from_step": 0, "checkpoint": None}))
@@ -98,10 +104,12 @@ def execute(
         result, crash = None, exc
         error = ("system_error", f"{type(exc).__name__}: {exc}")
     job_run.close()
+    sinks.close("job.succeeded" if result is not None else "job.failed" if error is not None else None)
     if job_run.lost.is_set():
         # A stalled worker that lost its job may also have crashed on the new owner clearing
         # its staging folder: that is the loss showing, not a failure of the job.
         log.warning("job %s: lease lost to another worker; stopping quietly", job_id)
+        meter.TALLY.add("lease_losses")
         return
     if crash is not None:
         log.error("job %s failed", job_id, exc_info=crash)

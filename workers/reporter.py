@@ -16,6 +16,7 @@ While the database is unreachable the events wait in memory (one log line per ou
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import shutil
 import threading
@@ -36,6 +37,7 @@ from app.storage import get_store, key_of
 from models.errors import TrainingError
 from models.events import Event
 from models.training import checkpoint
+from workers.meter import JobMeter, folder_bytes
 
 log = logging.getLogger(__name__)
 SHUTDOWN = threading.Event()  # set when the worker process is asked to stop
@@ -56,7 +58,11 @@ class JobRun:
         self.lost = threading.Event()
         self.step = 0
         self.recent: dict[str, float] = {}  # the newest value of each metric series
-        self.thread = threading.Thread(target=self._report, name=f"report-{claim.job_id}", daemon=True)
+        self.meter = JobMeter()  # steps, tokens, checkpoints for /metrics (workers/meter.py)
+        run_in_context = contextvars.copy_context().run  # the job's log context (app/logs.py)
+        self.thread = threading.Thread(
+            target=run_in_context, args=(self._report,), name=f"report-{claim.job_id}", daemon=True
+        )
         with db.read() as session:
             refs = [ref["dataset"] for ref in claim.spec["data"].values()]
             self.dataset_keys = {
@@ -66,6 +72,7 @@ class JobRun:
     # --- pipeline callbacks (training thread) ------------------------------------------
 
     def on_event(self, event: Event) -> None:
+        self.meter.on_event(event)
         with self.lock:
             self.pending.append(event)
         if event["type"] != "train.step":
@@ -100,6 +107,7 @@ class JobRun:
                 self.store.put(key_of(self.settings, tokenizer))
             metrics.prune_checkpoints(session, self.settings, self.claim.job_id, self.keep_last)
 
+        nbytes, began = folder_bytes(staged), time.monotonic()
         try:
             self.flush_retrying(move_into_place, "registering a checkpoint", event)
         except Exception:
@@ -108,13 +116,15 @@ class JobRun:
         if self.lost.is_set():
             shutil.rmtree(staged, ignore_errors=True)
             raise LeaseLost(self.claim.job_id)
+        self.meter.checkpoint(event, nbytes, time.monotonic() - began)
 
     # --- reporter thread --------------------------------------------------------------------
 
     def start(self) -> None:
         self.thread.start()
         if self.publisher.client is not None:
-            threading.Thread(target=self._listen_control, name="control", daemon=True).start()
+            listen = contextvars.copy_context().run
+            threading.Thread(target=listen, args=(self._listen_control,), name="control", daemon=True).start()
 
     def close(self) -> None:
         """Stop the reporter and write what is left (on the calling thread)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from app import logs
 from app.db import get_database
 from app.queue.wakeups import EVENTS, Publisher
 from workers.celery_app import BUSY, WORKER_ID, broker, celery_app, settings
@@ -18,7 +19,8 @@ def run_job(job_id: str) -> None:
     publisher = Publisher(settings.pubsub_url)
     BUSY.set()
     try:
-        execute(db, settings, publisher, job_id, WORKER_ID, defer=_send_later)
+        with logs.scope(job_id=job_id):  # its lines name the job (and, once claimed, tenant and request_id)
+            execute(db, settings, publisher, job_id, WORKER_ID, defer=_send_later)
     finally:
         BUSY.clear()
     publisher.publish(EVENTS, job_id)

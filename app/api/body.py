@@ -33,6 +33,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import logs
 from app.api.errors import error_body, unavailable
 from app.errors import PayloadTooLarge, ServiceError, UnsupportedMediaType, from_model_error
 from app.outage import unreachable
@@ -107,6 +108,7 @@ async def authenticate(app: Any, authorization: str | None, scope: Scope | None 
         await limiter.check(key_hash)
     if scope is not None:
         scope[TENANT] = tenant_id
+    logs.bind(tenant=tenant_id)  # the rest of the request's log lines name it
     return tenant_id
 
 

@@ -14,7 +14,21 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import body, deps, errors, openapi
 from app.api.metrics import PrometheusMiddleware
-from app.api.routes import datasets, events, files, fine_tuning, generate, health, jobs, landing, models, openai
+from app.api.request_context import RequestContext
+from app.api.routes import (
+    dashboard,
+    datasets,
+    events,
+    files,
+    fine_tuning,
+    generate,
+    health,
+    jobs,
+    landing,
+    models,
+    openai,
+)
+from app.api.routes import webhooks as webhook_routes
 from app.config import Settings, get_settings
 from app.db import get_database
 from app.queue.broker import Broker
@@ -61,9 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(body.BodyGuard, max_bytes=s.max_json_bytes, max_depth=s.max_json_depth)
     app.add_middleware(PrometheusMiddleware)
-    for module in (datasets, jobs, events, models, generate, openai, files, fine_tuning):
+    app.add_middleware(RequestContext)  # outermost: every line of a request names its id
+    for module in (datasets, jobs, events, models, generate, openai, files, fine_tuning, webhook_routes):
         app.include_router(module.router, dependencies=[Depends(deps.ids_in_path)])
-    for module in (health, landing):
+    for module in (health, dashboard, landing):  # dashboard: `/` and /dashboard/... (app/dashboard)
         app.include_router(module.router)
     app.openapi = lambda: openapi.with_job_spec(app)  # type: ignore[method-assign]
     return app

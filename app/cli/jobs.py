@@ -4,12 +4,13 @@ validate and submit are in submit.py, following a job to its end in follow.py; t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from app.cli import submit as submitting
-from app.cli.connect import JsonOption, connect, err, out, print_fields, print_json, print_table, take, when
+from app.cli.connect import JsonOption, connect, err, fail, out, print_fields, print_json, print_table, take, when
 from app.cli.display import print_answer
 from app.cli.follow import follow_to_end
 from stagecraft.types import Job
@@ -121,6 +122,34 @@ def metrics(job_id: JobId, json_: JsonOption = False) -> None:
         return
     rows = [[name, len(pts), pts[-1][0], f"{pts[-1][1]:.6g}"] for name, pts in result.series.items() if pts]
     print_table(["series", "points", "last step", "last value"], rows)
+
+
+@jobs_cli.command("plot", epilog="Example: stagecraft jobs plot $JOB --out metrics.svg   # no --out: in the terminal")
+def plot(
+    job_id: JobId,
+    out_: Annotated[Path | None, typer.Option("--out", help="write the chart here: a .png or .svg file")] = None,
+    terminal: Annotated[bool, typer.Option("--terminal", help="also draw it in the terminal (the default)")] = False,
+) -> None:
+    """The loss, learning rate and evaluation metrics per stage: a PNG or SVG drawn by the
+    service (--out), or the loss as a text chart in the terminal."""
+    fmt = out_.suffix.lower().lstrip(".") if out_ is not None else None
+    if fmt is not None and fmt not in ("png", "svg"):
+        fail(f"--out {out_}: the file name must end in .png or .svg", 2)
+    chart = ""
+    with connect() as c:
+        if out_ is not None and fmt is not None:
+            image = c.jobs.plot(job_id, fmt)
+            try:
+                out_.write_bytes(image)
+            except OSError as exc:
+                fail(f"cannot write {out_}: {exc.strerror or exc}")
+            print(out_)
+        if out_ is None or terminal:
+            from app.services.plots import stage_spans, terminal_chart
+
+            chart = terminal_chart(c.jobs.metrics(job_id).series, stage_spans(c.jobs.retrieve(job_id).spec))
+    if chart:
+        print(chart)
 
 
 @jobs_cli.command("evaluation", epilog="Example: stagecraft jobs evaluation $JOB --json")

@@ -77,6 +77,7 @@ def train(
     and exits; `--resume` continues from it and ends with the same weights. A spec asking
     for `resources.processes` > 1 runs that many processes under torchrun.
     """
+    from app.services import reporting  # (sqlalchemy and the trackers' imports: not for every command)
     from models.errors import Stopped  # torch loads here, not for every command
     from models.training.launch import run_processes
     from models.training.run import run
@@ -87,6 +88,7 @@ def train(
     refuse_out(out, spec, resume)
     local_data(raw, base)  # every bad line of every file, before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    sinks = reporting.ReportSinks.for_run(spec, out)  # the spec's report_to (docs/spec.md)
     stop = {"requested": False}
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
@@ -105,7 +107,7 @@ def train(
             result = runner(
                 spec,
                 out,
-                on_event=log,
+                on_event=sinks.wrap(log),
                 should_stop=lambda: stop["requested"],
                 resolve=lambda ref: base / ref,
                 resume=resume,
@@ -129,6 +131,7 @@ def train(
         finally:
             signal.signal(signal.SIGINT, previous)
             log.close()
+            reporting.finish_local_run(out, spec, sinks)  # DIR/metrics.png; the trackers' runs closed
     err.print(summary_table(result.evaluation))
     ran = result.steps - display.resumed_from
     resumed = f", resumed at step {display.resumed_from}" if display.resumed_from else ""

@@ -20,6 +20,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from app import logs
 from app.cli.datadir import DataDir, settings_for
 from app.cli.supervise import Supervisor
 from app.config import Settings, get_settings
@@ -38,13 +39,14 @@ def worker_argv(settings: Settings) -> list[str]:
     queues = ",".join(routing.worker_queues(settings.queue, settings.worker_device, settings.worker_processes))
     quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     worker = ["worker", "--pool=solo", "--concurrency=1", f"--queues={queues}", "--loglevel=INFO", *quiet]
-    return [sys.executable, "-m", "celery", "-A", CELERY_APP, *worker]
+    return [sys.executable, "-m", "celery", "-A", CELERY_APP, "--quiet", *worker]  # no banner: log lines only
 
 
 def _serve(settings: Settings, host: str, port: int) -> uvicorn.Server:
     from app.api.main import create_app
 
-    config = uvicorn.Config(create_app(settings), host=host, port=port, timeout_graceful_shutdown=3)
+    app = create_app(settings)  # logging is ours (app/logs.py); each request's line too (app/api/request_context.py)
+    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=3, log_config=None, access_log=False)
     return uvicorn.Server(config)
 
 
@@ -139,9 +141,11 @@ def api(
     dies is restarted; each keeps its own key cache and serving cache (models loaded for
     generation are loaded in each)."""
     settings = settings_for(data_dir)  # (--data-dir reaches the API processes in their environment)
+    logs.configure(settings.log_format)
     if workers > 1 and not sys.platform.startswith("linux"):  # no balancing SO_REUSEPORT: uvicorn's, one socket
         factory = "app.api.main:create_app"
-        uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=3)
+        quiet = {"log_config": logs.dict_config(settings.log_format), "access_log": False}  # as _serve's
+        uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=3, **quiet)
     elif workers > 1:
         _serve_processes(settings, host, port, workers)
     elif supervisor:
@@ -195,6 +199,7 @@ def up(
     from app.tables import ApiKey
 
     settings = settings_for(data_dir)
+    logs.configure(settings.log_format)
     upgrade(settings.db_url)
     db = get_database(settings.db_url)
     key_file = settings.data_dir / "api_key"

@@ -27,12 +27,13 @@ from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import logs
 from app.config import Settings
 from app.errors import Conflict, NotFound
 from app.queue import outbox
 from app.queue.wakeups import CONTROL, EVENTS
 from app.services import events, quotas
-from app.tables import FINISHED, Checkpoint, Job, JobStatus, Metric, new_id, utcnow
+from app.tables import FINISHED, Checkpoint, Job, JobEvent, JobStatus, Metric, new_id, utcnow
 from models.events import Event, make
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Claim:
     owner: str
     attempt: int
     spec: dict[str, Any]
+    request_id: str | None = None  # of the request that created the job (its first event), for the logs
 
     @property
     def holds(self) -> tuple[ColumnElement[bool]]:
@@ -90,7 +92,8 @@ def create(
         if existing is None:
             raise
         return existing, False
-    events.append(session, job.id, [make("job.queued", 0, {"total_steps": total_steps})])
+    queued = {"total_steps": total_steps, "request_id": logs.current("request_id")}  # (app/logs.py)
+    events.append(session, job.id, [make("job.queued", 0, {k: v for k, v in queued.items() if v is not None})])
     outbox.enqueue(session, job.id)
     outbox.wake(session, EVENTS, job.id)
     return job, True
@@ -159,7 +162,8 @@ def claim(session: Session, job_id: str, owner: str, lease_s: float, max_running
         return None
     if row.started_at is None:
         session.execute(update(Job).where(Job.id == job_id).values(started_at=now))
-    return Claim(job_id, row.tenant_id, owner, row.attempt, row.spec)
+    first = session.scalar(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.seq == 1))
+    return Claim(job_id, row.tenant_id, owner, row.attempt, row.spec, (first or {}).get("request_id"))
 
 
 def reset_progress(session: Session, job_id: str) -> None:

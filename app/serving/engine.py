@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client import Counter
+from app.serving import meters
 
 if TYPE_CHECKING:
     from models.data.chat import ChatFormat
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stagecraft.inference")
 Sink = Callable[["Row", str], None]
 T = TypeVar("T")
-STEPS = Counter("stagecraft_inference_decode_steps_total", "batched decode steps (one token for every active row)")
-ROWS = Counter("stagecraft_inference_decoded_rows_total", "rows decoded by those steps: rows/steps = mean batch")
-REQUESTS = Counter("stagecraft_inference_requests_total", "generation requests finished", ["finish_reason"])
 
 
 @dataclass(frozen=True)
@@ -121,6 +118,7 @@ class Batcher:
         self.sinks: dict[int, Sink] = {}
 
     def submit(self, row: Row, sink: Sink) -> None:
+        meters.submitted(row)  # its latency and time to first token start now
         with self.runner.cond:
             self.incoming.append((row, sink))
             self.runner.activate(self)
@@ -140,8 +138,7 @@ class Batcher:
         steps, rows = self.decoder.steps, self.decoder.rows_decoded
         try:
             changed = self.decoder.step()
-            STEPS.inc(self.decoder.steps - steps)
-            ROWS.inc(self.decoder.rows_decoded - rows)
+            meters.stepped(self.decoder, steps, rows)
         except Exception:
             log.exception("decode step failed on %s", self.name)
             changed = [*self.decoder.rows, *self.decoder.waiting]
@@ -152,7 +149,7 @@ class Batcher:
             if row.finish_reason is None:
                 self.sinks[id(row)](row, row.delta())
             else:
-                REQUESTS.labels(row.finish_reason).inc()
+                meters.finished(row)
                 self.sinks.pop(id(row))(row, row.delta())
 
 
@@ -208,6 +205,7 @@ class ModelCache:
         self.entries: OrderedDict[str, Served] = OrderedDict()
         self.loading: dict[str, asyncio.Task[Served]] = {}
         self.runner = InferenceThread()
+        meters.watch(self)  # its bytes in stagecraft_inference_model_cache_bytes
 
     @property
     def nbytes(self) -> int:
@@ -237,6 +235,7 @@ class ModelCache:
         finally:
             del self.loading[key]
         self.entries[key] = served
+        meters.LOADS.inc()
         while self.nbytes > self.max_bytes and len(self.entries) > 1:
             old_key, old = self.entries.popitem(last=False)
             # Requests already holding it finish; the weights go with the last of them.

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -118,8 +119,8 @@ class ObjectStore:
         try:
             for rel in manifest["files"]:
                 target = f"{remote}/{rel}" if rel else remote
-                source = str(local / rel) if rel else str(local)
-                self._retrying(f"uploading {key}/{rel}", lambda s=source, t=target: self.fs.put_file(s, t))
+                here = str(local / rel) if rel else str(local)
+                self._retrying(f"uploading {key}/{rel}", partial(self.fs.put_file, here, target))
             body = json.dumps(manifest, sort_keys=True).encode()
             self._retrying(f"writing the manifest of {key}", lambda: self.fs.pipe_file(remote + MANIFEST, body))
         except BaseException:
@@ -169,7 +170,7 @@ class ObjectStore:
             below = []
         manifests = [m for m in below if m.endswith(MANIFEST)]
         for m in [remote + MANIFEST, *manifests]:  # manifests first: the artifacts stop existing at once
-            self._retrying(f"deleting {key}", lambda m=m: self.fs.rm_file(m) if self.fs.exists(m) else None)
+            self._retrying(f"deleting {key}", partial(self._rm_if_there, m))
         if self._retrying(f"looking up {key}", lambda: self.fs.exists(remote)):
             self._retrying(f"deleting {key}", lambda: self.fs.rm(remote, recursive=True))
         local = self.path(key)
@@ -189,7 +190,10 @@ class ObjectStore:
         manifest = self._manifest(key)
         if manifest["kind"] != "file":
             raise StorageError(f"{key} is a folder, not a file")
-        return self._retrying(f"opening {key}", lambda: self.fs.open(self._remote(key), "rb", block_size=CHUNK))  # type: ignore[no-any-return]
+        stream: BinaryIO = self._retrying(
+            f"opening {key}", lambda: self.fs.open(self._remote(key), "rb", block_size=CHUNK)
+        )
+        return stream
 
     def check(self) -> None:
         try:
@@ -210,7 +214,8 @@ class ObjectStore:
         except FileNotFoundError:
             self.check()  # a missing bucket is the store's fault, not the artifact's: say so
             raise ArtifactMissing(f"object store {self.url} has no {key}") from None
-        return json.loads(body)  # type: ignore[no-any-return]
+        found: dict[str, Any] = json.loads(body)
+        return found
 
     def _download(self, key: str, manifest: dict[str, Any]) -> None:
         local, remote = self.path(key), self._remote(key)
@@ -222,7 +227,7 @@ class ObjectStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = f"{remote}/{rel}" if rel else remote
                 try:
-                    self._retrying(f"downloading {key}/{rel}", lambda s=source, t=target: self.fs.get_file(s, str(t)))
+                    self._retrying(f"downloading {key}/{rel}", partial(self.fs.get_file, source, str(target)))
                 except FileNotFoundError:
                     raise ArtifactCorrupt(
                         f"object store {self.url}: {key}/{rel} is in its manifest but not in the store"
@@ -236,6 +241,10 @@ class ObjectStore:
             done.replace(local)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def _rm_if_there(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
 
     def _remove_objects(self, remote: str, manifest: dict[str, Any]) -> None:
         for rel in manifest["files"]:

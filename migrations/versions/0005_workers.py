@@ -10,12 +10,11 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from app.tables import UTCDateTime
-
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
 
 def upgrade() -> None:
     op.create_table(
@@ -29,6 +28,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_workers"),
     )
     op.create_index("ix_workers_seen_at", "workers", ["seen_at"])
+
 
 def downgrade() -> None:
     op.drop_index("ix_workers_seen_at", table_name="workers")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from models.families import ALL_LORA_TARGETS
 from models.fields import Number, StrictInt, StrictModel
@@ -204,6 +204,17 @@ class Resources(StrictModel):
     sharding: Literal["ddp", "fsdp"] = "ddp"
 
 
+ReportTarget = Literal["tensorboard", "mlflow", "wandb"]
+REPORT_TARGETS: tuple[ReportTarget, ...] = ("tensorboard", "mlflow", "wandb")
+
+
+def _each_once(targets: list[ReportTarget]) -> list[ReportTarget]:
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} listed more than once")
+    return targets
+
+
 class JobSpec(StrictModel):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] = 0
@@ -217,6 +228,8 @@ class JobSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     resources: Resources = Resources()
     max_wall_clock_s: Annotated[StrictInt, Field(ge=1, le=30 * 86400)] = 86400
+    # Experiment trackers the run's metrics also go to (app/services/reporting.py), besides the service's own.
+    report_to: Annotated[list[ReportTarget], AfterValidator(_each_once)] = []
 
     @property
     def total_steps(self) -> int:

@@ -1,4 +1,4 @@
-"""`client.jobs`: validate, create, list, retrieve, cancel, events, wait, metrics,
+"""`client.jobs`: validate, create, list, retrieve, cancel, events, wait, metrics, plot,
 checkpoints, evaluation."""
 
 from __future__ import annotations
@@ -95,6 +95,12 @@ class Jobs:
     def metrics(self, job_id: str) -> Metrics:
         """Series `train.loss`, `train.lr`, `train.grad_norm`, `train.tokens_per_s`, `eval.<data>.<metric>`."""
         return Metrics.model_validate(self._t.json("GET", f"/v1/jobs/{job_id}/metrics"))
+
+    def plot(self, job_id: str, format: str = "png") -> bytes:
+        """The chart of the job's metrics per stage: `png` or `svg` (the image's bytes)."""
+        if format not in ("png", "svg"):
+            raise ValueError(f"format must be 'png' or 'svg', not {format!r}")
+        return self._t.send("GET", f"/v1/jobs/{job_id}/metrics.{format}").content
 
     def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
         """The kept checkpoints, oldest first; each id is servable and usable as `init_from`."""

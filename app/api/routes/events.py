@@ -1,11 +1,14 @@
-"""A job's events (JSON pages, or a live Server-Sent Events stream), metrics, checkpoints and
-evaluation report."""
+"""A job's events (JSON pages, or a live Server-Sent Events stream), metrics (and their
+charts, PNG or SVG), checkpoints and evaluation report."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,7 +18,8 @@ from app.api.fanout import Fanout
 from app.api.openapi import ERRORS, EVENT_STREAM
 from app.api.schemas import CheckpointOut, EvaluationOut, EventOut, MetricsOut, Page
 from app.errors import Invalid
-from app.services import evaluation, events, metrics
+from app.services import evaluation, events, metrics, plots
+from app.tables import Job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=ERRORS)
 MAX_SEQ = 2**63 - 1  # seqs are BIGINT: a larger cursor cannot be compared in SQL
@@ -68,6 +72,44 @@ def job_metrics(job: JobDep, session: ReadSession) -> MetricsOut:
     """Series `train.loss`, `train.lr`, `train.grad_norm`, `train.tokens_per_s` and
     `eval.<data>.<metric>`, each as [[step, value], ...] in step order."""
     return MetricsOut(series=metrics.series(session, job.id))
+
+
+_charts: RunVar[anyio.CapacityLimiter] = RunVar("stagecraft_charts")  # one per event loop
+
+
+async def chart(job: Job, db: DatabaseDep, fmt: plots.Format) -> Response:
+    """The job's series drawn per stage (app/services/plots.py), on a thread: one at a time
+    per event loop, so charts never hold more than one of the API's threads."""
+    try:
+        limiter = _charts.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _charts.set(limiter)
+
+    def draw() -> bytes:
+        with db.read() as session:
+            series = metrics.series(session, job.id)
+        return plots.render(series, plots.stage_spans(job.spec), fmt, f"{job.name} ({job.id})")
+
+    image = await anyio.to_thread.run_sync(draw, limiter=limiter)
+    return Response(image, media_type=plots.MEDIA_TYPES[fmt], headers={"Cache-Control": "no-store"})
+
+
+def _image(media: str) -> dict[int | str, dict[str, object]]:
+    return {200: {"content": {media: {}}, "description": "the chart (grows while the job runs)"}}
+
+
+@router.get("/metrics.png", response_class=Response, responses=_image("image/png"))
+async def job_metrics_png(job: JobDep, db: DatabaseDep) -> Response:
+    """The loss, learning rate and evaluation metrics drawn against the step, one panel each,
+    stages shaded and their boundaries marked (PNG)."""
+    return await chart(job, db, "png")
+
+
+@router.get("/metrics.svg", response_class=Response, responses=_image("image/svg+xml"))
+async def job_metrics_svg(job: JobDep, db: DatabaseDep) -> Response:
+    """The same chart as metrics.png, as SVG (each series a line with the id `series-<name>`)."""
+    return await chart(job, db, "svg")
 
 
 @router.get("/checkpoints")

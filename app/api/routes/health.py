@@ -6,17 +6,16 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DatabaseDep
+from app.api import scrape
+from app.api.deps import DatabaseDep, SettingsDep
 from app.api.errors import DB_RETRY_AFTER_S, error_body
-from app.api.metrics import JOBS
 from app.db import Database
 from app.errors import SchemaBehind
 from app.migrate import schema_problem
-from app.services import jobs
 from app.storage import StorageError, get_store
 
 router = APIRouter(tags=["health"])
@@ -69,9 +68,5 @@ async def readiness_problems(request: Request, db: Database) -> list[dict[str, s
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def prometheus(db: DatabaseDep) -> Response:
-    with db.read() as session:
-        counts = jobs.count_by_status(session)
-    for status, n in counts.items():
-        JOBS.labels(status).set(n)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def prometheus(db: DatabaseDep, settings: SettingsDep) -> Response:  # this process's, the jobs table's, the workers'
+    return Response(scrape.exposition(db, settings), media_type=CONTENT_TYPE_LATEST)

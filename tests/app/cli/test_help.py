@@ -12,7 +12,7 @@ from app.cli import cli
 
 # commands that print no objects: a run, text, a file path, a stream of JSON lines, a server
 NO_JSON = {"train", "generate", "migrate", "api", "worker", "up", "keys create", "keys revoke", "jobs events"}
-NO_JSON |= {"models export"}
+NO_JSON |= {"models export", "jobs plot"}
 
 
 def commands() -> dict[str, Any]:
