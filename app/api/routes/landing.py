@@ -1,6 +1,6 @@
-"""`GET /`: a page for a person who opens the service's address in a browser (what it is, its
-version, whether it is ready, where the docs are); `Accept: application/json` gets the same
-facts as JSON. No key needed: it shows nothing of any tenant."""
+"""`GET /about` (linked from the dashboard's sign-in page at `/`): what the service is, its
+version, whether it is ready, where the docs are; `Accept: application/json` gets the same
+facts as JSON (and so does `/`). No key needed: it shows nothing of any tenant."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ sent as <code>Authorization: Bearer sk-...</code>.</p><pre>{quickstart}</pre>
 </body></html>"""
 
 
-@router.get("/", response_model=None)
+@router.get("/about", response_model=None)  # `/` is the dashboard (routes/dashboard.py), linking here
 async def landing(request: Request, db: DatabaseDep) -> HTMLResponse | JSONResponse:
     facts = _facts(request, await readiness_problems(request, db))
     accept = request.headers.get("accept", "")
