@@ -89,6 +89,14 @@ class Batch:
     completion_targets: Tensor  # same, IGNORE also on prompt tokens: what cross_entropy scores
     tokens: int  # real (non-padding) input tokens
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.idx.to(device), self.targets.to(device), self.completion_targets.to(device), self.tokens)
+
+    def rows(self, lo: int, hi: int) -> Batch:
+        """Rows lo..hi-1 of the batch (a process's part of it: models/training/distributed.py)."""
+        targets = self.targets[lo:hi]
+        return Batch(self.idx[lo:hi], targets, self.completion_targets[lo:hi], int((targets != IGNORE).sum()))
+
 
 def encode_example(tok: Tokenizer, ex: Example, max_len: int) -> tuple[list[int], int]:
     """Token ids of a supervised sequence (at most max_len) and the index of its separator."""

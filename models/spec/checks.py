@@ -177,7 +177,6 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
         err("resources.device", f"'{r.device}' contradicts the top-level device '{spec.device}'; set one of them")
     if r.sharding == "fsdp" and r.processes == 1:
         err("resources.sharding", "fsdp shards over processes: set resources.processes to 2 or more")
-
     m = spec.model
     errors += family(m.arch).spec_errors(m)
     if m.init_from is None and spec.tokenizer is None:
@@ -187,12 +186,13 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
         for i, name in enumerate(spec.tokenizer.train_on):
             if name not in spec.data:
                 err(f"tokenizer.train_on.{i}", _unknown_data(name, known))
-    seen: set[str] = set()
-    parts = list(training_parts(spec))
+    seen, parts = set[str](), list(training_parts(spec))
     for i, stage in enumerate(spec.stages):
         if stage.name in seen:
             err(f"stages.{i}.name", f"duplicate stage name '{stage.name}'")
         seen.add(stage.name)
+        if stage.batch_size < r.processes:  # every process trains its own rows of each batch
+            err(f"stages.{i}.batch_size", f"{stage.batch_size} rows cannot be split over {r.processes} processes")
         for p in parts:
             if p.stage_index == i and p.part.data not in spec.data:
                 err(f"{p.loc}.data", _unknown_data(p.part.data, known))

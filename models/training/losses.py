@@ -48,6 +48,12 @@ def cross_entropy(model: Model, batch: Batch, spec: CausalLMLoss | CrossEntropyL
 
 LossFn = Callable[[Model, Batch, CausalLMLoss | CrossEntropyLoss], Tensor]
 LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm, "cross_entropy": cross_entropy}
+# The targets each loss scores (every one but IGNORE, weighted alike): a loss over a part of
+# a batch is its share of the whole batch's loss in proportion to these (models/training/distributed.py).
+SCORED: dict[str, Callable[[Batch], Tensor]] = {
+    "causal_lm": lambda b: b.targets,
+    "cross_entropy": lambda b: b.completion_targets,
+}
 
 
 def regularized(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:

@@ -42,9 +42,11 @@ def select_trainable(model: nn.Module, selectors: list[str], adapter: str | None
     return chosen
 
 
-def _impl_kwargs(device: torch.device) -> dict[str, bool]:
-    # The fused kernels run one pass over all tensors (CPU and CUDA); foreach elsewhere.
-    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+def _impl_kwargs(param: Tensor) -> dict[str, bool]:
+    # The fused kernels run one pass over all tensors (CPU and CUDA); foreach elsewhere, and
+    # on a sharded run's DTensors (FSDP, with `placements`): DTensor has no fused SGD.
+    fused = param.device.type in ("cpu", "cuda") and getattr(param, "placements", None) is None
+    return {"fused": True} if fused else {"foreach": True}
 
 
 def build_optimizer(spec: SGD | Adam, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -56,7 +58,7 @@ def build_optimizer(spec: SGD | Adam, params: list[nn.Parameter]) -> torch.optim
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    kw = _impl_kwargs(params[0].device)
+    kw = _impl_kwargs(params[0])
     if isinstance(spec, SGD):
         return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, **kw)
     cls = torch.optim.AdamW if spec.type == "adamw" else torch.optim.Adam

@@ -3,7 +3,8 @@
 Workdir layout: `spec.json`, `tokenizer/`, `checkpoints/step-NNNNNNNNN/`, `model/`. Setting
 up (data, tokenizer, model, streams) is models/training/setup.py, checkpoints (exact resume)
 models/training/run_state.py, the evaluation history models/training/eval_log.py, the
-final `model/` folder models/training/final.py.
+final `model/` folder models/training/final.py; a process of a multi-process run, its Group
+(models/training/distributed.py, models/training/rank.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,10 +37,16 @@ from models.training.precision import Weights, resolve_device, resolve_precision
 from models.training.run_state import EventSink, PublishHook
 from models.training.stages import Segment, Trainee, plan, train_step
 
+if TYPE_CHECKING:  # (torch.distributed loads only in a run of several processes)
+    from models.training.distributed import Group
+
 
 class Pipeline:
     """One run: constructed complete but empty; `load_data` then `build_model` fill in its data,
-    tokenizer, model and streams (run.py calls them, then `restore` on resume, `train`, `finish`)."""
+    tokenizer, model and streams (run.py calls them, then `restore` on resume, `train`, `finish`).
+
+    With a `group`, one of its processes: all train and evaluate alike; rank 0 alone writes
+    tokenizer, checkpoints and model (the others wait) and calls `on_event` and `publish`."""
 
     def __init__(
         self,
@@ -50,6 +57,7 @@ class Pipeline:
         resolve: Callable[[str], Path],
         publish: PublishHook | None = None,
         staging: Path | None = None,
+        group: Group | None = None,
     ):
         self.spec, self.workdir = spec, workdir
         # With a publish hook, checkpoints and the final model are written under `staging`
@@ -57,7 +65,7 @@ class Pipeline:
         self.publish, self.staging = publish, staging or workdir
         self.on_event: EventSink = on_event or (lambda e: None)
         self.should_stop = should_stop or (lambda: False)
-        self.resolve = resolve
+        self.resolve, self.group = resolve, group
         self.device = resolve_device(spec.run_device)
         self.dtype = resolve_precision(spec.precision, self.device)
         if self.dtype == torch.float16:
@@ -88,10 +96,6 @@ class Pipeline:
             raise RuntimeError("no model yet: build_model() (or adopt()) first")
         return self._model
 
-    @model.setter
-    def model(self, model: Model) -> None:
-        self._model = model
-
     @property
     def weights(self) -> Weights:
         """The model's weights as the optimizers see them (models/training/precision.py)."""
@@ -117,10 +121,7 @@ class Pipeline:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def to_device(self, b: data.Batch) -> data.Batch:
-        if self.device.type == "cpu":
-            return b
-        d = self.device
-        return data.Batch(b.idx.to(d), b.targets.to(d), b.completion_targets.to(d), b.tokens)
+        return b if self.device.type == "cpu" else b.to(self.device)
 
     # --- setup ------------------------------------------------------------------------------
 
@@ -129,17 +130,25 @@ class Pipeline:
 
     def adopt(self, model: Model) -> None:
         """Make `model` the one this run trains, on its device, in its precision."""
-        self.model = model.to(self.device).train()
+        self._model = model.to(self.device).train()
         # bf16 on the CPU: a bf16 model with fp32 masters instead of autocast (see models/training/precision.py).
         pure_bf16 = self.dtype == torch.bfloat16 and self.device.type == "cpu"
-        self._weights = Weights(self.model, torch.bfloat16 if pure_bf16 else None)
+        low = torch.bfloat16 if pure_bf16 else None
+        if self.group is not None and self.group.sharded:  # FSDP keeps the fp32 masters: its shards
+            self._model, low = self.group.shard(self.model, low), None
+        self._weights = Weights(self.model, low)
         if pure_bf16:
             self.dtype = None
 
     def build_model(self) -> None:
-        model, self._tok, self.chat = setup.tokenizer_and_model(self.spec, self.workdir, self.resolve, self.train_sets)
+        with contextlib.nullcontext() if self.group is None else self.group.rank0_first():  # (rank 0 writes tokenizer/)
+            model, self._tok, self.chat = setup.tokenizer_and_model(
+                self.spec, self.workdir, self.resolve, self.train_sets
+            )
         self.adapters.create(model)
         self.adopt(model)
+        if self.group is not None:
+            self.group.seed(self.spec.seed)
         block = training_block(self.spec.model, self.model.config.block_size)
         self.streams, self.val_streams = setup.make_streams(
             self.spec, self.segments, self.train_sets, self.val_sets, self.tok, block, self.chat
@@ -173,22 +182,22 @@ class Pipeline:
             "evaluations": self.evals.history,
             "model": describe(self.model.config, self.tok),
         }
-        base_frozen = self.adapters.base_frozen
-        tensors, state = run_state.pack(self.weights, base_frozen, self.device, self.optimizers, self.streams, progress)
+        w, g, frozen = self.weights, self.group, self.adapters.base_frozen
+        tensors, state = run_state.pack(w, frozen, self.device, self.optimizers, self.streams, progress, g)
         seg = self.segments[min(seg_i, len(self.segments) - 1)]
         stage: events.StageRef = {"index": seg.stage_index, "name": seg.stage.name}
-        keep = self.spec.checkpointing.keep_last
-        return run_state.store(self.ckpt_root, tensors, state, stage, keep, self.on_event, self.publish, self.staging)
+        root, keep = self.ckpt_root, self.spec.checkpointing.keep_last
+        return run_state.store(root, tensors, state, stage, keep, self.on_event, self.publish, self.staging, g)
 
     def restore(self, path: Path) -> None:
-        state, optimizer_states = run_state.unpack(path, self.weights, self.device, self.streams)
+        def optimizer_of(key: str) -> torch.optim.Optimizer:
+            return self.trainee(next(s for s in self.segments if s.key == key)).optimizer
+
+        state = run_state.unpack(path, self.weights, self.device, self.streams, optimizer_of, self.group)
         self.position = (state["segment"], state["segment_step"])
         self.global_step, self.elapsed = state["global_step"], state["elapsed_s"]
         self.saved_step = self.global_step
         self.evals.history = state["evaluations"]
-        for key, opt_state in optimizer_states.items():
-            seg = next(s for s in self.segments if s.key == key)
-            self.trainee(seg).optimizer.load_state_dict(opt_state)
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -206,6 +215,8 @@ class Pipeline:
                 self.model, self.tok, self.val_streams[name], examples, self.spec.evaluation, self.to_device, self.chat
             )
         self.model.train()
+        if self.group is not None:
+            self.group.release(self.model)
         return {"data": name, **result}
 
     def stage_data(self, seg: Segment) -> list[str]:
@@ -242,22 +253,16 @@ class Pipeline:
                     lr,
                     self.autocast,
                     self.to_device,
+                    self.group,
                 )
                 self.global_step += 1
                 self.position = (seg_i, s + 1)
                 dt = time.perf_counter() - t0
-                self.emit(
-                    "train.step",
-                    seg,
-                    {
-                        "loss": round(r.loss, 6),
-                        "lr": lr,
-                        "grad_norm": round(r.grad_norm, 6),
-                        "tokens_per_s": round(r.tokens / dt, 1),
-                        "phase": seg.label,
-                    },
-                )
+                metrics = {"loss": round(r.loss, 6), "lr": lr, "grad_norm": round(r.grad_norm, 6)}
+                self.emit("train.step", seg, {**metrics, "tokens_per_s": round(r.tokens / dt, 1), "phase": seg.label})
                 self.elapsed = time.monotonic() - began
+                if self.group is not None:  # every rank takes the time limit's decision alike
+                    self.elapsed = self.group.agreed(self.elapsed)
                 stage_ends = seg.stage_offset + s + 1 == seg.stage_steps  # evaluated just below
                 due = self.global_step % self.spec.evaluation.every_steps == 0
                 if due and not stage_ends and seg.part.data in self.val_streams:
@@ -286,8 +291,10 @@ class Pipeline:
             result = self.evaluate_data(None, name, with_tasks=True)
             final[name] = {k: v for k, v in result.items() if isinstance(v, float)}
         evaluation = {"final": final, "history": self.evals.history}
-        state, steps = self.weights.state_dict(), self.global_step
-        final_model.write_model(
-            model_dir, self.spec.name, self.model, state, self.tok, self.chat, self.adapters, steps, evaluation
-        )
+        state, steps, g = self.weights.state_dict(), self.global_step, self.group
+        state = state if g is None else g.full(state)  # (of several processes: whole, on rank 0)
+        if g is None or not g.rank:
+            final_model.write_model(
+                model_dir, self.spec.name, self.model, state, self.tok, self.chat, self.adapters, steps, evaluation
+            )
         return RunResult(model_dir, self.global_step, final)

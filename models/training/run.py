@@ -1,7 +1,9 @@
 """`run(spec, workdir, ...)`: tokenizer → stages → final model, with exact resume.
 
 Workdir layout: `spec.json`, `tokenizer/`, `checkpoints/step-NNNNNNNNN/`, `model/`.
-The work itself is `models.training.pipeline.Pipeline`; this is its one entry point.
+The work itself is `models.training.pipeline.Pipeline`; this is its one entry point in one
+process. A job of several processes runs through models.training.launch.run_processes, whose
+processes (models/training/rank.py) share `prepare` and `drive` with it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from models.training.final import RunResult
 from models.training.pipeline import Pipeline
 from models.training.run_state import EventSink, PublishHook
 
-__all__ = ["EventSink", "PublishHook", "RunResult", "Stopped", "run", "same_spec"]
+__all__ = ["EventSink", "PublishHook", "RunResult", "Stopped", "drive", "prepare", "run", "same_spec"]
 
 
 def same_spec(path: Path, spec: JobSpec) -> bool:
@@ -56,6 +58,13 @@ def run(
     checkpoints and the model are staged under `staging` and published by the hook
     (the service fences them by its lease); RunResult.model_dir is then the staged model.
     """
+    resume_from = prepare(spec, workdir, resume)
+    return drive(Pipeline(spec, workdir, on_event, should_stop, resolve, publish, staging), resume_from)
+
+
+def prepare(spec: JobSpec, workdir: Path, resume: bool) -> Path | None:
+    """Check that `workdir` may hold this run (a new one, or with resume one of the same
+    spec) and record its spec there; returns the checkpoint to resume from, if any."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_file = workdir / "spec.json"
     if spec_file.exists():
@@ -66,12 +75,16 @@ def run(
     else:
         checkpoint.write_json(spec_file, spec.model_dump(mode="json"))
     ckpts = checkpoint.list_checkpoints(workdir / "checkpoints")
-    p = Pipeline(spec, workdir, on_event, should_stop, resolve, publish, staging)
+    return ckpts[-1] if resume and ckpts else None
+
+
+def drive(p: Pipeline, resume_from: Path | None) -> RunResult:
+    """Run `p` to its end: data, model, the checkpoint `resume_from`, every step, the model."""
     p.load_data()
     p.build_model()
-    if resume and ckpts:
-        p.restore(ckpts[-1])
-        p.emit("job.restarted", None, {"from_step": p.global_step, "checkpoint": ckpts[-1].name})
+    if resume_from is not None:
+        p.restore(resume_from)
+        p.emit("job.restarted", None, {"from_step": p.global_step, "checkpoint": resume_from.name})
     if p.should_stop():  # asked to stop while data and model were loading
         p.save()
         raise Stopped(p.global_step)

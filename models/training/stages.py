@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,9 +22,12 @@ from models.data.streams import Batch, Stream
 from models.errors import TrainingError
 from models.families.build import Model
 from models.spec import FinetuneStage, GradClip, MultistepStage, Phase, PretrainStage, Schedule, Stage, part_loc
-from models.training.losses import LOSSES, add_regularization_grads
+from models.training.losses import LOSSES, SCORED, add_regularization_grads
 from models.training.optim import clipped_step, set_lr
 from models.training.precision import Weights
+
+if TYPE_CHECKING:  # (torch.distributed loads only in a run of several processes)
+    from models.training.distributed import Group
 
 
 @dataclass(frozen=True)
@@ -139,26 +143,37 @@ def train_step(
     lr: float,
     autocast: Callable[[], AbstractContextManager[object]],
     to_device: Callable[[Batch], Batch],
+    group: Group | None = None,
 ) -> StepResult:
-    """Optimizer step number `step`: grad_accum micro-batches, regularization, clipping, update."""
+    """Optimizer step number `step`: grad_accum micro-batches, regularization, clipping, update.
+
+    With a `group` each micro-batch is the global batch (every rank draws it), of which this
+    rank trains its rows, its loss weighted by their share of the scored tokens; the loss and
+    (ddp) the gradients are then summed over the ranks, so every rank takes the same update."""
     loss_fn = LOSSES[seg.part.loss.type]
     total = torch.zeros(())
     tokens = 0
     for _ in range(seg.grad_accum):
         batch = to_device(stream.next_batch(seg.batch_size))
+        tokens += batch.tokens
+        if group is not None:
+            batch, share = group.local(batch, SCORED[seg.part.loss.type](batch))
         with autocast():
             loss = loss_fn(model, batch, seg.part.loss)
+        if group is not None:
+            loss = loss * share
         (loss / seg.grad_accum).backward()
         total += loss.detach().float().cpu()
-        tokens += batch.tokens
+    weights.gradients_to_optimizer(t.params, t.opt_params)
+    if group is not None:
+        total = group.reduce(t.opt_params, total)
     value = float(total) / seg.grad_accum
     if not math.isfinite(value):
         raise TrainingError("user_error", f"loss diverged at stage {seg.stage.name} step {step} (loss {value})")
-    weights.gradients_to_optimizer(t.params, t.opt_params)
     reg = seg.part.regularization
     add_regularization_grads(t.opt_params, reg.l1, reg.l2)
     grads = [p.grad for p in t.opt_params if p.grad is not None]
-    norm = float(torch.nn.utils.get_total_norm(grads))
+    norm = float(torch.nn.utils.get_total_norm(grads)) if group is None else group.norm(grads)
     if not math.isfinite(norm):  # an update now would write inf/NaN into the weights
         raise TrainingError("user_error", f"loss diverged at stage {seg.stage.name} step {step} (gradient norm {norm})")
     set_lr(t.optimizer, lr)
