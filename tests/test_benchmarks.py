@@ -87,3 +87,8 @@ def test_storage_transfer_benchmark_tiny() -> None:
     [row] = report["results"]
     assert set(row["seconds"]) == {"ours_up", "peer_up", "ours_down", "peer_down"}
     assert row["ours_vs_peer"]["save_upload"] > 0 and row["ours_vs_peer"]["download_verify"] > 0
+
+
+def test_distributed_train_benchmark_tiny() -> None:
+    report = run("distributed_train.py", "--steps", "6", "--passes", "1", "--layers", "1", "--width", "32")
+    assert set(report["median"]) == {"p1", "p2"} and report["n_vs_1"]["tokens_per_s"] > 0

@@ -34,6 +34,7 @@ from models.errors import StagecraftError, Stopped
 from models.events import make
 from models.spec import parse_spec
 from models.training.checkpoint import list_checkpoints
+from models.training.launch import run_processes
 from models.training.run import RunResult, run
 from workers import meter
 from workers.reporter import SHUTDOWN, JobRun
@@ -89,9 +90,7 @@ def execute(
     log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker)
     try:
         if error is None:  # processes > 1: under torchrun, supervised from here (models/training/launch.py)
-            launch = run
-            if spec.resources.processes > 1:
-                from models.training.launch import run_processes as launch
+            launch = run_processes if spec.resources.processes > 1 else run
             result = launch(spec, workdir, **_callbacks(job_run, workdir, claim.attempt))
             _store_model(settings, result, workdir)  # stored before the transaction that registers it
     except Stopped:

@@ -199,3 +199,30 @@ def _readyz(url: str) -> dict[str, Any] | None:
     except httpx.TransportError:
         return None
     return {"status": r.status_code, "body": r.json()}
+
+
+def test_a_two_process_job_runs_under_torchrun_and_cancels(hosts: Hosts, spec: dict[str, Any]) -> None:
+    """A worker offering 2 processes takes a job asking for them (FSDP here), runs it under
+    torchrun, and stores the model like any other; a cancel stops such a job at a step."""
+    worker = hosts.start("worker-p2", "host-f", "worker", "--processes", "2")
+    try:
+        with hosts.api() as api:
+            two = {**spec, "name": "two-processes", "resources": {"processes": 2, "sharding": "fsdp"}}
+            job = api.submit(two)
+            # Waiting until the new worker's first heartbeat says it offers 2 processes, then not.
+            wait_until("the worker's offer", lambda: api.job(job["id"])["waiting"] is None, timeout=60)
+            done = wait_finished(api, job["id"])
+            assert done["status"] == "succeeded", done
+            assert set(hosts.model_weights(job["id"])), "no model in the store"
+            r = api.http.post(f"/v1/models/{done['model_id']}/generate", json={"prompt": "At the", "max_new_tokens": 4})
+            assert r.status_code == 200, r.text
+
+            long = api.submit(
+                {**two, "name": "two-processes-cancelled", "stages": [{**spec["stages"][0], "steps": 400}]}
+            )
+            wait_until("steps", lambda: api.job(long["id"])["step"] >= 3, every=0.1)
+            assert api.http.post(f"/v1/jobs/{long['id']}/cancel").status_code == 200
+            ended = wait_finished(api, long["id"], timeout=120)
+            assert ended["status"] == "cancelled" and ended["step"] < 400, ended
+    finally:
+        worker.stop()
