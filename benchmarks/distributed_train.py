@@ -28,6 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+
 from benchmarks.machine import CpuWindow, environment, log  # noqa: E402
 from models.events import Event  # noqa: E402
 from models.spec import parse_spec  # noqa: E402
@@ -88,7 +90,10 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=0, help="the 1-process job's torch threads (0: every core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="dist-bench-"))
     data = corpus(root / "corpus.txt")
     runs: dict[str, list[dict[str, Any]]] = {"p1": [], f"p{args.processes}": []}
@@ -105,6 +110,7 @@ def main() -> None:
         "processes": args.processes,
         "sharding": args.sharding,
         "device": args.device,
+        "threads_1_process": torch.get_num_threads(),
         "median": {k: {m: round(x, 2) for m, x in v.items()} for k, v in med.items()},
         "n_vs_1": {
             "tokens_per_s": round(med[n]["tokens_per_s"] / med["p1"]["tokens_per_s"], 3),
