@@ -62,20 +62,30 @@ def show(model_id: ModelId, json_: JsonOption = False) -> None:
 
 
 @models_cli.command(
-    "export", epilog="Example: stagecraft models export model_0123abcd --out model.tar.gz   (then AutoModelForCausalLM)"
+    "export",
+    epilog="Example: stagecraft models export model_0123abcd --out model.tar.gz   (then AutoModelForCausalLM)\n\n"
+    "Example: stagecraft models export model_0123abcd --format gguf --quantization q8_0   (then llama.cpp)",
 )
 def export(
     model_id: ModelId,
     out: Annotated[Path, typer.Option("--out", help="a file, or an existing folder (the server's file name)")] = Path(),
-    archive: Annotated[str, typer.Option(help="tar.gz or zip")] = "tar.gz",
+    archive: Annotated[str | None, typer.Option(help="format hf: tar.gz (the default) or zip")] = None,
+    format: Annotated[str, typer.Option("--format", help="hf (an archive) or gguf (one .gguf file)")] = "hf",
+    quantization: Annotated[
+        str | None, typer.Option(help="format gguf: f32, f16 (the default), q8_0, q4_0 or q4_1")
+    ] = None,
 ) -> None:
-    """Download a model as a Hugging Face archive (transformers loads it with no custom code).
-    Prints the file written."""
-    if archive not in ("tar.gz", "zip"):
+    """Download a model as a Hugging Face archive (transformers loads it with no custom code),
+    or as a GGUF file (llama.cpp runs it; an adapter comes merged into its base). Prints the
+    file written."""
+    if format not in ("hf", "gguf"):
+        err.print("[red]error:[/red] --format must be hf or gguf")
+        raise typer.Exit(2)
+    if archive not in (None, "tar.gz", "zip"):
         err.print("[red]error:[/red] --archive must be tar.gz or zip")
         raise typer.Exit(2)
     with connect() as c:
-        path = c.models.export(model_id, out, archive=archive)
+        path = c.models.export(model_id, out, archive=archive, format=format, quantization=quantization)
     print(path)
 
 

@@ -1,12 +1,13 @@
 """Models in and out as archives: importing an uploaded Hugging Face model archive (GPT-2 or
 Llama family), a GGUF file, or an exported Stagecraft model; and exporting any servable
-model in the Hugging Face layout.
+model in the Hugging Face layout or as a GGUF file.
 
 Import is three steps: extracting and checking the archive (no torch: a worker thread),
 converting it (`import_model`: parsers of untrusted files and torch, so in a child process
 with time and memory limits, app.serving.sandbox; never on the inference thread, so one
 tenant's import holds up nobody's generation nor another tenant's import), registering it
-(a worker thread). Export runs torch code, on the inference thread.
+(a worker thread). Export (Hugging Face archives; GGUF files, models.formats.gguf.writer) runs
+torch code, on the inference thread.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
-from app.errors import from_model_error
+from app.errors import Invalid, from_model_error
 from app.services import adapters, catalog, deletion, model_checks
 from app.serving import sandbox
 from app.storage import get_store, key_of
@@ -169,15 +170,20 @@ def register(session: Session, settings: Settings, tenant_id: str, name: str, fi
         raise
 
 
-def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kind: str) -> str:
-    """The key of the model at `model_dir` as a .tar.gz or .zip in the `fmt` layout, made once
-    per model and kept in the store (served from this host's copy, or streamed from the store)."""
+def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kind: str, quantization: str = "") -> str:
+    """The key of the model at `model_dir` as a .tar.gz or .zip in the `fmt` layout, or (`fmt`
+    "gguf") as one .gguf file in `quantization` (an adapter merged into its base), made once per
+    model (and quantization) and kept in the store (served from this host's copy, or streamed
+    from the store). 422 `unsupported_model` naming what the format cannot represent."""
+    from models.errors import UnsupportedModel
     from models.formats.archive import pack
+    from models.formats.gguf.writer import write_gguf
     from models.formats.hf.directory import to_hf
 
     store = get_store(settings)
     folder = key_of(settings, model_dir).replace("/", "-")
-    out = settings.models_dir / "exports" / folder / f"{name}-{fmt}.{kind}"
+    file = f"{name}-{quantization}.gguf" if fmt == "gguf" else f"{name}-{fmt}.{kind}"
+    out = settings.models_dir / "exports" / folder / file
     if out.is_file():
         out.touch()  # most recently used: the cache evicts the others first
         return key_of(settings, out)
@@ -186,12 +192,18 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{fmt}-{new_id('x')}"
     try:
-        if adapters.is_adapter(model_dir):  # a LoRA adapter exports in the PEFT layout
-            adapters.export_peft(model_dir, staging)
+        if fmt == "gguf":  # one file, written whole (models.formats.gguf.writer)
+            write_gguf(model_dir, out, quantization, name)
         else:
-            to_hf(model_dir, staging)
-        tmp = pack(staging, out.with_name(f".{staging.name}-{out.name}"), f"{name}-{fmt}")
-        tmp.replace(out)
+            if adapters.is_adapter(model_dir):  # a LoRA adapter exports in the PEFT layout
+                adapters.export_peft(model_dir, staging)
+            else:
+                to_hf(model_dir, staging)
+            tmp = pack(staging, out.with_name(f".{staging.name}-{out.name}"), f"{name}-{fmt}")
+            tmp.replace(out)
+    except UnsupportedModel as exc:
+        message = f"this model cannot be exported as {fmt}: {exc}"
+        raise Invalid(message, [{"loc": "format", "message": message}], code="unsupported_model") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     store.put(key_of(settings, out))

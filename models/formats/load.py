@@ -25,6 +25,7 @@ from models.formats.gguf.reader import open_gguf, read_gguf
 from models.formats.gguf.tokenizer import build_tokenizer
 from models.formats.hf.directory import from_hf, is_hf_dir
 from models.formats.hf.files import service_tokenizer
+from models.formats.hf.gpt2 import from_hf_parts as gpt2_from_parts
 from models.formats.hf.llama import from_hf_parts
 from models.formats.layout import ADAPTER_CONFIG, MODEL_FILE
 from models.formats.native import load_config, load_tensors, model_config, tokenizer_of
@@ -40,13 +41,15 @@ def is_gguf(path: Path) -> bool:
 
 
 def load_gguf(path: Path, dropout: float | None = None) -> tuple[Model, Tokenizer]:
-    """A llama/qwen2 GGUF file as our Llama: dequantized by models.formats.gguf.reader, the tokenizer rebuilt
-    from its metadata, its end ids, chat template and generation defaults attached."""
+    """A llama/qwen2/qwen3 GGUF file as our Llama, a gpt2 one as our GPT: dequantized by
+    models.formats.gguf.reader, the tokenizer rebuilt from its metadata, its end ids, chat
+    template and generation defaults attached."""
     ckpt = read_gguf(path)
     eos = ckpt.generation.get("eos_token_id")
     eos_ids = eos if isinstance(eos, list) else ([] if eos is None else [int(eos)])
     tok = service_tokenizer(ckpt.tokenizer, eos_ids, ckpt.chat_template, ckpt.generation)
-    return from_hf_parts(ckpt.config, ckpt.tensors, tok, dropout), tok
+    build = gpt2_from_parts if ckpt.config["model_type"] == "gpt2" else from_hf_parts
+    return build(ckpt.config, ckpt.tensors, tok, dropout), tok
 
 
 def chat_format_of(source: Path) -> ChatFormat | None:

@@ -89,17 +89,28 @@ class Models:
     def summarize(self, model_id: str, text: str, **sampling: Any) -> Summary:
         return Summary.model_validate(self._post(model_id, "summarize", {**_sampling(**sampling), "text": text}))
 
-    def export(self, model_id: str, dest: str | Path, archive: str = "tar.gz", format: str = "hf") -> Path:
-        """Download the model as an archive that transformers' AutoModelForCausalLM loads.
-        `dest`: a file path, or an existing folder (the server's file name is used)."""
-        params = {"format": format, "archive": archive}
+    def export(
+        self,
+        model_id: str,
+        dest: str | Path,
+        archive: str | None = None,
+        format: str = "hf",
+        quantization: str | None = None,
+    ) -> Path:
+        """Download the model: `format` "hf", an archive (`archive`: tar.gz, the default, or zip)
+        that transformers' AutoModelForCausalLM loads; "gguf", one .gguf file that llama.cpp runs
+        (`quantization`: f32, f16 (the default), q8_0, q4_0 or q4_1; an adapter comes merged into
+        its base). `dest`: a file path, or an existing folder (the server's file name is used)."""
+        params = {"format": format, "archive": archive, "quantization": quantization}
+        params = {k: v for k, v in params.items() if v is not None}
         response = self._t.send(
             "GET", f"/v1/models/{model_id}/export", params=params, stream=True, timeout=TRANSFER_TIMEOUT
         )
         try:
             target = Path(dest)
             if target.is_dir():
-                target = target / _filename(response, f"{model_id}-{format}.{archive}")
+                kind = f"{quantization or 'f16'}.gguf" if format == "gguf" else f"{format}.{archive or 'tar.gz'}"
+                target = target / _filename(response, f"{model_id}-{kind}")
             partial = target.with_name(target.name + ".part")
             with partial.open("wb") as f:
                 for chunk in response.iter_bytes():

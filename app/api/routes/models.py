@@ -1,7 +1,7 @@
 """/v1/models: finished and uploaded models, and checkpoints by id (all usable as `init_from`
 and servable); uploading a model (a Hugging Face folder of the GPT-2 or Llama family: gpt2,
 llama, mistral, qwen2, qwen3; a GGUF file; an export; a PEFT adapter); exporting one in the
-Hugging Face layout.
+Hugging Face layout or as a GGUF file.
 
 Import extracts and checks an archive on a worker thread and converts it in a child process
 with time and memory limits (app.services.archives.import_model); exports run on the serving
@@ -22,15 +22,16 @@ from app.api import shape
 from app.api.body import ParsedJsonRoute
 from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, SettingsDep, TenantDep, WriteSession
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
-from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page
+from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page, ServingOut
 from app.api.uploads import receive_file
 from app.config import Settings
 from app.db import Database
 from app.errors import Invalid
 from app.services import adapters, archives, catalog, deletion, quotas
 from app.services.names import NAME_MAX, is_id
+from app.serving import precision
 from app.storage import get_store
-from app.tables import Checkpoint
+from app.tables import Checkpoint, Model
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS, route_class=ParsedJsonRoute)
 
@@ -44,11 +45,19 @@ def list_models(tenant_id: TenantDep, session: ReadSession, settings: SettingsDe
 
 @router.get("/{model_id}", responses={409: error("`model_not_ready`: a job id whose job has not succeeded")})
 def get_model(
-    model_id: str, tenant_id: TenantDep, session: ReadSession, settings: SettingsDep
+    model_id: str, tenant_id: TenantDep, session: ReadSession, settings: SettingsDep, cache: ModelCacheDep
 ) -> ModelOut | CheckpointOut:
-    """A model id (`model_...`), a checkpoint id (`ckpt_...`) or a job id (`job_...`: its final model)."""
+    """A model id (`model_...`), a checkpoint id (`ckpt_...`) or a job id (`job_...`: its final model),
+    with the precisions it is servable and loaded in (`serving`)."""
     found = catalog.find(session, settings, tenant_id, model_id)
-    return shape.checkpoint(found) if isinstance(found, Checkpoint) else shape.model(found)
+    out = shape.checkpoint(found) if isinstance(found, Checkpoint) else shape.model(found)
+    row = found if isinstance(found, Checkpoint) else session.get(Model, found.id)
+    directory = None if row is None else precision.served_directory(session, settings, row)
+    loaded = [] if directory is None else cache.loaded(str(directory))
+    loaded = [p for p in precision.PRECISIONS if p in loaded]
+    out.serving = ServingOut(default_precision=precision.default(settings), precisions=precision.allowed(settings),
+                             loaded=loaded)  # fmt: skip
+    return out
 
 
 UPLOAD_BODY = upload_body(
@@ -148,8 +157,15 @@ def delete_model(model_id: str, tenant_id: TenantDep, session: WriteSession, set
     "/{model_id}/export",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/gzip": {}, "application/zip": {}}, "description": "the archive"},
+        200: {
+            "content": {"application/gzip": {}, "application/zip": {}, "application/octet-stream": {}},
+            "description": "the archive (format=hf), or the .gguf file (format=gguf)",
+        },
         409: error("`model_not_ready`: a job id whose job has not succeeded"),
+        422: error(
+            "`invalid_request`: `archive` with format=gguf, `quantization` with format=hf, or a quantization "
+            "not written (K-quants such as q4_k_m); `unsupported_model`: what the format cannot represent"
+        ),
     },
 )
 async def export_model(
@@ -158,21 +174,28 @@ async def export_model(
     settings: SettingsDep,
     cache: ModelCacheDep,
     db: DatabaseDep,
-    format: Literal["hf"] = "hf",
-    archive: Literal["tar.gz", "zip"] = "tar.gz",
+    format: Literal["hf", "gguf"] = "hf",
+    archive: Literal["tar.gz", "zip"] | None = None,
+    quantization: str | None = None,
 ) -> Response:
-    """An archive that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer`
-    load with no custom code (GPT2LMHeadModel for arch gpt; LlamaForCausalLM, Qwen2ForCausalLM
-    or Qwen3ForCausalLM for arch llama): config.json, model.safetensors, tokenizer files,
-    generation_config.json."""
+    """format=hf (the default): an archive (`archive`: tar.gz, the default, or zip) that
+    `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` load with no custom
+    code (GPT2LMHeadModel for arch gpt; LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM
+    for arch llama): config.json, model.safetensors, tokenizer files, generation_config.json; an
+    adapter in the PEFT layout.
+
+    format=gguf: one .gguf file that llama.cpp runs (architecture gpt2, llama, qwen2 or qwen3;
+    the tokenizer and chat template inside; an adapter merged into its base), in `quantization`
+    f32, f16 (the default), q8_0, q4_0 or q4_1."""
+    kind, quantized = _export_options(format, archive, quantization)
 
     def build() -> str:
         with db.read() as session:
             directory = catalog.servable(session, settings, tenant_id, model_id)
-        return archives.export_archive(settings, directory, model_id, format, archive)
+        return archives.export_archive(settings, directory, model_id, format, kind, quantized)
 
     key = await cache.run(build)
-    media = "application/zip" if archive == "zip" else "application/gzip"
+    media = {"zip": "application/zip", "tar.gz": "application/gzip"}.get(kind, "application/octet-stream")
     store = get_store(settings)
     path = store.path(key)
     if path.is_file():
@@ -180,6 +203,26 @@ async def export_model(
     stream = await run_in_threadpool(store.open, key)  # another host built it: straight from the store
     disposition = {"Content-Disposition": f'attachment; filename="{path.name}"'}
     return StreamingResponse(iterate_in_threadpool(_chunks(stream)), media_type=media, headers=disposition)
+
+
+def _export_options(fmt: str, archive: str | None, quantization: str | None) -> tuple[str, str]:
+    """The file kind of an export (tar.gz, zip or gguf) and its quantization ("" for hf); 422
+    naming an option that does not apply."""
+    from models.formats.gguf.quantization import DEFAULT, quantization_error
+
+    def refuse(loc: str, message: str) -> Invalid:
+        return Invalid(message, [{"loc": loc, "message": message}])
+
+    if fmt == "hf":
+        if quantization is not None:
+            raise refuse("quantization", "quantization applies to format=gguf only (format=hf is float32)")
+        return archive or "tar.gz", ""
+    if archive is not None:
+        raise refuse("archive", "archive does not apply to format=gguf: the export is one .gguf file")
+    why = quantization_error(quantization or DEFAULT)
+    if why is not None:
+        raise refuse("quantization", why)
+    return "gguf", quantization or DEFAULT
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:

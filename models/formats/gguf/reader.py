@@ -1,17 +1,19 @@
 """GGUF files (llama.cpp's format) as a Hugging Face-style checkpoint.
 
-`read_gguf(path)` reads a `llama` or `qwen2` GGUF with the `gguf` package and returns what a
-Hugging Face model directory would hold: the `config.json` dict, HF-named tensors (quantized
+`read_gguf(path)` reads a `llama`, `qwen2`, `qwen3` or `gpt2` GGUF (gpt2's names and config:
+models/formats/gguf/gpt2.py) with the `gguf` package and returns what a Hugging Face model
+directory would hold: the `config.json` dict, HF-named tensors (quantized
 types dequantized to fp32, F16/BF16 kept), a `tokenizers.Tokenizer` rebuilt from the metadata,
 the chat template and the generation ids. The HF import builds our model from it.
 
 llama.cpp's converter permutes the rows of llama `attn_q`/`attn_k` (it interleaves the two
-rotary halves of each head for its own rope kernel); we undo that. It leaves qwen2 alone.
+rotary halves of each head for its own rope kernel); we undo that. It leaves qwen2/qwen3 alone.
 Shapes are checked against the metadata before any tensor is dequantized.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,15 @@ from tokenizers import Tokenizer
 
 from models.errors import GGUFError
 from models.families.llama.config import GGUF_GLOBAL_TENSORS, GGUF_LAYER_TENSORS
+from models.formats.gguf import gpt2
 from models.formats.gguf.header import check_header
 from models.formats.gguf.tokenizer import build_tokenizer
 from models.formats.gguf.tokenizer import metadata_value as _value
 
 __all__ = ["GGUFCheckpoint", "GGUFError", "hf_name", "read_gguf", "unpermute"]
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "gpt2": "GPT2LMHeadModel"}  # fmt: skip
 
 
 def _decimal(value: Any) -> float:
@@ -104,13 +108,18 @@ def _llama3_scaling(factors: np.ndarray, head_dim: int, theta: float) -> dict[st
     raise GGUFError("rope_freqs.weight: llama3 rope scaling whose parameters cannot be recovered from the divisors")
 
 
-def _config(reader: GGUFReader, arch: str, vocab: int) -> dict[str, Any]:
+def _need(reader: GGUFReader, arch: str) -> Callable[[str], int]:
     def need(key: str) -> int:
         v = _value(reader, f"{arch}.{key}")
         if not isinstance(v, int) or v <= 0:
             raise GGUFError(f"metadata {arch}.{key}: missing or not a positive integer ({v!r})")
         return v
 
+    return need
+
+
+def _config(reader: GGUFReader, arch: str, vocab: int) -> dict[str, Any]:
+    need = _need(reader, arch)
     width, heads = need("embedding_length"), need("attention.head_count")
     kv_heads = _value(reader, f"{arch}.attention.head_count_kv", heads)
     head_dim = _value(reader, f"{arch}.attention.key_length") or width // heads
@@ -141,7 +150,7 @@ def _config(reader: GGUFReader, arch: str, vocab: int) -> dict[str, Any]:
         "tie_word_embeddings": "output.weight" not in names,
         "torch_dtype": "float32",
     }
-    if _value(reader, f"{arch}.attention.key_length") is not None:
+    if _value(reader, f"{arch}.attention.key_length") is not None or arch == "qwen3":
         config["head_dim"] = head_dim
     if arch == "llama":
         config["mlp_bias"] = False
@@ -175,6 +184,8 @@ def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         "mlp.up_proj.weight": (ffn, width),
         "mlp.down_proj.weight": (width, ffn),
     }
+    if config["model_type"] == "qwen3":
+        per_layer.update({"self_attn.q_norm.weight": (head_dim,), "self_attn.k_norm.weight": (head_dim,)})
     for i in range(config["num_hidden_layers"]):
         shapes.update({f"model.layers.{i}.{k}": v for k, v in per_layer.items()})
     return shapes
@@ -219,13 +230,18 @@ def read_gguf(path: Path) -> GGUFCheckpoint:
     if arch not in ARCHITECTURES:
         raise GGUFError(f"unsupported model: GGUF architecture '{arch}' (supported: {', '.join(ARCHITECTURES)})")
     tok = build_tokenizer(reader)
-    config = _config(reader, arch, tok.tokenizer.get_vocab_size())
-    expected = _expected_shapes(config)
+    if arch == "gpt2":  # models.formats.gguf.gpt2: GPT-2's config and names
+        vocab = int(_value(reader, "gpt2.vocab_size", tok.tokenizer.get_vocab_size()))
+        config = gpt2.hf_config(reader, _need(reader, arch), vocab)
+        expected, name_of = gpt2.expected_shapes(config), gpt2.hf_name
+    else:
+        config = _config(reader, arch, tok.tokenizer.get_vocab_size())
+        expected, name_of = _expected_shapes(config), hf_name
     chosen = []
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":
             continue  # read into config["rope_scaling"]
-        name = hf_name(t.name)
+        name = name_of(t.name)
         if name is None or name not in expected:
             raise GGUFError(f"tensor {t.name}: not part of a {arch} model this importer knows")
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
@@ -248,6 +264,6 @@ def read_gguf(path: Path) -> GGUFCheckpoint:
             value = unpermute(value, config["num_attention_heads"])
         elif arch == "llama" and ".self_attn.k_proj." in name:
             value = unpermute(value, config["num_key_value_heads"])
-        tensors[name] = value
+        tensors[name] = gpt2.to_hf(t.name, value) if arch == "gpt2" else value
     generation = {k: v for k, v in tok.generation.items() if v is not None}
     return GGUFCheckpoint(config, tensors, tok.tokenizer, tok.chat_template, generation, tok.special_tokens)

@@ -135,13 +135,24 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def load(directory: Path, raw: dict[str, Any], dropout: float | None = None) -> tuple[GPT, Tokenizer]:
     """A GPT-2 directory as our GPT; new embedding rows for the tokens we add."""
-    config = _check(raw)
+    _check(raw)
     weights = _weights(directory)
-    head = weights.pop("lm_head.weight", None)
-    wte = weights["transformer.wte.weight"]
-    if head is not None and not torch.equal(head, wte):
-        raise UnsupportedModel("unsupported model: lm_head.weight differs from the token embeddings (untied)")
     tok = directory_tokenizer(directory, raw, _tokenizer(directory))
+    return from_hf_parts(raw, weights, tok, dropout), tok
+
+
+def from_hf_parts(
+    raw: dict[str, Any], weights: dict[str, torch.Tensor], tok: Tokenizer, dropout: float | None = None
+) -> GPT:
+    """Our GPT from the parts of a GPT-2 checkpoint, wherever they were read (a Hugging Face
+    directory, a GGUF file): its config dict, its tensors under the Hugging Face names and layout
+    (`transformer.` prefixed), and its tokenizer made by `service_tokenizer`."""
+    config = _check(raw)
+    weights = dict(weights)
+    head = weights.pop("lm_head.weight", None)
+    wte = weights["transformer.wte.weight"].float()
+    if head is not None and not torch.equal(head.float(), wte):
+        raise UnsupportedModel("unsupported model: lm_head.weight differs from the token embeddings (untied)")
     vocab = max(config.vocab_size, tok.vocab_size)
     if vocab > wte.size(0):  # new rows: the mean embedding, so new tokens start out neutral
         extra = wte.mean(0, keepdim=True).expand(vocab - wte.size(0), -1)
@@ -156,4 +167,4 @@ def load(directory: Path, raw: dict[str, Any], dropout: float | None = None) -> 
         gpt.load_state_dict(state)
     except RuntimeError as exc:
         raise UnsupportedModel(f"unsupported model: {exc}") from None
-    return gpt, tok
+    return gpt
