@@ -98,7 +98,7 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str]
-    kind: Mapped[str] = mapped_column(String(16))  # text | records
+    kind: Mapped[str] = mapped_column(String(16))  # text | records | preference
     format: Mapped[str] = mapped_column(String(32))  # txt | jsonl-text | jsonl-records
     num_records: Mapped[int] = mapped_column(Integer)
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -193,7 +193,7 @@ class Model(Base):
 
 class FineTune(Base):
     """What a job created through the OpenAI fine-tuning API was asked with (app.services.openai_ft):
-    the job itself is an ordinary finetune job."""
+    the job itself is an ordinary finetune job (a preference job for method dpo)."""
 
     __tablename__ = "fine_tunes"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
@@ -201,7 +201,7 @@ class FineTune(Base):
     model: Mapped[str] = mapped_column(String(200))  # the base model as the caller named it
     training_file: Mapped[str] = mapped_column(ID)
     validation_file: Mapped[str | None] = mapped_column(ID)
-    hyperparameters: Mapped[dict[str, Any]]  # n_epochs, batch_size, learning_rate_multiplier, as resolved
+    hyperparameters: Mapped[dict[str, Any]]  # n_epochs, batch_size, learning_rate_multiplier (dpo: beta), resolved
     suffix: Mapped[str | None] = mapped_column(String(64))
     user_metadata: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,11 +12,21 @@ in English and in French. From that world come
                   translate  English number words -> French number words
                   qa         a story and "How many <things> does <person> have?" -> the number
                   summarize  a story -> "<person> has the most: <n> <things>."
+  preference.jsonl       preference records for a `preference` stage (DPO and its kin), the
+                         same three tasks in turn: the prompt as the task endpoints render it,
+                         `chosen` the right answer, `rejected` a plausible wrong one:
+                  translate  the French words of a near number (one, ten or a hundred off)
+                  qa         another count the story mentions
+                  summarize  the right count and things, another person of the story
+  preference_chat.jsonl  the same records as message lists (the user turn, one assistant turn
+                         each) for chat models such as SmolLM2-135M-Instruct
 
-The output depends only on the options: the same --seed gives the same files, byte for byte.
-Standard library only, so it runs before anything is installed.
+The output depends only on the options: the same --seed gives the same files, byte for byte
+(the preference records draw from a generator of their own, so corpus.txt and pairs.jsonl
+are the same with or without them). Standard library only, so it runs before anything is
+installed.
 
-  python examples/make_data.py                      # writes examples/data/{corpus.txt,pairs.jsonl}
+  python examples/make_data.py       # writes examples/data/{corpus.txt,pairs.jsonl,preference*.jsonl}
   python examples/make_data.py --out /tmp/d --pairs 12000 --seed 3
 """
 
@@ -171,7 +181,7 @@ class Story:
 class World:
     """All draws go through one seeded generator, in the order the files are written."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int | str):
         self.rng = random.Random(seed)
 
     def number(self) -> int:
@@ -222,6 +232,80 @@ class World:
         for i in range(count):
             yield tasks[i % len(tasks)]()
 
+    # --- preference records -----------------------------------------------------------
+
+    def near_number(self, n: int) -> int:
+        """A plausible wrong number: one, ten or a hundred away from `n`, within 0..LARGEST."""
+        while True:
+            m = n + self.rng.choice((-100, -10, -1, 1, 10, 100))
+            if 0 <= m <= LARGEST:
+                return m
+
+    def translate_preference(self) -> Preference:
+        n = self.number()
+        prompt = translate_prompt(english(n), "en", "fr")
+        return Preference("translate", prompt, french(n), french(self.near_number(n)))
+
+    def qa_preference(self) -> Preference:
+        story = Story.draw(self.rng)
+        asked = self.rng.choice(story.holdings)
+        other = self.rng.choice([h for h in story.holdings if h is not asked])  # counts differ in a story
+        prompt = qa_prompt(f"How many {asked.thing} does {asked.person} have?", story.text())
+        return Preference("qa", prompt, str(asked.count), str(other.count))
+
+    def summarize_preference(self) -> Preference:
+        story = Story.draw(self.rng)
+        top = story.most()
+        other = self.rng.choice([h for h in story.holdings if h is not top])
+        chosen = f"{top.person} has the most: {top.count} {top.thing}."
+        rejected = f"{other.person} has the most: {top.count} {top.thing}."  # the name swapped
+        return Preference("summarize", summarize_prompt(story.text()), chosen, rejected)
+
+    def preferences(self, count: int) -> Iterator[Preference]:
+        tasks = (self.translate_preference, self.qa_preference, self.summarize_preference)
+        for i in range(count):
+            yield tasks[i % len(tasks)]()
+
+
+# The task prompts as models/data/records.py renders them for training and the task endpoints
+# (this script imports nothing of the project; tests/examples checks that the two agree).
+LANGUAGE_NAMES = {"en": "English", "fr": "French"}
+
+
+def translate_prompt(text: str, source_lang: str, target_lang: str) -> str:
+    return f"Translate {LANGUAGE_NAMES[source_lang]} to {LANGUAGE_NAMES[target_lang]}: {text}\n"
+
+
+def qa_prompt(question: str, context: str) -> str:
+    return f"Context: {context}\nQuestion: {question}\nAnswer:"
+
+
+def summarize_prompt(text: str) -> str:
+    return f"Summarize: {text}\n"
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A prompt with a right answer (`chosen`) and a plausible wrong one (`rejected`)."""
+
+    task: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+    def plain(self) -> dict[str, Any]:
+        """{prompt, chosen, rejected} as strings."""
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+    def chat(self) -> dict[str, Any]:
+        """The same as message lists: the prompt is the user turn (as a chat model's task records
+        are rendered), each answer one assistant turn."""
+        return {
+            "prompt": [{"role": "user", "content": self.prompt.strip()}],
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+        }
+
 
 def write(out: Path, seed: int = 0, pairs: int = 3000, corpus_lines: int = 20000) -> tuple[Path, Path]:
     """Write out/corpus.txt and out/pairs.jsonl; returns their paths."""
@@ -233,6 +317,18 @@ def write(out: Path, seed: int = 0, pairs: int = 3000, corpus_lines: int = 20000
     with pairs_path.open("w", encoding="utf-8", newline="\n") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in world.pairs(pairs))
     return corpus_path, pairs_path
+
+
+def write_preference(out: Path, seed: int = 0, count: int = 900) -> tuple[Path, Path]:
+    """Write out/preference.jsonl and out/preference_chat.jsonl (the same records as message
+    lists); returns their paths. A generator of their own: the other files do not change."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = list(World(f"preference-{seed}").preferences(count))
+    paths = out / "preference.jsonl", out / "preference_chat.jsonl"
+    for path, form in zip(paths, (Preference.plain, Preference.chat), strict=True):
+        with path.open("w", encoding="utf-8", newline="\n") as f:
+            f.writelines(json.dumps(form(r), ensure_ascii=False) + "\n" for r in records)
+    return paths
 
 
 def positive(text: str) -> int:
@@ -251,9 +347,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--pairs", type=positive, default=3000, help="task records (default: %(default)s)")
     parser.add_argument("--corpus-lines", type=positive, default=20000, help="corpus lines (default: %(default)s)")
+    parser.add_argument(
+        "--preference", type=positive, default=900, help="preference records, in each form (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     corpus_path, pairs_path = write(args.out, args.seed, args.pairs, args.corpus_lines)
     print(f"wrote {corpus_path} ({args.corpus_lines} lines) and {pairs_path} ({args.pairs} records)", file=sys.stderr)
+    plain, chat = write_preference(args.out, args.seed, args.preference)
+    print(f"wrote {plain} and {chat} ({args.preference} preference records each)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ class APIObject(BaseModel):
 
 
 class Dataset(APIObject):
-    """An uploaded file. `kind`: "text" (a corpus) or "records" (supervised records)."""
+    """An uploaded file. `kind`: "text" (a corpus), "records" (supervised records) or
+    "preference" (prompt/chosen/rejected records, for a `preference` stage)."""
 
     id: str
     object: str = "dataset"

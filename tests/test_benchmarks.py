@@ -70,6 +70,24 @@ def test_llama_decode_benchmark_tiny() -> None:
     assert report["greedy_tokens_match_hf"] == {"b1": True, "b8": True}  # our serving path and transformers agree
 
 
+def test_quant_decode_benchmark_tiny() -> None:
+    """int8 and int4 serving decode beside fp32 and transformers, and report their bytes."""
+    args = ["--shape", "small", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1"]
+    report = run("quant_decode.py", *args)
+    assert set(report["tokens_per_s"]) == {f"{v}_b{b}" for v in ("fp32", "int8", "int4", "hf") for b in (1, 8)}
+    assert report["greedy_tokens_equal_fp32"]["hf_b1"] == 1.0  # the fp32 path is transformers' to the token
+    assert report["bytes"]["int8"]["layers_vs_fp32"] < 0.3 and report["bytes"]["int4"]["layers_vs_fp32"] < 0.2
+    assert report["bytes"]["int4"]["total"] < report["bytes"]["int8"]["total"] < report["bytes"]["fp32"]["total"]
+
+
+def test_decode_overhead_benchmark_tiny() -> None:
+    report = run("decode_overhead.py", "--layers", "2", "--new", "4", "--passes", "1", "--threads", "1")
+    assert set(report["results"]) == {"fp32", "int8", "int4"}
+    for r in report["results"].values():
+        assert r["step_ms"] > 0 and r["free_ms"] > 0 and r["engine_ms"] > 0 and r["ops_per_step"] > 0
+        assert r["top_ops"]
+
+
 def test_llama_decode_benchmark_ctranslate2_tiny() -> None:
     """CTranslate2 (a dev dependency) decodes our export, converted, to the same tokens."""
     report = run("llama_decode.py", "--layers", "2", "--passes", "1", "--new", "4", "--threads", "1", "--ctranslate2")
@@ -92,3 +110,13 @@ def test_storage_transfer_benchmark_tiny() -> None:
 def test_distributed_train_benchmark_tiny() -> None:
     report = run("distributed_train.py", "--steps", "6", "--passes", "1", "--layers", "1", "--width", "32")
     assert set(report["median"]) == {"p1", "p2"} and report["n_vs_1"]["tokens_per_s"] > 0
+
+
+def test_dpo_step_benchmark_tiny() -> None:
+    pytest.importorskip("trl")
+    args = ["--shape", "tiny", "--batch", "2", "--prompt", "8", "--completion", "8", "--steps", "1", "--passes", "1"]
+    report = run("dpo_step.py", *args)
+    assert set(report["median"]) == {"ours", "ours_precomputed", "trl"}
+    assert all(v["tokens_per_s"] > 0 and v["peak_rss_mib"] > 0 for v in report["median"].values())
+    assert set(report["ratios"]) == {"ours_vs_trl", "ours_precomputed_vs_trl"}
+    assert report["median"]["ours_precomputed"]["precompute_s_per_pair"] > 0

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.services.openai_ft import event_id
+from app.services.metrics import PREFERENCE_FIELDS
+from app.services.openai_ft import event_id, method_of
 from app.tables import Checkpoint, Dataset, FineTune, Job, JobEvent
 
 Obj = dict[str, Any]
@@ -40,7 +41,8 @@ def file(ds: Dataset) -> Obj:
 
 
 def job(j: Job, ft: FineTune) -> Obj:
-    hyper = ft.hyperparameters
+    hyper = ft.hyperparameters  # dpo's `beta` too
+    method = method_of(j)
     finished = j.status in ("succeeded", "failed", "cancelled")
     tokens = int(j.estimates.get("tokens", 0) * j.step / j.total_steps) if finished and j.total_steps else None
     error = None
@@ -57,8 +59,8 @@ def job(j: Job, ft: FineTune) -> Obj:
         "status": STATUSES.get(j.status, j.status),
         "training_file": ft.training_file,
         "validation_file": ft.validation_file,
-        "hyperparameters": hyper,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "hyperparameters": {k: v for k, v in hyper.items() if k != "beta"},  # the ones every method has
+        "method": {"type": method, method: {"hyperparameters": hyper}},
         "seed": j.spec.get("seed"),
         "trained_tokens": tokens,
         "error": error,
@@ -85,6 +87,7 @@ def _described(e: JobEvent, total_steps: int) -> tuple[str, str, str, Obj]:
         case "train.step":
             data = {"step": e.step, "total_steps": total_steps, "train_loss": d.get("loss"),
                     "learning_rate": d.get("lr")}  # fmt: skip
+            data |= {k: d[k] for k in PREFERENCE_FIELDS if k in d}  # a dpo step's rewards and log-probabilities
             return "info", "metrics", f"Step {e.step}/{total_steps}: training loss={d.get('loss', 0.0):.4f}", data
         case "eval":
             data = {"step": e.step, "valid_loss": d.get("loss"), "data": d.get("data")}

@@ -30,7 +30,7 @@ class DatasetOut(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"
     name: str
-    kind: Literal["text", "records"]
+    kind: Literal["text", "records", "preference"]
     format: str
     num_records: int
     bytes: int
@@ -97,6 +97,15 @@ class EventOut(BaseModel):
     data: dict[str, Any]
 
 
+class ServingOut(BaseModel):
+    default_precision: str = Field(description="what a request without `precision` is served in")
+    precisions: list[str] = Field(description="what a request may ask for in `precision`: fp32, int8, int4")
+    loaded: list[str] = Field(description="the precisions it is loaded in now (in the API process that answered)")
+
+
+SERVING = "GET /v1/models/{id} only: the precisions it is servable and loaded in"
+
+
 class CheckpointOut(BaseModel):
     id: str
     object: Literal["checkpoint"] = "checkpoint"
@@ -105,6 +114,7 @@ class CheckpointOut(BaseModel):
     stage: str | None
     metrics: dict[str, Any]
     created_at: datetime
+    serving: ServingOut | None = Field(default=None, description=SERVING)
 
 
 class ModelCheckpoint(BaseModel):
@@ -132,6 +142,7 @@ class ModelOut(BaseModel):
         None, description="for a LoRA adapter: the model it adapts (served on it, not copied); null for a model"
     )
     adapter: dict[str, Any] | None = Field(None, description="for a LoRA adapter: rank, alpha, modules")
+    serving: ServingOut | None = Field(None, description=SERVING + " (an adapter: its base's)")
 
 
 class Page(BaseModel, Generic[T]):
@@ -193,6 +204,10 @@ class SamplingIn(Strict):
     top_k: Annotated[int, Field(ge=0, description="0: no limit")] = 0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED)] = None
+    precision: Annotated[
+        Literal["fp32", "int8", "int4"] | None,
+        Field(description="fp32, or int8 / int4 weight-only, among those the operator allows (default: theirs)"),
+    ] = None
 
 
 class GenerateIn(SamplingIn):

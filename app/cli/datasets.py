@@ -22,11 +22,19 @@ def row(d: Dataset) -> list[object]:
 
 
 COLUMNS = ["id", "name", "kind", "records", "bytes", "sha256", "created"]
+NOUNS = {"text": "texts", "records": "supervised records", "preference": "preference records"}
+
+
+def counted(d: Dataset) -> str:
+    """'3000 supervised records', '900 preference records', '20000 texts'."""
+    return f"{d.num_records} {NOUNS.get(d.kind, d.kind + ' records')}"
 
 
 @datasets_cli.command("upload", epilog="Example: stagecraft datasets upload examples/data/corpus.txt --name corpus")
 def upload(
-    path: Annotated[Path, typer.Argument(metavar="FILE", help=".txt corpus, or .jsonl of {text} or records")],
+    path: Annotated[
+        Path, typer.Argument(metavar="FILE", help=".txt corpus, or .jsonl of {text}, supervised or preference records")
+    ],
     name: Annotated[str | None, typer.Option(help="the dataset's name (default: the file name)")] = None,
     json_: JsonOption = False,
 ) -> None:
@@ -37,7 +45,7 @@ def upload(
     if json_:
         print_json(d)
         return
-    err.print(f"uploaded {path} ({d.num_records} {'records' if d.kind == 'records' else 'texts'})")
+    err.print(f"uploaded {path} ({counted(d)})")
     print(d.id)
 
 

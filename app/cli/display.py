@@ -88,6 +88,8 @@ class RunDisplay:
                 SMOOTHING * rate + (1 - SMOOTHING) * self.tokens_per_s
             )  # fmt: skip
             stats = f"loss {data['loss']:.4f}  lr {data['lr']:.2e}  {self.tokens_per_s:,.0f} tok/s"
+            if isinstance(data.get("rewards/accuracies"), int | float):  # a preference stage's step
+                stats += f"  acc {data['rewards/accuracies']:.2f}  margin {data.get('rewards/margins', 0.0):.3f}"
             self.progress.update(bar, advance=1, stats=stats)
             self._label(bar, step)
             self.progress.update(self.job, completed=step, steps=self._steps_text(step))

@@ -102,5 +102,7 @@ def local_data(raw: dict[str, Any], base: Path) -> dict[str, LocalData]:
 
 
 def kind_errors(spec: JobSpec, local: dict[str, LocalData]) -> list[dict[str, str]]:
-    """A finetune objective on a local text corpus (the service checks this for uploaded ones)."""
+    """An objective on a local file of the wrong kind (a finetune objective on a text corpus, a
+    preference stage on anything but preference records): models.spec.data_kind_errors, which
+    the service runs for uploaded ones."""
     return data_kind_errors(spec, {name: data.kind for name, data in local.items()})

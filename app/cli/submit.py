@@ -18,6 +18,7 @@ import typer
 
 import stagecraft
 from app.cli.connect import JsonOption, connect, err, print_json
+from app.cli.datasets import counted
 from app.cli.follow import follow_to_end
 from app.cli.specfile import LocalData, checked_spec, kind_errors, local_data, print_spec_errors, read_raw
 from stagecraft.types import Dataset, Validation
@@ -75,8 +76,7 @@ def _estimates_unknown() -> Validation:
 def upload_pending(c: stagecraft.Client, raw: dict[str, Any], pending: dict[str, LocalData]) -> None:
     for name, data in pending.items():
         d = c.datasets.upload(data.path)
-        what = "supervised records" if d.kind == "records" else "texts"
-        err.print(f"data.{name}: uploaded {data.given} as {d.id} ({d.num_records} {what})")
+        err.print(f"data.{name}: uploaded {data.given} as {d.id} ({counted(d)})")
         raw["data"][name]["dataset"] = d.id
 
 

@@ -2,12 +2,14 @@
 files once it has committed (a failed commit leaves both). A job can be deleted once it has
 ended (cancel a running one first); its events, metrics, checkpoints and the model it trained
 go with it. Neither can be deleted while an unfinished job of the tenant starts from it
-(`init_from`). Another tenant's object is a 404, as everywhere."""
+(`init_from`) or compares with it (a preference stage's `reference`). Another tenant's object
+is a 404, as everywhere."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -28,11 +30,21 @@ def export_key(settings: Settings, model_dir: Path) -> str:
     return str(model_dir.relative_to(settings.data_dir)).replace("/", "-")
 
 
+def _models_read(spec: dict[str, Any]) -> set[str]:
+    """The model ids a stored spec reads: its `init_from`, and preference stages' and phases'
+    `reference` models."""
+    found = {((spec.get("model") or {}).get("init_from") or {}).get("model")}
+    for stage in spec.get("stages") or []:
+        for part in [stage, *(stage.get("phases") or [])]:
+            found.add((part.get("reference") or {}).get("model"))
+    return {m for m in found if isinstance(m, str)}
+
+
 def _not_in_use(session: Session, tenant_id: str, refs: set[str], what: str) -> None:
     active = session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE)))
-    users = [j.id for j in active if ((j.spec.get("model") or {}).get("init_from") or {}).get("model") in refs]
+    users = [j.id for j in active if _models_read(j.spec) & refs]
     if users:
-        raise Conflict(f"{what} is the base of unfinished job(s) {', '.join(users)}", code="in_use")
+        raise Conflict(f"{what} is the base or reference of unfinished job(s) {', '.join(users)}", code="in_use")
 
 
 def delete_job(session: Session, settings: Settings, tenant_id: str, job_id: str) -> list[Path]:

@@ -18,7 +18,7 @@ from app.services.names import is_id
 from app.services.pagination import page
 from app.tables import STATUSES, Job, JobStatus
 from models.errors import SpecError
-from models.spec import JobSpec, block_errors, data_kind_errors, parse_spec
+from models.spec import JobSpec, block_errors, data_kind_errors, parse_spec, training_parts
 
 
 def _invalid(errors: list[dict[str, str]]) -> ServiceError:
@@ -28,7 +28,8 @@ def _invalid(errors: list[dict[str, str]]) -> ServiceError:
 def _reference_errors(
     session: Session, settings: Settings, tenant_id: str, spec: JobSpec
 ) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
-    """Datasets and init_from models must be this tenant's; finetune objectives need records."""
+    """Datasets, init_from and reference models must be this tenant's; objectives need data of
+    their kind (finetune: records; preference: preference records)."""
     errors: list[dict[str, str]] = []
     found = datasets.lookup(session, tenant_id, [ref.dataset for ref in spec.data.values()])
     for name, ref in spec.data.items():
@@ -44,6 +45,11 @@ def _reference_errors(
             errors.append({"loc": "model.init_from.model", "message": f"unknown model or checkpoint '{base_id}'"})
         elif "n_layer" in base:
             errors += block_errors(spec, int(base["n_layer"]))
+    for p in training_parts(spec):  # a preference objective's reference model, resolved as init_from is
+        reference = getattr(p.part, "reference", None)
+        if reference is not None and catalog.base_config(session, settings, tenant_id, reference.model) is None:
+            message = f"unknown model or checkpoint '{reference.model}'"
+            errors.append({"loc": f"{p.loc}.reference.model", "message": message})
     return errors, base
 
 

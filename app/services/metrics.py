@@ -1,7 +1,8 @@
 """Metric series and checkpoint rows, derived from a job's events as a worker writes them.
 
-Series names: `train.<field>` for training steps (loss, lr, grad_norm, tokens_per_s) and
-`eval.<data>.<metric>` for evaluations. After a restart from a checkpoint the steps past
+Series names: `train.<field>` for training steps (loss, lr, grad_norm, tokens_per_s; a
+preference stage's rewards and log-probabilities as TRL names them: `train.rewards/chosen`,
+...) and `eval.<data>.<metric>` for evaluations. After a restart from a checkpoint the steps past
 it run again, so their old points are dropped first: a series is the run that counts.
 """
 
@@ -19,7 +20,15 @@ from app.storage import get_store
 from app.tables import Checkpoint, Metric, new_id
 from models.events import Event
 
-TRAIN_FIELDS = ("loss", "lr", "grad_norm", "tokens_per_s")
+PREFERENCE_FIELDS = (  # a preference stage's train.step fields, named as TRL logs them
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+TRAIN_FIELDS = ("loss", "lr", "grad_norm", "tokens_per_s", *PREFERENCE_FIELDS)
 
 
 def points(event: Event) -> list[tuple[str, float]]:

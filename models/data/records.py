@@ -3,7 +3,8 @@
 A corpus is a list of documents (one per non-empty line of a `.txt`, or per `{"text"}`
 line of a `.jsonl`). Supervised records of every format become an `Example`: the prompt
 the model reads and the completion it must produce. Task records are rendered by the
-fixed templates below, which the task endpoints use again at inference time.
+fixed templates below, which the task endpoints use again at inference time. Preference
+records (a prompt, a chosen and a rejected completion) are models/data/preference.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.data import bounded_json
+from models.data.preference import PreferencePair, is_preference, parse_preference
 from models.errors import MAX_REPORTED, DataError
 
 ROLES = ("system", "user", "assistant")
@@ -37,22 +39,25 @@ class Example:
 
 @dataclass
 class DataFile:
-    kind: Literal["text", "records"]
-    format: str  # txt | jsonl-text | jsonl-records
+    kind: Literal["text", "records", "preference"]
+    format: str  # txt | jsonl-text | jsonl-records | jsonl-preference
     texts: list[str] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
+    pairs: list[PreferencePair] = field(default_factory=list)
     counted: int = -1  # records seen, where they were not kept (scan_path)
 
     @property
     def num_records(self) -> int:
         if self.counted >= 0:
             return self.counted
-        return len(self.texts) if self.kind == "text" else len(self.examples)
+        return len(self.texts if self.kind == "text" else self.examples if self.kind == "records" else self.pairs)
 
     def as_texts(self) -> list[str]:
         """Every document as plain text (records as prompt + completion), for tokenizer training."""
         if self.kind == "text":
             return self.texts
+        if self.kind == "preference":
+            return [p.prompt + completion_text(c) for p in self.pairs for c in (p.chosen, p.rejected)]
         return [e.prompt + completion_text(e.completion) for e in self.examples]
 
 
@@ -172,8 +177,8 @@ def _messages_example(obj: dict[str, Any], line: int, issues: list[dict[str, Any
     return Example(messages_prompt(msgs[:-1]), msgs[-1]["content"], messages=turns)
 
 
-def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example | str | None:
-    """One decoded JSONL line: a text document (str), a supervised Example, or None if bad."""
+def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example | PreferencePair | str | None:
+    """One decoded JSONL line: a text document (str), a supervised Example, a PreferencePair, or None if bad."""
     if not isinstance(obj, dict):
         issues.append({"line": line, "field": "(line)", "reason": "must be a JSON object"})
         return None
@@ -183,6 +188,8 @@ def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example |
             issues.append({"line": line, "field": "task", "reason": f"must be one of {', '.join(TASK_FIELDS)}"})
             return None
         return task_example(task, obj) if _str_fields(obj, TASK_FIELDS[task], line, issues) else None
+    if is_preference(obj):
+        return parse_preference(obj, line, issues)
     if "messages" in obj:
         return _messages_example(obj, line, issues)
     if "prompt" in obj or "completion" in obj:
@@ -192,7 +199,11 @@ def parse_record(obj: Any, line: int, issues: list[dict[str, Any]]) -> Example |
     if "text" in obj:
         return obj["text"] if _str_fields(obj, ("text",), line, issues) else None
     issues.append(
-        {"line": line, "field": "(line)", "reason": "expected text, prompt/completion, messages or task fields"}
+        {
+            "line": line,
+            "field": "(line)",
+            "reason": "expected text, prompt/completion, messages, task or preference fields",
+        }
     )
     return None
 
@@ -244,8 +255,7 @@ def parse_lines(lines: Iterable[bytes], filename: str, keep: bool = True) -> Dat
             raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no text"}])
         return DataFile("text", "txt", texts=texts, counted=count)
 
-    docs: list[str] = []
-    examples: list[Example] = []
+    kept: list[Any] = []
     first_kind: str | None = None
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
@@ -261,24 +271,24 @@ def parse_lines(lines: Iterable[bytes], filename: str, keep: bool = True) -> Dat
             issue(f)
         if item is None:
             continue
-        kind = "text" if isinstance(item, str) else "records"
+        kind = "text" if isinstance(item, str) else "preference" if isinstance(item, PreferencePair) else "records"
         first_kind = first_kind or kind
         if kind != first_kind:
-            want = "a {text} line" if first_kind == "text" else "a supervised record"
+            want = {"text": "a {text} line", "records": "a supervised record"}.get(first_kind, "a preference record")
             issue({"line": n, "field": "(line)", "reason": f"mixed formats: expected {want} like the first"})
             continue
         count += 1
-        if keep and isinstance(item, str):
-            docs.append(item)
-        elif keep and not isinstance(item, str):
-            examples.append(item)
+        if keep:
+            kept.append(item)
     if issues:
         raise DataError(filename, issues, bad)
     if first_kind is None:
         raise DataError(filename, [{"line": 0, "field": "(file)", "reason": "no records"}])
     if first_kind == "text":
-        return DataFile("text", "jsonl-text", texts=docs, counted=count)
-    return DataFile("records", "jsonl-records", examples=examples, counted=count)
+        return DataFile("text", "jsonl-text", texts=kept, counted=count)
+    if first_kind == "preference":
+        return DataFile("preference", "jsonl-preference", pairs=kept, counted=count)
+    return DataFile("records", "jsonl-records", examples=kept, counted=count)
 
 
 def load_file(path: Path) -> DataFile:

@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -67,16 +67,10 @@ def load_splits(
         except DataError as exc:
             problems.append(f"data.{name}: {exc}")
             continue
-        items: list[Any] = ds.texts if ds.kind == "text" else ds.examples
-        train, val = split(items, ref.validation_fraction, stable_seed(seed, name))
-        if ds.kind == "text":
-            train_sets[name], val_sets[name] = (
-                DataFile(ds.kind, ds.format, texts=train),
-                DataFile(ds.kind, ds.format, texts=val),
-            )
-        else:
-            train_sets[name] = DataFile(ds.kind, ds.format, examples=train)
-            val_sets[name] = DataFile(ds.kind, ds.format, examples=val)
+        kept = {"text": "texts", "records": "examples", "preference": "pairs"}[ds.kind]  # the DataFile field
+        train, val = split(getattr(ds, kept), ref.validation_fraction, stable_seed(seed, name))
+        for sets, part in ((train_sets, train), (val_sets, val)):
+            sets[name] = DataFile(ds.kind, ds.format, **{kept: part})  # type: ignore[arg-type]
     if problems:
         raise TrainingError("user_error", "; ".join(problems))
     return train_sets, val_sets

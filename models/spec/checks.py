@@ -1,6 +1,6 @@
 """Checks of a job spec (docs/spec.md) beyond its fields: `parse_spec`, the cross-field and
-adapter checks, `data_kind_errors` (one check for the API, the CLI and the run) and
-`training_parts`, the one walk over a spec's stages and multistep phases. Error paths lose
+adapter checks; the objectives' checks and `data_kind_errors` (one check for the API, the CLI
+and the run) are models/spec/objectives.py, `training_parts` models/spec/parts.py. Error paths lose
 pydantic's discriminator tags, read off the spec's own unions: a new stage, loss, optimizer
 or model family needs no edit here. `models.spec` re-exports everything here."""
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, NamedTuple, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, Discriminator, Tag, ValidationError
 from pydantic.fields import FieldInfo
@@ -17,6 +16,8 @@ from pydantic.fields import FieldInfo
 from models.errors import SpecError
 from models.families import family, lora_target_error
 from models.spec.job import AdapterSpec, JobSpec, MultistepStage, Phase, PretrainStage, Stage, block_range
+from models.spec.objectives import objective_errors
+from models.spec.parts import part_loc, training_parts
 
 # --- error paths -----------------------------------------------------------------------
 
@@ -117,33 +118,6 @@ def parse_spec(raw: Any) -> JobSpec:
     return spec
 
 
-# --- stages and phases -----------------------------------------------------------------
-
-
-class TrainingPart(NamedTuple):
-    """A stage (phase_index None) or a multistep phase: one objective on one data name."""
-
-    loc: str  # its field path: "stages.I" or "stages.I.phases.J"
-    stage_index: int
-    phase_index: int | None
-    part: PretrainStage | Phase  # data, steps, objective, loss, optimizer, trainable, adapter
-
-
-def part_loc(stage_index: int, phase_index: int | None) -> str:
-    """The field path of a stage (phase_index None) or of one of its multistep phases."""
-    return f"stages.{stage_index}" if phase_index is None else f"stages.{stage_index}.phases.{phase_index}"
-
-
-def training_parts(spec: JobSpec) -> Iterator[TrainingPart]:
-    """Every stage and multistep phase that trains, in spec order: the one walk over both."""
-    for i, stage in enumerate(spec.stages):
-        if isinstance(stage, MultistepStage):
-            for j, phase in enumerate(stage.phases):
-                yield TrainingPart(part_loc(i, j), i, j, phase)
-        else:
-            yield TrainingPart(part_loc(i, None), i, None, stage)
-
-
 # --- cross-field checks ----------------------------------------------------------------
 
 
@@ -171,7 +145,7 @@ def cross_field_errors(spec: JobSpec) -> list[dict[str, str]]:
     def err(loc: str, message: str) -> None:
         errors.append({"loc": loc, "message": message})
 
-    errors += adapter_errors(spec)
+    errors += adapter_errors(spec) + objective_errors(spec)
     r = spec.resources
     if r.device is not None and spec.device != "auto" and r.device != spec.device:
         err("resources.device", f"'{r.device}' contradicts the top-level device '{spec.device}'; set one of them")
@@ -211,19 +185,6 @@ def block_errors(spec: JobSpec, n_layer: int) -> list[dict[str, str]]:
         if bad:
             errors.append({"loc": f"{p.loc}.trainable", "message": bad})
     return errors
-
-
-def data_kind_errors(spec: JobSpec, kinds: Mapping[str, str]) -> list[dict[str, str]]:
-    """Objectives on data of the wrong kind: a finetune objective needs supervised records,
-    not a text corpus. `kinds`: the kind ("text" or "records") of each data name where the
-    caller knows it (the API from the tenant's datasets, the CLI from local files, the run
-    from the data it loaded)."""
-    message = "a finetune objective needs supervised records, but '{}' is a text corpus"
-    return [
-        {"loc": f"{p.loc}.data", "message": message.format(p.part.data)}
-        for p in training_parts(spec)
-        if p.part.objective == "finetune" and kinds.get(p.part.data) == "text"
-    ]
 
 
 # --- adapters --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field
 from models.families import ALL_LORA_TARGETS
 from models.fields import Number, StrictInt, StrictModel
 from models.spec.model import DEFAULT_MODEL, AnyModelSpec
+from models.spec.preference import DPOLoss, IPOLoss, ORPOLoss, PreferenceLoss, Reference, SimPOLoss
 
 PosInt = Annotated[StrictInt, Field(ge=1)]
 LearningRate = Annotated[Number, Field(gt=0.0, le=10.0)]
@@ -46,6 +47,10 @@ class CrossEntropyLoss(StrictModel):
 
 
 Loss = Annotated[CausalLMLoss | CrossEntropyLoss, Field(discriminator="type")]
+# A multistep phase's: its objective says which (models/spec/objectives.py checks they agree).
+AnyLoss = Annotated[
+    CausalLMLoss | CrossEntropyLoss | DPOLoss | IPOLoss | SimPOLoss | ORPOLoss, Field(discriminator="type")
+]
 
 
 class SGD(StrictModel):
@@ -154,9 +159,23 @@ class FinetuneStage(PretrainStage):
     type: Literal["finetune"]  # type: ignore[assignment]
 
 
+class PreferenceStage(FinetuneStage):
+    """Preference optimization on preference pairs (models/training/preference.py). `reference`
+    None: a frozen copy of the policy as the stage starts (with an adapter: the model with the
+    stage's new adapters switched off)."""
+
+    type: Literal["preference"]  # type: ignore[assignment]
+    loss: PreferenceLoss  # type: ignore[assignment]
+    reference: Reference | None = None
+    precompute_reference: bool = False
+
+
 class Phase(_Training):
-    objective: Literal["pretrain", "finetune"]
+    objective: Literal["pretrain", "finetune", "preference"]
     name: Name | None = None
+    loss: AnyLoss  # type: ignore[assignment]
+    reference: Reference | None = None  # preference phases: as PreferenceStage's
+    precompute_reference: bool = False
 
 
 class MultistepStage(StrictModel):
@@ -174,7 +193,7 @@ class MultistepStage(StrictModel):
         return self.cycles * sum(p.steps for p in self.phases)
 
 
-Stage = Annotated[PretrainStage | FinetuneStage | MultistepStage, Field(discriminator="type")]
+Stage = Annotated[PretrainStage | FinetuneStage | PreferenceStage | MultistepStage, Field(discriminator="type")]
 
 Metric = Literal["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]
 METRICS: list[Metric] = ["loss", "perplexity", "bleu", "chrf", "rouge_l", "exact_match", "f1"]

@@ -19,6 +19,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from models.data.chat import ChatFormat
+from models.data.preference_stream import PreferenceStream
 from models.data.records import Example
 from models.data.streams import Batch, Stream, TextStream
 from models.data.tokenizer import Tokenizer
@@ -26,6 +27,7 @@ from models.families.build import Model
 from models.inference.generate import Sampling, complete_tasks
 from models.spec import CrossEntropyLoss, Evaluation
 from models.training.losses import causal_lm, cross_entropy
+from models.training.preference_eval import measure_pairs
 
 EVAL_TOKENS = 16384  # validation loss is measured on about this many tokens
 EVAL_BATCH = 16
@@ -138,7 +140,10 @@ def measure(
     chat: ChatFormat | None = None,
 ) -> dict[str, Any]:
     """The metrics `spec` asks for: validation loss and perplexity on `stream` (about
-    EVAL_TOKENS tokens), and task metrics by generation for `examples` (if any)."""
+    EVAL_TOKENS tokens), and task metrics by generation for `examples` (if any); on preference
+    data its preference metrics (models/training/preference_eval.py)."""
+    if isinstance(stream, PreferenceStream):
+        return measure_pairs(model, stream, spec, to_device, EVAL_BATCH, EVAL_TOKENS)
     loss_fn = causal_lm if isinstance(stream, TextStream) else cross_entropy
     batches = map(to_device, stream.eval_batches(EVAL_BATCH, EVAL_TOKENS))
     loss = validation_loss(model, batches, lambda b: loss_fn(model, b, PLAIN_CE))

@@ -34,6 +34,7 @@ from models.training.evaluate import measure
 from models.training.final import RunResult
 from models.training.optim import build_optimizer, lr_factor, select_trainable
 from models.training.precision import Weights, resolve_device, resolve_precision
+from models.training.preference import Preferences
 from models.training.run_state import EventSink, PublishHook
 from models.training.stages import Segment, Trainee, plan, train_step
 
@@ -78,6 +79,7 @@ class Pipeline:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # by segment key, for the current stage
         self.evals = EvalLog()
         self.adapters = RunAdapters(spec, self.segments)
+        self.prefs = Preferences(self)  # the preference objective's references (models/training/preference.py)
         # load_data: each data name's training and validation part
         self.train_sets: dict[str, DataFile] = {}
         self.val_sets: dict[str, DataFile] = {}
@@ -184,6 +186,7 @@ class Pipeline:
         }
         w, g, frozen = self.weights, self.group, self.adapters.base_frozen
         tensors, state = run_state.pack(w, frozen, self.device, self.optimizers, self.streams, progress, g)
+        tensors.update(self.prefs.tensors())
         seg = self.segments[min(seg_i, len(self.segments) - 1)]
         stage: events.StageRef = {"index": seg.stage_index, "name": seg.stage.name}
         root, keep = self.ckpt_root, self.spec.checkpointing.keep_last
@@ -198,6 +201,7 @@ class Pipeline:
         self.global_step, self.elapsed = state["global_step"], state["elapsed_s"]
         self.saved_step = self.global_step
         self.evals.history = state["evaluations"]
+        self.prefs.restore(state["preference"])
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -234,31 +238,23 @@ class Pipeline:
             self.adapters.apply(self.model, seg_i)
             first_step = start_step if seg_i == start_seg else 0
             stage_start = seg.stage_offset == 0 and first_step == 0
+            self.prefs.enter(seg_i, first_step)
             if stage_start:
                 self.emit("stage.started", seg, {"type": seg.stage.type, "steps": seg.stage_steps})
                 for name in self.stage_data(seg):
                     self.evaluate_data(seg, name, with_tasks=False)
             trainee = self.trainee(seg)
             base_lr = seg.part.optimizer.lr
+            run_step = self.prefs.step if seg.objective == "preference" else train_step
             for s in range(first_step, seg.steps):
                 t0 = time.perf_counter()
                 lr = base_lr * lr_factor(seg.schedule, seg.stage_offset + s, seg.stage_steps)
-                r = train_step(
-                    self.model,
-                    self.weights,
-                    trainee,
-                    self.streams[seg.key],
-                    seg,
-                    self.global_step + 1,
-                    lr,
-                    self.autocast,
-                    self.to_device,
-                    self.group,
-                )
+                part = (self.model, self.weights, trainee, self.streams[seg.key], seg, self.global_step + 1, lr)
+                r = run_step(*part, self.autocast, self.to_device, self.group)
                 self.global_step += 1
                 self.position = (seg_i, s + 1)
                 dt = time.perf_counter() - t0
-                metrics = {"loss": round(r.loss, 6), "lr": lr, "grad_norm": round(r.grad_norm, 6)}
+                metrics = {"loss": round(r.loss, 6), "lr": lr, "grad_norm": round(r.grad_norm, 6), **r.extra}
                 self.emit("train.step", seg, {**metrics, "tokens_per_s": round(r.tokens / dt, 1), "phase": seg.label})
                 self.elapsed = time.monotonic() - began
                 if self.group is not None:  # every rank takes the time limit's decision alike

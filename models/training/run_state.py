@@ -4,8 +4,10 @@
 A checkpoint holds the model (only its adapters when no segment trains the base, which a
 resume rebuilds from init_from or the seed), every live optimizer, the RNG states, and the
 run's progress: the segment and step in it, the global step, the elapsed time, each data
-stream's position and the evaluations so far. A resumed run so produces the same weights as
-an uninterrupted one.
+stream's position and the evaluations so far, and what the preference objective keeps
+(`pref/...`: reference log-probs computed ahead, a live frozen reference copy;
+models/training/preference.py). A resumed run so produces the same weights as an
+uninterrupted one.
 
 A run of several processes (models/training/distributed.py) stores the random states of
 every rank (`rng/rankN/...` beside rank 0's `rng/...`) and, sharded, its weights and
@@ -157,4 +159,5 @@ def unpack(
         streams[key].load_state(s)
     for key, meta in state["optimizers"].items():
         optimizer_of(key).load_state_dict(checkpoint.join_optimizer_state(f"opt/{key}", tensors, meta))
+    state["preference"] = {k: v for k, v in tensors.items() if k.startswith("pref/")}  # (Preferences.restore)
     return state

@@ -14,6 +14,7 @@ import torch
 from models.data import streams as data
 from models.data.chat import ChatFormat
 from models.data.chat_records import save_chat_format
+from models.data.preference_stream import make_any_stream
 from models.data.records import DataFile
 from models.data.tokenizer import Tokenizer
 from models.errors import TrainingError
@@ -87,10 +88,10 @@ def make_streams(
         if seg.key not in streams:
             name = seg.part.data
             if name not in protos:
-                protos[name] = data.make_stream(train_sets[name], tok, block, spec.seed, name, chat)
+                protos[name] = make_any_stream(train_sets[name], tok, block, spec.seed, name, chat)
             streams[seg.key] = data.fork(protos[name], f"{name}/{seg.key}")
     val_streams = {
-        name: data.make_stream(ds, tok, block, spec.seed, f"{name}/val", chat)
+        name: make_any_stream(ds, tok, block, spec.seed, f"{name}/val", chat)
         for name, ds in val_sets.items()
         if ds.num_records
     }

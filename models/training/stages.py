@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,7 +21,18 @@ from torch import nn
 from models.data.streams import Batch, Stream
 from models.errors import TrainingError
 from models.families.build import Model
-from models.spec import FinetuneStage, GradClip, MultistepStage, Phase, PretrainStage, Schedule, Stage, part_loc
+from models.spec import (
+    CausalLMLoss,
+    CrossEntropyLoss,
+    FinetuneStage,
+    GradClip,
+    MultistepStage,
+    Phase,
+    PretrainStage,
+    Schedule,
+    Stage,
+    part_loc,
+)
 from models.training.losses import LOSSES, SCORED, add_regularization_grads
 from models.training.optim import clipped_step, set_lr
 from models.training.precision import Weights
@@ -36,7 +47,7 @@ class Segment:
     stage: Stage
     phase_index: int | None  # the multistep phase it is, None for a single-objective stage
     key: str  # names this segment's optimizer and data position: "1", or "2.p0" for a phase
-    objective: str  # pretrain | finetune
+    objective: str  # pretrain | finetune | preference
     part: PretrainStage | FinetuneStage | Phase  # data, steps, loss, optimizer, regularization, trainable
     batch_size: int
     grad_accum: int
@@ -108,6 +119,7 @@ def _multistep(index: int, stage: Stage) -> list[Segment]:
 STAGES: dict[str, Callable[[int, Stage], list[Segment]]] = {
     "pretrain": _single,
     "finetune": _single,
+    "preference": _single,
     "multistep": _multistep,
 }
 
@@ -121,6 +133,7 @@ class StepResult:
     loss: float
     grad_norm: float
     tokens: int
+    extra: dict[str, float] = field(default_factory=dict)  # an objective's own metrics (preference: rewards)
 
 
 @dataclass
@@ -150,7 +163,8 @@ def train_step(
     With a `group` each micro-batch is the global batch (every rank draws it), of which this
     rank trains its rows, its loss weighted by their share of the scored tokens; the loss and
     (ddp) the gradients are then summed over the ranks, so every rank takes the same update."""
-    loss_fn = LOSSES[seg.part.loss.type]
+    loss_fn, spec = LOSSES[seg.part.loss.type], seg.part.loss
+    assert isinstance(spec, CausalLMLoss | CrossEntropyLoss)  # (preference parts: models/training/preference.py)
     total = torch.zeros(())
     tokens = 0
     for _ in range(seg.grad_accum):
@@ -159,11 +173,20 @@ def train_step(
         if group is not None:
             batch, share = group.local(batch, SCORED[seg.part.loss.type](batch))
         with autocast():
-            loss = loss_fn(model, batch, seg.part.loss)
+            loss = loss_fn(model, batch, spec)
         if group is not None:
             loss = loss * share
         (loss / seg.grad_accum).backward()
         total += loss.detach().float().cpu()
+    value, norm = update(weights, t, seg, step, lr, total, group)
+    return StepResult(value, norm, tokens)
+
+
+def update(
+    weights: Weights, t: Trainee, seg: Segment, step: int, lr: float, total: torch.Tensor, group: Group | None = None
+) -> tuple[float, float]:
+    """After a step's backward passes (their losses summed in `total`): regularization,
+    clipping and the update. Returns (the step's loss, the gradient norm)."""
     weights.gradients_to_optimizer(t.params, t.opt_params)
     if group is not None:
         total = group.reduce(t.opt_params, total)
@@ -180,4 +203,4 @@ def train_step(
     clipped_step(t.optimizer, grads, seg.grad_clip, norm)
     weights.clear_gradients(t.optimizer)
     weights.optimizer_to_model(t.params, t.opt_params)
-    return StepResult(value, norm, tokens)
+    return value, norm

@@ -16,7 +16,8 @@ class Datasets:
         self._t = transport
 
     def upload(self, path: str | Path, name: str | None = None) -> Dataset:
-        """Upload a text corpus (.txt, or .jsonl of {"text"}) or supervised records (.jsonl).
+        """Upload a text corpus (.txt, or .jsonl of {"text"}), supervised records (.jsonl) or
+        preference records (.jsonl of {"prompt", "chosen", "rejected"} or OpenAI's preference format).
         The service validates the whole file first: a bad one raises UnprocessableEntityError
         (`invalid_dataset`) whose details list every bad line as {line, field, reason}."""
         body = self._t.upload("/v1/datasets", path, name, UPLOAD_TIMEOUT_S)

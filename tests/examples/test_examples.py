@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import EVENT_TYPES, REPO_ROOT
@@ -64,6 +65,73 @@ def test_make_data_is_deterministic_and_sized_by_its_options(tmp_path: Path) -> 
         if r["task"] == "summarize":
             most = max(int(w) for w in r["document"].replace(",", " ").split() if w.isdigit())
             assert f": {most} " in r["summary"]
+
+
+def test_make_data_writes_preference_pairs_of_both_forms(tmp_path: Path) -> None:
+    """preference.jsonl and preference_chat.jsonl: the same records, deterministic by --seed,
+    `chosen` the right answer and `rejected` a plausible wrong one, prompts as models/data/records.py
+    renders the tasks; their generator is their own, so the other files do not change."""
+    from models.data.records import load_file, qa_prompt, summarize_prompt, translate_prompt
+
+    first, again, fewer = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for out, count in ((first, "30"), (again, "30"), (fewer, "6")):
+        done = make_data(out, "--seed", "5", "--pairs", "30", "--corpus-lines", "50", "--preference", count)
+        assert done.returncode == 0, done.stderr
+    for name in ("corpus.txt", "pairs.jsonl", "preference.jsonl", "preference_chat.jsonl"):
+        assert (first / name).read_bytes() == (again / name).read_bytes(), name
+    for name in ("corpus.txt", "pairs.jsonl"):
+        assert (first / name).read_bytes() == (fewer / name).read_bytes(), name
+    plain = [json.loads(line) for line in (first / "preference.jsonl").read_text(encoding="utf-8").splitlines()]
+    chat = [json.loads(line) for line in (first / "preference_chat.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(plain) == len(chat) == 30
+    assert (fewer / "preference.jsonl").read_text(encoding="utf-8").splitlines() == [
+        json.dumps(r, ensure_ascii=False) for r in plain[:6]
+    ]
+    for i, (p, c) in enumerate(zip(plain, chat, strict=True)):
+        assert set(p) == {"prompt", "chosen", "rejected"} and p["chosen"] != p["rejected"]
+        assert c == {
+            "prompt": [{"role": "user", "content": p["prompt"].strip()}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        task = ("translate", "qa", "summarize")[i % 3]
+        if task == "translate":
+            words = p["prompt"].removeprefix("Translate English to French: ").removesuffix("\n")
+            assert p["prompt"] == translate_prompt(words, "en", "fr")
+        elif task == "qa":
+            context, question = p["prompt"].removeprefix("Context: ").removesuffix("\nAnswer:").split("\nQuestion: ")
+            assert p["prompt"] == qa_prompt(question, context)
+            asked = question.split()[2]  # "How many <things> does <person> have?"
+            assert f" {p['chosen']} {asked}" in context and f" {p['rejected']} " in context  # another count of it
+        else:
+            story = p["prompt"].removeprefix("Summarize: ").removesuffix("\n")
+            assert p["prompt"] == summarize_prompt(story)
+            most = max(int(w) for w in story.replace(",", " ").split() if w.isdigit())
+            person, rest = p["chosen"].split(" has the most: ")
+            assert rest.startswith(f"{most} ") and f"{person} has {most} " in story
+            other, same = p["rejected"].split(" has the most: ")
+            assert same == rest and other != person and f"{other} has " in story  # the name swapped
+    for name in ("preference.jsonl", "preference_chat.jsonl"):  # the data kind of a `preference` stage
+        parsed = load_file(first / name)
+        assert parsed.kind == "preference" and parsed.num_records == 30, name
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_the_example_specs_pass_the_local_checks(name: str, tmp_path: Path) -> None:
+    """Each examples/*.yaml passes what `stagecraft jobs validate` checks on this machine: its
+    fields, and the kind of each data file make_data.py writes (the others, such as
+    make_general_text.py's, are not generated here)."""
+    from models.data.records import load_file
+    from models.spec import data_kind_errors, parse_spec
+
+    done = make_data(tmp_path, "--pairs", "30", "--corpus-lines", "50", "--preference", "30")
+    assert done.returncode == 0, done.stderr
+    raw = yaml.safe_load((EXAMPLES / name).read_text(encoding="utf-8"))
+    spec = parse_spec(raw)
+    local = {k: tmp_path / Path(ref.dataset).name for k, ref in spec.data.items()}
+    kinds = {k: load_file(path).kind for k, path in local.items() if path.is_file()}
+    assert kinds, "no data file of the example is one make_data.py writes"
+    assert data_kind_errors(spec, kinds) == []
 
 
 def test_make_data_rejects_a_bad_option(tmp_path: Path) -> None:

@@ -193,6 +193,52 @@ def test_validate_prints_the_service_estimates(served: Served, tmp_path: Path) -
     assert result["estimates"]["parameters"] == served.job["estimates"]["parameters"]
 
 
+def preference_records(path: Path, n: int) -> Path:
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    lines = [{"prompt": f"Spell {i % 10}:", "chosen": words[i % 10], "rejected": words[(i + 3) % 10]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    return path
+
+
+def test_preference_data_uploads_lists_and_validates(served: Served, tmp_path: Path) -> None:
+    """The `preference` data kind in the client commands: named on upload and in the list, its
+    bad lines each on its own line, a preference stage checked locally and by the service."""
+    env = client_env(served)
+    prefs = preference_records(tmp_path / "prefs.jsonl", 12)
+    up = run_cli("datasets", "upload", str(prefs), env=env)
+    assert up.returncode == 0 and "(12 preference records)" in up.stderr, up.stderr
+    ds_id = up.stdout.strip()
+    assert cli_json(served, "datasets", "show", ds_id)["kind"] == "preference"
+    listed = run_cli("datasets", "list", env=env)
+    assert any(ds_id in line and "preference" in line for line in listed.stdout.splitlines()), listed.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "a"}\n{"prompt": "p", "chosen": 1, "rejected": "b"}\n', encoding="utf-8")
+    refused = run_cli("datasets", "upload", str(bad), env=env)
+    assert refused.returncode == 1 and "line 1: rejected: missing" in refused.stderr, refused.stderr
+    assert "line 2: chosen: must be a string" in refused.stderr
+
+    stage = {"type": "preference", "name": "dpo", "data": "prefs", "steps": 3, "batch_size": 4,
+             "loss": {"type": "dpo", "beta": 0.1}, "optimizer": {"type": "adamw", "lr": 1e-4}}  # fmt: skip
+    spec: dict[str, Any] = {"name": "prefs", "model": {"init_from": {"model": served.model_id}},
+            "data": {"prefs": {"dataset": "prefs.jsonl", "validation_fraction": 0.25}}, "stages": [stage],
+            "evaluation": {"every_steps": 100, "metrics": ["loss"], "max_samples": 0}}  # fmt: skip
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    valid = run_cli("jobs", "validate", str(path), "--json", env=env)
+    assert valid.returncode == 0, valid.stderr[-2000:]
+    assert f"reusing {ds_id}" in valid.stderr  # the same bytes: the dataset uploaded above
+    estimates = json.loads(valid.stdout)["estimates"]
+    assert estimates["total_steps"] == 3 and estimates["tokens"] % (3 * 4 * 2) == 0  # pairs: two sequences a row
+    # a preference stage on supervised records: refused locally, before anything is uploaded
+    (tmp_path / "sft.jsonl").write_text('{"prompt": "Spell 1:", "completion": "one"}\n' * 8, encoding="utf-8")
+    spec["data"]["prefs"]["dataset"] = "sft.jsonl"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    before = dataset_ids(served)
+    wrong = run_cli("jobs", "validate", str(path), env=env)
+    assert wrong.returncode == 2 and "stages.0.data: a preference objective needs" in wrong.stderr, wrong.stderr
+    assert dataset_ids(served) == before
+
+
 def test_models_export_then_upload(served: Served, tmp_path: Path) -> None:
     env = client_env(served)
     proc = run_cli("models", "export", served.model_id, "--out", str(tmp_path / "m.tar.gz"), env=env, timeout=300)

@@ -1,7 +1,8 @@
 """The official `openai` client's fine-tuning flow against `stagecraft up` (a real subprocess),
 only base_url changed: upload chat records as files, fine-tune the tiny model trained there,
-follow the events to success, list checkpoints, chat with the fine-tuned model; cancel,
-pagination, unsupported parameters, and another tenant's job."""
+follow the events to success, list checkpoints, chat with the fine-tuned model; the same with
+method dpo on preference records; cancel, pagination, unsupported parameters, and another
+tenant's job."""
 
 from __future__ import annotations
 
@@ -28,6 +29,24 @@ def client(served: Served) -> Iterator[Any]:
     c = openai.OpenAI(base_url=served.url + "/v1", api_key=served.key, max_retries=0)
     yield c
     c.close()
+
+
+FRENCH = ["zero", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"]
+
+
+def preference_records(path: Path, n: int) -> Path:
+    """OpenAI's preference format: the right French word preferred to the next number's."""
+    lines = []
+    for i in range(n):
+        record = {
+            "input": {"messages": [{"role": "system", "content": "Count in French."},
+                                   {"role": "user", "content": f"Say {i % 10}."}]},
+            "preferred_output": [{"role": "assistant", "content": FRENCH[i % 10]}],
+            "non_preferred_output": [{"role": "assistant", "content": FRENCH[(i + 1) % 10]}],
+        }  # fmt: skip
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def chat_records(path: Path, n: int) -> Path:
@@ -140,6 +159,50 @@ def test_a_whole_fine_tuning_flow(client: Any, served: Served, native: Api, file
     assert model["id"] == done.fine_tuned_model and model["job_id"] == job.id and model["name"] == "french"
 
 
+@pytest.mark.slow
+def test_a_whole_dpo_flow(client: Any, served: Served, native: Api, tmp_path: Path) -> None:
+    """method dpo end to end: a preference stage trains from the served model on OpenAI's
+    preference format, reports TRL's rewards per step and the held-out preference accuracy of
+    the validation file, and the model it makes serves chat."""
+    with preference_records(tmp_path / "prefs.jsonl", 24).open("rb") as f:
+        train = client.files.create(file=f, purpose="fine-tune")
+    with preference_records(tmp_path / "prefs-valid.jsonl", 8).open("rb") as f:
+        valid = client.files.create(file=f, purpose="fine-tune")
+    assert native.http.get(f"/v1/datasets/{train.id}").json()["kind"] == "preference"
+    method = {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 8, "beta": 0.2}}}
+    job = client.fine_tuning.jobs.create(
+        model=served.model_id, training_file=train.id, validation_file=valid.id, method=method, suffix="prefer", seed=5
+    )
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    stage = native.job(job.id)["spec"]["stages"][0]
+    assert stage["type"] == "preference" and stage["loss"]["type"] == "dpo" and stage["loss"]["beta"] == 0.2
+    assert stage["steps"] == 2 * math.ceil(24 / 8) and stage.get("reference") is None
+
+    deadline, messages = time.monotonic() + TIMEOUT_S, list[str]()
+    while not any("successfully completed" in m for m in messages):
+        assert time.monotonic() < deadline and not any(m.startswith("The job failed") for m in messages), messages
+        time.sleep(1)
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=5).data]
+    done = wait_until_finished(client, job.id)
+    assert done.status == "succeeded" and done.fine_tuned_model.startswith("model_") and done.error is None
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.n_epochs == 2
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    steps = [e for e in events if e.type == "metrics" and e.data.get("train_loss") is not None]
+    assert len(steps) == 6 and all(0.0 <= e.data["rewards/accuracies"] <= 1.0 for e in steps)
+    assert all({"rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"}
+               <= set(e.data) for e in steps)  # fmt: skip
+    series = native.http.get(f"/v1/jobs/{job.id}/metrics").json()["series"]
+    assert len(series["train.rewards/accuracies"]) == 6 and len(series["train.logps/chosen"]) == 6
+    final = native.http.get(f"/v1/jobs/{job.id}/evaluation").json()["final"]
+    assert 0.0 <= final["validation"]["preference_accuracy"] <= 1.0, final
+
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Say 3."}], max_tokens=8, temperature=0
+    )
+    assert reply.model == done.fine_tuned_model and isinstance(reply.choices[0].message.content, str)
+
+
 def test_cancel_list_pages_and_auto_hyperparameters(
     client: Any, served: Served, native: Api, files: dict[str, Any]
 ) -> None:
@@ -179,9 +242,12 @@ def error_of(call: Any, cls: Any) -> Any:
 def test_bad_and_unsupported_parameters_are_named(client: Any, served: Served, files: dict[str, Any]) -> None:
     jobs, train = client.fine_tuning.jobs, files["train"].id
     unprocessable = openai.UnprocessableEntityError
+    err = error_of(lambda: jobs.create(model=served.model_id, training_file=train, method={"type": "reinforcement"}),
+                   unprocessable)  # fmt: skip
+    assert err.param == "method.type" and err.code == "unsupported_parameter" and "reinforcement" in err.message
     err = error_of(lambda: jobs.create(model=served.model_id, training_file=train, method={"type": "dpo"}),
                    unprocessable)  # fmt: skip
-    assert err.param == "method.type" and err.code == "unsupported_parameter" and "dpo" in err.message
+    assert err.param == "training_file" and err.code == "invalid_file" and "preference records" in err.message
     wandb = [{"type": "wandb", "wandb": {"project": "x"}}]
     err = error_of(lambda: jobs.create(model=served.model_id, training_file=train, integrations=wandb), unprocessable)
     assert err.param == "integrations" and err.type == "invalid_request_error"

@@ -23,7 +23,8 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERRORS, r
     responses={**UPLOAD_ERRORS, 422: error("`invalid_dataset`: details list every bad line as {line, field, reason}")},
 )
 async def upload_dataset(request: Request, tenant_id: TenantDep, settings: SettingsDep, db: DatabaseDep) -> DatasetOut:
-    """Upload a text corpus or supervised records; the whole file is validated before it is kept."""
+    """Upload a text corpus, supervised records or preference records; the whole file is validated
+    before it is kept."""
     upload = await receive_file(request, datasets.incoming_path(settings, tenant_id), settings.max_upload_bytes)
 
     def save() -> DatasetOut:

@@ -1,7 +1,8 @@
-"""OpenAI's fine-tuning API (`client.fine_tuning.jobs.*`): each job is a Stagecraft finetune
-job (also in /v1/jobs) built by app.services.openai_ft, which documents how the request's
-hyperparameters become the spec. Supervised fine-tuning only: another method, integrations
-or an unknown parameter is a 422 naming it in `param`."""
+"""OpenAI's fine-tuning API (`client.fine_tuning.jobs.*`): each job is a Stagecraft job (also in
+/v1/jobs) built by app.services.openai_ft, which documents how the request's hyperparameters
+become the spec: method `supervised` (the default) a `finetune` stage, method `dpo` a
+`preference` stage. Another method, integrations or an unknown parameter is a 422 naming it
+in `param`."""
 
 from __future__ import annotations
 
@@ -53,15 +54,30 @@ class Hyperparameters(Strict):
     learning_rate_multiplier: auto_or(float, 0, 20) = "auto"  # type: ignore[valid-type]
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: auto_or(float, 0, 1000) = "auto"  # type: ignore[valid-type]  # the spec's bounds of loss.beta
+
+
 class Supervised(Strict):
     hyperparameters: Hyperparameters | None = None
 
 
+class Dpo(Strict):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(Strict):
-    type: str
+    type: str = Field(description="`supervised` (a finetune stage) or `dpo` (a preference stage)")
     supervised: Supervised | None = None
-    dpo: dict[str, Any] | None = None
-    reinforcement: dict[str, Any] | None = None
+    dpo: Dpo | None = None
+    reinforcement: dict[str, Any] | None = Field(None, description="not supported")
+
+    def settings(self) -> Supervised | Dpo | None:
+        """The settings of its own type; another type's settings are a 422 naming them."""
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != self.type and getattr(self, other) is not None:
+                raise bad_param(f"method.{other}", f"settings of method '{other}' given with method type '{self.type}'")
+        return self.supervised if self.type == "supervised" else self.dpo
 
 
 class FineTuneIn(Strict):
@@ -78,24 +94,27 @@ class FineTuneIn(Strict):
     def request(self) -> openai_ft.Request:
         if self.integrations:
             raise bad_param("integrations", "integrations are not supported")
-        hyper = self.hyperparameters
-        if self.method is not None:
-            if self.method.type != "supervised":
-                raise bad_param("method.type", f"'{self.method.type}' is not supported: only 'supervised' is")
-            if self.method.dpo is not None or self.method.reinforcement is not None:
-                raise bad_param("method", "only `supervised` settings go with method type 'supervised'")
-            inner = self.method.supervised.hyperparameters if self.method.supervised else None
-            if hyper is not None and inner is not None and hyper != inner:
-                raise bad_param("hyperparameters", "differs from method.supervised.hyperparameters: give one")
-            hyper = inner or hyper
+        method = self.method.type if self.method is not None else "supervised"
+        if method not in openai_ft.METHODS:
+            supported = " or ".join(f"'{m}'" for m in openai_ft.METHODS)
+            raise bad_param("method.type", f"'{method}' is not supported: {supported}")
+        settings = self.method.settings() if self.method is not None else None
+        top = self.hyperparameters.model_dump() if self.hyperparameters is not None else None
+        inner = settings.hyperparameters.model_dump() if settings and settings.hyperparameters else None
+        # The deprecated top-level form holds the hyperparameters every method has: given with
+        # the method's own, the two must agree on those.
+        if top is not None and inner is not None and any(inner[k] != v for k, v in top.items()):
+            raise bad_param("hyperparameters", f"differs from method.{method}.hyperparameters: give one")
+        defaults = (DpoHyperparameters if method == "dpo" else Hyperparameters)().model_dump()
         return openai_ft.Request(
             model=self.model,
             training_file=self.training_file,
             validation_file=self.validation_file,
-            hyperparameters=(hyper or Hyperparameters()).model_dump(),
+            hyperparameters=inner or {**defaults, **(top or {})},
             suffix=self.suffix,
             seed=self.seed,
             metadata=self.metadata or {},
+            method=method,
         )
 
 
@@ -108,7 +127,9 @@ def create_job(
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Obj:
-    """A finetune job on `training_file` from `model`; `fine_tuned_model` serves once it has succeeded."""
+    """A job on `training_file` from `model` (method `supervised`: a finetune stage on chat or
+    prompt/completion records; `dpo`: a preference stage on preference records);
+    `fine_tuned_model` serves once it has succeeded."""
     job, ft = openai_ft.create(session, settings, tenant_id, body.request(), idempotency_key)
     session.commit()  # the job's wake-up leaves now
     return objects.job(job, ft)
