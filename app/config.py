@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     inference_max_batch: int = 16  # rows decoded together per model; more requests wait their turn
     inference_device: str = "auto"  # auto | cpu | cuda
     inference_threads: int = 0  # torch intra-op threads in the API process (0: torch's default)
+    # Weight-only quantized serving (app/serving/precision.py, docs/api.md `precision`): what a request
+    # gets by default (none: the model's own fp32 weights), what else one may ask for (comma-separated
+    # fp32, int8, int4; the default is always allowed), and int4's group size (inputs per scale and zero).
+    inference_quantization: Literal["none", "fp32", "int8", "int4"] = "none"
+    inference_allowed_precisions: str = ""
+    inference_int4_group_size: Literal[32, 64, 128] = 64
     max_model_upload_bytes: int = 2 << 30
     max_model_parameters: int = 2_000_000_000  # an uploaded config declaring more is a 422 before any allocation
     max_archive_entries: int = 1_000  # members of an uploaded model archive
@@ -115,6 +121,15 @@ class Settings(BaseSettings):
         unknown = [t for t in v.replace(" ", "").split(",") if t and t not in REPORT_TARGETS]
         if unknown:
             raise ValueError(f"STAGECRAFT_REPORT_TO: unknown {', '.join(unknown)} (use {', '.join(REPORT_TARGETS)})")
+        return v
+
+    @field_validator("inference_allowed_precisions")
+    @classmethod
+    def _precisions(cls, v: str) -> str:
+        unknown = [p for p in v.replace(" ", "").split(",") if p and p not in ("fp32", "int8", "int4")]
+        if unknown:
+            listed = ", ".join(unknown)
+            raise ValueError(f"STAGECRAFT_INFERENCE_ALLOWED_PRECISIONS: unknown {listed} (use fp32, int8, int4)")
         return v
 
     @property

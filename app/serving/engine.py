@@ -162,27 +162,27 @@ class Served:
     batcher: Batcher
     chat: ChatFormat | None = None  # its chat template: chat and task prompts are rendered by it
     adapters: set[str] = field(default_factory=set)  # LoRA adapters added to its decoder (by folder)
+    precision: str = "fp32"  # its projections' weights: fp32, int8 or int4 (app/serving/precision.py)
 
     @property
     def block_size(self) -> int:
         return self.config.block_size
 
 
-def _load(key: str, directory: Path, device: str, max_batch: int, runner: InferenceThread, threads: int = 0) -> Served:
+def _load(cache: ModelCache, key: str, directory: Path, precision: str) -> Served:
     import torch
 
     from models.formats.load import load_model
     from models.inference.decoder import Decoder
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cache.threads > 0:
+        torch.set_num_threads(cache.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cache.device == "auto" else cache.device
     model, tok = load_model(directory, device=device)
-    decoder = Decoder(model, tok, max_batch)  # holds the weights it needs; the GPT itself is dropped
+    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size)  # the model itself is dropped
     c = model.config
-    kv = 2 * c.n_layer * max_batch * c.block_size * c.n_kv_head * c.head_dim * 4
-    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, runner))
+    kv = 2 * c.n_layer * cache.max_batch * c.block_size * c.n_kv_head * c.head_dim * 4
+    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, cache.runner), precision=precision)
 
 
 def _add_chat(served: Served, directory: Path) -> None:
@@ -198,12 +198,13 @@ def _add_chat(served: Served, directory: Path) -> None:
 
 
 class ModelCache:
-    """The model cache. Used from the event loop only (no locks needed there)."""
+    """The model cache, keyed by (model folder, precision). Used from the event loop only (no locks needed there)."""
 
-    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0):
+    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0, group_size: int = 64):
         self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
-        self.entries: OrderedDict[str, Served] = OrderedDict()
-        self.loading: dict[str, asyncio.Task[Served]] = {}
+        self.group_size = group_size  # int4's (models.layers.quantized)
+        self.entries: OrderedDict[tuple[str, str], Served] = OrderedDict()
+        self.loading: dict[tuple[str, str], asyncio.Task[Served]] = {}
         self.runner = InferenceThread()
         meters.watch(self)  # its bytes in stagecraft_inference_model_cache_bytes
 
@@ -216,25 +217,27 @@ class ModelCache:
         export too), so that decoding never shares the CPUs with a second OpenMP team."""
         return await asyncio.wrap_future(self.runner.call(fn))
 
-    async def get(self, key: str, directory: Path) -> Served:
-        served = self.entries.get(key)
+    def loaded(self, key: str) -> list[str]:
+        return [precision for k, precision in list(self.entries) if k == key]  # list(): one C call, any thread
+
+    async def get(self, key: str, directory: Path, precision: str = "fp32") -> Served:
+        served = self.entries.get((key, precision))
         if served is not None:
-            self.entries.move_to_end(key)
+            self.entries.move_to_end((key, precision))
             return served
-        task = self.loading.get(key)
+        task = self.loading.get((key, precision))
         if task is None:
-            task = asyncio.create_task(self._load(key, directory))
-            self.loading[key] = task
+            task = asyncio.create_task(self._load(key, directory, precision))
+            self.loading[key, precision] = task
         return await asyncio.shield(task)
 
-    async def _load(self, key: str, directory: Path) -> Served:
+    async def _load(self, key: str, directory: Path, precision: str) -> Served:
         try:
-            args = (key, directory, self.device, self.max_batch, self.runner, self.threads)
-            served = await self.run(lambda: _load(*args))
+            served = await self.run(lambda: _load(self, key, directory, precision))
             await asyncio.to_thread(_add_chat, served, directory)
         finally:
-            del self.loading[key]
-        self.entries[key] = served
+            del self.loading[key, precision]
+        self.entries[key, precision] = served
         meters.LOADS.inc()
         while self.nbytes > self.max_bytes and len(self.entries) > 1:
             old_key, old = self.entries.popitem(last=False)

@@ -26,10 +26,11 @@ from app.db import Database
 from app.errors import InternalError, Invalid, from_model_error
 from app.services import catalog
 from app.serving.engine import ModelCache, Served, Update
+from app.serving.precision import choose as choose_precision
 from models.data import chat_records
 from models.data.chat import render_prompt
 from models.data.records import TASK_INPUTS, messages_prompt, task_prompt
-from models.errors import ChatTemplateError
+from models.errors import ChatTemplateError, UnsupportedModel
 
 if TYPE_CHECKING:
     from models.inference.generate import Sampling
@@ -48,6 +49,9 @@ class SamplingFields(Protocol):
     top_k: int
     top_p: float
     seed: int | None
+
+    @property
+    def precision(self) -> str | None: ...  # None: the operator's default (app.serving.precision)
 
 
 @dataclass
@@ -145,14 +149,18 @@ async def prepare(
     loc: str = "body.prompt",
 ) -> Prepared:
     """404/409 for the model, 422 for a prompt that leaves no room in its context (or that
-    the model's chat template refuses)."""
+    the model's chat template refuses), or for a precision the operator does not serve."""
+    precision = choose_precision(settings, sampling.precision)
 
     def find() -> tuple[Path, Path | None]:  # may export a checkpoint: torch, so on the inference thread
         with db.read() as session:
             return catalog.serving(session, settings, tenant_id, ref)
 
     directory, adapter_dir = await cache.run(find)
-    served = await cache.get(str(directory), directory)
+    try:
+        served = await cache.get(str(directory), directory, precision)
+    except UnsupportedModel as exc:  # a quantized precision on a device without its kernels
+        raise from_model_error(exc, "body.precision") from None
     adapter = None if adapter_dir is None else await cache.adapter(served, adapter_dir)
     # Off the event loop: long prompts, and any a chat template renders (the uploader's code:
     # bounded by models.data.bounded_jinja, yet up to ~0.1 s and an output 4x its input).

@@ -12,6 +12,7 @@ from typing import Any
 
 from models.families import family
 from models.families.base import DecoderModel
+from models.layers.quantized import quantize
 from models.layers.serving import ServingNet
 from models.lora.bank import AdapterBank
 
@@ -36,9 +37,15 @@ class ServingModel(ServingNet):
     adapters: AdapterBank
 
 
-def serving_net(model: Model) -> ServingModel:
-    """`model` laid out for decoding by its family's serving class (its weights copied)."""
-    net: ServingModel = _resolve(family(model.config.arch).serving)(model)
+def serving_net(model: Model, precision: str = "fp32", group_size: int = 64) -> ServingModel:
+    """`model` laid out for decoding by its family's serving class (its weights copied); with
+    `precision` "int8" or "int4", its projections weight-only quantized (models.layers.quantized;
+    `group_size`: int4's)."""
+    if precision == "fp32":
+        net: ServingModel = _resolve(family(model.config.arch).serving)(model)
+        return net
+    net = _resolve(family(model.config.arch).serving)(model, onednn=False)
+    quantize(net, precision, group_size)
     return net
 
 

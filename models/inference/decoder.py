@@ -75,8 +75,13 @@ PREFILL_TOKENS_PER_STEP = 4096  # prompt tokens admitted in one step (at least o
 class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
-    def __init__(self, model: Model, tok: Tokenizer, max_batch: int = 16):
-        self.net = serving_net(model)
+    def __init__(
+        self, model: Model, tok: Tokenizer, max_batch: int = 16, precision: str = "fp32", group_size: int = 64
+    ):
+        """`precision`: "fp32" (the model's weights), or "int8" / "int4" weight-only
+        (models.layers.quantized; `group_size`: int4's)."""
+        self.net = serving_net(model, precision, group_size)
+        self.precision = precision
         self.tok, self.max_batch = tok, max_batch
         self.end_ids = set(tok.end_ids)  # the model's end-of-sequence / end-of-turn tokens, and ours
         self.block = model.config.block_size
@@ -170,7 +175,7 @@ class Decoder:
         return changed
 
     def _advance(self, rows: list[Row], logits: Tensor, changed: list[Row]) -> None:
-        logits = logits.float()
+        logits = logits if logits.dtype == torch.float32 else logits.float()
         # Each row's greedy token, or -1 where its largest logit is not finite (a NaN anywhere, an
         # infinity, or nothing above -inf): nothing to pick from. One operation, as argmax was.
         top, greedy = logits.max(-1)

@@ -30,6 +30,9 @@ class SlotCache(KVCache):
         self.valid = torch.zeros((slots, self.block), dtype=torch.bool, device=device)
         self.lens: list[int] = []
         self.compactions = 0
+        self._n = -1  # the row count the views below are of: each layer's keys and values of slots [:n]
+        self._k: list[Tensor] = []
+        self._v: list[Tensor] = []
 
     def admit(self, prompt_len: int, count: int = 1) -> KVCache:
         """The next `count` slots, as an empty cache whose writes land here (for a prefill of
@@ -57,10 +60,16 @@ class SlotCache(KVCache):
         return pos, self.valid[:n, None, None, : self.length + 1]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the rows' keys and values at the shared column; (n, kv heads, col + 1, D) views
+        of them all. The views of the first n slots are kept while n stays (six operations a
+        layer where slicing the cache anew took ten)."""
         n, col = k.size(0), self.length
-        self.k[layer][:n, :, col : col + 1] = k
-        self.v[layer][:n, :, col : col + 1] = v
-        return self.k[layer][:n, :, : col + 1], self.v[layer][:n, :, : col + 1]
+        if n != self._n:
+            self._n, self._k, self._v = n, [t[:n] for t in self.k], [t[:n] for t in self.v]
+        keys, values = self._k[layer], self._v[layer]
+        keys.narrow(2, col, 1).copy_(k)
+        values.narrow(2, col, 1).copy_(v)
+        return keys.narrow(2, 0, col + 1), values.narrow(2, 0, col + 1)
 
     def _compact(self) -> None:
         self.compactions += 1

@@ -56,6 +56,7 @@ class OpenAIIn(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    precision: Literal["fp32", "int8", "int4"] | None = None  # Stagecraft's: app.api.schemas.SamplingIn
 
 
 class CompletionIn(OpenAIIn):
@@ -115,7 +116,7 @@ async def _prepared(
         for j in range(body.n):
             seed = None if body.seed is None else body.seed + j
             sampling = SamplingIn(max_new_tokens=max_tokens or MAX_NEW_TOKENS, temperature=body.temperature,
-                                  top_p=body.top_p, seed=seed)  # fmt: skip
+                                  top_p=body.top_p, seed=seed, precision=body.precision)  # fmt: skip
             out.append(await prepare(s.cache, s.db, s.settings, s.tenant_id, body.model, prompt, sampling, stop,
                                      loc))  # fmt: skip
     return out

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import app.serving.engine
-from app.serving.engine import InferenceThread, ModelCache, Served
+from app.serving.engine import ModelCache, Served
 from models.data.tokenizer import Tokenizer
 from models.families.gpt.serving import ServingGPT
 from models.formats.load import load_model
@@ -51,12 +51,10 @@ def test_concurrent_first_requests_share_one_load(model_dirs: list[Path], monkey
     calls: list[Path] = []
     real = app.serving.engine._load
 
-    def counting(
-        key: str, directory: Path, device: str, max_batch: int, runner: InferenceThread, threads: int
-    ) -> Served:
+    def counting(cache: ModelCache, key: str, directory: Path, precision: str) -> Served:
         calls.append(directory)
         time.sleep(0.2)  # a slow load: the other requests arrive meanwhile
-        return real(key, directory, device, max_batch, runner, threads)
+        return real(cache, key, directory, precision)
 
     monkeypatch.setattr(app.serving.engine, "_load", counting)
 
@@ -105,11 +103,11 @@ def test_the_cache_is_bounded_by_bytes(model_dirs: list[Path]) -> None:
         engine.max_bytes = int(a.nbytes * 1.5)  # room for one model
         await collect(engine, a, [1, 2, 3], 5)
         b = await engine.get("b", model_dirs[1])
-        assert list(engine.entries) == ["b"]
+        assert list(engine.entries) == [("b", "fp32")]
         assert engine.nbytes == b.nbytes
         await collect(engine, a, [1, 2, 3], 5)  # a request still holding an evicted model finishes
         a2 = await engine.get("a", model_dirs[0])
-        assert a2 is not a and list(engine.entries) == ["a"]
+        assert a2 is not a and list(engine.entries) == [("a", "fp32")]
 
     asyncio.run(main())
 

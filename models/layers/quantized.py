@@ -1,0 +1,125 @@
+"""Weight-only int8 and int4 projections for serving on a CPU, through PyTorch's own kernels.
+
+A serving net (models/layers/serving.py) built with plain `Projection`s can have them
+replaced here (`quantize`): every projection of its layers in int8 or int4, the vocabulary
+projection (head) in int8 for both. The token embedding, the norms, the rotary tables and
+the KV cache stay in the net's dtype (fp32); so do LoRA adapters, whose products the bank
+adds in fp32 on top of the quantized base product (models/lora/bank.py).
+
+- int8: symmetric, one scale per output channel; `torch.ops.aten._weight_int8pack_mm`.
+- int4: asymmetric, a scale and a zero per `group_size` (32, 64 or 128) inputs of each
+  output channel, dequantized as `(q - 8) * scale + zero`;
+  `aten._convert_weight_to_int4pack_for_cpu` lays the weight out once,
+  `aten._weight_int4pack_mm_for_cpu` multiplies. A projection whose fan-in no group size
+  divides stays int8; one whose outputs are not a multiple of 16 (the kernel's tile) is
+  padded with zero rows, which are cut from its output.
+
+Both kernels are vectorised (AVX2 / AVX-512) for bf16 and fp16 activations only: with fp32
+ones they fall back to a scalar loop, 10-30x slower than the fp32 matmul. So a projection
+takes fp32 in, multiplies in bf16 activations (accumulating in fp32 inside the kernel) and
+hands fp32 out; its scales (and zeros) are bf16, the dtype the kernels take them in, and the
+weights are rounded against those stored values. Measured here against oneDNN's fp32 matmul
+and torchao (benchmarks/RESULTS.md, "Quantized serving"): torchao 0.18 adds no CPU kernel of
+its own (its int4 CPU layout calls the same aten op; its int8 weight-only path dequantizes
+the weight at every call), so these aten ops are the maintained path, without a dependency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.errors import UnsupportedModel
+from models.layers.projection import Projection
+from models.layers.serving import ServingNet
+
+PRECISIONS = ("fp32", "int8", "int4")  # fp32: the model's own weights (its dtype)
+GROUP_SIZES = (32, 64, 128)
+ACT = torch.bfloat16  # the activations and scales the kernels run fast with
+N_TILE = 16  # int4: the packed weight's output channels come in tiles of 16
+
+
+class Int8Projection(Projection):
+    """`x @ weight.T + bias` with the weight in int8, one bf16 scale per output channel."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        self.packed = self.weight_t = None
+        self.bias = None if bias is None else bias.detach().clone()
+        w = weight.detach().float()
+        scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(ACT).tiny).to(ACT)
+        self.qweight = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self.scales = scale
+
+    def _product(self, x: Tensor) -> Tensor:
+        y: Tensor = torch.ops.aten._weight_int8pack_mm(x.to(ACT), self.qweight, self.scales)
+        return y
+
+    def __call__(self, x: Tensor, gelu: bool = False) -> Tensor:
+        y = self._product(x)
+        y = y.to(x.dtype) if self.bias is None else torch.add(self.bias, y)  # bf16 + fp32 bias: fp32, one operation
+        return F.gelu(y, approximate="tanh") if gelu else y
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.qweight, self.scales, self.bias) if t is not None]
+
+
+class Int4Projection(Int8Projection):
+    """`x @ weight.T + bias` with the weight in 4 bits, a bf16 scale and zero per group of inputs."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, group_size: int):
+        self.packed = self.weight_t = None
+        self.bias = None if bias is None else bias.detach().clone()
+        self.out, fan_in = weight.shape
+        self.group = group_size
+        pad = -self.out % N_TILE
+        w = F.pad(weight.detach().float(), (0, 0, 0, pad)).view(self.out + pad, fan_in // group_size, group_size)
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        scale = ((hi - lo) / 15).clamp(min=torch.finfo(ACT).tiny).to(ACT)
+        zero = (lo + 8 * scale.float()).to(ACT)  # the value q = 8 stands for
+        q = torch.round((w - zero.float()) / scale.float() + 8).clamp(0, 15).to(torch.int32)
+        self.qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(self.out + pad, fan_in), 1)
+        # (groups, out, 2): each group's scale and zero per output channel, as the kernel reads them
+        self.scales = torch.cat([scale, zero], -1).transpose(0, 1).contiguous()
+
+    def _product(self, x: Tensor) -> Tensor:
+        y: Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(ACT), self.qweight, self.group, self.scales)
+        return y if y.size(-1) == self.out else y[:, : self.out]
+
+
+def int4_group(fan_in: int, group_size: int) -> int | None:
+    """The group size an int4 projection of `fan_in` inputs gets: `group_size` if it divides
+    `fan_in`, else the largest of GROUP_SIZES below it that does; None if none does."""
+    fits = [g for g in GROUP_SIZES if g <= group_size and fan_in % g == 0]
+    return max(fits) if fits else None
+
+
+def quantized(p: Projection, precision: str, group_size: int = 64) -> Projection:
+    """The projection `p` (plain layout: its `weight_t`) in `precision` ("int8" or "int4")."""
+    if p.weight_t is None:
+        raise ValueError("only a projection in the plain layout (onednn=False) can be quantized")
+    weight = p.weight_t.t()
+    group = int4_group(weight.size(1), group_size) if precision == "int4" else None
+    if group is not None:
+        return Int4Projection(weight, p.bias, group)
+    return Int8Projection(weight, p.bias)
+
+
+def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
+    """Replace, in place, every projection of `net`'s layers by its `precision` ("int8" or
+    "int4") version and the head by its int8 one. `net` must have been built in the plain
+    layout (`onednn=False`); UnsupportedModel off a CPU (the kernels are CPU ones)."""
+    if precision not in PRECISIONS[1:]:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"int4 group size {group_size}: one of {', '.join(map(str, GROUP_SIZES))}")
+    if net.device.type != "cpu":
+        raise UnsupportedModel(f"{precision} serving runs on a CPU (torch's CPU kernels), not on {net.device.type}")
+    for layer in net.layers:
+        for f in dataclasses.fields(layer):  # type: ignore[arg-type]  # every family's Layer is a dataclass
+            value = getattr(layer, f.name)
+            if isinstance(value, Projection):
+                setattr(layer, f.name, quantized(value, precision, group_size))
+    net.head = quantized(net.head, "int8")

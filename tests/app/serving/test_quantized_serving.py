@@ -1,0 +1,189 @@
+"""Quantized serving over HTTP (the real app in process): with STAGECRAFT_INFERENCE_QUANTIZATION
+=int8 and int4 allowed, every generation route serves a quantized model (native generate,
+streamed or not; the task endpoints; OpenAI completions and chat, streamed or not; a LoRA
+adapter on its base), `precision` picks int4, a precision the operator does not allow is a 422
+naming the field, GET /v1/models/{id} shows what the model is servable and loaded in, and the
+model cache keeps one entry per (model, precision) with its quantized bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.db import Database
+from app.serving.engine import ModelCache
+from models.data.tokenizer import Tokenizer
+from models.families import family
+from models.formats.load import load_model
+from models.formats.native import save_model
+from models.formats.peft import save_adapter
+from models.inference.decoder import Decoder, Row
+from models.inference.generate import Sampling, finished_text
+from models.lora import layers as lora
+from models.spec import AdapterSpec
+from tests.chat_models import save_chat_llama
+from tests.conftest import tiny_model
+
+SQLITE = pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # serving is the same on both
+GREEDY = {"max_new_tokens": 8, "temperature": 0}
+
+
+@pytest.fixture
+def settings(database: Database, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database.engine.url.render_as_string(hide_password=False),
+        inference_quantization="int8",
+        inference_allowed_precisions="int4",
+    )
+
+
+def tar(directory: Path, top: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for p in sorted(directory.iterdir()):
+            t.add(p, f"{top}/{p.name}")
+    return buf.getvalue()
+
+
+def upload(api: TestClient, data: bytes, base: str | None = None) -> str:
+    form = {} if base is None else {"base": base}
+    r = api.post("/v1/models", files={"file": ("m.tar.gz", data)}, data=form)
+    assert r.status_code == 201, r.text
+    model_id: str = r.json()["id"]
+    return model_id
+
+
+def events(r: Any) -> list[tuple[str, str]]:
+    """(event, data) of a Server-Sent Events body (event "" for OpenAI's `data:` lines)."""
+    out, event = [], ""
+    for line in r.text.splitlines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            out.append((event, line[6:]))
+            event = ""
+    return out
+
+
+def ok(r: Any) -> dict[str, Any]:
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+@pytest.fixture
+def gpt_dir(tokenizer: Tokenizer, tmp_path: Path) -> Path:
+    model = tiny_model(tokenizer.vocab_size, block_size=128)
+    save_model(tmp_path / "gpt", model.state_dict(), model.config, tokenizer, {"name": "gpt"})
+    return tmp_path / "gpt"
+
+
+def adapter_dir(directory: Path, tmp_path: Path) -> Path:
+    base, _ = load_model(directory)
+    holder = copy.deepcopy(base)
+    spec = AdapterSpec(type="lora", rank=4, alpha=8, targets=["attention", "mlp"])
+    lora.add_adapter(holder, family(base.config.arch).lora, "a", spec, seed=1)
+    with torch.no_grad():
+        for p in lora.adapter_params(holder, "a"):
+            p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+    save_adapter(tmp_path / "adapter", lora.extract(holder, "a"), base="elsewhere")
+    return tmp_path / "adapter"
+
+
+@SQLITE
+def test_every_route_serves_a_quantized_model(api: TestClient, gpt_dir: Path, tmp_path: Path) -> None:
+    model_id = upload(api, tar(gpt_dir, "gpt"))
+    adapter_id = upload(api, tar(adapter_dir(gpt_dir, tmp_path), "adapter"), base=model_id)
+    shown = ok(api.get(f"/v1/models/{model_id}"))["serving"]
+    assert shown == {"default_precision": "int8", "precisions": ["int8", "int4"], "loaded": []}
+
+    text = ok(api.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", **GREEDY}))["text"]
+    model, tok = load_model(gpt_dir)  # what int8 decoding of the same weights gives
+    row = Row(tok.encode("At the"), Sampling(max_new_tokens=8))
+    dec = Decoder(model, tok, precision="int8")
+    dec.add(row)
+    while dec.busy:
+        dec.step()
+    assert text == finished_text(tok.decode(row.tokens), [], False)
+
+    streamed = events(api.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", "stream": True, **GREEDY}))
+    assert streamed[-1][0] == "done" and json.loads(streamed[-1][1])["text"] == text
+    assert "".join(json.loads(d)["text"] for e, d in streamed if e == "token") == text
+    ok(api.post(f"/v1/models/{model_id}/translate", json={"text": "one apple", **GREEDY}))
+    ok(api.post(f"/v1/models/{model_id}/answer", json={"question": "Who?", "context": "Nadia.", **GREEDY}))
+    ok(api.post(f"/v1/models/{model_id}/summarize", json={"text": "So it goes.", **GREEDY}))
+    completion = {"model": model_id, "prompt": "At the", "max_tokens": 8, "temperature": 0}
+    assert ok(api.post("/v1/completions", json=completion))["choices"][0]["text"] == text
+    chunks = events(api.post("/v1/completions", json={**completion, "stream": True}))
+    assert chunks[-1][1] == "[DONE]"
+    assert "".join(json.loads(d)["choices"][0]["text"] for _, d in chunks[:-1]) == text
+    chat = {"model": model_id, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6}
+    ok(api.post("/v1/chat/completions", json=chat))
+    assert events(api.post("/v1/chat/completions", json={**chat, "stream": True}))[-1][1] == "[DONE]"
+    adapted = ok(api.post(f"/v1/models/{adapter_id}/generate", json={"prompt": "At the", **GREEDY}))["text"]
+    ok(api.post("/v1/completions", json={"model": adapter_id, "prompt": "At the", "max_tokens": 4}))
+    assert adapted != text  # the adapter's rows apply it on the int8 base
+
+    int4 = api.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", "precision": "int4", **GREEDY})
+    assert ok(int4)["text"]
+    shown = ok(api.get(f"/v1/models/{model_id}"))["serving"]
+    assert shown["loaded"] == ["int8", "int4"]
+    assert ok(api.get(f"/v1/models/{adapter_id}"))["serving"]["loaded"] == ["int8", "int4"]  # its base's
+
+
+@SQLITE
+def test_a_chat_model_serves_quantized_chats(api: TestClient, tmp_path: Path) -> None:
+    model_id = upload(api, tar(save_chat_llama(tmp_path / "llama"), "llama"))
+    chat = {"model": model_id, "messages": [{"role": "user", "content": "What is Paris?"}], "max_tokens": 6}
+    for precision in ("int8", "int4"):
+        body = ok(api.post("/v1/chat/completions", json={**chat, "precision": precision, "temperature": 0}))
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    stream = events(api.post("/v1/chat/completions", json={**chat, "stream": True, "precision": "int4"}))
+    assert stream[-1][1] == "[DONE]"
+    ok(api.post(f"/v1/models/{model_id}/answer", json={"question": "Where?", "context": "Paris.", **GREEDY}))
+    assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["loaded"] == ["int8", "int4"]
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/model_x/generate", {"prompt": "At"}),
+        ("/v1/models/model_x/translate", {"text": "one"}),
+        ("/v1/completions", {"model": "model_x", "prompt": "At"}),
+        ("/v1/chat/completions", {"model": "model_x", "messages": [{"role": "user", "content": "Hi"}]}),
+    ],
+)
+def test_a_precision_not_allowed_is_a_422_naming_the_field(api: TestClient, path: str, body: dict[str, Any]) -> None:
+    r = api.post(path, json={**body, "precision": "fp32"})  # allowed here: int8 (the default) and int4
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["details"] == [{"loc": "body.precision", "message": error["details"][0]["message"]}]
+    assert "int8, int4" in error["message"]
+    r = api.post(path, json={**body, "precision": "int3"})
+    assert r.status_code == 422 and "precision" in r.json()["error"]["details"][0]["loc"], r.text
+
+
+def test_the_cache_keys_models_by_precision_and_counts_quantized_bytes(model_dirs: list[Path]) -> None:
+    async def main() -> dict[str, int]:
+        cache = ModelCache(1 << 30, 4, "cpu")
+        entries = {p: await cache.get("a", model_dirs[0], p) for p in ("fp32", "int8", "int4")}
+        assert await cache.get("a", model_dirs[0], "int8") is entries["int8"]
+        assert list(cache.entries) == [("a", "fp32"), ("a", "int4"), ("a", "int8")]  # least recently used first
+        assert cache.loaded("a") == ["fp32", "int4", "int8"] and cache.loaded("b") == []
+        assert cache.nbytes == sum(s.nbytes for s in entries.values())
+        return {p: s.batcher.decoder.net.nbytes() for p, s in entries.items()}
+
+    weights = asyncio.run(main())
+    assert weights["int4"] < weights["int8"] < weights["fp32"]
