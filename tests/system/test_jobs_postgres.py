@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tests.system.stack import Api, Stack, example_spec, total_steps
 
@@ -231,12 +230,21 @@ def test_init_from_a_model_or_a_checkpoint(finished: dict[str, Any], api: Api, d
     assert model["parameters"] == job["estimates"]["parameters"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_job_that_cannot_run_fails_with_a_user_error(api: Api, datasets: dict[str, str]) -> None:
-    spec = dict(example_spec(datasets), device="cuda")  # valid, but there is no CUDA device here
+    spec = dict(example_spec(datasets), precision="fp16")  # valid, but fp16 does not train on a CPU worker
     job_id = api.submit(spec)["id"]
     events = api.follow(job_id)
     assert [e["type"] for e in events] == ["job.queued", "job.started", "job.failed"]
-    assert events[-1]["data"]["code"] == "user_error" and "cuda" in events[-1]["data"]["message"]
+    assert events[-1]["data"]["code"] == "user_error" and "fp16" in events[-1]["data"]["message"]
     job = api.job(job_id)
     assert job["status"] == "failed" and job["error"]["code"] == "user_error" and job["model_id"] is None
+
+
+def test_a_job_no_worker_offers_waits_with_its_reason(api: Api, datasets: dict[str, str]) -> None:
+    """device: cuda goes to the cuda queue; with only a cpu worker running it waits, saying why."""
+    job = api.submit(dict(example_spec(datasets), device="cuda"))
+    time.sleep(1.0)  # a cpu worker that took it would have started it by now
+    job = api.job(job["id"])
+    assert job["status"] == "queued" and "on cuda" in job["waiting"], job
+    assert api.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    assert api.job(job["id"])["status"] == "cancelled"
