@@ -94,12 +94,12 @@ def build_ours(lora: bool, precision: str, batches: Batches) -> Callable[[], int
         s = SMOLLM2
         config = LlamaConfig(s["vocab"], BLOCK, n_layer=s["n_layer"], n_head=s["n_head"], n_kv_head=s["n_kv_head"],
                              n_embd=s["n_embd"], intermediate_size=s["intermediate_size"])  # fmt: skip
-        pipe.model = Llama(config)
+        model: torch.nn.Module = Llama(config)
     else:
-        pipe.model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD))
-    pipe.adapters.create(pipe.model)  # what Pipeline.build_model does after loading the base
-    pipe.adapters.apply(pipe.model, 0)
-    return segment_step(pipe, seg, pipe.model, RandomBatches(batches))
+        model = GPT(GPTConfig(VOCAB, BLOCK, N_LAYER, N_HEAD, N_EMBD))
+    pipe.adapters.create(model)  # what Pipeline.build_model does after loading the base
+    pipe.adapters.apply(model, 0)
+    return segment_step(pipe, seg, model, RandomBatches(batches))
 
 
 def peft_llama() -> tuple[torch.nn.Module, Any]:

@@ -263,3 +263,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_context() -> Iterator[None]:
+    """Each test starts with no log context bound (app/logs.py): a test that runs
+    workers.execute.execute directly binds its job's tenant and request id on the test's own
+    thread, where run_job's scope would have undone it."""
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.system.conftest import REDIS
+from tests.system.faults import PgDatabase
 from tests.system.processes import base_env, free_port, run_cli
 from tests.system.stack import LEASE_S, Stack, example_spec
 from tests.webhook_receiver import Receiver, verify
@@ -22,12 +23,21 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def stack(pg_url: str, tmp_path: Path) -> Iterator[Stack]:
+def database_url() -> Iterator[str]:
+    """A database of its own: the session's other stacks run webhook senders too, without the
+    setting that allows a loopback target, and would claim (and refuse) this test's delivery."""
+    pg = PgDatabase()
+    yield pg.url
+    pg.drop()
+
+
+@pytest.fixture
+def stack(database_url: str, tmp_path: Path) -> Iterator[Stack]:
     redis.Redis.from_url(REDIS).ping()
     port = free_port()
     env = base_env(
         data_dir=str(tmp_path / "data"),
-        database_url=pg_url,
+        database_url=database_url,
         broker_url=f"{REDIS}/{random.randint(1, 15)}",
         queue=f"train-{secrets.token_hex(4)}",
         lease_s=str(LEASE_S),
