@@ -63,8 +63,9 @@ def parts(dec: Decoder) -> dict[str, int]:
     def size(tensors: list[torch.Tensor]) -> int:
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    embed = [net.embed] if isinstance(net.embed, torch.Tensor) else net.embed.tensors()
     out = {
-        "embedding": size([net.embed]),
+        "embedding": size(embed),  # int8 and int4, tied: the head's int8 weight (total counts it once)
         "head": size(net.head.tensors()),
         "layers": size([t for layer in net.layers for t in layer.tensors()]),
     }

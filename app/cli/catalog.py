@@ -72,7 +72,11 @@ def export(
     archive: Annotated[str | None, typer.Option(help="format hf: tar.gz (the default) or zip")] = None,
     format: Annotated[str, typer.Option("--format", help="hf (an archive) or gguf (one .gguf file)")] = "hf",
     quantization: Annotated[
-        str | None, typer.Option(help="format gguf: f32, f16 (the default), q8_0, q4_0 or q4_1")
+        str | None,
+        typer.Option(
+            help="format gguf: f32, f16 (the default), q8_0, q4_0, q4_1; K-quants (q4_k_m, q5_k_m, q6_k, ...) "
+            "where the server has llama.cpp (llama-cpp-python)"
+        ),
     ] = None,
 ) -> None:
     """Download a model as a Hugging Face archive (transformers loads it with no custom code),

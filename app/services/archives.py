@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
-from app.errors import Invalid, from_model_error
+from app.errors import InternalError, Invalid, from_model_error
 from app.services import adapters, catalog, deletion, model_checks
 from app.serving import sandbox
 from app.storage import get_store, key_of
@@ -177,6 +177,7 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
     from the store). 422 `unsupported_model` naming what the format cannot represent."""
     from models.errors import UnsupportedModel
     from models.formats.archive import pack
+    from models.formats.gguf.kquants import KQuantError
     from models.formats.gguf.writer import write_gguf
     from models.formats.hf.directory import to_hf
 
@@ -204,6 +205,9 @@ def export_archive(settings: Settings, model_dir: Path, name: str, fmt: str, kin
     except UnsupportedModel as exc:
         message = f"this model cannot be exported as {fmt}: {exc}"
         raise Invalid(message, [{"loc": "format", "message": message}], code="unsupported_model") from None
+    except KQuantError as exc:  # llama.cpp's quantizer: the server's fault; its log is on stderr
+        log.error("gguf export of %s failed: %s", model_dir.name, exc)
+        raise InternalError(f"the {quantization} export failed on the server: {exc}", code="export_failed") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     store.put(key_of(settings, out))

@@ -2,9 +2,11 @@
 
 A serving net (models/layers/serving.py) built with plain `Projection`s can have them
 replaced here (`quantize`): every projection of its layers in int8 or int4, the vocabulary
-projection (head) in int8 for both. The token embedding, the norms, the rotary tables and
-the KV cache stay in the net's dtype (fp32); so do LoRA adapters, whose products the bank
-adds in fp32 on top of the quantized base product (models/lora/bank.py).
+projection (head) in int8 for both, and the token embedding in int8 rows (`Int8Rows`, looked
+up as fp32; a tied embedding shares the head's int8 weight, so it is held once, as in the
+model's own file). The norms, the rotary tables and the KV cache stay in the net's dtype
+(fp32); so do LoRA adapters, whose products the bank adds in fp32 on top of the quantized
+base product (models/lora/bank.py).
 
 - int8: symmetric, one scale per output channel; `torch.ops.aten._weight_int8pack_mm`.
 - int4: asymmetric, a scale and a zero per `group_size` (32, 64 or 128) inputs of each
@@ -89,6 +91,33 @@ class Int4Projection(Int8Projection):
         return y if y.size(-1) == self.out else y[:, : self.out]
 
 
+class Int8Rows:
+    """A token embedding in int8, one bf16 scale per row (a token), looked up as fp32 rows:
+    `rows[idx]` is what `embedding[idx]` was, to the int8 rounding of each row."""
+
+    def __init__(self, qweight: Tensor, scales: Tensor):
+        self.qweight, self.scales = qweight, scales  # (vocab, n_embd) int8, (vocab,) bf16
+
+    @classmethod
+    def of(cls, weight: Tensor) -> Int8Rows:
+        q = Int8Projection(weight, None)
+        return cls(q.qweight, q.scales)
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        return self.qweight[idx].float() * self.scales[idx].float().unsqueeze(-1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.qweight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32  # what a lookup hands the net
+
+    def tensors(self) -> list[Tensor]:
+        return [self.qweight, self.scales]
+
+
 def int4_group(fan_in: int, group_size: int) -> int | None:
     """The group size an int4 projection of `fan_in` inputs gets: `group_size` if it divides
     `fan_in`, else the largest of GROUP_SIZES below it that does; None if none does."""
@@ -109,8 +138,9 @@ def quantized(p: Projection, precision: str, group_size: int = 64) -> Projection
 
 def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
     """Replace, in place, every projection of `net`'s layers by its `precision` ("int8" or
-    "int4") version and the head by its int8 one. `net` must have been built in the plain
-    layout (`onednn=False`); UnsupportedModel off a CPU (the kernels are CPU ones)."""
+    "int4") version, the head by its int8 one and the embedding by int8 rows (the head's own
+    when the two are tied). `net` must have been built in the plain layout (`onednn=False`);
+    UnsupportedModel off a CPU (the kernels are CPU ones)."""
     if precision not in PRECISIONS[1:]:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
     if group_size not in GROUP_SIZES:
@@ -122,4 +152,8 @@ def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
             value = getattr(layer, f.name)
             if isinstance(value, Projection):
                 setattr(layer, f.name, quantized(value, precision, group_size))
-    net.head = quantized(net.head, "int8")
+    assert isinstance(net.embed, Tensor) and net.head.weight_t is not None
+    tied = net.head.weight_t.shape == net.embed.t().shape and torch.equal(net.head.weight_t.t(), net.embed)
+    net.head = head = quantized(net.head, "int8")
+    assert isinstance(head, Int8Projection)
+    net.embed = Int8Rows(head.qweight, head.scales) if tied else Int8Rows.of(net.embed)

@@ -2,11 +2,11 @@
 decoding forward pass around the family's own blocks, and the net's size, device and dtype.
 
 A serving net holds copies of its model's weights laid out for decoding: `embed` (the token
-embedding; its device and dtype are the net's), `layers` (each with `tensors()`) and `head`
-(the vocabulary projection, a `Projection`). `last_logits` checks that the new tokens fit the
-context, runs the family's `_blocks` over them (their keys and values joining the cache), and
-projects only the last position of each row, after the family's `_final_norm`: the same
-tensor operations as the families' own code, none added.
+embedding, a tensor or quantized `Rows`; its device and dtype are the net's), `layers` (each
+with `tensors()`) and `head` (the vocabulary projection, a `Projection`). `last_logits`
+checks that the new tokens fit the context, runs the family's `_blocks` over them (their keys
+and values joining the cache), and projects only the last position of each row, after the
+family's `_final_norm`: the same tensor operations as the families' own code, none added.
 """
 
 from __future__ import annotations
@@ -34,9 +34,24 @@ class Weights(Protocol):
     def tensors(self) -> list[Tensor]: ...
 
 
+class Rows(Protocol):
+    """A token embedding kept in another form than a tensor (models/layers/quantized.py's
+    Int8Rows): `rows[idx]` gives the rows in the net's dtype."""
+
+    def __getitem__(self, idx: Tensor) -> Tensor: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def tensors(self) -> list[Tensor]: ...
+
+
 class ServingNet:
     config: ServingShape
-    embed: Tensor  # (vocab, n_embd)
+    embed: Tensor | Rows  # (vocab, n_embd)
     layers: Sequence[Weights]
     head: Projection
 
@@ -62,9 +77,12 @@ class ServingNet:
         return self.embed.dtype
 
     def nbytes(self) -> int:
-        tensors = [self.embed, *self._weights(), *self.head.tensors()]
+        """The bytes of the net's weights, each tensor counted once (a quantized tied embedding
+        is the head's own int8 weight)."""
+        tensors = [self.embed] if isinstance(self.embed, Tensor) else self.embed.tensors()
+        tensors += [*self._weights(), *self.head.tensors()]
         tensors += [t for layer in self.layers for t in layer.tensors()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum({id(t): t.numel() * t.element_size() for t in tensors}.values())
 
     @torch.inference_mode()
     def last_logits(

@@ -99,8 +99,9 @@ class Models:
     ) -> Path:
         """Download the model: `format` "hf", an archive (`archive`: tar.gz, the default, or zip)
         that transformers' AutoModelForCausalLM loads; "gguf", one .gguf file that llama.cpp runs
-        (`quantization`: f32, f16 (the default), q8_0, q4_0 or q4_1; an adapter comes merged into
-        its base). `dest`: a file path, or an existing folder (the server's file name is used)."""
+        (`quantization`: f32, f16 (the default), q8_0, q4_0 or q4_1, or a K-quant such as q4_k_m
+        where the server has llama.cpp; an adapter comes merged into its base). `dest`: a file
+        path, or an existing folder (the server's file name is used)."""
         params = {"format": format, "archive": archive, "quantization": quantization}
         params = {k: v for k, v in params.items() if v is not None}
         response = self._t.send(

@@ -164,7 +164,8 @@ def delete_model(model_id: str, tenant_id: TenantDep, session: WriteSession, set
         409: error("`model_not_ready`: a job id whose job has not succeeded"),
         422: error(
             "`invalid_request`: `archive` with format=gguf, `quantization` with format=hf, or a quantization "
-            "not written (K-quants such as q4_k_m); `unsupported_model`: what the format cannot represent"
+            "not written (K-quants such as q4_k_m where the server lacks llama.cpp); `unsupported_model`: what the "
+            "format cannot represent"
         ),
     },
 )
@@ -186,7 +187,8 @@ async def export_model(
 
     format=gguf: one .gguf file that llama.cpp runs (architecture gpt2, llama, qwen2 or qwen3;
     the tokenizer and chat template inside; an adapter merged into its base), in `quantization`
-    f32, f16 (the default), q8_0, q4_0 or q4_1."""
+    f32, f16 (the default), q8_0, q4_0 or q4_1, or (where llama-cpp-python is installed) a K-quant
+    that llama.cpp's own quantizer writes: q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k."""
     kind, quantized = _export_options(format, archive, quantization)
 
     def build() -> str:

@@ -76,9 +76,9 @@ class ServingGPT(ServingNet):
                     proj(p + "mlp.c_proj"),
                 )
             )
-        self.embed = sd["transformer.wte.weight"].clone()
+        self.embed = wte = sd["transformer.wte.weight"].clone()
         self.wpe = sd["transformer.wpe.weight"].clone()
-        self.head = Projection(self.embed, None, onednn)  # tied: the vocabulary projection reads the embedding
+        self.head = Projection(wte, None, onednn)  # tied: the vocabulary projection reads the embedding
         self.lnf_w, self.lnf_b = sd["transformer.ln_f.weight"].clone(), sd["transformer.ln_f.bias"].clone()
         C = self.config.n_embd
         shapes = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}

@@ -1,9 +1,12 @@
 """The quantizations a GGUF export writes, torch-free (the API checks a request against them).
 
-Each is a llama.cpp file type and the types its tensors take, quantized by the `gguf`
-package's own `gguf.quants.quantize` (models/formats/gguf/writer.py applies the type rules).
-K-quants (q4_k_m, ...) are refused by name: the gguf package has no K-quant quantizer
-(llama.cpp's llama-quantize has one); q4_0 / q4_1 are the 4-bit types it writes.
+Two kinds, both llama.cpp file types:
+- QUANTIZATIONS (f32, f16, q8_0, q4_0, q4_1): a file type and the types its tensors take,
+  quantized by the `gguf` package's own `gguf.quants.quantize` (models/formats/gguf/writer.py
+  applies the type rules). Always written.
+- K-quants (q4_k_m, q5_k_m, q6_k, ...: models/formats/gguf/kquants.py): quantized by llama.cpp's
+  own quantizer, which the gguf package lacks. Written only where llama-cpp-python imports with
+  its llama.cpp library (the optional `bench` extra); refused otherwise, naming what is missing.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gguf import GGMLQuantizationType, LlamaFileType
+
+from models.formats.gguf import kquants
 
 Q = GGMLQuantizationType
 
@@ -30,17 +35,22 @@ QUANTIZATIONS = {
     "q4_0": Quantization(LlamaFileType.MOSTLY_Q4_0, Q.Q4_0, Q.Q8_0),
     "q4_1": Quantization(LlamaFileType.MOSTLY_Q4_1, Q.Q4_1, Q.Q8_0),
 }
-REFUSED = {  # llama.cpp's names of the types the gguf package cannot quantize to
-    t: "a K-quant, which the gguf package cannot quantize to (llama.cpp's llama-quantize can)"
-    for t in ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
-}
+KQUANTS = tuple(kquants.FILE_TYPES)
+
+
+def available() -> list[str]:
+    """The quantizations this process writes: the K-quants only where llama.cpp's quantizer runs."""
+    return [*QUANTIZATIONS, *(KQUANTS if kquants.unavailable() is None else ())]
 
 
 def quantization_error(name: str) -> str | None:
     """Why `name` is not a quantization this export writes, or None when it is one."""
-    if name in QUANTIZATIONS:
+    writable = available()
+    if name in writable:
         return None
-    offered = ", ".join(QUANTIZATIONS)
-    if name.lower() in REFUSED:
-        return f"'{name}' is {REFUSED[name.lower()]}; available: {offered} (q4_0 / q4_1 for 4 bits)"
+    offered = ", ".join(writable)
+    missing = kquants.unavailable()
+    if name.lower() in KQUANTS and missing is not None:
+        kquant = f"'{name}' is a K-quant, which llama.cpp's quantizer writes: {missing}"
+        return f"{kquant}; available: {offered} (4 bits: q4_0, q4_1)"
     return f"'{name}' is not a GGUF quantization this service writes (available: {offered})"

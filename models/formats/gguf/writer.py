@@ -10,8 +10,11 @@ Quantization (the table: models/formats/gguf/quantization.py) is the `gguf` pack
 `*_norm.weight`, `position_embd` and `rope_freqs` stay F32; the other (2-D) tensors take the
 file's type, falling back to F16 where a row is not a whole number of quantization blocks (the
 converter's fallback). For q4_0 and q4_1 the output projection (the token embedding when tied)
-is Q8_0, as llama-quantize keeps it at a higher precision (Q6_K there; the gguf package cannot
-write K-quants, which are refused).
+is Q8_0, as llama-quantize keeps it at a higher precision (Q6_K there).
+
+K-quants (q4_k_m, ...: models/formats/gguf/kquants.py) are written as an f32 file beside the
+target, which llama.cpp's own quantizer turns into the K-quant file (it picks every tensor's
+type itself); the f32 file is removed either way.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from models.data.tokenizer import Tokenizer
 from models.errors import UnsupportedModel
 from models.families.build import Model
 from models.files import read_json
-from models.formats.gguf import gpt2, llama
+from models.formats.gguf import gpt2, kquants, llama
 from models.formats.gguf.quantization import DEFAULT, QUANTIZATIONS, Quantization, quantization_error
 from models.formats.gguf.vocab import add_vocab, gguf_vocab
 from models.formats.layout import ADAPTER_CONFIG, CONFIG_FILE
@@ -88,7 +91,9 @@ def _name(source: Path, fallback: str) -> str:
 
 def write_gguf(source: Path, out: Path, quantization: str = DEFAULT, name: str = "") -> None:
     """The model at `source` as a GGUF file at `out` (written whole or not at all). ValueError
-    for a quantization not in QUANTIZATIONS; UnsupportedModel for what llama.cpp cannot read."""
+    for a quantization this process does not write (`quantization_error`: a K-quant without
+    llama.cpp); UnsupportedModel for what llama.cpp cannot read; kquants.KQuantError when
+    llama.cpp's quantizer fails."""
     why = quantization_error(quantization)
     if why is not None:
         raise ValueError(why)
@@ -98,7 +103,20 @@ def write_gguf(source: Path, out: Path, quantization: str = DEFAULT, name: str =
 
 
 def write_model(model: Model, tok: Tokenizer, chat: ChatFormat | None, out: Path, quantization: str, name: str) -> None:
-    q = QUANTIZATIONS[quantization]
+    """`model` as a GGUF file at `out` in `quantization` (written whole or not at all)."""
+    if quantization not in kquants.FILE_TYPES:
+        _write(model, tok, chat, out, QUANTIZATIONS[quantization], name)
+        return
+    source = out.with_name(f".{out.name}.{os.getpid()}.{kquants.SOURCE}")
+    try:
+        _write(model, tok, chat, source, QUANTIZATIONS[kquants.SOURCE], name)
+        kquants.quantize(source, out, quantization)
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def _write(model: Model, tok: Tokenizer, chat: ChatFormat | None, out: Path, q: Quantization, name: str) -> None:
+    """The file the `gguf` package writes, its tensors quantized to `q` by the type rules above."""
     arch, named = _plan(model)
     rows = int(model.config.vocab_size)
     vocab = gguf_vocab(tok, rows, chat)  # refuses a tokenizer llama.cpp cannot reproduce before any work

@@ -1,7 +1,8 @@
 """GET /v1/models/{id}/export?format=gguf over HTTP (the real app in process): one .gguf file,
 cached like the archives, that our importer reads back to the text the server generates; an
-adapter exported merged into its base; options that do not apply to the format are 422s
-naming them."""
+adapter exported merged into its base; a K-quant through llama.cpp's quantizer (skipped without
+llama-cpp-python); options that do not apply to the format are 422s naming them, a K-quant
+without llama.cpp among them."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import torch
 from gguf import GGUFReader, LlamaFileType
 from typer.testing import CliRunner
 
+from models.formats.gguf import kquants
 from models.formats.load import load_model
 from models.inference.generate import Sampling, complete
 from tests.app.api.conftest import Client, archive, error, upload
-from tests.models.formats.gguf.export_models import adapter_folder, gpt_folder, gpt_tokenizer
+from tests.models.formats.gguf.export_models import adapter_folder, gpt_folder, gpt_tokenizer, import_llama_cpp
 
 PROMPTS = ["The quick brown fox", "At the market, Nadia has"]
 GREEDY = {"max_new_tokens": 16, "temperature": 0}
@@ -120,7 +122,22 @@ def test_an_adapter_exports_merged_into_its_base(client: Client, folder, tmp_pat
     assert complete(back, back_tok, PROMPTS, sampling) == [served(client, adapter_id, p) for p in PROMPTS]
 
 
-def test_export_options_that_do_not_apply_are_422s_naming_them(client: Client, folder, tmp_path: Path) -> None:
+def test_a_k_quant_exports_through_llama_cpps_quantizer(client: Client, folder, tmp_path: Path) -> None:
+    import_llama_cpp()
+    r = upload(client, archive(folder[0], tmp_path))
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+    path = fetch(client, model_id, tmp_path, quantization="q4_k_m")
+    assert GGUFReader(str(path)).fields["general.file_type"].contents() == LlamaFileType.MOSTLY_Q4_K_M
+    again = client.get(f"/v1/models/{model_id}/export", params={"format": "gguf", "quantization": "q4_k_m"})
+    assert again.status_code == 200 and again.content == path.read_bytes()  # the cached file
+    assert load_model(path)[0].config == folder[1].config
+
+
+def test_export_options_that_do_not_apply_are_422s_naming_them(
+    client: Client, folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kquants, "unavailable", lambda: "llama-cpp-python is not installed (the `bench` extra)")
     r = upload(client, archive(folder[0], tmp_path))
     assert r.status_code == 201, r.text
     url = f"/v1/models/{r.json()['id']}/export"
@@ -130,6 +147,7 @@ def test_export_options_that_do_not_apply_are_422s_naming_them(client: Client, f
     assert err["details"][0]["loc"] == "quantization" and "format=gguf" in err["message"]
     err = error(client.get(url, params={"format": "gguf", "quantization": "q4_k_m"}), 422, "invalid_request")
     assert err["details"][0]["loc"] == "quantization"
-    assert "K-quant" in err["message"] and "q4_0" in err["message"]
+    assert "K-quant" in err["message"] and "llama-cpp-python is not installed" in err["message"]
+    assert "q4_0" in err["message"]
     err = error(client.get(url, params={"format": "gguf", "quantization": "int3"}), 422, "invalid_request")
     assert "f32, f16, q8_0, q4_0, q4_1" in err["message"]

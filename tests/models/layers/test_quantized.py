@@ -14,7 +14,7 @@ from models.families.gpt.model import GPT
 from models.families.llama.config import LlamaConfig
 from models.families.llama.model import Llama
 from models.layers.projection import Projection
-from models.layers.quantized import ACT, Int4Projection, Int8Projection, int4_group, quantize, quantized
+from models.layers.quantized import ACT, Int4Projection, Int8Projection, Int8Rows, int4_group, quantize, quantized
 from models.lora.bank import AdapterBank
 from models.lora.layers import Adapter
 
@@ -90,7 +90,7 @@ def test_bytes() -> None:
 
 @pytest.mark.parametrize("arch", ["gpt", "llama"])
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_a_serving_net_quantizes_its_projections_alone(arch: str, precision: str) -> None:
+def test_a_serving_net_quantizes_its_projections_and_embedding(arch: str, precision: str) -> None:
     torch.manual_seed(0)
     if arch == "gpt":
         model: GPT | Llama = GPT(GPTConfig(300, block_size=32, n_layer=2, n_head=2, n_embd=64))
@@ -103,8 +103,13 @@ def test_a_serving_net_quantizes_its_projections_alone(arch: str, precision: str
         assert projections and all(type(p) is kind for p in projections)
         assert all(t.dtype == torch.float32 for k, t in vars(layer).items() if isinstance(t, torch.Tensor))  # norms
     assert type(net.head) is Int8Projection  # the head is int8 at both precisions
-    assert torch.equal(net.embed, fp32.embed) and net.embed.dtype == torch.float32
-    assert net.nbytes() < fp32.nbytes() * (0.45 if precision == "int8" else 0.4)  # the fp32 embedding stays
+    assert isinstance(net.embed, Int8Rows) and net.embed.qweight is net.head.qweight  # tied: held once, in int8
+    tokens = torch.tensor([[0, 7, 299]])
+    rows, want = net.embed[tokens], fp32.embed[tokens]
+    assert rows.dtype == torch.float32 and rows.shape == want.shape
+    step = want.abs().amax(-1, keepdim=True) / 127  # each row's int8 step
+    assert ((rows - want).abs() <= step / 2 + 1e-3 * step).all()
+    assert net.nbytes() < fp32.nbytes() * (0.3 if precision == "int8" else 0.2)
 
 
 def test_quantize_refuses_what_it_cannot_do() -> None:

@@ -1,14 +1,16 @@
 """Test helpers for the GGUF export: our own model folders (a tiny GPT, a SmolLM2-shaped Llama
 with a chat template, Qwen-style variants), random weights large enough that greedy choices
-are confident, and an adapter folder over a base."""
+are confident, an adapter folder over a base, and llama_cpp where it loads."""
 
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -20,6 +22,7 @@ from models.families import family
 from models.families.build import Model, build_model
 from models.families.gpt.config import GPTConfig
 from models.families.llama.config import LlamaConfig
+from models.formats.gguf import kquants
 from models.formats.hf.files import service_tokenizer
 from models.formats.native import save_model
 from models.formats.peft import merge_adapter, save_adapter
@@ -124,3 +127,15 @@ def adapter_folder(directory: Path, base_dir: Path, base: Model, targets: list[s
     merged = copy.deepcopy(base)
     merge_adapter(merged, adapter)
     return directory, merged.eval()
+
+
+def import_llama_cpp() -> ModuleType:
+    """llama_cpp (llama-cpp-python, the optional `bench` extra), or the test skipped where it does
+    not load. Not `pytest.importorskip`: with the package installed but llama.cpp's library not
+    found, the import raises FileNotFoundError, which importorskip lets through."""
+    why = kquants.unavailable()
+    if why is not None:
+        pytest.skip(why, allow_module_level=True)
+    import llama_cpp
+
+    return llama_cpp

@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 
 from models.formats.gguf.writer import write_gguf
-from tests.models.formats.gguf.export_models import PROMPTS, gpt_folder, gpt_tokenizer, llama_folder, smollm_tokenizer
+from tests.models.formats.gguf.export_models import (
+    PROMPTS,
+    gpt_folder,
+    gpt_tokenizer,
+    import_llama_cpp,
+    llama_folder,
+    smollm_tokenizer,
+)
 from tests.models.formats.gguf.test_writer import NEW_TOKENS, greedy
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = import_llama_cpp()
 
 
 def llama_cpp_greedy(llm: object, ids: list[int], n: int) -> list[int]:
