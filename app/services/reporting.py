@@ -94,6 +94,15 @@ class _Runner:
                     return
         except Exception as exc:
             self._give_up(f"{type(exc).__name__}: {exc}", exc)
+            self._end_broken_run()
+
+    def _end_broken_run(self) -> None:
+        """After a failure, end the tracker's run as failed if it will, so that what it wrote is
+        closed and flushed (a W&B run left open keeps its last records in its service's buffer)."""
+        try:
+            self.sink.close("job.failed")
+        except Exception:
+            log.debug("report_to %s: could not end its run after the failure", self.sink.name, exc_info=True)
 
     def ask_close(self, outcome: str | None, deadline: float) -> None:
         if not self.dead.is_set():

@@ -94,11 +94,15 @@ def test_mlflow_has_one_run_per_job_with_the_series(
     assert runs == {"job_01": "FINISHED", "job_02": "FAILED"}
 
 
-def test_wandb_writes_an_offline_run(job_spec: Callable[..., JobSpec], tmp_path: Path) -> None:
-    feed(ReportSinks.for_job(Settings(data_dir=tmp_path), job_spec("wandb"), "job_wb", tmp_path), run_events())
+def test_wandb_writes_an_offline_run(
+    job_spec: Callable[..., JobSpec], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger=reporting.log.name):
+        feed(ReportSinks.for_job(Settings(data_dir=tmp_path), job_spec("wandb"), "job_wb", tmp_path), run_events())
+    assert not caplog.records, [r.getMessage() for r in caplog.records]  # the sink never gave up
     [run_file] = (tmp_path / "wandb").glob("offline-run-*-job_wb/run-job_wb.wandb")
     data = run_file.read_bytes()
-    assert b"train.loss" in data and b"eval.pairs.qa.exact_match" in data
+    assert b"train.loss" in data and b"eval.pairs.qa.exact_match" in data, f"{len(data)} bytes: {data[-400:]!r}"
 
 
 def test_targets_join_the_service_default_and_the_spec(job_spec: Callable[..., JobSpec], tmp_path: Path) -> None:
@@ -125,9 +129,13 @@ def test_spec_report_to_is_validated(spec_dict: Callable[..., dict[str, Any]]) -
 
 class Failing(Sink):
     name = "failing"
+    closed: str | None = None
 
     def write(self, events: list[Event]) -> None:
         raise RuntimeError("tracker down")
+
+    def close(self, outcome: str | None) -> None:
+        self.closed = outcome
 
 
 class Stalled(Sink):
@@ -158,8 +166,8 @@ def test_a_failing_or_stalled_sink_never_holds_training(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(reporting, "QUEUE_EVENTS", 50)
-    stalled, recording = Stalled(), Recording()
-    sinks = ReportSinks([Failing(), stalled, recording])
+    failing, stalled, recording = Failing(), Stalled(), Recording()
+    sinks = ReportSinks([failing, stalled, recording])
     on_event = sinks.wrap(lambda e: None)
     events = [make("train.step", s, {"loss": 1.0 / s}, stage(0)) for s in range(1, 201)]
     started = time.monotonic()
@@ -171,6 +179,7 @@ def test_a_failing_or_stalled_sink_never_holds_training(
         sinks.close("job.succeeded", timeout_s=0.5)
     stalled.release.set()
     assert recording.events == events and recording.outcome == "job.succeeded"
+    assert failing.closed == "job.failed"  # its run ended at once, as failed, so what it wrote is flushed
     messages = [r.getMessage() for r in caplog.records]
     assert any("report_to failing: RuntimeError: tracker down; disabled" in m for m in messages), messages
     assert any("report_to stalled: fell 50 events behind; disabled" in m for m in messages), messages
