@@ -120,3 +120,21 @@ def test_dpo_step_benchmark_tiny() -> None:
     assert all(v["tokens_per_s"] > 0 and v["peak_rss_mib"] > 0 for v in report["median"].values())
     assert set(report["ratios"]) == {"ours_vs_trl", "ours_precomputed_vs_trl"}
     assert report["median"]["ours_precomputed"]["precompute_s_per_pair"] > 0
+
+
+def test_quant_quality_benchmark_tiny(tmp_path: Path) -> None:
+    """Validation loss, greedy agreement and task scores of int8 / int4 beside fp32, on a tiny
+    SmolLM2-shaped GGUF of our own (no SmolLM2 file) and without llama.cpp."""
+    from models.formats.gguf.writer import write_gguf
+    from tests.models.formats.gguf.export_models import llama_folder, smollm_tokenizer
+
+    folder, _ = llama_folder(tmp_path / "smol", smollm_tokenizer())
+    write_gguf(folder, tmp_path / "tiny.gguf", "f32")
+    args = ["--gguf", str(tmp_path / "tiny.gguf"), "--no-llama-cpp", "--sequences", "2", "--length", "32"]
+    args += ["--prompts", "2", "--prompt", "8", "--new", "4", "--records", "1", "--max-new", "4"]
+    report = run("quant_quality.py", *args)
+    assert set(report["loss"]) == {"fp32", "int8", "int4", "int4_g32"} and report["windows"] == 2
+    assert report["loss"]["fp32"]["kl_vs_fp32"] == 0 and report["loss"]["fp32"]["top1_equal_fp32"] == 1
+    assert all(0 <= v["top1_equal_fp32"] <= 1 and v["kl_vs_fp32"] >= 0 for v in report["loss"].values())
+    assert report["greedy"]["fp32"]["tokens_equal"] == 1
+    assert {"translate.chrf", "summarize.rouge_l", "qa.exact_match"} <= set(report["tasks"]["int4"])

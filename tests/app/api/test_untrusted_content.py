@@ -136,7 +136,9 @@ def test_a_looping_template_and_a_million_token_vocabulary_cost_another_tenant_n
     for r in hostile["chats"]:
         assert "over the limit of" in error(r, 422, "invalid_request")["message"]
     assert "a vocabulary of 1,000,000 entries" in error(hostile["gguf"], 422, "unsupported_model")["message"]
-    assert max(delays) < 1.0, f"another tenant's 4 tokens were delayed by {max(delays):.2f} s"
+    # A stall would hold the other tenant's requests for the hostile work's seconds, again and
+    # again; a loaded 2-core machine delays a single one by a second or two (bounds, not timings).
+    assert statistics.median(delays) < 0.5 and max(delays) < 3.0, f"another tenant's 4 tokens: delays {delays}"
 
 
 def test_a_template_with_range_10_8_is_a_4xx_where_it_renders_and_ignored_where_not(
