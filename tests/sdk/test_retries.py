@@ -70,7 +70,7 @@ def test_wait_follows_a_job_across_a_restart(up: Server, example_data: Path) -> 
         corpus = client.datasets.upload(example_data / "corpus.txt")
         pairs = client.datasets.upload(example_data / "pairs.jsonl")
         spec = tiny_spec(example_data, corpus.id, pairs.id)
-        spec["stages"][0]["steps"] = 3000  # long enough that Ctrl-C always lands mid-job
+        spec["stages"][0]["steps"] = 800  # long enough that Ctrl-C always lands mid-job (a checkpoint every 25)
         spec["checkpointing"] = {"every_steps": 25, "keep_last": 1}
         job = client.jobs.create(spec)
         seen: list[Event] = []

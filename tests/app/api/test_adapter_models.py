@@ -60,27 +60,36 @@ def send_adapter(client: Client, data: bytes, base: str | None, headers: dict[st
 
 @pytest.fixture
 def setup(client: Client, model_dir: Path, tokenizer: Tokenizer, tmp_path: Path) -> dict[str, Any]:
-    """The base uploaded; two adapters of it uploaded; each adapter's merged model uploaded too."""
+    """The base uploaded, and two adapters of it (each upload is an import in a sandboxed child
+    process, seconds each: what only one test needs is in `merged`)."""
     r = upload(client, archive(model_dir, tmp_path))
     assert r.status_code == 201, r.text
     base_id = r.json()["id"]
     base = tiny_model(tokenizer.vocab_size, block_size=1024)  # model_dir's weights
-    out: dict[str, Any] = {"base": base_id, "adapters": [], "merged": [], "local": {}}
+    out: dict[str, Any] = {"base": base_id, "base_model": base, "adapters": [], "local": {}}
     for k, targets in enumerate([["attention", "mlp"], ["qkv", "fc"]]):
         adapter = made_adapter(base, 10 + k, targets)
         save_adapter(tmp_path / f"a{k}", adapter, base="somewhere/else")
         r = send_adapter(client, tar_of(tmp_path / f"a{k}"), base_id)
         assert r.status_code == 201, r.text
         out["adapters"].append(r.json()["id"])
-        merged = copy.deepcopy(base)
-        merge_adapter(merged, adapter)
-        mdir = tmp_path / f"merged{k}"
-        save_model(mdir, merged.state_dict(), merged.config, tokenizer, {"name": f"merged{k}"})
-        r = upload(client, archive(mdir, tmp_path))
-        assert r.status_code == 201, r.text
-        out["merged"].append(r.json()["id"])
         out["local"][k] = adapter
     return out
+
+
+@pytest.fixture
+def merged(client: Client, setup: dict[str, Any], tokenizer: Tokenizer, tmp_path: Path) -> list[str]:
+    """Each adapter merged into the base here, uploaded as a plain model."""
+    ids = []
+    for k, adapter in setup["local"].items():
+        model = copy.deepcopy(setup["base_model"])
+        merge_adapter(model, adapter)
+        mdir = tmp_path / f"merged{k}"
+        save_model(mdir, model.state_dict(), model.config, tokenizer, {"name": f"merged{k}"})
+        r = upload(client, archive(mdir, tmp_path))
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    return ids
 
 
 def text(client: Client, model: str, prompt: str = "At the market, Nadia has") -> str:
@@ -90,7 +99,9 @@ def text(client: Client, model: str, prompt: str = "At the market, Nadia has") -
     return value
 
 
-def test_adapters_list_with_their_base_and_serve_the_merged_models_text(client: Client, setup: dict[str, Any]) -> None:
+def test_adapters_list_with_their_base_and_serve_the_merged_models_text(
+    client: Client, setup: dict[str, Any], merged: list[str]
+) -> None:
     listed = {m["id"]: m for m in client.get("/v1/models", params={"limit": 100}).json()["data"]}
     for a in setup["adapters"]:
         assert listed[a]["base"] == setup["base"]
@@ -102,7 +113,7 @@ def test_adapters_list_with_their_base_and_serve_the_merged_models_text(client: 
         "c_proj",
     ]
     plain = text(client, setup["base"])
-    for a, m in zip(setup["adapters"], setup["merged"]):
+    for a, m in zip(setup["adapters"], merged):
         got = text(client, a)
         assert got == text(client, m)
         assert got != plain
