@@ -153,7 +153,7 @@ def named_base(source: Path, given: str) -> str:
 def convert_upload(
     settings: Settings, tenant_id: str, source: Path, name: str, base_id: str, base: Path, model_id: str = ""
 ) -> Path:
-    """Check a PEFT adapter against its base (torch: in the import sandbox, app.services.archives)
+    """Check a PEFT adapter against its base (torch: in the import sandbox, app.services.conversion)
     and keep it under the tenant's models as `model_id` (a new id unless given); 422
     `unsupported_model` naming what does not fit. Removes the scratch."""
     from models.errors import AdapterError

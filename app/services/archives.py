@@ -4,7 +4,7 @@ model in the Hugging Face layout or as a GGUF file.
 
 Import is three steps: extracting and checking the archive (no torch: a worker thread),
 converting it (`import_model`: parsers of untrusted files and torch, so in a child process
-with time and memory limits, app.serving.sandbox; never on the inference thread, so one
+with time and memory limits, app.serving.sandbox, running app.services.conversion; never on the inference thread, so one
 tenant's import holds up nobody's generation nor another tenant's import), registering it
 (a worker thread). Export (Hugging Face archives; GGUF files, models.formats.gguf.writer) runs
 torch code, on the inference thread.
@@ -24,10 +24,10 @@ from app.config import Settings
 from app.db import Database
 from app.errors import InternalError, Invalid, from_model_error
 from app.services import adapters, catalog, deletion, model_checks
+from app.services.conversion import clean_message, scratch_of
 from app.serving import sandbox
 from app.storage import get_store, key_of
 from app.tables import Model, new_id
-from models.events import timestamp
 
 log = logging.getLogger("stagecraft.api")
 
@@ -36,13 +36,6 @@ def incoming_path(settings: Settings) -> Path:
     d = settings.models_dir / ".incoming"
     d.mkdir(parents=True, exist_ok=True)
     return d / new_id("up")
-
-
-def _clean(message: str, *paths: Path) -> str:
-    """A message without the server's paths (the folder an archive was unpacked into, say)."""
-    for p in sorted({str(p) for p in paths}, key=len, reverse=True):
-        message = message.replace(p + "/", "").replace(p, "(archive)")
-    return message
 
 
 def unpack_checked(settings: Settings, archive: Path) -> Path:
@@ -67,14 +60,10 @@ def unpack_checked(settings: Settings, archive: Path) -> Path:
     except BaseException as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         if isinstance(exc, TrainingError):
-            raise from_model_error(exc, "file", _clean(str(exc), scratch, settings.data_dir)) from None
+            raise from_model_error(exc, "file", clean_message(str(exc), scratch, settings.data_dir)) from None
         raise
     finally:
         archive.unlink(missing_ok=True)
-
-
-def _scratch(source: Path) -> Path:
-    return next(p for p in (source, *source.parents) if p.name.endswith(".d"))
 
 
 async def import_model(
@@ -100,51 +89,7 @@ async def import_model(
         shutil.rmtree(final.with_name(f".{model_id}.partial"), ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(_scratch(source), ignore_errors=True)  # the child removes it, unless it was killed
-    return final
-
-
-def sandboxed_convert(args: dict[str, Any]) -> str:
-    """The sandbox's `model_import` entry, in the child process: `convert` (or, for an adapter,
-    adapters.convert_upload) from `import_model`'s JSON arguments; returns the folder written."""
-    settings, source = Settings(**args["settings"]), Path(args["source"])
-    tenant_id, name, model_id = args["tenant_id"], args["name"], args["model_id"]
-    if "base" in args:
-        base_id, base = args["base_id"], Path(args["base"])
-        return str(adapters.convert_upload(settings, tenant_id, source, name, base_id, base, model_id))
-    return str(convert(settings, tenant_id, source, name, model_id))
-
-
-def convert(settings: Settings, tenant_id: str, source: Path, name: str, model_id: str = "") -> Path:
-    """Load a checked model folder and save it as ours under the tenant's models (torch: in the
-    import sandbox, `import_model`); returns its folder, named by its model id (a new one unless
-    given). Removes `source`'s scratch folder whatever happens."""
-    from models.data.chat_records import save_chat_format
-    from models.formats.load import chat_format_of, load_model
-    from models.formats.native import save_model
-
-    scratch = _scratch(source)
-    model_id = model_id or new_id("model")
-    final = settings.models_dir / tenant_id / model_id
-    tmp = final.with_name(f".{model_id}.partial")
-    try:
-        model, tok = load_model(source)
-        info = {"name": name, "steps": 0, "created_at": timestamp(), "parameters": model.num_parameters(),
-                "source": name}  # fmt: skip
-        save_model(tmp, model.state_dict(), model.config, tok, info)
-        chat = chat_format_of(source)
-        if chat is not None:  # where serving and init_from find the conversation format
-            save_chat_format(tmp, chat)
-        tmp.rename(final)
-    except Exception as exc:  # what the loaders raise on data the checks let through
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, (OSError, MemoryError)) and not isinstance(exc, FileNotFoundError):
-            raise  # the disk's or the import limit's (app.serving.sandbox), not the file's
-        log.info("model import refused: %r", exc)
-        message = _clean(f"not a model this service can import: {exc}", scratch, settings.data_dir)
-        raise from_model_error(exc, "file", message) from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch_of(source), ignore_errors=True)  # the child removes it, unless it was killed
     return final
 
 
