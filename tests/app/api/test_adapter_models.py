@@ -58,6 +58,10 @@ def send_adapter(client: Client, data: bytes, base: str | None, headers: dict[st
     return client.post("/v1/models", files={"file": ("a.tar.gz", data)}, data=form, headers=headers)
 
 
+# serving, exports and validation are the same on both databases; deletion and tenancy run on both
+SQLITE = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
 def setup(client: Client, model_dir: Path, tokenizer: Tokenizer, tmp_path: Path) -> dict[str, Any]:
     """The base uploaded, and two adapters of it (each upload is an import in a sandboxed child
@@ -99,6 +103,7 @@ def text(client: Client, model: str, prompt: str = "At the market, Nadia has") -
     return value
 
 
+@SQLITE
 def test_adapters_list_with_their_base_and_serve_the_merged_models_text(
     client: Client, setup: dict[str, Any], merged: list[str]
 ) -> None:
@@ -126,6 +131,7 @@ def test_adapters_list_with_their_base_and_serve_the_merged_models_text(
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == want.json()["choices"][0]["text"]
 
 
+@SQLITE
 def test_an_adapter_exports_in_the_peft_layout(client: Client, setup: dict[str, Any], tmp_path: Path) -> None:
     from models.formats.peft import load_adapter
 
@@ -142,6 +148,7 @@ def test_an_adapter_exports_in_the_peft_layout(client: Client, setup: dict[str, 
         assert torch.equal(got.layers[path][0], a) and torch.equal(got.layers[path][1], b)
 
 
+@SQLITE
 def test_init_from_an_adapter_validates_as_its_merged_base(
     client: Client, setup: dict[str, Any], spec_dict: Callable[..., dict[str, Any]]
 ) -> None:

@@ -18,6 +18,8 @@ import pytest
 
 from tests.app.api.conftest import Client, archive, error, upload
 
+pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # its subject is not the SQL dialect
+
 Tenant = Callable[[], tuple[dict[str, str], str]]
 
 

@@ -22,6 +22,8 @@ from models.inference.generate import Sampling, complete
 from tests.app.api.conftest import Client, archive, error, upload
 from tests.models.formats.gguf.export_models import adapter_folder, gpt_folder, gpt_tokenizer, import_llama_cpp
 
+pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # its subject is not the SQL dialect
+
 PROMPTS = ["The quick brown fox", "At the market, Nadia has"]
 GREEDY = {"max_new_tokens": 16, "temperature": 0}
 

@@ -26,6 +26,8 @@ from tests.app.api.conftest import archive, error, upload
 from tests.app.api.test_adapter_models import made_adapter, send_adapter, tar_of
 from tests.conftest import tiny_model
 
+pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # its subject is not the SQL dialect
+
 PROMPTS = ["At the market, Nadia has", "So it goes.", "Omar has 7 books", "J", "Hana has 3 maps, three"]
 GREEDY = {"max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
 
