@@ -41,7 +41,7 @@ from typing import Any
 from app.errors import InternalError, Invalid, ServiceError, TimeLimitExceeded
 
 log = logging.getLogger("stagecraft.sandbox")
-ENTRIES = {"model_import": "app.services.archives:sandboxed_convert"}  # name -> "module:function"
+ENTRIES = {"model_import": "app.services.conversion:sandboxed_convert"}  # name -> "module:function"
 THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
