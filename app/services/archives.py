@@ -4,10 +4,10 @@ model in the Hugging Face layout or as a GGUF file.
 
 Import is three steps: extracting and checking the archive (no torch: a worker thread),
 converting it (`import_model`: parsers of untrusted files and torch, so in a child process
-with time and memory limits, app.serving.sandbox, running app.services.conversion; never on the inference thread, so one
-tenant's import holds up nobody's generation nor another tenant's import), registering it
-(a worker thread). Export (Hugging Face archives; GGUF files, models.formats.gguf.writer) runs
-torch code, on the inference thread.
+with time and memory limits, app.serving.sandbox, which runs app.services.conversion; never
+on the inference thread, so one tenant's import holds up nobody's generation nor another
+tenant's import), registering it (a worker thread). Export (Hugging Face archives; GGUF
+files, models.formats.gguf.writer) runs torch code, on the inference thread.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ converting a checked upload into a model folder under the tenant's models.
 
 Apart from app.services.archives, which registers, stores and exports models, so that a child
 imports torch and the model code but not the service's database, queue and storage layers
-(they were a third of every import's start: about 1 s of 3).
+(they were a quarter of every import's start here: 0.65 s of 2.9).
 """
 
 from __future__ import annotations
