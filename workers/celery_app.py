@@ -4,9 +4,8 @@ Configuration is app.queue.broker.make_celery (JSON only, late acks, prefetch 1,
 queue). Here: the task module, a shutdown flag the training loop reads between steps (so
 Ctrl-C or SIGTERM checkpoints the job and requeues it instead of waiting for it to end),
 and a reaper thread that requeues jobs whose worker died and re-sends messages no worker
-took. The same thread watches this worker: idle while a job that was sent (and re-sent)
-waits unclaimed for `worker_idle_exit_s`, it has stopped consuming (a broker restart can
-leave Celery connected to nothing), so it exits for its supervisor to start a fresh one.
+took. The same thread watches this worker: when it has stopped consuming from the broker
+(workers/liveness.py), it exits for its supervisor to start a fresh one.
 """
 
 from __future__ import annotations
@@ -17,27 +16,25 @@ import os
 import socket
 import threading
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from celery import signals
-from sqlalchemy import select
 
 from app import logs
 from app.config import get_settings
-from app.db import Database, get_database
+from app.db import get_database
 from app.outage import OutageLog, unreachable
 from app.queue import outbox, routing
 from app.queue.broker import Broker
 from app.queue.wakeups import Publisher
 from app.services import lifecycle, webhook_sender
-from app.tables import Job, utcnow
-from workers import meter
+from workers import liveness, meter
 from workers.reporter import SHUTDOWN
 
 log = logging.getLogger(__name__)
 NOT_CONSUMING_EXIT = 75  # EX_TEMPFAIL: start me again
-BUSY = threading.Event()  # set while this worker runs a job (workers.tasks)
+
+ACTIVITY = liveness.Activity()  # workers.tasks runs each job inside ACTIVITY.running()
 settings = get_settings()
 broker = Broker(settings, get_database(settings.db_url).write)
 celery_app = broker.celery
@@ -74,7 +71,9 @@ def reap_forever(stop: threading.Event) -> None:
                 lifecycle.reap(outbox.bind(session, sender), settings)
                 routing.heartbeat(session, WORKER_ID, socket.gethostname(), *OFFER, QUEUES)
                 session.commit()  # the requeued jobs' wake-ups leave now
-            if not BUSY.is_set() and _left_waiting(db):
+            with db.read() as session:
+                stuck = liveness.not_consuming(session, ACTIVITY, settings.worker_idle_exit_s, _can_take)
+            if stuck:
                 log.error("idle while a sent job waits unclaimed: not consuming from the broker; exiting")
                 os._exit(NOT_CONSUMING_EXIT)
             outage.ok()
@@ -90,12 +89,8 @@ def reap_forever(stop: threading.Event) -> None:
             return
 
 
-def _left_waiting(db: Database) -> bool:
-    """A job this worker could take, queued (and its message sent) for longer than worker_idle_exit_s."""
-    since = utcnow() - timedelta(seconds=settings.worker_idle_exit_s)
-    stmt = select(Job.spec).where(Job.status == "queued", Job.enqueued_at.is_not(None), Job.updated_at < since)
-    with db.read() as session:
-        return any(routing.job_queue(settings.queue, s) in QUEUES for s in session.scalars(stmt.limit(100)))
+def _can_take(spec: dict[str, Any]) -> bool:
+    return routing.job_queue(settings.queue, spec) in QUEUES
 
 
 @signals.worker_ready.connect

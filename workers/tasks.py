@@ -7,7 +7,7 @@ import logging
 from app import logs
 from app.db import get_database
 from app.queue.wakeups import EVENTS, Publisher
-from workers.celery_app import BUSY, WORKER_ID, broker, celery_app, settings
+from workers.celery_app import ACTIVITY, WORKER_ID, broker, celery_app, settings
 from workers.execute import execute
 
 log = logging.getLogger(__name__)
@@ -17,12 +17,9 @@ log = logging.getLogger(__name__)
 def run_job(job_id: str) -> None:
     db = get_database(settings.db_url)
     publisher = Publisher(settings.pubsub_url)
-    BUSY.set()
-    try:
-        with logs.scope(job_id=job_id):  # its lines name the job (and, once claimed, tenant and request_id)
-            execute(db, settings, publisher, job_id, WORKER_ID, defer=_send_later)
-    finally:
-        BUSY.clear()
+    # Its lines name the job (and, once claimed, tenant and request_id).
+    with ACTIVITY.running(), logs.scope(job_id=job_id):
+        execute(db, settings, publisher, job_id, WORKER_ID, defer=_send_later)
     publisher.publish(EVENTS, job_id)
 
 

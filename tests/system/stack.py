@@ -8,7 +8,7 @@ import copy
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,10 +79,12 @@ def total_steps(spec: dict[str, Any]) -> int:
 
 
 class Api:
-    """An HTTP client with one tenant's key."""
+    """An HTTP client with one tenant's key; `watch`: service processes whose unplanned exit
+    fails a test waiting on an event stream at once (with the process's log), rather than
+    after STREAM_DEADLINE_S."""
 
-    def __init__(self, url: str, key: str):
-        self.url = url
+    def __init__(self, url: str, key: str, watch: Iterable[Proc] = ()):
+        self.url, self.watch = url, watch
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
     def __enter__(self) -> Api:
@@ -128,7 +130,7 @@ class Api:
         ) as r:
             assert r.status_code == 200, r.read()
             assert r.headers["content-type"].startswith("text/event-stream")
-            for msg in map(vars, parse_sse(_until(r.iter_lines(), deadline))):
+            for msg in map(vars, parse_sse(_until(r.iter_lines(), deadline, self.watch))):
                 event: dict[str, Any] = json.loads(msg["data"])
                 assert int(msg["id"]) == event["seq"] and msg["event"] == event["type"]
                 yield event
@@ -148,10 +150,14 @@ class Api:
         raise AssertionError(f"no {kind} event; last events: {seen[-3:]}")
 
 
-def _until(lines: Iterator[str], deadline: float) -> Iterator[str]:
-    for line in lines:
+def _until(lines: Iterator[str], deadline: float, watch: Iterable[Proc]) -> Iterator[str]:
+    for line in lines:  # keep-alives come every few seconds
         if time.monotonic() > deadline:
             raise AssertionError(f"the event stream was still open after {STREAM_DEADLINE_S:.0f} s")
+        for p in watch:  # a test that stops a process on purpose does so with Proc.stop()
+            code = p.popen.poll() if p.popen is not None else None
+            if code is not None:
+                raise AssertionError(f"{p.name} exited ({code}) while the test waited on a job:\n{p.tail()}")
         yield line
 
 
@@ -173,7 +179,7 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def api(self, key: str | None = None) -> Api:
-        return Api(self.url, key or self.key)
+        return Api(self.url, key or self.key, watch=self.procs.values())  # live: a restarted process is watched too
 
     def new_key(self, tenant: str) -> str:
         proc = run_cli("keys", "create", "--tenant", tenant, env=self.env)
