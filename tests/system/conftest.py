@@ -36,18 +36,26 @@ def example_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def pg_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`stagecraft migrate`, `stagecraft api` and `stagecraft worker` against PostgreSQL and Redis.
 
-    A Redis database and queue of its own, so concurrent test sessions never share messages.
+    A PostgreSQL database of its own (its worker never sees the jobs the in-process tests
+    leave queued in theirs), and a Redis database and queue of its own, so concurrent test
+    sessions never share messages.
     """
-    yield from _pg_stack(pg_url, tmp_path_factory.mktemp("pg-stack"), {})
+    from tests.system.faults import PgDatabase
+
+    pg = PgDatabase()
+    try:
+        yield from _pg_stack(pg.url, tmp_path_factory.mktemp("pg-stack"), {})
+    finally:
+        pg.drop()
 
 
 @pytest.fixture(scope="session")
 def pg_s3_stack(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[Stack]:
     """The same with its artifacts in an S3 bucket (moto's server, tests/s3.py), and a
-    PostgreSQL database of its own: its workers never see the other stack's jobs."""
+    PostgreSQL database of its own too."""
     from tests.system.faults import PgDatabase
 
     bucket = f"stack-{secrets.token_hex(4)}"

@@ -73,10 +73,11 @@ def _pings(client: Any) -> bool:
 
 
 class PgDatabase:
-    """A PostgreSQL database of this test's own, which `outage()` makes unreachable."""
+    """A PostgreSQL database of its own for a test or a stack (dropped by `drop()`); see
+    allow_connections for an outage."""
 
     def __init__(self) -> None:
-        self.name = f"stagecraft_faults_{secrets.token_hex(4)}"
+        self.name = f"stagecraft_test_{secrets.token_hex(4)}"
         base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         self.url = f"{base}/{self.name}"
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

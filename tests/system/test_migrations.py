@@ -15,6 +15,7 @@ from sqlalchemy import create_engine
 from app.migrate import upgrade
 from app.tables import Base
 from tests.system.processes import READY_TIMEOUT_S, Proc, base_env, free_port, run_cli, stagecraft
+from tests.system.stack import Stack
 
 
 def assert_no_diff(url: str) -> None:
@@ -33,9 +34,9 @@ def test_sqlite_migrations_match_tables(tmp_path: Path) -> None:
     assert_no_diff(url)
 
 
-def test_postgres_migrations_match_tables(pg_stack: object, pg_url: str) -> None:
-    """pg_stack ran `stagecraft migrate` on this database."""
-    assert_no_diff(pg_url)
+def test_postgres_migrations_match_tables(pg_stack: Stack) -> None:
+    """pg_stack ran `stagecraft migrate` on its database."""
+    assert_no_diff(pg_stack.env["STAGECRAFT_DATABASE_URL"])
 
 
 @pytest.mark.parametrize("table", sorted(Base.metadata.tables))

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from tests.system.conftest import REDIS
+from tests.system.faults import PgDatabase
 from tests.system.processes import base_env, free_port, run_cli
 from tests.system.stack import LEASE_S, Api, Stack, example_spec
 
@@ -23,12 +24,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def stack(pg_url: str, tmp_path: Path) -> Iterator[Stack]:
+def stack(tmp_path: Path) -> Iterator[Stack]:
     redis.Redis.from_url(REDIS).ping()
+    pg = PgDatabase()  # of its own: its workers see no other test's queued jobs
     port = free_port()
     env = base_env(
         data_dir=str(tmp_path / "data"),
-        database_url=pg_url,
+        database_url=pg.url,
         broker_url=f"{REDIS}/{random.randint(1, 15)}",
         queue=f"train-{secrets.token_hex(4)}",
         lease_s=str(LEASE_S),
@@ -37,14 +39,17 @@ def stack(pg_url: str, tmp_path: Path) -> Iterator[Stack]:
         tenant_busy_retry_s="1",
         resend_unclaimed_s="5",
     )
-    assert run_cli("migrate", env=env).returncode == 0
-    s = Stack(f"http://127.0.0.1:{port}", env, "", tmp_path)
-    s.start_api()
-    s.start("worker1", "worker")
-    s.start("worker2", "worker")
-    s.wait_ready()
-    yield s
-    s.stop_all()
+    try:
+        assert run_cli("migrate", env=env).returncode == 0
+        s = Stack(f"http://127.0.0.1:{port}", env, "", tmp_path)
+        s.start_api()
+        s.start("worker1", "worker")
+        s.start("worker2", "worker")
+        s.wait_ready()
+        yield s
+        s.stop_all()
+    finally:
+        pg.drop()
 
 
 def ran(api: Api, job_id: str) -> tuple[float, float]:

@@ -43,8 +43,8 @@ STAGE = {"index": 0, "name": "pre"}
 
 
 @pytest.fixture(scope="module")
-def db(pg_stack: Stack, pg_url: str) -> Iterator[Database]:
-    database = Database(pg_url)
+def db(pg_stack: Stack) -> Iterator[Database]:
+    database = Database(pg_stack.env["STAGECRAFT_DATABASE_URL"])
     yield database
     database.dispose()
 
