@@ -87,16 +87,28 @@ def test_a_request_id_reaches_the_workers_lines_and_metrics_show_the_training(
 @pytest.mark.slow
 def test_a_separate_worker_reports_through_redis(pg_stack: Stack, example_dir: Path) -> None:
     """`stagecraft api` and `stagecraft worker` as separate processes (PostgreSQL, Redis): the
-    worker's counters reach the API through Redis, its lines name the creating request."""
+    worker's counters reach the API through Redis while the job runs, its lines name the
+    creating request."""
     before = scrape(pg_stack.url)
-    with pg_stack.api() as api:
-        spec = example_spec(api.upload_examples(example_dir), pretrain=4, finetune=4)
-        job = api.submit(spec, **{"X-Request-ID": "req-redis-9"})
-        assert api.follow(job["id"])[-1]["type"] == "job.succeeded"
-    steps = total_steps(spec)
 
     def grew(name: str) -> float:
         return got.get(name, 0.0) - before.get(name, 0.0)
+
+    with pg_stack.api() as api:
+        spec = example_spec(api.upload_examples(example_dir), pretrain=100, finetune=4)
+        spec["model"].update(n_embd=128, block_size=128)  # steps of ~0.1 s: the job runs for seconds
+        spec["stages"][0]["batch_size"] = 16
+        job = api.submit(spec, **{"X-Request-ID": "req-redis-9"})
+        api.wait_for(job["id"], "train.step")
+        got, deadline = scrape(pg_stack.url), time.monotonic() + 60
+        while grew("stagecraft_train_steps_total") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            got = scrape(pg_stack.url)
+        mid, status = grew("stagecraft_train_steps_total"), api.job(job["id"])["status"]
+        assert mid > 0 and status == "running", (mid, status)  # counted while it trains
+        assert api.follow(job["id"])[-1]["type"] == "job.succeeded"
+    steps = total_steps(spec)
+    assert mid < steps  # that scrape saw part of the run
 
     got, deadline = scrape(pg_stack.url), time.monotonic() + 60
     while grew("stagecraft_train_steps_total") < steps and time.monotonic() < deadline:
