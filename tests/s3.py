@@ -23,13 +23,18 @@ def free_port() -> int:
 
 
 class S3Server:
-    def __init__(self, log: Path):
+    def __init__(self, log: Path, auth_after: int | None = None):
+        """`auth_after`: moto checks credentials (IAM) once that many requests have been
+        served without; None: it never checks (any key works)."""
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         moto = Path(sys.executable).with_name("moto_server")
         with log.open("wb") as out:
+            env = dict(os.environ)
+            if auth_after is not None:
+                env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
             self.proc = subprocess.Popen(
-                [str(moto), "-H", "127.0.0.1", "-p", str(self.port)], stdout=out, stderr=subprocess.STDOUT
+                [str(moto), "-H", "127.0.0.1", "-p", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env
             )
         deadline = time.monotonic() + 30
         while True:
@@ -49,12 +54,12 @@ class S3Server:
         """Create the bucket through the S3 API itself (a PUT on the bucket)."""
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials()).create_bucket(Bucket=name)
+        boto3.client("s3", endpoint_url=self.endpoint, **boto_credentials()).create_bucket(Bucket=name)
 
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
+        return boto3.client("s3", endpoint_url=self.endpoint, **boto_credentials())
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -64,7 +69,7 @@ class S3Server:
             self.proc.kill()
 
 
-def _boto_credentials() -> dict[str, str]:
+def boto_credentials() -> dict[str, str]:
     return {
         "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
         "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],

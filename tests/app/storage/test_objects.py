@@ -124,6 +124,31 @@ def test_errors_name_the_store(s3_server: Any, tmp_path: Path, monkeypatch: pyte
         ObjectStore("s3://b/p", tmp_path, 1 << 30).check()
 
 
+def test_wrong_credentials_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A moto server that checks credentials (IAM): an unknown access key, and a known key with
+    the wrong secret, are each named, not reported as a bare PermissionError."""
+    import boto3
+
+    from tests.s3 import S3Server, boto_credentials
+
+    server = S3Server(tmp_path / "moto-auth.log", auth_after=2)  # the two IAM calls below go through
+    try:
+        iam = boto3.client("iam", endpoint_url=server.endpoint, **boto_credentials())
+        iam.create_user(UserName="stagecraft")
+        key = iam.create_access_key(UserName="stagecraft")["AccessKey"]["AccessKeyId"]
+        monkeypatch.setattr("app.storage.objects.ATTEMPTS", 1)
+        for k, v in server.env().items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(StorageError, match=r"access key is not known to the store \(AWS_ACCESS_KEY_ID\)"):
+            ObjectStore("s3://b/p", tmp_path / "a", 1 << 30).check()
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-its-secret")
+        with pytest.raises(StorageError, match=r"secret key does not match \(AWS_SECRET_ACCESS_KEY\)"):
+            ObjectStore("s3://b/p", tmp_path / "b", 1 << 30).check()
+    finally:
+        server.stop()
+
+
 def test_a_failing_upload_is_retried_then_refused_leaving_nothing(
     bucket: str, tmp_path: Path, s3_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
