@@ -163,6 +163,43 @@ def test_init_from_an_adapter_validates_as_its_merged_base(
     assert "model.init_from.model" not in locs(setup["adapters"][0])
 
 
+@SQLITE
+def test_a_preference_reference_model_is_resolved_as_init_from(
+    client: Client,
+    model_dir: Path,
+    tmp_path: Path,
+    spec_dict: Callable[..., dict[str, Any]],
+    new_tenant: Callable[[], tuple[dict[str, str], str]],
+) -> None:
+    """`reference: {model}` must be a model of the tenant's: unknown and another tenant's are
+    the same error, naming the stage's field."""
+    r = upload(client, archive(model_dir, tmp_path))
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+    others, _ = new_tenant()
+
+    def locs(ref: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+        spec = spec_dict()
+        spec["stages"] = [
+            {
+                "type": "preference",
+                "name": "dpo",
+                "data": "pairs",
+                "steps": 2,
+                "loss": {"type": "dpo"},
+                "optimizer": {"type": "adamw", "lr": 1e-5},
+                "reference": {"model": ref},
+            }
+        ]
+        r = client.post("/v1/jobs/validate", json=spec, headers=headers)
+        return {d["loc"]: d["message"] for d in error(r, 422, "invalid_spec")["details"]}
+
+    field = "stages.0.reference.model"
+    assert locs("model_nope")[field] == "unknown model or checkpoint 'model_nope'"
+    assert field not in locs(model_id)
+    assert locs(model_id, others)[field] == f"unknown model or checkpoint '{model_id}'"
+
+
 def test_a_base_with_adapters_cannot_be_deleted_first(client: Client, setup: dict[str, Any]) -> None:
     error(client.delete(f"/v1/models/{setup['base']}"), 409, "in_use")
     for a in setup["adapters"]:
