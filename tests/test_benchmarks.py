@@ -49,7 +49,7 @@ def test_lora_serving_benchmark_tiny(arch: str) -> None:
 
 
 def test_lora_train_benchmark_one_step() -> None:
-    args = ["--warmup", "1", "--steps", "1", "--passes", "1", "--rss-steps", "1", "--threads", "1"]
+    args = ["--warmup", "1", "--steps", "1", "--passes", "1", "--rss-steps", "1", "--threads", "1", "--batch", "2"]
     report = run("lora_train.py", *args)
     assert set(report["speed"]["fp32"]["tokens_per_s"]) == {"ours_full", "ours_lora", "peft_lora"}
     assert set(report["memory"]["fp32"]) >= {"ours_full", "ours_lora", "peft_lora", "ours_lora_vs_full"}
