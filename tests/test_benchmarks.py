@@ -34,6 +34,12 @@ def test_inference_benchmark_tiny() -> None:
     assert report["greedy_tokens_match_hf"] is True  # our serving path and transformers agree
 
 
+def test_gemv_floor_benchmark_tiny() -> None:
+    report = run("gemv_floor.py", "--layers", "1", "--passes", "1", "--rows", "1", "--threads", "1")
+    assert set(report["ms_per_token"]) == {"onednn_packed8_r1", "onednn_packed1_r1", "linear_r1", "matmul_t_r1"}
+    assert all(v > 0 for v in report["gb_per_s"].values())
+
+
 def test_train_throughput_benchmark_one_step() -> None:
     report = run("train_throughput.py", "--precision", "fp32", "--warmup", "1", "--steps", "1", "--passes", "1")
     assert report["variants"]["ours_fp32"]["tokens_per_s"] > 0
