@@ -51,7 +51,7 @@ def test_concurrent_submits_leave_exactly_the_queued_quota(
     settings: Settings, database: Database, new_tenant: Tenant, serve: Callable[[FastAPI], str]
 ) -> None:
     headers, tenant_id = new_tenant()
-    quota = settings.model_copy(update={"tenant_max_queued_jobs": 50, "tenant_max_unfinished_jobs": 1000})
+    quota = settings.model_copy(update={"tenant_max_queued_jobs": 20, "tenant_max_unfinished_jobs": 1000})
     url = serve(create_app(quota))
     ids = {}
     with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
@@ -61,11 +61,11 @@ def test_concurrent_submits_leave_exactly_the_queued_quota(
             ids[name.split(".")[0]] = r.json()["id"]
     spec = spec_for(ids)
 
-    statuses = at_once(70, url, lambda http: http.post("/v1/jobs", json=spec, headers=headers))
-    assert Counter(statuses) == {201: 50, 429: 20}, Counter(statuses)
+    statuses = at_once(30, url, lambda http: http.post("/v1/jobs", json=spec, headers=headers))
+    assert Counter(statuses) == {201: 20, 429: 10}, Counter(statuses)
     with database.read() as session:
         queued = session.scalar(select(func.count()).where(Job.tenant_id == tenant_id, Job.status == "queued"))
-    assert queued == 50
+    assert queued == 20
 
 
 def test_concurrent_uploads_never_pass_the_storage_quota(
