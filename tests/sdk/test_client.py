@@ -4,6 +4,8 @@ its model, the model's serving, export and re-upload, and the errors."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ import pytest
 
 import stagecraft
 from stagecraft.types import Checkpoint, Dataset, Event, Job, Model
-from tests.conftest import EVENT_TYPES
+from tests.conftest import EVENT_TYPES, REPO_ROOT
 from tests.sdk.conftest import Server, tiny_spec
 
 
@@ -121,6 +123,39 @@ def test_metrics_checkpoints_evaluation(client: stagecraft.Client, trained: Trai
         "refine",
     ]
     assert report.final["pairs"]["loss"] > 0
+
+
+def test_a_preference_stage_through_the_sdk_then_cancelled(
+    client: stagecraft.Client, trained: Trained, tmp_path: Path
+) -> None:
+    """Preference records uploaded, a DPO stage from the trained model submitted, its steps
+    streamed with TRL's reward metrics, then cancelled: it stops long before its 5,000 steps
+    (how soon after a cancel a step ends is test_jobs_postgres' cancel test)."""
+    make = [sys.executable, str(REPO_ROOT / "examples" / "make_data.py"), "--out", str(tmp_path)]
+    done = subprocess.run([*make, "--pairs", "8", "--corpus-lines", "20", "--preference", "40"], capture_output=True)
+    assert done.returncode == 0, done.stderr
+    prefs = client.datasets.upload(tmp_path / "preference.jsonl", name="prefs")
+    assert prefs.kind == "preference"
+    stage = {"type": "preference", "name": "dpo", "data": "prefs", "steps": 5000, "batch_size": 4,
+             "loss": {"type": "dpo", "beta": 0.1}, "optimizer": {"type": "adamw", "lr": 1e-5}}  # fmt: skip
+    spec = {**copy.deepcopy(trained.job.spec), "name": "sdk-dpo", "stages": [stage]}
+    spec["model"] = {"init_from": {"model": trained.job.model_id}}
+    spec["data"] = {"prefs": {"dataset": prefs.id}}
+    spec["evaluation"] = {"every_steps": 1000, "metrics": ["loss"], "max_samples": 0}
+    spec.pop("tokenizer", None)
+    job = client.jobs.create(spec)
+    steps = []
+    for e in client.jobs.events(job.id):
+        if e.type == "train.step":
+            steps.append(e)
+            if len(steps) == 3:
+                break
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"} <= set(steps[0].data)
+    cancelled = client.jobs.cancel(job.id)
+    assert cancelled.status in ("cancelling", "cancelled")
+    finished = client.jobs.wait(job.id, timeout=120)
+    assert finished.status == "cancelled" and finished.step < 5000, finished  # stopped, not run out
+    assert finished.model_id is None
 
 
 def test_cancel_a_finished_job_is_a_conflict(client: stagecraft.Client, trained: Trained) -> None:
