@@ -43,6 +43,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # One job per worker process, run in its main thread, as `stagecraft worker` starts it: the
+        # shutdown flag, the reaper's liveness check (workers/liveness.py) and the job share a process.
+        worker_pool="solo",
+        worker_concurrency=1,
         task_default_queue=settings.queue,
         task_routes={RUN_JOB: {"queue": settings.queue}},
         broker_transport_options=options,
