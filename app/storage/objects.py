@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, TypeVar
 import fsspec
 
 from app.storage import ArtifactCorrupt, ArtifactMissing, StorageError
+from app.storage.describe import describe
 from app.storage.manifest import CHUNK, file_manifest
 
 log = logging.getLogger(__name__)
@@ -40,36 +41,6 @@ MANIFEST = ".manifest.json"
 CACHE_DIR = ".store"  # under the data directory: one manifest per local copy, and per-key locks
 CACHE_GRACE_S = 600.0  # a copy used this recently is never evicted (a job or a request may be reading it)
 ATTEMPTS = 4  # tries of one transfer (1 s, 2 s, 4 s apart)
-
-
-def _describe(exc: BaseException) -> str:
-    """A store error in a few words, without hosts' internals or credentials. s3fs turns S3's
-    error codes into OSErrors with S3's message; the code stays on the chained ClientError."""
-    text = f"{type(exc).__name__}: {exc}"
-    chained = " ".join(repr(e) for e in _chain(exc))
-    for needle, words in (
-        ("NoSuchBucket", "the bucket does not exist"),
-        ("InvalidAccessKeyId", "the access key is not known to the store (AWS_ACCESS_KEY_ID)"),
-        ("Access Key Id you provided does not exist", "the access key is not known to the store (AWS_ACCESS_KEY_ID)"),
-        ("SignatureDoesNotMatch", "the secret key does not match (AWS_SECRET_ACCESS_KEY)"),
-        ("signature we calculated does not match", "the secret key does not match (AWS_SECRET_ACCESS_KEY)"),
-        ("AccessDenied", "access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"),
-        ("Could not connect", "cannot connect to the endpoint (AWS_ENDPOINT_URL)"),
-        ("Connect timeout", "the endpoint does not answer (AWS_ENDPOINT_URL)"),
-    ):
-        if needle in text or needle in chained:
-            return words
-    return text[:300]
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and the exceptions it was raised from or during (at most 8)."""
-    out: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and len(out) < 8 and e not in out:
-        out.append(e)
-        e = e.__cause__ or e.__context__
-    return out
 
 
 class ObjectStore:
@@ -114,8 +85,8 @@ class ObjectStore:
                 raise
             except Exception as exc:
                 if attempt == ATTEMPTS - 1 or "NoSuchBucket" in repr(exc) or "AccessDenied" in repr(exc):
-                    raise StorageError(f"object store {self.url}: {doing} failed: {_describe(exc)}") from exc
-                log.warning("object store: %s failed (%s); retrying", doing, _describe(exc))
+                    raise StorageError(f"object store {self.url}: {doing} failed: {describe(exc)}") from exc
+                log.warning("object store: %s failed (%s); retrying", doing, describe(exc))
                 time.sleep(2**attempt)
         raise AssertionError("unreachable")
 
