@@ -64,8 +64,9 @@ def token_ms(layout: str, rows: int, passes: int, layers: int = LAYERS) -> float
     `layout` (minimum of passes)."""
     prep, call = LAYOUTS[layout]
     g = torch.Generator().manual_seed(0)
-    weights = [(name, prep(torch.randn(o, i, generator=g))) for _ in range(layers) for name, (o, i) in SHAPES.items()]
-    weights = [(n, w) for n, w in weights if n != "head"] + [next((n, w) for n, w in weights if n == "head")]
+    per_layer = [(name, shape) for name, shape in SHAPES.items() if name != "head"]
+    weights = [(name, prep(torch.randn(*shape, generator=g))) for _ in range(layers) for name, shape in per_layer]
+    weights.append(("head", prep(torch.randn(*SHAPES["head"], generator=g))))
     xs = {name: torch.randn(rows, i, generator=g) for name, (_, i) in SHAPES.items()}
 
     def one() -> None:
@@ -85,11 +86,12 @@ def token_ms(layout: str, rows: int, passes: int, layers: int = LAYERS) -> float
 def llama_cpp_token_ms(binary: Path, threads: int, new: int) -> float:
     from gguf_decode import SMOLLM2, export
 
+    if not SMOLLM2.is_file():
+        sys.exit(f"{SMOLLM2} is missing: README.md says how to download it")
     with tempfile.TemporaryDirectory() as tmp:
         f32 = export(Path(tmp), ["f32"])["f32"]
         cmd = [str(binary), "-m", str(f32), "-c", str(32 + new + 64), "-npp", "32", "-ntg", str(new), "-npl", "1",
                "-t", str(threads), "-tb", str(threads), "--output-format", "jsonl"]  # fmt: skip
-        assert SMOLLM2.is_file()
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if run.returncode != 0:
         raise RuntimeError(f"{binary.name} failed ({run.returncode}): {run.stderr[-2000:]}")

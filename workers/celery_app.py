@@ -33,7 +33,6 @@ from workers.reporter import SHUTDOWN
 
 log = logging.getLogger(__name__)
 NOT_CONSUMING_EXIT = 75  # EX_TEMPFAIL: start me again
-
 ACTIVITY = liveness.Activity()  # workers.tasks runs each job inside ACTIVITY.running()
 settings = get_settings()
 broker = Broker(settings, get_database(settings.db_url).write)

@@ -24,6 +24,7 @@ from models.lora import layers as lora
 from models.spec import AdapterSpec
 from tests.app.api.conftest import Client, archive, error, upload
 from tests.conftest import tiny_model
+from tests.models.spec.test_preference_spec import DPO
 
 GREEDY = {"max_new_tokens": 12, "temperature": 0}
 
@@ -180,17 +181,7 @@ def test_a_preference_reference_model_is_resolved_as_init_from(
 
     def locs(ref: str, headers: dict[str, str] | None = None) -> dict[str, str]:
         spec = spec_dict()
-        spec["stages"] = [
-            {
-                "type": "preference",
-                "name": "dpo",
-                "data": "pairs",
-                "steps": 2,
-                "loss": {"type": "dpo"},
-                "optimizer": {"type": "adamw", "lr": 1e-5},
-                "reference": {"model": ref},
-            }
-        ]
+        spec["stages"] = [{**DPO, "reference": {"model": ref}}]
         r = client.post("/v1/jobs/validate", json=spec, headers=headers)
         return {d["loc"]: d["message"] for d in error(r, 422, "invalid_spec")["details"]}
 

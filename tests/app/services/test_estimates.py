@@ -12,17 +12,9 @@ import pytest
 
 from app.services.estimates import estimate
 from models.spec import parse_spec, training_block
+from tests.models.spec.test_preference_spec import DPO
 
-PREFERENCE = {
-    "type": "preference",
-    "name": "dpo",
-    "data": "pairs",
-    "steps": 3,
-    "batch_size": 4,
-    "grad_accum": 2,
-    "loss": {"type": "dpo"},
-    "optimizer": {"type": "adamw", "lr": 1e-5},
-}
+PREFERENCE = {**DPO, "batch_size": 4, "grad_accum": 2}  # 3 steps
 
 
 def one_stage(spec_dict: Callable[..., dict[str, Any]], stage: dict[str, Any]) -> Any:
