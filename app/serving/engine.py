@@ -1,8 +1,8 @@
 """In-process inference: a model cache bounded by memory, and dynamic batching.
 
 - `ModelCache.get` loads a model directory on the inference thread (the event loop never waits
-  on torch), keeps it in an LRU cache bounded by bytes (weights + the batch's KV cache), and
-  makes concurrent first requests for one model share a single load.
+  on torch, imported there, not when the API starts), keeps it in an LRU cache bounded by bytes
+  (weights + the batch's KV cache), and makes concurrent first requests for one model share a single load.
 - Each loaded model has a `Batcher`, and one `InferenceThread` runs `models.inference.decoder.Decoder.step`
   for every model with active requests. Requests join at any time and are admitted
   between decode steps, so concurrent requests share one batched forward per token,
@@ -12,8 +12,6 @@
 - A request that fails ends with finish_reason "error", the one way a row reports one: with
   `Update.error` set when its own model went wrong (non-finite logits: that row alone
   ends, the others go on), without it when a step failed (every row of the batch ends).
-
-torch is imported on the inference thread, not when the API starts.
 """
 
 from __future__ import annotations
@@ -179,7 +177,7 @@ def _load(cache: ModelCache, key: str, directory: Path, precision: str) -> Serve
         torch.set_num_threads(cache.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cache.device == "auto" else cache.device
     model, tok = load_model(directory, device=device)
-    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size)  # the model itself is dropped
+    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size, cache.compile)  # the model is dropped
     c = model.config
     kv = 2 * c.n_layer * cache.max_batch * c.block_size * c.n_kv_head * c.head_dim * 4
     return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, cache.runner), precision=precision)
@@ -200,9 +198,10 @@ def _add_chat(served: Served, directory: Path) -> None:
 class ModelCache:
     """The model cache, keyed by (model folder, precision). Used from the event loop only (no locks needed there)."""
 
-    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0, group_size: int = 64):
+    def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0, group_size: int = 64,
+                 compile: bool = False):  # fmt: skip
         self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
-        self.group_size = group_size  # int4's (models.layers.quantized)
+        self.group_size, self.compile = group_size, compile  # int4's (models.layers.quantized); compiled steps
         self.entries: OrderedDict[tuple[str, str], Served] = OrderedDict()
         self.loading: dict[tuple[str, str], asyncio.Task[Served]] = {}
         self.runner = InferenceThread()

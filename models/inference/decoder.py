@@ -33,6 +33,7 @@ from torch import Tensor
 
 from models.data.tokenizer import Tokenizer
 from models.families.build import Model, serving_net
+from models.inference.compiled import compile_decoding
 from models.inference.generate import Sampling, finished_text, pick
 from models.inference.slot_cache import SlotCache
 from models.inference.text import streamable_text
@@ -76,10 +77,17 @@ class Decoder:
     """Continuous batching over one model. Not thread-safe: one thread calls add/step."""
 
     def __init__(
-        self, model: Model, tok: Tokenizer, max_batch: int = 16, precision: str = "fp32", group_size: int = 64
+        self,
+        model: Model,
+        tok: Tokenizer,
+        max_batch: int = 16,
+        precision: str = "fp32",
+        group_size: int = 64,
+        compile: bool = False,
     ):
         """`precision`: "fp32" (the model's weights), or "int8" / "int4" weight-only
-        (models.layers.quantized; `group_size`: int4's)."""
+        (models.layers.quantized; `group_size`: int4's). `compile`: decode steps through
+        torch.compile, compiled here (models/inference/compiled.py)."""
         self.net = serving_net(model, precision, group_size)
         self.precision = precision
         self.tok, self.max_batch = tok, max_batch
@@ -90,6 +98,8 @@ class Decoder:
         self.cache: SlotCache | None = None
         self.steps = 0  # batched decode steps run, and the rows they decoded (for monitoring)
         self.rows_decoded = 0
+        if compile:
+            compile_decoding(self)
 
     @property
     def busy(self) -> bool:

@@ -53,6 +53,8 @@ class SlotCache(KVCache):
         n = len(self.lens)
         if self.length >= self.block:
             self._compact()
+        if n != self._n:  # here, not in `update`: no branch on it inside a compiled step
+            self._n, self._k, self._v = n, [t[:n] for t in self.k], [t[:n] for t in self.v]
         self.valid[:n, self.length] = True
         pos = torch.tensor(self.lens, device=self.valid.device)[:, None]
         if all(x == self.length for x in self.lens):
@@ -61,11 +63,9 @@ class SlotCache(KVCache):
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write the rows' keys and values at the shared column; (n, kv heads, col + 1, D) views
-        of them all. The views of the first n slots are kept while n stays (six operations a
-        layer where slicing the cache anew took ten)."""
-        n, col = k.size(0), self.length
-        if n != self._n:
-            self._n, self._k, self._v = n, [t[:n] for t in self.k], [t[:n] for t in self.v]
+        of them all, from the views of the first n slots `prepare` made (six operations a layer
+        where slicing the cache anew took ten)."""
+        col = self.length
         keys, values = self._k[layer], self._v[layer]
         keys.narrow(2, col, 1).copy_(k)
         values.narrow(2, col, 1).copy_(v)

@@ -16,6 +16,20 @@ from torch import Tensor
 PACK_ROWS = 8  # the batch size oneDNN lays the weights out for; 1-16 rows all run well with it
 
 
+@torch.library.custom_op("stagecraft::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None, gelu: bool) -> Tensor:
+    """oneDNN's product with a packed weight, as one opaque operation for torch.compile
+    (models/inference/compiled.py), which cannot lower the packed layout itself."""
+    post, algorithm = ("gelu", "tanh") if gelu else ("none", "")
+    y: Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, post, [], algorithm)
+    return y
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x: Tensor, packed: Tensor, bias: Tensor | None, gelu: bool) -> Tensor:
+    return x.new_empty((*x.shape[:-1], packed.size(0)))
+
+
 class Projection:
     """`x @ weight.T + bias` (GELU-tanh of it with `gelu=True`) for the few rows of decoding."""
 
@@ -34,6 +48,8 @@ class Projection:
 
     def __call__(self, x: Tensor, gelu: bool = False) -> Tensor:
         if self.packed is not None:
+            if torch.compiler.is_compiling():
+                return packed_linear(x, self.packed, self.bias, gelu)
             post, algorithm = ("gelu", "tanh") if gelu else ("none", "")
             y: Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, post, [], algorithm)
             return y

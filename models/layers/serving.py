@@ -11,7 +11,7 @@ family's `_final_norm`: the same tensor operations as the families' own code, no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -54,6 +54,7 @@ class ServingNet:
     embed: Tensor | Rows  # (vocab, n_embd)
     layers: Sequence[Weights]
     head: Projection
+    compiled_step: Callable[..., Tensor] | None = None  # `_logits` through torch.compile (models/inference/compiled.py)
 
     def _blocks(
         self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, causal: bool, adapters: Tensor | None
@@ -93,10 +94,19 @@ class ServingNet:
         tokens if the cache is empty, else attention to every cached position. `adapters`
         (B,): each row's slot in the net's `adapters` (models/lora/bank.py; 0: the base
         alone); None when every row uses the base (the bank is not touched)."""
-        B, T = idx.shape
+        T = idx.size(1)
         cache_end(cache, T, self.config.block_size)
         causal = mask is None and cache.length == 0 and T > 1
-        x = self._blocks(idx, positions, cache, mask, causal, adapters)
+        decoding = T == 1 and cache.length > 0 and adapters is None  # a step, not a one-token prompt
+        compiled = self.compiled_step if decoding else None
+        logits = (compiled or self._logits)(idx, positions, cache, mask, causal, adapters)
         cache.length += T
+        return logits
+
+    def _logits(
+        self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, causal: bool, adapters: Tensor | None
+    ) -> Tensor:
+        B, T = idx.shape
+        x = self._blocks(idx, positions, cache, mask, causal, adapters)
         last = x.view(B, T, self.config.n_embd)[:, -1]
         return self.head(self._final_norm(last))

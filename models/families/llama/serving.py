@@ -82,6 +82,7 @@ class ServingLlama(ServingNet):
         self.head = Projection(model.head_weight().detach(), None, onednn)
         self.cos, self.sin = model.rope_cos.clone(), model.rope_sin.clone()
         self._cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
+        self._gqa = self.config.n_kv_head != self.config.n_head  # a bool here: compiled, a SymBool
         self._adapter_bank()
 
     def _adapter_bank(self) -> None:
@@ -135,7 +136,7 @@ class ServingLlama(ServingNet):
                 v = qkv[:, :, H + KV :]
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             k, v = cache.update(i, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=KV != H)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self._gqa)
             x = bank.project(w.o, p_o, y.transpose(1, 2).reshape(B * T, H * D), adapters).add_(x)
             gate, up = bank.project(w.gate_up, p_gate_up, self._norm(x, w.ln2), adapters).chunk(2, dim=-1)
             x = bank.project(w.down, p_down, F.silu(gate).mul_(up), adapters).add_(x)

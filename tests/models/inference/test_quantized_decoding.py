@@ -131,3 +131,59 @@ def test_decoding_matches_the_quantized_net_and_rows_keep_their_adapters(
         logits = net.last_logits(torch.tensor([ids]), torch.arange(len(ids))[None], cache, None)
         ids.append(int(logits.argmax(-1)))
     assert together[0] == ids[len(prompts[0]) :]
+
+
+def test_compiled_steps_decode_as_eager_ones(trained: Model, tokenizer: Tokenizer) -> None:
+    """`Decoder(compile=True)` (models/inference/compiled.py): the same tokens as the eager
+    decoder for rows that start together, join later (a key mask), sample with a seed, and
+    carry an adapter (those steps stay eager); its steps run compiled code, and a step kind
+    warm-up did not meet runs eagerly rather than compiling. GPT in fp32 (oneDNN's packed
+    product as an opaque op, GELU fused in it), Llama in int4 (casts, the int4 kernel)."""
+    from torch._dynamo.utils import counters
+    from torch.profiler import profile
+
+    precision = "fp32" if trained.config.arch == "gpt" else "int4"
+    holder = copy.deepcopy(trained)
+    lora.add_adapter(holder, family(trained.config.arch).lora, "a", AdapterSpec(type="lora", rank=4), seed=1)
+    adapter = lora.extract(holder, "a")
+    prompts = [tokenizer.encode(t[:20]) for t in corpus_texts(5, seed=4)]
+
+    def rows() -> list[Row]:
+        hot = Sampling(max_new_tokens=10, temperature=0.8, seed=3)
+        return [Row(prompts[0], Sampling(max_new_tokens=14), ignore_eos=True),
+                Row(prompts[1], Sampling(max_new_tokens=9), ignore_eos=True),
+                Row(prompts[2], hot, ignore_eos=True),
+                Row(prompts[3], Sampling(max_new_tokens=6), ignore_eos=True, adapter="a")]  # fmt: skip
+
+    def decode(dec: Decoder) -> list[list[int]]:
+        dec.add_adapter("a", adapter)
+        first, second, third, adapted = batch = rows()
+        dec.add(first)
+        dec.add(second)
+        for _ in range(3):
+            dec.step()
+        dec.add(third)  # joins two rows three tokens in: a key mask from here on
+        for _ in range(4):
+            dec.step()
+        dec.add(adapted)  # steps with an adapter row run eagerly
+        while dec.busy:
+            dec.step()
+        return [r.tokens for r in batch]
+
+    eager = decode(Decoder(trained, tokenizer, max_batch=4, precision=precision))
+    before = counters["stats"]["unique_graphs"]
+    compiled = Decoder(trained, tokenizer, max_batch=4, precision=precision, compile=True)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs - before >= 3  # one row; rows together; rows with a mask
+    assert decode(compiled) == eager
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled while serving
+    assert all(len(tokens) == r.sampling.max_new_tokens for tokens, r in zip(eager, rows()))
+
+    compiled.add(Row(prompts[4], Sampling(max_new_tokens=3), ignore_eos=True))
+    compiled.step()
+    with profile() as prof:
+        compiled.step()  # one row: a graph the warm-up compiled
+    assert any("Compiled" in e.name for e in prof.events())
+    assert compiled.busy
+    compiled.step()
+    assert not compiled.busy

@@ -1,0 +1,85 @@
+"""Decode steps through `torch.compile`: the batch-1 overhead cut by fusion (opt-in).
+
+A decoded token runs some 35 small tensor operations a layer besides its four projections
+(norms, rotary, residual adds, the KV-cache write, attention for one query, the casts of the
+quantized kernels), each a dispatch from Python of a few microseconds on one row. With
+`Decoder(..., compile=True)` (STAGECRAFT_INFERENCE_COMPILE in the service) a decode step, one
+new token for every row and no LoRA adapter among them, runs the serving net's `_logits`
+through `torch.compile` (inductor's C++ kernels on a CPU): the elementwise work fuses into a
+few loops and Python leaves the step. The projections stay the kernels they are in eager
+(oneDNN's packed fp32 as the opaque `stagecraft::packed_linear`, torch's int8 / int4 ops), so
+the products are the same; the fused norms and rotary may round differently in the last bit,
+as any reordering of float sums does. Prefills (several tokens a row) and steps with adapter
+rows stay eager.
+
+What it costs: compiling. `warm_up` runs the three kinds of step serving meets (one row; rows
+that started together; rows that joined at different times, with a key mask), each compiled
+once for every batch size and cache position (`dynamic=True`), when the decoder is made: about
+a minute each for SmolLM2-135M on two CPUs, less for a small model, and faster on a later start
+(inductor's on-disk cache). The model cache makes decoders on its one inference thread, so
+other models' decoding waits for it: turn it on for a few long-lived models, not for a cache
+that loads models all day. Figures in benchmarks/RESULTS.md ("Compiled decode steps").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from models.inference.generate import Sampling
+
+if TYPE_CHECKING:
+    from models.inference.decoder import Decoder
+    from models.layers.serving import ServingNet
+
+
+class CompiledStep:
+    """A serving net's `_logits` through `torch.compile`. While warming up it compiles what it
+    meets; once `frozen`, a step no compiled graph covers runs eagerly (torch's
+    "eager_on_recompile" stance) instead of compiling in the middle of serving."""
+
+    def __init__(self, net: ServingNet):
+        for t in weights(net):  # never reshaped: no shape symbols for them, nor guards tying them to a batch size
+            torch._dynamo.mark_static(t)
+        self.fn = torch.compile(net._logits, dynamic=True)  # every batch size and cache position
+        self.frozen = False
+
+    def __call__(self, *args: Any) -> Tensor:
+        if not self.frozen:
+            return self.fn(*args)
+        with torch.compiler.set_stance("eager_on_recompile"):
+            return self.fn(*args)
+
+
+def weights(net: ServingNet) -> list[Tensor]:
+    tensors = [net.embed] if isinstance(net.embed, Tensor) else net.embed.tensors()
+    return [*tensors, *net._weights(), *net.head.tensors(), *(t for layer in net.layers for t in layer.tensors())]
+
+
+def compile_decoding(decoder: Decoder) -> None:
+    """Compile `decoder`'s decode steps now: one row, rows that start together and rows that
+    joined at different times (a key mask), at one row and at two (a batch size of 2 or more
+    is one graph); then freeze them and forget the rows."""
+    from models.inference.decoder import Row
+
+    step = decoder.net.compiled_step = CompiledStep(decoder.net)
+
+    def row() -> Row:
+        return Row([0, 0], Sampling(max_new_tokens=4), ignore_eos=True)  # any two tokens
+
+    def run(*rows: Row, join: Row | None = None) -> None:
+        for r in rows:
+            decoder.add(r)
+        decoder.step()  # the prefill
+        if join is not None:
+            decoder.add(join)
+        while decoder.busy:
+            decoder.step()
+
+    run(row())  # one row
+    run(row(), row())  # two together
+    run(row(), join=row())  # two with a mask, then one with it (the first row ends first)
+    step.frozen = True
+    decoder.steps = decoder.rows_decoded = 0
