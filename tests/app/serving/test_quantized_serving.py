@@ -39,12 +39,13 @@ GREEDY = {"max_new_tokens": 8, "temperature": 0}
 
 
 @pytest.fixture
-def settings(database: Database, tmp_path: Path) -> Settings:
+def settings(request: pytest.FixtureRequest, database: Database, tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database.engine.url.render_as_string(hide_password=False),
         inference_quantization="int8",
         inference_allowed_precisions="int4",
+        **getattr(request, "param", {}),  # a test's own settings besides these
     )
 
 
@@ -106,16 +107,10 @@ def test_every_route_serves_a_quantized_model(api: TestClient, gpt_dir: Path, tm
     model_id = upload(api, tar(gpt_dir, "gpt"))
     adapter_id = upload(api, tar(adapter_dir(gpt_dir, tmp_path), "adapter"), base=model_id)
     shown = ok(api.get(f"/v1/models/{model_id}"))["serving"]
-    assert shown == {"default_precision": "int8", "precisions": ["int8", "int4"], "loaded": []}
+    assert shown == {"default_precision": "int8", "precisions": ["int8", "int4"], "loaded": [], "compiled": False}
 
     text = ok(api.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", **GREEDY}))["text"]
-    model, tok = load_model(gpt_dir)  # what int8 decoding of the same weights gives
-    row = Row(tok.encode("At the"), Sampling(max_new_tokens=8))
-    dec = Decoder(model, tok, precision="int8")
-    dec.add(row)
-    while dec.busy:
-        dec.step()
-    assert text == finished_text(tok.decode(row.tokens), [], False)
+    assert text == eager_text(gpt_dir, "At the", "int8")  # what int8 decoding of the same weights gives
 
     streamed = events(api.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", "stream": True, **GREEDY}))
     assert streamed[-1][0] == "done" and json.loads(streamed[-1][1])["text"] == text
@@ -140,6 +135,36 @@ def test_every_route_serves_a_quantized_model(api: TestClient, gpt_dir: Path, tm
     shown = ok(api.get(f"/v1/models/{model_id}"))["serving"]
     assert shown["loaded"] == ["int8", "int4"]
     assert ok(api.get(f"/v1/models/{adapter_id}"))["serving"]["loaded"] == ["int8", "int4"]  # its base's
+
+
+def eager_text(directory: Path, prompt: str, precision: str) -> str:
+    """What an eager decoder of `directory` at `precision` answers `prompt` greedily (GREEDY)."""
+    model, tok = load_model(directory)
+    row = Row(tok.encode(prompt), Sampling(max_new_tokens=GREEDY["max_new_tokens"]))
+    dec = Decoder(model, tok, precision=precision)
+    dec.add(row)
+    while dec.busy:
+        dec.step()
+    return finished_text(tok.decode(row.tokens), [], False)
+
+
+@SQLITE
+@pytest.mark.parametrize("settings", [{"inference_compile": True}], indirect=True)
+def test_compiled_serving_answers_as_eager_decoding(api: TestClient, gpt_dir: Path) -> None:
+    """STAGECRAFT_INFERENCE_COMPILE=true: the model shows `compiled`, and its answers (int8 by
+    default, int4 asked for; plain, streamed, OpenAI) are the eager decoder's."""
+    model_id = upload(api, tar(gpt_dir, "gpt"))
+    assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["compiled"] is True
+    for precision in ("int8", "int4"):
+        body = {"prompt": "At the", "precision": precision, **GREEDY}
+        text = ok(api.post(f"/v1/models/{model_id}/generate", json=body))["text"]
+        assert text == eager_text(gpt_dir, "At the", precision)
+        streamed = events(api.post(f"/v1/models/{model_id}/generate", json={**body, "stream": True}))
+        assert "".join(json.loads(d)["text"] for e, d in streamed if e == "token") == text
+    completion = ok(api.post("/v1/completions", json={"model": model_id, "prompt": "At the", "max_tokens": 8,
+                                                      "temperature": 0}))  # fmt: skip
+    assert completion["choices"][0]["text"] == eager_text(gpt_dir, "At the", "int8")
+    assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["loaded"] == ["int8", "int4"]
 
 
 @SQLITE
