@@ -12,11 +12,11 @@ the products are the same; the fused norms and rotary may round differently in t
 as any reordering of float sums does. Prefills (several tokens a row) and steps with adapter
 rows stay eager.
 
-What it costs: compiling. `warm_up` runs the three kinds of step serving meets (one row; rows
-that started together; rows that joined at different times, with a key mask), each compiled
-once for every batch size and cache position (`dynamic=True`), when the decoder is made: about
-a minute each for SmolLM2-135M on two CPUs, less for a small model, and faster on a later start
-(inductor's on-disk cache). The model cache makes decoders on its one inference thread, so
+What it costs: compiling. When the decoder is made (`Decoder._compile`) it runs the three kinds
+of step serving meets (one row; rows that started together; rows that joined at different
+times, with a key mask), each compiled once for every batch size and cache position
+(`dynamic=True`): about 3 minutes in all for SmolLM2-135M in int4 on two CPUs, under a minute on
+a later start (inductor's on-disk cache), some 20 s for a small model. The model cache makes decoders on its one inference thread, so
 other models' decoding waits for it: turn it on for a few long-lived models, not for a cache
 that loads models all day. Figures in benchmarks/RESULTS.md ("Compiled decode steps").
 """
@@ -28,10 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from models.inference.generate import Sampling
-
 if TYPE_CHECKING:
-    from models.inference.decoder import Decoder
     from models.layers.serving import ServingNet
 
 
@@ -56,30 +53,3 @@ class CompiledStep:
 def weights(net: ServingNet) -> list[Tensor]:
     tensors = [net.embed] if isinstance(net.embed, Tensor) else net.embed.tensors()
     return [*tensors, *net._weights(), *net.head.tensors(), *(t for layer in net.layers for t in layer.tensors())]
-
-
-def compile_decoding(decoder: Decoder) -> None:
-    """Compile `decoder`'s decode steps now: one row, rows that start together and rows that
-    joined at different times (a key mask), at one row and at two (a batch size of 2 or more
-    is one graph); then freeze them and forget the rows."""
-    from models.inference.decoder import Row
-
-    step = decoder.net.compiled_step = CompiledStep(decoder.net)
-
-    def row() -> Row:
-        return Row([0, 0], Sampling(max_new_tokens=4), ignore_eos=True)  # any two tokens
-
-    def run(*rows: Row, join: Row | None = None) -> None:
-        for r in rows:
-            decoder.add(r)
-        decoder.step()  # the prefill
-        if join is not None:
-            decoder.add(join)
-        while decoder.busy:
-            decoder.step()
-
-    run(row())  # one row
-    run(row(), row())  # two together
-    run(row(), join=row())  # two with a mask, then one with it (the first row ends first)
-    step.frozen = True
-    decoder.steps = decoder.rows_decoded = 0

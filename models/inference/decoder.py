@@ -33,7 +33,7 @@ from torch import Tensor
 
 from models.data.tokenizer import Tokenizer
 from models.families.build import Model, serving_net
-from models.inference.compiled import compile_decoding
+from models.inference.compiled import CompiledStep
 from models.inference.generate import Sampling, finished_text, pick
 from models.inference.slot_cache import SlotCache
 from models.inference.text import streamable_text
@@ -99,7 +99,31 @@ class Decoder:
         self.steps = 0  # batched decode steps run, and the rows they decoded (for monitoring)
         self.rows_decoded = 0
         if compile:
-            compile_decoding(self)
+            self._compile()
+
+    def _compile(self) -> None:
+        """Compile the decode steps now (models/inference/compiled.py): one row, rows that start
+        together and rows that joined at different times (a key mask), at one row and at two
+        (a batch size of 2 or more is one graph); then freeze them and forget the rows."""
+        step = self.net.compiled_step = CompiledStep(self.net)
+
+        def run(*rows: Row, join: Row | None = None) -> None:
+            for r in rows:
+                self.add(r)
+            self.step()  # the prefill
+            if join is not None:
+                self.add(join)
+            while self.busy:
+                self.step()
+
+        def row() -> Row:
+            return Row([0, 0], Sampling(max_new_tokens=4), ignore_eos=True)  # any two tokens
+
+        run(row())  # one row
+        run(row(), row())  # two together
+        run(row(), join=row())  # two with a mask, then one with it (the first row ends first)
+        step.frozen = True
+        self.steps = self.rows_decoded = 0
 
     @property
     def busy(self) -> bool:
