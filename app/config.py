@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     inference_allowed_precisions: str = ""
     inference_int4_group_size: Literal[32, 64, 128] = 64
     # Decode steps through torch.compile (models/inference/compiled.py): faster tokens, a model load
-    # that compiles for about a minute a step kind (other models' decoding waits meanwhile).
+    # that compiles for minutes (other models' decoding waits meanwhile).
     inference_compile: bool = False
     max_model_upload_bytes: int = 2 << 30
     max_model_parameters: int = 2_000_000_000  # an uploaded config declaring more is a 422 before any allocation

@@ -15,10 +15,11 @@ rows stay eager.
 What it costs: compiling. When the decoder is made (`Decoder._compile`) it runs the three kinds
 of step serving meets (one row; rows that started together; rows that joined at different
 times, with a key mask), each compiled once for every batch size and cache position
-(`dynamic=True`): about 3 minutes in all for SmolLM2-135M in int4 on two CPUs, under a minute on
-a later start (inductor's on-disk cache), some 20 s for a small model. The model cache makes decoders on its one inference thread, so
-other models' decoding waits for it: turn it on for a few long-lived models, not for a cache
-that loads models all day. Figures in benchmarks/RESULTS.md ("Compiled decode steps").
+(`dynamic=True`): about 3 minutes in all for SmolLM2-135M in int4 on two CPUs, under a minute
+on a later start (inductor's on-disk cache), some 20 s for a small model. The model cache makes
+decoders on its one inference thread, so other models' decoding waits for it: turn it on for a
+few long-lived models, not for a cache that loads models all day. Figures in
+benchmarks/RESULTS.md ("Compiled decode steps").
 """
 
 from __future__ import annotations
