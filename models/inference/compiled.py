@@ -24,6 +24,7 @@ benchmarks/RESULTS.md ("Compiled decode steps").
 
 from __future__ import annotations
 
+import types
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,7 +42,14 @@ class CompiledStep:
     def __init__(self, net: ServingNet):
         for t in weights(net):  # never reshaped: no shape symbols for them, nor guards tying them to a batch size
             torch._dynamo.mark_static(t)
-        self.fn = torch.compile(net._logits, dynamic=True)  # every batch size and cache position
+        # Dynamo keeps compiled graphs per code object, and stops compiling one after a few
+        # (torch._dynamo.config.recompile_limit, 8): with every net sharing `_logits`' code, a
+        # third model loaded would decode eagerly for good, and each step would check the other
+        # models' guards first. A copy of the code for this net keeps its graphs its own (and
+        # frees them with it).
+        logits = net._logits.__func__  # type: ignore[attr-defined]
+        own = types.FunctionType(logits.__code__.replace(), logits.__globals__, logits.__name__)
+        self.fn = torch.compile(types.MethodType(own, net), dynamic=True)  # every batch size and cache position
         self.frozen = False
 
     def __call__(self, *args: Any) -> Tensor:

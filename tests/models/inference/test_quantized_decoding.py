@@ -136,8 +136,9 @@ def test_decoding_matches_the_quantized_net_and_rows_keep_their_adapters(
 def test_compiled_steps_decode_as_eager_ones(trained: Model, tokenizer: Tokenizer) -> None:
     """`Decoder(compile=True)` (models/inference/compiled.py): the same tokens as the eager
     decoder for rows that start together, join later (a key mask), sample with a seed, and
-    carry an adapter (those steps stay eager); its steps run compiled code, and a step kind
-    warm-up did not meet runs eagerly rather than compiling. GPT in fp32 (oneDNN's packed
+    carry an adapter (those steps stay eager); its steps run compiled code, and nothing compiles
+    while it serves. Each net's graphs are its own (in a whole run, other tests' compiled nets
+    come first: with one shared cache, Dynamo's limit of 8 left later nets eager). GPT in fp32 (oneDNN's packed
     product as an opaque op, GELU fused in it), Llama in int4 (casts, the int4 kernel)."""
     from torch._dynamo.utils import counters
     from torch.profiler import profile
