@@ -53,6 +53,7 @@ def ours(
     root: Path, model_file: Path, precision: str, compile: bool, threads: int
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """`stagecraft up` serving `model_file` at `precision`: (base URL, request headers with the model's id)."""
+    root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = {"url": url, "rate_limit_per_s": "0", "inference_threads": str(threads),
