@@ -87,7 +87,7 @@ class Decoder:
     ):
         """`precision`: "fp32" (the model's weights), or "int8" / "int4" weight-only
         (models.layers.quantized; `group_size`: int4's). `compile`: decode steps through
-        torch.compile, compiled here (models/inference/compiled.py)."""
+        torch.compile, compiled here, on a CPU (models/inference/compiled.py)."""
         self.net = serving_net(model, precision, group_size)
         self.precision = precision
         self.tok, self.max_batch = tok, max_batch
@@ -98,7 +98,7 @@ class Decoder:
         self.cache: SlotCache | None = None
         self.steps = 0  # batched decode steps run, and the rows they decoded (for monitoring)
         self.rows_decoded = 0
-        if compile:
+        if compile and self.net.device.type == "cpu":  # CUDA untested here (no GPU): it decodes as without
             self._compile()
 
     def _compile(self) -> None:
