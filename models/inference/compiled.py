@@ -40,7 +40,7 @@ class CompiledStep:
     "eager_on_recompile" stance) instead of compiling in the middle of serving."""
 
     def __init__(self, net: ServingNet):
-        for t in weights(net):  # never reshaped: no shape symbols for them, nor guards tying them to a batch size
+        for t in net.tensors():  # never reshaped: no shape symbols for them, nor guards tying them to a batch size
             torch._dynamo.mark_static(t)
         # Dynamo keeps compiled graphs per code object, and stops compiling one after a few
         # (torch._dynamo.config.recompile_limit, 8): with every net sharing `_logits`' code, a
@@ -57,8 +57,3 @@ class CompiledStep:
             return self.fn(*args)
         with torch.compiler.set_stance("eager_on_recompile"):
             return self.fn(*args)
-
-
-def weights(net: ServingNet) -> list[Tensor]:
-    tensors = [net.embed] if isinstance(net.embed, Tensor) else net.embed.tensors()
-    return [*tensors, *net._weights(), *net.head.tensors(), *(t for layer in net.layers for t in layer.tensors())]

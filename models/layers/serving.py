@@ -77,13 +77,16 @@ class ServingNet:
     def dtype(self) -> torch.dtype:
         return self.embed.dtype
 
+    def tensors(self) -> list[Tensor]:
+        """Every weight tensor of the net: the embedding's, the family's own, the head's, the layers'."""
+        tensors = [self.embed] if isinstance(self.embed, Tensor) else self.embed.tensors()
+        tensors += [*self._weights(), *self.head.tensors()]
+        return tensors + [t for layer in self.layers for t in layer.tensors()]
+
     def nbytes(self) -> int:
         """The bytes of the net's weights, each tensor counted once (a quantized tied embedding
         is the head's own int8 weight)."""
-        tensors = [self.embed] if isinstance(self.embed, Tensor) else self.embed.tensors()
-        tensors += [*self._weights(), *self.head.tensors()]
-        tensors += [t for layer in self.layers for t in layer.tensors()]
-        return sum({id(t): t.numel() * t.element_size() for t in tensors}.values())
+        return sum({id(t): t.numel() * t.element_size() for t in self.tensors()}.values())
 
     @torch.inference_mode()
     def last_logits(
