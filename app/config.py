@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -171,6 +171,17 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
 
+class SettingsError(ValueError):
+    """A setting from the environment that is not valid, named as the operator set it."""
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; SettingsError naming each bad STAGECRAFT_ variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        bad = [
+            f"STAGECRAFT_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        ]
+        raise SettingsError("; ".join(bad)) from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import catalog, datasets, jobs, keys, local, service, status
+from app.config import SettingsError
 
 cli = typer.Typer(
     help="Stagecraft: train language models from a job spec, locally or as a service.",
@@ -39,4 +40,8 @@ cli.add_typer(catalog.models_cli, name="models")
 
 
 def main() -> None:
-    cli(prog_name="stagecraft")
+    try:
+        cli(prog_name="stagecraft")
+    except SettingsError as exc:  # a bad STAGECRAFT_ variable: its name and value, no traceback
+        typer.echo(f"stagecraft: {exc}", err=True)
+        raise SystemExit(2) from None
