@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     inference_threads: int = 0  # torch intra-op threads in the API process (0: torch's default)
     # Weight-only quantized serving (app/serving/precision.py, docs/api.md `precision`): what a request
     # gets by default (none: the model's own fp32 weights), what else one may ask for (comma-separated
-    # fp32, int8, int4; the default is always allowed), and int4's group size (inputs per scale and zero).
-    inference_quantization: Literal["none", "fp32", "int8", "int4"] = "none"
+    # fp32, int8, int4, nf4; the default is always allowed), and int4's group size (inputs per scale and
+    # zero). nf4 needs a CPU with AVX512-BF16 (models/layers/nf4.py): elsewhere its loads are refused.
+    inference_quantization: Literal["none", "fp32", "int8", "int4", "nf4"] = "none"
     inference_allowed_precisions: str = ""
     inference_int4_group_size: Literal[32, 64, 128] = 64
     # Decode steps through torch.compile (models/inference/compiled.py): faster tokens, a model load
@@ -129,10 +130,10 @@ class Settings(BaseSettings):
     @field_validator("inference_allowed_precisions")
     @classmethod
     def _precisions(cls, v: str) -> str:
-        unknown = [p for p in v.replace(" ", "").split(",") if p and p not in ("fp32", "int8", "int4")]
+        unknown = [p for p in v.replace(" ", "").split(",") if p and p not in ("fp32", "int8", "int4", "nf4")]
         if unknown:
             listed = ", ".join(unknown)
-            raise ValueError(f"STAGECRAFT_INFERENCE_ALLOWED_PRECISIONS: unknown {listed} (use fp32, int8, int4)")
+            raise ValueError(f"STAGECRAFT_INFERENCE_ALLOWED_PRECISIONS: unknown {listed} (use fp32, int8, int4, nf4)")
         return v
 
     @property

@@ -206,8 +206,8 @@ class SamplingIn(Strict):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED)] = None
     precision: Annotated[
-        Literal["fp32", "int8", "int4"] | None,
-        Field(description="fp32, or int8 / int4 weight-only, among those the operator allows (default: theirs)"),
+        Literal["fp32", "int8", "int4", "nf4"] | None,
+        Field(description="fp32, or int8 / int4 / nf4 weight-only, among those the operator allows (default: theirs)"),
     ] = None
 
 

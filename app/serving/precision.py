@@ -1,7 +1,7 @@
 """Which precision a generation request is served in, and what a model shows of it.
 
 The operator picks a default (STAGECRAFT_INFERENCE_QUANTIZATION: none, the model's own fp32
-weights, or int8 / int4 weight-only: models/layers/quantized.py) and what else requests may
+weights, or int8 / int4 / nf4 weight-only: models/layers/quantized.py) and what else requests may
 ask for (STAGECRAFT_INFERENCE_ALLOWED_PRECISIONS); a request names one in `precision`. The
 model cache keeps a model loaded once per precision it was asked in (app/serving/engine.py).
 Nothing here imports torch.
@@ -20,7 +20,7 @@ from app.services.catalog import EXPORTS
 from app.storage import get_store
 from app.tables import Checkpoint, Model
 
-PRECISIONS = ("fp32", "int8", "int4")  # models.layers.quantized.PRECISIONS, without torch
+PRECISIONS = ("fp32", "int8", "int4", "nf4")  # models.layers.quantized.PRECISIONS, without torch
 
 
 def default(settings: Settings) -> str:

@@ -35,13 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.errors import UnsupportedModel
+from models.layers import nf4
 from models.layers.projection import Projection
 from models.layers.serving import ServingNet
 
-PRECISIONS = ("fp32", "int8", "int4")  # fp32: the model's own weights (its dtype)
+PRECISIONS = ("fp32", "int8", "int4", "nf4")  # fp32: the model's own weights (its dtype)
 GROUP_SIZES = (32, 64, 128)
 ACT = torch.bfloat16  # the activations and scales the kernels run fast with
 N_TILE = 16  # int4: the packed weight's output channels come in tiles of 16
+HEADS = {"int8": "int8", "int4": "int8", "nf4": "nf4"}  # the vocabulary head's precision for each
 
 
 class Int8Projection(Projection):
@@ -91,6 +93,24 @@ class Int4Projection(Int8Projection):
         return y if y.size(-1) == self.out else y[:, : self.out]
 
 
+class Nf4Projection(Int8Projection):
+    """`x @ weight.T + bias` with the weight in NF4 (models/layers/nf4.py: bitsandbytes' codes and
+    fused CPU kernel), a bf16 absmax per 64 inputs of each output channel."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None):
+        self.packed = self.weight_t = None
+        self.bias = None if bias is None else bias.detach().clone()
+        self.out = weight.size(0)
+        self.qweight, self.scales, self.padded = nf4.pack(weight)
+
+    def _product(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.size(-1)).to(ACT)
+        y: Tensor = torch.ops.stagecraft.nf4_linear(flat, self.qweight, self.scales, self.padded)
+        if self.padded != self.out:
+            y = y[:, : self.out]
+        return y.view(*x.shape[:-1], self.out)
+
+
 class Int8Rows:
     """A token embedding in int8, one bf16 scale per row (a token), looked up as fp32 rows:
     `rows[idx]` is what `embedding[idx]` was, to the int8 rounding of each row."""
@@ -126,10 +146,13 @@ def int4_group(fan_in: int, group_size: int) -> int | None:
 
 
 def quantized(p: Projection, precision: str, group_size: int = 64) -> Projection:
-    """The projection `p` (plain layout: its `weight_t`) in `precision` ("int8" or "int4")."""
+    """The projection `p` (plain layout: its `weight_t`) in `precision` ("int8", "int4" or
+    "nf4"); a fan-in that int4's groups or NF4's blocks do not divide stays int8."""
     if p.weight_t is None:
         raise ValueError("only a projection in the plain layout (onednn=False) can be quantized")
     weight = p.weight_t.t()
+    if precision == "nf4":
+        return Nf4Projection(weight, p.bias) if weight.size(1) % nf4.BLOCK == 0 else Int8Projection(weight, p.bias)
     group = int4_group(weight.size(1), group_size) if precision == "int4" else None
     if group is not None:
         return Int4Projection(weight, p.bias, group)
@@ -154,6 +177,7 @@ def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
                 setattr(layer, f.name, quantized(value, precision, group_size))
     assert isinstance(net.embed, Tensor) and net.head.weight_t is not None
     tied = net.head.weight_t.shape == net.embed.t().shape and torch.equal(net.head.weight_t.t(), net.embed)
-    net.head = head = quantized(net.head, "int8")
+    net.head = head = quantized(net.head, HEADS[precision])
     assert isinstance(head, Int8Projection)
-    net.embed = Int8Rows(head.qweight, head.scales) if tied else Int8Rows.of(net.embed)
+    shared = tied and type(head) is Int8Projection  # the embedding looks its rows up in the head's int8 weight
+    net.embed = Int8Rows(head.qweight, head.scales) if shared else Int8Rows.of(net.embed)

@@ -56,7 +56,7 @@ class OpenAIIn(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    precision: Literal["fp32", "int8", "int4"] | None = None  # Stagecraft's: app.api.schemas.SamplingIn
+    precision: Literal["fp32", "int8", "int4", "nf4"] | None = None  # Stagecraft's: app.api.schemas.SamplingIn
 
 
 class CompletionIn(OpenAIIn):

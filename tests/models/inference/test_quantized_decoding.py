@@ -23,6 +23,7 @@ from models.families.llama.config import LlamaConfig
 from models.families.llama.model import Llama
 from models.inference.decoder import Decoder, Row
 from models.inference.generate import Sampling
+from models.layers import nf4
 from models.layers.kv_cache import KVCache
 from models.lora import layers as lora
 from models.spec import AdapterSpec
@@ -31,8 +32,9 @@ from tests.conftest import corpus_texts
 BLOCK = 64
 # Bounds on |validation loss - fp32's| (nats) and on the share of validation positions whose
 # greedy token differs from fp32's; measured: deltas under 0.004, disagreement under 2% (int4).
-LOSS_DELTA = {"int8": 0.01, "int4": 0.03}
-DISAGREE = {"int8": 0.02, "int4": 0.05}
+LOSS_DELTA = {"int8": 0.01, "int4": 0.03, "nf4": 0.03}
+DISAGREE = {"int8": 0.02, "int4": 0.05, "nf4": 0.05}
+NF4 = pytest.param("nf4", marks=pytest.mark.skipif(not nf4.available(), reason="NF4's CPU kernel needs AVX512-BF16"))
 
 
 def stream(tok: Tokenizer, seed: int) -> torch.Tensor:
@@ -81,7 +83,7 @@ def test_validation_loss_and_greedy_agreement_against_fp32(trained: Model, token
     targets = torch.cat([val[j + 1 : j + BLOCK + 1] for j in range(0, len(val) - BLOCK, BLOCK)])
     base = served_logits(trained, "fp32", val)
     base_loss = F.cross_entropy(base, targets).item()
-    for precision in ("int8", "int4"):
+    for precision in ("int8", "int4", "nf4")[: 3 if nf4.available() else 2]:
         logits = served_logits(trained, precision, val)
         loss = F.cross_entropy(logits, targets).item()
         agree = (logits.argmax(-1) == base.argmax(-1)).float().mean().item()
@@ -92,7 +94,7 @@ def test_validation_loss_and_greedy_agreement_against_fp32(trained: Model, token
         assert 1 - agree < DISAGREE[precision]
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("precision", ["int8", "int4", NF4])
 def test_decoding_matches_the_quantized_net_and_rows_keep_their_adapters(
     trained: Model, tokenizer: Tokenizer, precision: str
 ) -> None:
@@ -133,17 +135,19 @@ def test_decoding_matches_the_quantized_net_and_rows_keep_their_adapters(
     assert together[0] == ids[len(prompts[0]) :]
 
 
-def test_compiled_steps_decode_as_eager_ones(trained: Model, tokenizer: Tokenizer) -> None:
+@pytest.mark.parametrize("kind", ["plain", NF4])
+def test_compiled_steps_decode_as_eager_ones(trained: Model, tokenizer: Tokenizer, kind: str) -> None:
     """`Decoder(compile=True)` (models/inference/compiled.py): the same tokens as the eager
     decoder for rows that start together, join later (a key mask), sample with a seed, and
     carry an adapter (those steps stay eager); its steps run compiled code, and nothing compiles
     while it serves. Each net's graphs are its own (in a whole run, other tests' compiled nets
     come first: with one shared cache, Dynamo's limit of 8 left later nets eager). GPT in fp32 (oneDNN's packed
-    product as an opaque op, GELU fused in it), Llama in int4 (casts, the int4 kernel)."""
+    product as an opaque op, GELU fused in it), Llama in int4 (casts, the int4 kernel); and both in
+    nf4 (bitsandbytes' kernel as the opaque `stagecraft::nf4_linear`)."""
     from torch._dynamo.utils import counters
     from torch.profiler import profile
 
-    precision = "fp32" if trained.config.arch == "gpt" else "int4"
+    precision = kind if kind == "nf4" else "fp32" if trained.config.arch == "gpt" else "int4"
     holder = copy.deepcopy(trained)
     lora.add_adapter(holder, family(trained.config.arch).lora, "a", AdapterSpec(type="lora", rank=4), seed=1)
     adapter = lora.extract(holder, "a")

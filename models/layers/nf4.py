@@ -1,0 +1,113 @@
+"""NF4 projections for serving on a CPU, through bitsandbytes' fused 4-bit CPU kernel.
+
+NF4 is bitsandbytes' 4-bit "normal float" code: 16 values placed at the quantiles of a normal
+distribution, scaled per block of 64 inputs of an output channel by the block's absolute
+maximum (kept in bf16). bitsandbytes quantizes (`bitsandbytes.functional.quantize_4bit`),
+lays the codes out for its CPU kernel (`_convert_weight_packed_for_cpu`: tiles of 32 output
+channels, two codes a byte) and multiplies with `gemv_4bit_inference_cpu_nf4_bf16`, an
+AVX512-BF16 kernel that decodes the codes in registers and takes any number of rows.
+
+Why this kernel, beside torch's int4 one (models/layers/quantized.py): at the one row of
+batch-1 decoding it is 1.7x faster over SmolLM2-135M's 120 projections, and 4.4x on the
+vocabulary head (benchmarks/RESULTS.md, "NF4 through bitsandbytes"). It runs only where the CPU
+has AVX512-BF16 (`available()`); elsewhere bitsandbytes has no fused CPU kernel and the
+precision is refused at load (`UnsupportedModel`). We call the kernel through our own operator
+(`stagecraft::nf4_linear`, one ctypes call) rather than bitsandbytes' `torch.ops.bitsandbytes
+.gemv_4bit`, whose Python wrapper adds some 20 µs a call, as much as the product itself at one
+row; the operator is opaque to torch.compile (models/inference/compiled.py), as oneDNN's packed
+product is. The layout helper is private to bitsandbytes: pyproject.toml pins the release.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import sys
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.errors import UnsupportedModel
+
+ACT = torch.bfloat16  # the kernel's activations, absmax and output
+BLOCK = 64  # inputs per absmax
+N_TILE = 32  # the packed layout's output tile: a projection's outputs are padded to a multiple
+
+
+@functools.cache
+def _bnb() -> ModuleType:
+    """bitsandbytes, imported once. Its CPU backend tries, at import, to fetch a kernel from the
+    Hugging Face Hub through the `kernels` package: hidden here, so that nothing is downloaded
+    (we call its bundled library), and its warning about that is not logged."""
+    held = sys.modules.get("kernels")
+    sys.modules["kernels"] = None  # type: ignore[assignment]  # `from kernels import ...` raises ImportError
+    log = logging.getLogger("bitsandbytes")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+        import bitsandbytes.functional
+    finally:
+        log.setLevel(level)
+        if held is None:
+            del sys.modules["kernels"]
+        else:
+            sys.modules["kernels"] = held
+    return bitsandbytes
+
+
+@functools.cache
+def available() -> bool:
+    """Whether NF4 can be served here: bitsandbytes' fused kernel needs AVX512-BF16."""
+    return bool(_bnb().functional.has_avx512bf16())
+
+
+@functools.cache
+def _kernel() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    from bitsandbytes.cextension import lib
+
+    fn = lib.gemv_4bit_inference_cpu_nf4_bf16
+    # rows, outputs, inputs, x, codes, absmax, out, block, x's row stride, out's row stride
+    fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+    fn.restype = None
+    return fn
+
+
+_LIB = torch.library.Library("stagecraft", "FRAGMENT")
+_LIB.define("nf4_linear(Tensor x, Tensor codes, Tensor absmax, int outputs) -> Tensor")
+
+
+def _nf4_linear(x: Tensor, codes: Tensor, absmax: Tensor, outputs: int) -> Tensor:
+    """x (rows, inputs) bf16 contiguous @ the NF4 weight's transpose: (rows, outputs) bf16."""
+    if x.dtype != ACT or not x.is_contiguous():  # callers cast where torch.compile can fuse the cast
+        x = x.to(ACT).contiguous()
+    rows, inputs = x.shape
+    out = torch.empty(rows, outputs, dtype=ACT)
+    _kernel()(rows, outputs, inputs, x.data_ptr(), codes.data_ptr(), absmax.data_ptr(), out.data_ptr(),
+              BLOCK, inputs, outputs)  # fmt: skip
+    return out
+
+
+_LIB.impl("nf4_linear", _nf4_linear, "CPU")  # a plain kernel: no autograd wrapper, the least a call costs
+
+
+@torch.library.register_fake("stagecraft::nf4_linear")
+def _nf4_linear_shape(x: Tensor, codes: Tensor, absmax: Tensor, outputs: int) -> Tensor:
+    return x.new_empty((x.size(0), outputs), dtype=ACT)
+
+
+def pack(weight: Tensor) -> tuple[Tensor, Tensor, int]:
+    """`weight` (outputs, inputs; inputs whole blocks) in NF4, laid out for the kernel: its
+    codes, its absmax (inputs / 64, padded outputs) in bf16, and its padded output count."""
+    if not available():
+        raise UnsupportedModel("nf4 serving needs a CPU with AVX512-BF16 (bitsandbytes' fused kernel); use int4")
+    if weight.size(1) % BLOCK:
+        raise ValueError(f"NF4 needs a fan-in that is a multiple of {BLOCK}, not {weight.size(1)}")
+    functional = _bnb().functional
+    w = F.pad(weight.detach().float(), (0, 0, 0, -weight.size(0) % N_TILE))
+    codes, state = functional.quantize_4bit(w, blocksize=BLOCK, quant_type="nf4")
+    codes, state = functional._convert_weight_packed_for_cpu(codes, state, N_TILE)
+    return codes, state.absmax.contiguous(), w.size(0)
