@@ -25,6 +25,7 @@ import functools
 import logging
 import sys
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +67,10 @@ def available() -> bool:
 
 
 @functools.cache
-def _kernel() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+def _kernel() -> Any:  # a ctypes function of bitsandbytes' bundled library
     from bitsandbytes.cextension import lib
 
-    fn = lib.gemv_4bit_inference_cpu_nf4_bf16
+    fn: Any = lib.gemv_4bit_inference_cpu_nf4_bf16
     # rows, outputs, inputs, x, codes, absmax, out, block, x's row stride, out's row stride
     fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
     fn.restype = None

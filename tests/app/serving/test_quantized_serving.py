@@ -29,6 +29,7 @@ from models.formats.native import save_model
 from models.formats.peft import save_adapter
 from models.inference.decoder import Decoder, Row
 from models.inference.generate import Sampling, finished_text
+from models.layers import nf4
 from models.lora import layers as lora
 from models.spec import AdapterSpec
 from tests.chat_models import save_chat_llama
@@ -43,9 +44,9 @@ def settings(request: pytest.FixtureRequest, database: Database, tmp_path: Path)
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database.engine.url.render_as_string(hide_password=False),
-        inference_quantization="int8",
-        inference_allowed_precisions="int4",
-        **getattr(request, "param", {}),  # a test's own settings besides these
+        **(
+            {"inference_quantization": "int8", "inference_allowed_precisions": "int4"} | getattr(request, "param", {})
+        ),  # a test's own settings over these
     )
 
 
@@ -165,6 +166,35 @@ def test_compiled_serving_answers_as_eager_decoding(api: TestClient, gpt_dir: Pa
                                                       "temperature": 0}))  # fmt: skip
     assert completion["choices"][0]["text"] == eager_text(gpt_dir, "At the", "int8")
     assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["loaded"] == ["int8", "int4"]
+
+
+@SQLITE
+@pytest.mark.parametrize("settings", [{"inference_allowed_precisions": "int4,nf4"}], indirect=True)
+def test_nf4_is_served_where_its_kernel_runs_and_refused_where_not(
+    api: TestClient, gpt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`precision: nf4` (STAGECRAFT_INFERENCE_ALLOWED_PRECISIONS): the eager nf4 decoder's answers,
+    plain, streamed and OpenAI's; on a CPU without AVX512-BF16, a 422 naming body.precision."""
+    model_id = upload(api, tar(gpt_dir, "gpt"))
+    assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["precisions"] == ["int8", "int4", "nf4"]
+    body = {"prompt": "At the", "precision": "nf4", **GREEDY}
+    if not nf4.available():
+        r = api.post(f"/v1/models/{model_id}/generate", json=body)
+        assert r.status_code == 422 and r.json()["error"]["details"][0]["loc"] == "body.precision", r.text
+        pytest.skip("this CPU has no AVX512-BF16: nf4 is refused (checked); served on one that has it")
+    text = ok(api.post(f"/v1/models/{model_id}/generate", json=body))["text"]
+    assert text == eager_text(gpt_dir, "At the", "nf4")
+    streamed = events(api.post(f"/v1/models/{model_id}/generate", json={**body, "stream": True}))
+    assert "".join(json.loads(d)["text"] for e, d in streamed if e == "token") == text
+    completion = ok(api.post("/v1/completions", json={"model": model_id, "prompt": "At the", "max_tokens": 8,
+                                                      "temperature": 0, "precision": "nf4"}))  # fmt: skip
+    assert completion["choices"][0]["text"] == text
+    assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["loaded"] == ["nf4"]
+    monkeypatch.setattr(nf4, "available", lambda: False)  # as on a CPU without the kernel: a fresh load fails
+    other = upload(api, tar(gpt_dir, "gpt"))
+    r = api.post(f"/v1/models/{other}/generate", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["loc"] == "body.precision" and "AVX512-BF16" in r.text
 
 
 @SQLITE
