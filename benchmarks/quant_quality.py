@@ -3,7 +3,7 @@ against llama.cpp running our GGUF exports (models/formats/gguf/writer.py) of th
 SmolLM2-135M-Instruct, imported from its GGUF (fp32 in our Llama), saved as a model folder and
 exported to f32, q8_0, q4_0, q4_1 (the `gguf` package's quantizer) and q4_k_m (llama.cpp's own,
 models/formats/gguf/kquants.py). Ours: fp32, int8, int4 at the serving group size (64) and, as
-`int4_g32`, at 32 (`--int4-groups`).
+`int4_g32`, at 32 (`--int4-groups`), and nf4 where the CPU has its kernel (AVX512-BF16).
 
 The example world's held-out data (examples/make_data.py, default options, split as the
 example specs split it): validation loss on the corpus's validation windows (`--sequences` of
@@ -49,6 +49,7 @@ from models.formats.load import chat_format_of, load_model
 from models.formats.native import save_model
 from models.inference.decoder import Decoder, Row
 from models.inference.generate import Sampling
+from models.layers import nf4
 from models.layers.kv_cache import KVCache
 from models.training.evaluate import score
 
@@ -215,6 +216,8 @@ def main() -> None:
         variants: dict[str, Variant] = {"fp32": Ours(model, tok, "fp32"), "int8": Ours(model, tok, "int8")}
         for i, g in enumerate(groups):
             variants["int4" if i == 0 else f"int4_g{g}"] = Ours(model, tok, "int4", g)
+        if nf4.available():
+            variants["nf4"] = Ours(model, tok, "nf4")
         if not args.no_llama_cpp:
             folder = work / "model"
             save_model(folder, model.state_dict(), model.config, tok, {"name": args.gguf.stem})

@@ -132,6 +132,7 @@ def test_quant_quality_benchmark_tiny(tmp_path: Path) -> None:
     """Validation loss, greedy agreement and task scores of int8 / int4 beside fp32, on a tiny
     SmolLM2-shaped GGUF of our own (no SmolLM2 file) and without llama.cpp."""
     from models.formats.gguf.writer import write_gguf
+    from models.layers.nf4 import available
     from tests.models.formats.gguf.export_models import llama_folder, smollm_tokenizer
 
     folder, _ = llama_folder(tmp_path / "smol", smollm_tokenizer())
@@ -139,8 +140,21 @@ def test_quant_quality_benchmark_tiny(tmp_path: Path) -> None:
     args = ["--gguf", str(tmp_path / "tiny.gguf"), "--no-llama-cpp", "--sequences", "2", "--length", "32"]
     args += ["--prompts", "2", "--prompt", "8", "--new", "4", "--records", "1", "--max-new", "4"]
     report = run("quant_quality.py", *args)
-    assert set(report["loss"]) == {"fp32", "int8", "int4", "int4_g32"} and report["windows"] == 2
+    nf4 = {"nf4"} if available() else set()  # where bitsandbytes' NF4 kernel runs
+    assert set(report["loss"]) == {"fp32", "int8", "int4", "int4_g32"} | nf4 and report["windows"] == 2
     assert report["loss"]["fp32"]["kl_vs_fp32"] == 0 and report["loss"]["fp32"]["top1_equal_fp32"] == 1
     assert all(0 <= v["top1_equal_fp32"] <= 1 and v["kl_vs_fp32"] >= 0 for v in report["loss"].values())
     assert report["greedy"]["fp32"]["tokens_equal"] == 1
     assert {"translate.chrf", "summarize.rouge_l", "qa.exact_match"} <= set(report["tasks"]["int4"])
+
+
+def test_nf4_kernels_benchmark_tiny() -> None:
+    """The kernels of a token side by side (int8, int4, nf4 through our op and through
+    bitsandbytes' own), one layer of SmolLM2's shapes; where the kernel runs."""
+    from models.layers.nf4 import available
+
+    if not available():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' NF4 kernel does not run here")
+    report = run("nf4_kernels.py", "--layers", "1", "--passes", "1", "--threads", "1")
+    assert set(report["ms"]) == {f"{k} {r}" for k in ("int8", "int4", "nf4", "nf4_bnb_op") for r in ("1 row", "8 rows")}
+    assert all(v["layers"] > 0 and v["head"] > 0 for v in report["ms"].values())
