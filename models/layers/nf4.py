@@ -108,6 +108,10 @@ def pack(weight: Tensor) -> tuple[Tensor, Tensor, int]:
     if weight.size(1) % BLOCK:
         raise ValueError(f"NF4 needs a fan-in that is a multiple of {BLOCK}, not {weight.size(1)}")
     functional = _bnb().functional
+    # The kernel parallelises with OpenMP (torch's own runtime, loaded first) at the calling
+    # thread's thread count, which a thread torch has not set starts at every CPU: set it to
+    # torch's on this thread, the one that loads and then decodes (the service's inference thread).
+    torch.set_num_threads(torch.get_num_threads())
     w = F.pad(weight.detach().float(), (0, 0, 0, -weight.size(0) % N_TILE))
     codes, state = functional.quantize_4bit(w, blocksize=BLOCK, quant_type="nf4")
     codes, state = functional._convert_weight_packed_for_cpu(codes, state, N_TILE)

@@ -96,3 +96,29 @@ def test_nf4_is_refused_where_the_kernel_is_not(monkeypatch: pytest.MonkeyPatch)
     w, b = weights(64, 64)
     with pytest.raises(UnsupportedModel, match="AVX512-BF16"):
         quantized(Projection(w, b, onednn=False), "nf4")
+
+
+@needs_kernel
+def test_the_kernel_runs_on_torch_s_thread_count_in_the_thread_that_loads() -> None:
+    """bitsandbytes' kernel takes OpenMP's thread count of the calling thread; a thread torch has
+    not set starts at every CPU. Building an NF4 projection sets it to torch's on that thread."""
+    import ctypes
+    import threading
+
+    omp = ctypes.CDLL("libgomp.so.1")  # torch's OpenMP runtime, already loaded
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def load() -> None:
+        torch.set_num_threads(1)  # torch's count, process-wide; OpenMP's stays per thread
+        worker = threading.Thread(
+            target=lambda: (Nf4Projection(*weights(64, 64)), seen.append(omp.omp_get_max_threads()))
+        )
+        worker.start()
+        worker.join()
+
+    try:
+        load()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
