@@ -142,11 +142,13 @@ def test_compiled_steps_decode_as_eager_ones(trained: Model, tokenizer: Tokenize
     carry an adapter (those steps stay eager); its steps run compiled code, and nothing compiles
     while it serves. Each net's graphs are its own (in a whole run, other tests' compiled nets
     come first: with one shared cache, Dynamo's limit of 8 left later nets eager). GPT in fp32 (oneDNN's packed
-    product as an opaque op, GELU fused in it), Llama in int4 (casts, the int4 kernel); and both in
-    nf4 (bitsandbytes' kernel as the opaque `stagecraft::nf4_linear`)."""
+    product as an opaque op, GELU fused in it), Llama in int4 (casts, the int4 kernel) and in nf4
+    (bitsandbytes' kernel as the opaque `stagecraft::nf4_linear`)."""
     from torch._dynamo.utils import counters
     from torch.profiler import profile
 
+    if kind == "nf4" and trained.config.arch == "gpt":  # 27 s of the suite for the same operator
+        pytest.skip("compiled nf4 is checked on Llama; GPT's nf4 projections (bias, GELU) decode eagerly above")
     precision = kind if kind == "nf4" else "fp32" if trained.config.arch == "gpt" else "int4"
     holder = copy.deepcopy(trained)
     lora.add_adapter(holder, family(trained.config.arch).lora, "a", AdapterSpec(type="lora", rank=4), seed=1)
