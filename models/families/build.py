@@ -39,7 +39,7 @@ class ServingModel(ServingNet):
 
 def serving_net(model: Model, precision: str = "fp32", group_size: int = 64) -> ServingModel:
     """`model` laid out for decoding by its family's serving class (its weights copied); with
-    `precision` "int8" or "int4", its projections weight-only quantized (models.layers.quantized;
+    `precision` "int8", "int4" or "nf4", its projections weight-only quantized (models.layers.quantized;
     `group_size`: int4's)."""
     if precision == "fp32":
         net: ServingModel = _resolve(family(model.config.arch).serving)(model)

@@ -4,13 +4,13 @@ A decoded token runs some 35 small tensor operations a layer besides its four pr
 (norms, rotary, residual adds, the KV-cache write, attention for one query, the casts of the
 quantized kernels), each a dispatch from Python of a few microseconds on one row. With
 `Decoder(..., compile=True)` (STAGECRAFT_INFERENCE_COMPILE in the service) a decode step, one
-new token for every row and no LoRA adapter among them, runs the serving net's `_logits`
-through `torch.compile` (inductor's C++ kernels on a CPU): the elementwise work fuses into a
-few loops and Python leaves the step. The projections stay the kernels they are in eager
-(oneDNN's packed fp32 as the opaque `stagecraft::packed_linear`, torch's int8 / int4 ops), so
-the products are the same; the fused norms and rotary may round differently in the last bit,
-as any reordering of float sums does. Prefills (several tokens a row) and steps with adapter
-rows stay eager.
+new token for every row and no LoRA adapter among them, runs the serving net's `_logits` through
+`torch.compile` (inductor's C++ kernels on a CPU): the elementwise work fuses into a few loops
+and Python leaves the step. The projections stay the kernels they are in eager (oneDNN's packed
+fp32 as the opaque `stagecraft::packed_linear`, torch's int8 / int4 ops, bitsandbytes' nf4 one
+as `stagecraft::nf4_linear`), so the products are the same; the fused norms and rotary may round
+differently in the last bit, as any reordering of float sums does. Prefills (several tokens a
+row) and steps with adapter rows stay eager.
 
 What it costs: compiling. When the decoder is made (`Decoder._compile`) it runs the three kinds
 of step serving meets (one row; rows that started together; rows that joined at different

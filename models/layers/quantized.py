@@ -1,12 +1,13 @@
-"""Weight-only int8 and int4 projections for serving on a CPU, through PyTorch's own kernels.
+"""Weight-only int8, int4 and nf4 projections for serving on a CPU: int8 and int4 through
+PyTorch's own kernels, nf4 through bitsandbytes' (models/layers/nf4.py).
 
-A serving net (models/layers/serving.py) built with plain `Projection`s can have them
-replaced here (`quantize`): every projection of its layers in int8 or int4, the vocabulary
-projection (head) in int8 for both, and the token embedding in int8 rows (`Int8Rows`, looked
-up as fp32; a tied embedding shares the head's int8 weight, so it is held once, as in the
-model's own file). The norms, the rotary tables and the KV cache stay in the net's dtype
-(fp32); so do LoRA adapters, whose products the bank adds in fp32 on top of the quantized
-base product (models/lora/bank.py).
+A serving net (models/layers/serving.py) built with plain `Projection`s can have them replaced
+here (`quantize`): every projection of its layers in int8, int4 or nf4, the vocabulary
+projection (head) in int8 for int8 and int4 and in nf4 for nf4 (`HEADS`), and the token
+embedding in int8 rows (`Int8Rows`, looked up as fp32; a tied embedding shares an int8 head's
+weight, so it is held once, as in the model's own file). The norms, the rotary tables and the KV
+cache stay in the net's dtype (fp32); so do LoRA adapters, whose products the bank adds in fp32
+on top of the quantized base product (models/lora/bank.py).
 
 - int8: symmetric, one scale per output channel; `torch.ops.aten._weight_int8pack_mm`.
 - int4: asymmetric, a scale and a zero per `group_size` (32, 64 or 128) inputs of each
@@ -160,9 +161,9 @@ def quantized(p: Projection, precision: str, group_size: int = 64) -> Projection
 
 
 def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
-    """Replace, in place, every projection of `net`'s layers by its `precision` ("int8" or
-    "int4") version, the head by its int8 one and the embedding by int8 rows (the head's own
-    when the two are tied). `net` must have been built in the plain layout (`onednn=False`);
+    """Replace, in place, every projection of `net`'s layers by its `precision` ("int8", "int4"
+    or "nf4") version, the head by its `HEADS[precision]` one and the embedding by int8 rows
+    (an int8 head's own when the two are tied). `net` must have been built in the plain layout (`onednn=False`);
     UnsupportedModel off a CPU (the kernels are CPU ones)."""
     if precision not in PRECISIONS[1:]:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
