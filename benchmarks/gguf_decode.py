@@ -18,7 +18,9 @@ prompts' processing included on both sides), on `--threads` threads. Each measur
 a fresh process of its own (`--child`), a warm-up first; the sides alternate, `--rounds`
 times, and the median is reported. Pairs: fp32 / f32, int8 / q8_0, int4 / q4_0 (q4_k_m), nf4 /
 q4_0 (our 4-bit through bitsandbytes' kernel), and the same for the compiled variants;
-`--precisions` picks ours.
+`--precisions` picks ours, `--kv-caches fp32,bf16` runs each of them with
+both KV caches (`-bf16kv`: `Decoder(..., kv_cache="bf16")`, the service's default for the
+weight-only precisions).
 
     .venv/bin/python benchmarks/gguf_decode.py --llama-bin ~/llama.cpp/build/bin [--threads 2] [--rounds 3]
 
@@ -48,7 +50,8 @@ PAIRS = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0", "nf4": "q4_0"}  # ours: 
 
 def ours_child(model_file: Path, variant: str, batch: int, prompt: int, new: int, threads: int) -> float:
     """Seconds for `batch` rows of `prompt` random tokens to decode `new` tokens each (after a
-    warm-up run), in this process; `variant`: a precision, "-compiled" after it for compiled steps."""
+    warm-up run), in this process; `variant`: a precision, "-compiled" after it for compiled steps,
+    "-bf16kv" last for a bf16 KV cache."""
     import torch
 
     from models.formats.load import load_model
@@ -57,8 +60,9 @@ def ours_child(model_file: Path, variant: str, batch: int, prompt: int, new: int
 
     torch.set_num_threads(threads)
     model, tok = load_model(model_file)
-    precision, compiled = variant.removesuffix("-compiled"), variant.endswith("-compiled")
-    dec = Decoder(model, tok, max_batch=max(batch, 1), precision=precision, compile=compiled)
+    precision, compiled = variant.split("-")[0], "-compiled" in variant
+    kv_cache = "bf16" if variant.endswith("-bf16kv") else "fp32"
+    dec = Decoder(model, tok, max_batch=max(batch, 1), precision=precision, compile=compiled, kv_cache=kv_cache)
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).tolist()
 
@@ -121,7 +125,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--k-quant", action="store_true", help="also llama.cpp's q4_k_m (needs llama-cpp-python)")
     ap.add_argument("--compile", action="store_true", help="also ours with compiled decode steps")
+    ap.add_argument("--compiled-only", action="store_true", help="with --compile: ours compiled only")
     ap.add_argument("--precisions", default=",".join(PAIRS), help="ours (each against its llama.cpp file)")
+    ap.add_argument("--kv-caches", default="fp32", help="ours with each of these KV caches: fp32, bf16 (-bf16kv)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model-file", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -143,7 +149,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = export(Path(tmp), list(dict.fromkeys(["f32", *peers])))  # ours load the f32 file
         out["file_bytes"] = {q: f.stat().st_size for q, f in files.items()}
-        ours = [*pairs, *(f"{p}-compiled" for p in pairs if args.compile)]
+        ours = [*([] if args.compile and args.compiled_only else pairs), *(f"{p}-compiled" for p in pairs if args.compile)]
+        kvs = args.kv_caches.split(",")
+        ours = [v for v in ours if "fp32" in kvs] + [f"{v}-bf16kv" for v in ours if "bf16" in kvs]
         variants = [("ours", p) for p in ours] + [("llama.cpp", q) for q in peers]
         for batch in (int(b) for b in args.batches.split(",")):
             times: dict[str, list[float]] = {f"{s}:{v}": [] for s, v in variants}
@@ -156,8 +164,8 @@ def main() -> None:
                     log(f"b{batch} round {r} {side}:{variant}: {batch * args.new / seconds:.1f} tok/s")
             tps = {k: round(batch * args.new / statistics.median(v), 1) for k, v in times.items()}
             out["tokens_per_s"][f"b{batch}"] = tps
-            ratios = [*pairs.items(), *(("int4", "q4_k_m"),) * (args.k_quant and "int4" in pairs)]
-            ratios += [(f"{a}-compiled", b) for a, b in ratios if args.compile]
+            ratios = [(v, PAIRS[v.split("-")[0]]) for v in ours]
+            ratios += [(v, "q4_k_m") for v in ours if args.k_quant and v.split("-")[0] == "int4"]
             out["ours_vs_llama_cpp"][f"b{batch}"] = {
                 f"{a}/{b}": round(tps[f"ours:{a}"] / tps[f"llama.cpp:{b}"], 3) for a, b in ratios
             }

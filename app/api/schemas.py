@@ -99,9 +99,12 @@ class EventOut(BaseModel):
 
 class ServingOut(BaseModel):
     default_precision: str = Field(description="what a request without `precision` is served in")
-    precisions: list[str] = Field(description="what a request may ask for in `precision`: fp32, int8, int4")
+    precisions: list[str] = Field(description="what a request may ask for in `precision`: fp32, int8, int4, nf4")
     loaded: list[str] = Field(description="the precisions it is loaded in now (in the API process that answered)")
     compiled: bool = Field(description="decode steps run compiled (STAGECRAFT_INFERENCE_COMPILE; docs/api.md)")
+    kv_cache: dict[str, str] = Field(
+        description="each precision's KV cache element type, fp32 or bf16 (STAGECRAFT_INFERENCE_KV_CACHE; docs/api.md)"
+    )
 
 
 SERVING = "GET /v1/models/{id} only: the precisions it is servable and loaded in"

@@ -177,10 +177,19 @@ def _load(cache: ModelCache, key: str, directory: Path, precision: str) -> Serve
         torch.set_num_threads(cache.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cache.device == "auto" else cache.device
     model, tok = load_model(directory, device=device)
-    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size, cache.compile)  # the model is dropped
-    c = model.config
-    kv = 2 * c.n_layer * cache.max_batch * c.block_size * c.n_kv_head * c.head_dim * 4
-    return Served(key, c, tok, decoder.net.nbytes() + kv, Batcher(decoder, key, cache.runner), precision=precision)
+    kv = kv_cache_type(cache.kv_cache, precision)
+    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size, cache.compile, kv)  # drops the model
+    nbytes = decoder.net.nbytes() + decoder.kv_bytes
+    return Served(key, model.config, tok, nbytes, Batcher(decoder, key, cache.runner), precision=precision)
+
+
+def kv_cache_type(setting: str, precision: str) -> str:
+    """The KV cache's element type for a model served in `precision` (STAGECRAFT_INFERENCE_KV_CACHE):
+    "fp32" or "bf16" as set; "auto": bf16 for the weight-only precisions, whose projections take
+    bf16 activations already, fp32 for fp32 (docs/api.md, "Precision")."""
+    if setting != "auto":
+        return setting
+    return "fp32" if precision == "fp32" else "bf16"
 
 
 def _add_chat(served: Served, directory: Path) -> None:
@@ -199,9 +208,10 @@ class ModelCache:
     """The model cache, keyed by (model folder, precision). Used from the event loop only (no locks needed there)."""
 
     def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0, group_size: int = 64,
-                 compile: bool = False):  # fmt: skip
+                 compile: bool = False, kv_cache: str = "auto"):  # fmt: skip
         self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
         self.group_size, self.compile = group_size, compile  # int4's (models.layers.quantized); compiled steps
+        self.kv_cache = kv_cache  # auto | fp32 | bf16 (kv_cache_type)
         self.entries: OrderedDict[tuple[str, str], Served] = OrderedDict()
         self.loading: dict[tuple[str, str], asyncio.Task[Served]] = {}
         self.runner = InferenceThread()

@@ -15,10 +15,19 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from models.layers.kv_cache import CacheShape, KVCache, cache_end
 from models.layers.projection import Projection
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, gqa: bool = False) -> Tensor:
+    """Scaled dot-product attention of `q` over the cache's keys and values, in their dtype (the
+    decoder's cache may hold them in bf16: models/inference/decoder.py, `kv_cache`), the result
+    in `q`'s. Both casts are nothing when the dtypes agree."""
+    y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+    return y.to(q.dtype)
 
 
 class ServingShape(CacheShape, Protocol):

@@ -30,6 +30,7 @@ from app.errors import Invalid
 from app.services import adapters, archives, catalog, deletion, quotas
 from app.services.names import NAME_MAX, is_id
 from app.serving import precision
+from app.serving.engine import kv_cache_type
 from app.storage import get_store
 from app.tables import Checkpoint, Model
 
@@ -55,8 +56,10 @@ def get_model(
     directory = None if row is None else precision.served_directory(session, settings, row)
     loaded = [] if directory is None else cache.loaded(str(directory))
     loaded = [p for p in precision.PRECISIONS if p in loaded]
-    out.serving = ServingOut(default_precision=precision.default(settings), precisions=precision.allowed(settings),
-                             loaded=loaded, compiled=settings.inference_compile)  # fmt: skip
+    allowed = precision.allowed(settings)
+    kv = {p: kv_cache_type(settings.inference_kv_cache, p) for p in allowed}
+    out.serving = ServingOut(default_precision=precision.default(settings), precisions=allowed, loaded=loaded,
+                             compiled=settings.inference_compile, kv_cache=kv)  # fmt: skip
     return out
 
 

@@ -29,7 +29,7 @@ from models.families.gpt.config import GPTConfig
 from models.families.gpt.model import GPT
 from models.layers.kv_cache import KVCache
 from models.layers.projection import Projection
-from models.layers.serving import ServingNet
+from models.layers.serving import ServingNet, attention
 from models.lora.bank import AdapterBank
 
 LN_EPS = 1e-5
@@ -105,7 +105,7 @@ class ServingGPT(ServingNet):
             h = F.layer_norm(x, (C,), w.ln1_w, w.ln1_b, LN_EPS)
             q, k, v = bank.project(w.attn, p_attn, h, adapters).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
             k, v = cache.update(i, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+            y = attention(q, k, v, mask, causal)
             x = bank.project(w.proj, p_proj, y.transpose(1, 2).reshape(B * T, C), adapters).add_(x)
             h = F.layer_norm(x, (C,), w.ln2_w, w.ln2_b, LN_EPS)
             f = bank.project(w.fc, p_fc, h, adapters, gelu=True)

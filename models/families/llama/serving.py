@@ -32,7 +32,7 @@ from models.families.llama.config import LlamaConfig
 from models.families.llama.model import Llama, rms_norm, rotary
 from models.layers.kv_cache import KVCache
 from models.layers.projection import Projection
-from models.layers.serving import ServingNet
+from models.layers.serving import ServingNet, attention
 from models.lora.bank import AdapterBank
 
 
@@ -136,7 +136,7 @@ class ServingLlama(ServingNet):
                 v = qkv[:, :, H + KV :]
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             k, v = cache.update(i, k, v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self._gqa)
+            y = attention(q, k, v, mask, causal, self._gqa)
             x = bank.project(w.o, p_o, y.transpose(1, 2).reshape(B * T, H * D), adapters).add_(x)
             gate, up = bank.project(w.gate_up, p_gate_up, self._norm(x, w.ln2), adapters).chunk(2, dim=-1)
             x = bank.project(w.down, p_down, F.silu(gate).mul_(up), adapters).add_(x)

@@ -108,7 +108,15 @@ def test_every_route_serves_a_quantized_model(api: TestClient, gpt_dir: Path, tm
     model_id = upload(api, tar(gpt_dir, "gpt"))
     adapter_id = upload(api, tar(adapter_dir(gpt_dir, tmp_path), "adapter"), base=model_id)
     shown = ok(api.get(f"/v1/models/{model_id}"))["serving"]
-    assert shown == {"default_precision": "int8", "precisions": ["int8", "int4"], "loaded": [], "compiled": False}
+    kv = {"int8": "bf16", "int4": "bf16"}  # STAGECRAFT_INFERENCE_KV_CACHE=auto
+    want = {
+        "default_precision": "int8",
+        "precisions": ["int8", "int4"],
+        "loaded": [],
+        "compiled": False,
+        "kv_cache": kv,
+    }
+    assert shown == want
 
     text = ok(api.post(f"/v1/models/{model_id}/generate", json={"prompt": "At the", **GREEDY}))["text"]
     assert text == eager_text(gpt_dir, "At the", "int8")  # what int8 decoding of the same weights gives
@@ -138,11 +146,12 @@ def test_every_route_serves_a_quantized_model(api: TestClient, gpt_dir: Path, tm
     assert ok(api.get(f"/v1/models/{adapter_id}"))["serving"]["loaded"] == ["int8", "int4"]  # its base's
 
 
-def eager_text(directory: Path, prompt: str, precision: str) -> str:
-    """What an eager decoder of `directory` at `precision` answers `prompt` greedily (GREEDY)."""
+def eager_text(directory: Path, prompt: str, precision: str, kv_cache: str = "bf16") -> str:
+    """What an eager decoder of `directory` at `precision` answers `prompt` greedily (GREEDY), its
+    KV cache in `kv_cache` (the service's, STAGECRAFT_INFERENCE_KV_CACHE=auto, for a quantized model)."""
     model, tok = load_model(directory)
     row = Row(tok.encode(prompt), Sampling(max_new_tokens=GREEDY["max_new_tokens"]))
-    dec = Decoder(model, tok, precision=precision)
+    dec = Decoder(model, tok, precision=precision, kv_cache=kv_cache)
     dec.add(row)
     while dec.busy:
         dec.step()
@@ -234,6 +243,13 @@ def test_the_cache_keys_models_by_precision_and_counts_quantized_bytes(model_dir
     async def main() -> dict[str, int]:
         cache = ModelCache(1 << 30, 4, "cpu")
         entries = {p: await cache.get("a", model_dirs[0], p) for p in ("fp32", "int8", "int4")}
+        for p, served in entries.items():  # weights and the KV cache, bf16 for int8 and int4 (kv_cache "auto")
+            decoder = served.batcher.decoder
+            assert decoder.kv_dtype == (torch.float32 if p == "fp32" else torch.bfloat16)
+            assert served.nbytes == decoder.net.nbytes() + decoder.kv_bytes
+        assert entries["int8"].batcher.decoder.kv_bytes * 2 == entries["fp32"].batcher.decoder.kv_bytes
+        fp32_kv = await ModelCache(1 << 30, 4, "cpu", kv_cache="fp32").get("a", model_dirs[0], "int8")
+        assert fp32_kv.batcher.decoder.kv_dtype == torch.float32  # STAGECRAFT_INFERENCE_KV_CACHE=fp32
         assert await cache.get("a", model_dirs[0], "int8") is entries["int8"]
         assert list(cache.entries) == [("a", "fp32"), ("a", "int4"), ("a", "int8")]  # least recently used first
         assert cache.loaded("a") == ["fp32", "int4", "int8"] and cache.loaded("b") == []

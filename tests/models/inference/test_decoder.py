@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from models.data.tokenizer import Tokenizer
 from models.families.gpt.model import GPT
@@ -151,3 +152,18 @@ def test_one_step_prefills_a_bounded_number_of_prompt_tokens(
     for r in longs:
         alone = generate_ids(model, [r.prompt], Sampling(max_new_tokens=3), eos_id=tokenizer.eos_id)[0]
         assert r.tokens == alone[: len(r.tokens)] and len(r.tokens) >= 1
+
+
+def test_a_bf16_kv_cache_holds_half_the_bytes_and_rows_still_decode_as_alone(peaked: GPT, tokenizer: Tokenizer) -> None:
+    ids = [tokenizer.encode(p) for p in PROMPTS]
+    half, full = Decoder(peaked, tokenizer, max_batch=3, kv_cache="bf16"), Decoder(peaked, tokenizer, max_batch=3)
+    c = peaked.config
+    assert full.kv_bytes == 2 * c.n_layer * 3 * c.block_size * c.n_embd * 4 == 2 * half.kv_bytes
+    rows = run(half, [Row(p, Sampling(max_new_tokens=10)) for p in ids], join_every=1)
+    assert half.cache is not None and {t.dtype for t in half.cache.k + half.cache.v} == {torch.bfloat16}
+    for row, p in zip(rows, ids):  # each row as it decodes alone, and as the fp32 cache decodes it
+        [alone] = run(Decoder(peaked, tokenizer, max_batch=1, kv_cache="bf16"), [Row(p, Sampling(max_new_tokens=10))])
+        [fp32] = run(full, [Row(p, Sampling(max_new_tokens=10))])
+        assert row.tokens == alone.tokens == fp32.tokens
+    with pytest.raises(ValueError, match="kv_cache must be one of fp32, bf16"):
+        Decoder(peaked, tokenizer, kv_cache="fp16")

@@ -66,13 +66,13 @@ def trained(request: pytest.FixtureRequest, tokenizer: Tokenizer) -> Model:
     return model.eval()
 
 
-def served_logits(model: Model, precision: str, val: torch.Tensor) -> torch.Tensor:
+def served_logits(model: Model, precision: str, val: torch.Tensor, kv: torch.dtype = torch.float32) -> torch.Tensor:
     """Logits of every position of `val`'s windows through the serving net, a token at a time
-    (each window: a fresh cache), as decoding computes them."""
+    (each window: a fresh cache, its keys and values in `kv`), as decoding computes them."""
     net = serving_net(model, precision)
     out = []
     for j in range(0, len(val) - BLOCK, BLOCK):
-        cache = KVCache(model.config, 1, torch.device("cpu"), torch.float32)
+        cache = KVCache(model.config, 1, torch.device("cpu"), kv)
         for t in range(BLOCK):
             out.append(net.last_logits(val[j + t : j + t + 1][None], torch.tensor([[t]]), cache, None)[0])
     return torch.stack(out)
@@ -92,6 +92,24 @@ def test_validation_loss_and_greedy_agreement_against_fp32(trained: Model, token
               f"greedy token equal to fp32's at {agree:.2%} of {n} positions")  # fmt: skip
         assert abs(loss - base_loss) < LOSS_DELTA[precision]
         assert 1 - agree < DISAGREE[precision]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_a_bf16_kv_cache_against_an_fp32_one(trained: Model, tokenizer: Tokenizer, precision: str) -> None:
+    """Keys and values kept in bf16 (`Decoder(kv_cache="bf16")`, the service's default for the
+    weight-only precisions): the validation loss and greedy tokens of the same precision with
+    an fp32 cache, within the rounding of bf16."""
+    val = stream(tokenizer, seed=7)[: 8 * BLOCK + 1]
+    targets = torch.cat([val[j + 1 : j + BLOCK + 1] for j in range(0, len(val) - BLOCK, BLOCK)])
+    base = served_logits(trained, precision, val)
+    half = served_logits(trained, precision, val, torch.bfloat16)
+    assert half.dtype == torch.float32 and not torch.equal(half, base)  # attention ran on bf16 keys and values
+    delta = F.cross_entropy(half, targets).item() - F.cross_entropy(base, targets).item()
+    agree = (half.argmax(-1) == base.argmax(-1)).float().mean().item()
+    print(f"{trained.config.arch} {precision}, bf16 KV cache: validation loss {delta:+.5f} against an fp32 one; "
+          f"greedy token equal at {agree:.2%} of {len(targets)} positions")  # fmt: skip
+    assert abs(delta) < 0.005
+    assert agree > 0.97
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4", NF4])

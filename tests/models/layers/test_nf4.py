@@ -5,6 +5,12 @@ AVX512-BF16, the precision is refused with a clear error (and the parity tests s
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +25,7 @@ from models.layers import nf4
 from models.layers.kv_cache import KVCache
 from models.layers.projection import Projection
 from models.layers.quantized import ACT, Int8Projection, Int8Rows, Nf4Projection, quantized
+from tests.conftest import REPO_ROOT
 
 needs_kernel = pytest.mark.skipif(not nf4.available(), reason="bitsandbytes' NF4 CPU kernel needs AVX512-BF16")
 
@@ -122,3 +129,28 @@ def test_the_kernel_runs_on_torch_s_thread_count_in_the_thread_that_loads() -> N
     finally:
         torch.set_num_threads(before)
     assert seen == [1]
+
+
+@needs_kernel
+def test_the_c_plus_plus_operator_is_the_python_kernel_and_python_serves_without_a_compiler(tmp_path: Path) -> None:
+    """models/layers/nf4_op.cpp is built where a compiler is (here and on CI) and gives bit for bit
+    what the Python kernel gives; a process that cannot build it (no compiler) registers the Python
+    kernel, says so, and computes the same."""
+    w, _ = weights(96, 128)
+    codes, absmax, outputs = nf4.pack(w)
+    assert nf4.implementation() == ("c++" if shutil.which(os.environ.get("CXX", "c++")) else "python")
+    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(3))
+    for rows in (x[:1], x, x.t().contiguous().t()):  # fp32 and not contiguous: the operator casts
+        got = torch.ops.stagecraft.nf4_linear(rows, codes, absmax, outputs)
+        assert torch.equal(got, nf4._nf4_linear(rows, codes, absmax, outputs))
+    script = (
+        "import torch; from models.layers import nf4; from tests.models.layers.test_nf4 import weights; "
+        "c, a, n = nf4.pack(weights(96, 128)[0]); x = torch.randn(5, 128, generator=torch.Generator().manual_seed(3)); "
+        "print(nf4.implementation(), torch.ops.stagecraft.nf4_linear(x, c, a, n).float().sum().item())"
+    )  # fmt: skip
+    env = {**os.environ, "CXX": str(tmp_path / "no-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "the C++ operator could not be built" in done.stderr
+    want = torch.ops.stagecraft.nf4_linear(x, codes, absmax, outputs).float().sum().item()
+    assert done.stdout.split() == ["python", str(want)]
