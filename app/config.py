@@ -179,6 +179,15 @@ class SettingsError(ValueError):
     """A setting from the environment that is not valid, named as the operator set it."""
 
 
+def kv_cache_type(setting: str, precision: str) -> str:
+    """The KV cache's element type of a model served in `precision` (STAGECRAFT_INFERENCE_KV_CACHE):
+    "fp32" or "bf16" as set; "auto": bf16 for the weight-only precisions, whose projections take
+    bf16 activations already, fp32 for fp32 (docs/api.md, "KV cache")."""
+    if setting != "auto":
+        return setting
+    return "fp32" if precision == "fp32" else "bf16"
+
+
 @lru_cache
 def get_settings() -> Settings:
     """The settings from the environment; SettingsError naming each bad STAGECRAFT_ variable."""

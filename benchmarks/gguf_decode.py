@@ -149,7 +149,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = export(Path(tmp), list(dict.fromkeys(["f32", *peers])))  # ours load the f32 file
         out["file_bytes"] = {q: f.stat().st_size for q, f in files.items()}
-        ours = [*([] if args.compile and args.compiled_only else pairs), *(f"{p}-compiled" for p in pairs if args.compile)]
+        eager = [] if args.compile and args.compiled_only else list(pairs)
+        ours = [*eager, *(f"{p}-compiled" for p in pairs if args.compile)]
         kvs = args.kv_caches.split(",")
         ours = [v for v in ours if "fp32" in kvs] + [f"{v}-bf16kv" for v in ours if "bf16" in kvs]
         variants = [("ours", p) for p in ours] + [("llama.cpp", q) for q in peers]

@@ -5,12 +5,15 @@ memory) and its 49,152 x 576 vocabulary head, at 1 row and at 8, through
 - `int8`: torch's `_weight_int8pack_mm` (our Int8Projection: the int8 head of int8 and int4);
 - `int4`: torch's `_weight_int4pack_mm_for_cpu`, groups of 64 (our Int4Projection);
 - `nf4`: bitsandbytes' fused CPU kernel through our operator `stagecraft::nf4_linear`
-  (our Nf4Projection, models/layers/nf4.py);
+  (our Nf4Projection, models/layers/nf4.py; its C++ kernel, models/layers/nf4_op.cpp);
+- `nf4_python_op`: the same operator with its Python kernel (`nf4._nf4_linear`: where the C++
+  one cannot be built);
 - `nf4_bnb_op`: the same kernel through bitsandbytes' own `torch.ops.bitsandbytes.gemv_4bit`
   (what its Linear4bit calls), for the cost of its Python wrapper.
 
 Each figure is a whole projection call as the serving path makes it (casts included), the
-minimum over `--passes` of all the calls of a token, in ms.
+minimum over `--passes` of all the calls of a token, in ms; the kernels take turns within each
+pass, so that a noisy guest's drift touches them alike.
 
     .venv/bin/python benchmarks/nf4_kernels.py [--threads 2] [--passes 9]
 
@@ -55,24 +58,46 @@ def bnb_op(p: Nf4Projection) -> Callable[[Tensor], Tensor]:
     return run
 
 
+BENCH = torch.library.Library("stagecraft_bench", "DEF")  # the operator as Python registers it
+BENCH.define("nf4_linear(Tensor x, Tensor codes, Tensor absmax, int outputs) -> Tensor")
+BENCH.impl("nf4_linear", nf4._nf4_linear, "CPU")
+
+
+def python_op(p: Nf4Projection) -> Callable[[Tensor], Tensor]:
+    """`p`'s product through an operator whose CPU kernel is Python's (`nf4._nf4_linear`, what
+    serves where models/layers/nf4_op.cpp cannot be built), the C++ one's figures' counterpart."""
+
+    def run(x: Tensor) -> Tensor:
+        y: Tensor = torch.ops.stagecraft_bench.nf4_linear(x.to(torch.bfloat16), p.qweight, p.scales, p.padded)
+        return y[:, : p.out].float()
+
+    return run
+
+
 KERNELS: dict[str, Callable[[Tensor], Callable[[Tensor], Tensor]]] = {
     "int8": lambda w: Int8Projection(w, None),
     "int4": lambda w: Int4Projection(w, None, 64),
     "nf4": lambda w: Nf4Projection(w, None),
+    "nf4_python_op": lambda w: python_op(Nf4Projection(w, None)),
     "nf4_bnb_op": lambda w: bnb_op(Nf4Projection(w, None)),
 }
 
 
-def timed(calls: list[tuple[Callable[[Tensor], Tensor], Tensor]], passes: int) -> float:
-    for f, x in calls:
-        f(x)
-    best = float("inf")
-    for _ in range(passes):
-        t = time.perf_counter()
-        for f, x in calls:
+def timed(calls: dict[str, list[tuple[Callable[[Tensor], Tensor], Tensor]]], passes: int) -> dict[str, float]:
+    """The minimum over `passes` of each kernel's calls, in ms; the kernels take turns within a
+    pass (their order reversed every other pass), so that a guest's drift touches them all alike."""
+    for group in calls.values():
+        for f, x in group:
             f(x)
-        best = min(best, time.perf_counter() - t)
-    return round(best * 1e3, 3)
+    best = dict.fromkeys(calls, float("inf"))
+    names = list(calls)
+    for i in range(passes):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            for f, x in calls[name]:
+                f(x)
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: round(b * 1e3, 3) for name, b in best.items()}
 
 
 def main() -> None:
@@ -88,15 +113,21 @@ def main() -> None:
     out: dict[str, Any] = {"benchmark": "nf4_kernels", "command": " ".join([Path(sys.executable).name, *sys.argv]),
                            **environment(), "threads": args.threads, "ms": {}}  # fmt: skip
     run_window, windows = CpuWindow(), []
+    built = {}
     for name, make in KERNELS.items():
         layers = [make(torch.randn(n, k, generator=g) * 0.05) for _ in range(args.layers) for n, k in SHAPES]
-        head = make(torch.randn(*HEAD, generator=g) * 0.05)
-        for rows in (1, 8):
-            xs = {k: torch.randn(rows, k, generator=g) for _, k in SHAPES}
-            w = CpuWindow()
-            calls = [(p, xs[k]) for p, (_, k) in zip(layers, SHAPES * args.layers)]
-            figures = {"layers": timed(calls, args.passes), "head": timed([(head, xs[576])], args.passes)}
-            windows.append(w.stop())
+        built[name] = layers, make(torch.randn(*HEAD, generator=g) * 0.05)
+    for rows in (1, 8):
+        xs = {k: torch.randn(rows, k, generator=g) for _, k in SHAPES}
+        w = CpuWindow()
+        layer_calls = {
+            n: [(p, xs[k]) for p, (_, k) in zip(layers, SHAPES * args.layers)] for n, (layers, _) in built.items()
+        }
+        layer_ms = timed(layer_calls, args.passes)
+        head_ms = timed({n: [(head, xs[576])] for n, (_, head) in built.items()}, args.passes)
+        windows.append(w.stop())
+        for name in built:
+            figures = {"layers": layer_ms[name], "head": head_ms[name]}
             out["ms"][f"{name} {rows} row{'s' * (rows > 1)}"] = figures
             log(f"{name}, {rows} rows: {figures}")
     out["noise"] = noise_summary(windows, run_window.stop())

@@ -149,12 +149,21 @@ def test_quant_quality_benchmark_tiny(tmp_path: Path) -> None:
 
 
 def test_nf4_kernels_benchmark_tiny() -> None:
-    """The kernels of a token side by side (int8, int4, nf4 through our op and through
-    bitsandbytes' own), one layer of SmolLM2's shapes; where the kernel runs."""
+    """The kernels of a token side by side (int8, int4, nf4 through our op with its C++ and its
+    Python kernel and through bitsandbytes' own), one layer of SmolLM2's shapes; where the kernel runs."""
     from models.layers.nf4 import available
 
     if not available():
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' NF4 kernel does not run here")
     report = run("nf4_kernels.py", "--layers", "1", "--passes", "1", "--threads", "1")
-    assert set(report["ms"]) == {f"{k} {r}" for k in ("int8", "int4", "nf4", "nf4_bnb_op") for r in ("1 row", "8 rows")}
+    kernels = ("int8", "int4", "nf4", "nf4_python_op", "nf4_bnb_op")
+    assert set(report["ms"]) == {f"{k} {r}" for k in kernels for r in ("1 row", "8 rows")}
     assert all(v["layers"] > 0 and v["head"] > 0 for v in report["ms"].values())
+
+
+def test_kv_attention_benchmark_tiny() -> None:
+    """Attention for one new token over an fp32 and a bf16 KV cache, side by side."""
+    report = run("kv_attention.py", "--layers", "2", "--passes", "2", "--threads", "1", "--contexts", "16")
+    assert set(report["ms"]) == {"1 row, 16 positions", "8 rows, 16 positions"}
+    assert all(set(v) == {"fp32", "bf16"} and min(v.values()) > 0 for v in report["ms"].values())
+    assert report["kv_bytes_per_position"] == {"fp32": 2 * 2 * 3 * 64 * 4, "bf16": 2 * 2 * 3 * 64 * 2}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from app.config import kv_cache_type
 from app.serving import meters
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ class Served:
     batcher: Batcher
     chat: ChatFormat | None = None  # its chat template: chat and task prompts are rendered by it
     adapters: set[str] = field(default_factory=set)  # LoRA adapters added to its decoder (by folder)
-    precision: str = "fp32"  # its projections' weights: fp32, int8 or int4 (app/serving/precision.py)
+    precision: str = "fp32"  # its projections' weights: fp32, int8, int4 or nf4 (app/serving/precision.py)
 
     @property
     def block_size(self) -> int:
@@ -177,19 +178,10 @@ def _load(cache: ModelCache, key: str, directory: Path, precision: str) -> Serve
         torch.set_num_threads(cache.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cache.device == "auto" else cache.device
     model, tok = load_model(directory, device=device)
-    kv = kv_cache_type(cache.kv_cache, precision)
-    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size, cache.compile, kv)  # drops the model
+    kv_cache = kv_cache_type(cache.kv_cache, precision)
+    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size, cache.compile, kv_cache)
     nbytes = decoder.net.nbytes() + decoder.kv_bytes
     return Served(key, model.config, tok, nbytes, Batcher(decoder, key, cache.runner), precision=precision)
-
-
-def kv_cache_type(setting: str, precision: str) -> str:
-    """The KV cache's element type for a model served in `precision` (STAGECRAFT_INFERENCE_KV_CACHE):
-    "fp32" or "bf16" as set; "auto": bf16 for the weight-only precisions, whose projections take
-    bf16 activations already, fp32 for fp32 (docs/api.md, "Precision")."""
-    if setting != "auto":
-        return setting
-    return "fp32" if precision == "fp32" else "bf16"
 
 
 def _add_chat(served: Served, directory: Path) -> None:
@@ -210,8 +202,7 @@ class ModelCache:
     def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0, group_size: int = 64,
                  compile: bool = False, kv_cache: str = "auto"):  # fmt: skip
         self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
-        self.group_size, self.compile = group_size, compile  # int4's (models.layers.quantized); compiled steps
-        self.kv_cache = kv_cache  # auto | fp32 | bf16 (kv_cache_type)
+        self.group_size, self.compile, self.kv_cache = group_size, compile, kv_cache  # int4's; compiled; kv_cache_type
         self.entries: OrderedDict[tuple[str, str], Served] = OrderedDict()
         self.loading: dict[tuple[str, str], asyncio.Task[Served]] = {}
         self.runner = InferenceThread()

@@ -13,11 +13,13 @@ against 11.82 at eight), and 0.41 ms in an NF4 head against the int8 head's 1.38
 compiled steps, nf4 decodes 1.39x as fast as int4 at batch 1 (benchmarks/RESULTS.md, "NF4
 through bitsandbytes"). It runs only where the CPU
 has AVX512-BF16 (`available()`); elsewhere bitsandbytes has no fused CPU kernel and the
-precision is refused at load (`UnsupportedModel`). We call the kernel through our own operator
-(`stagecraft::nf4_linear`, one ctypes call) rather than bitsandbytes' `torch.ops.bitsandbytes
-.gemv_4bit`, whose Python wrapper adds some 20 µs a call, as much as the product itself at one
-row; the operator is opaque to torch.compile (models/inference/compiled.py), as oneDNN's packed
-product is. The layout helper is private to bitsandbytes: pyproject.toml pins the release.
+precision is refused at load (`UnsupportedModel`). We call the kernel through our own operator,
+`stagecraft::nf4_linear`, rather than bitsandbytes' `torch.ops.bitsandbytes.gemv_4bit`, whose
+Python wrapper adds some 20 µs a call, as much as the product itself at one row. The operator's
+kernel is C++ (models/layers/nf4_op.cpp, built on first use: `implementation()`), or, where that
+cannot be built, Python calling the kernel through ctypes. The operator is opaque to
+torch.compile (models/inference/compiled.py), as oneDNN's packed product is. The layout helper
+is private to bitsandbytes: pyproject.toml pins the release.
 """
 
 from __future__ import annotations
@@ -104,9 +106,10 @@ log = logging.getLogger(__name__)
 @functools.cache
 def implementation() -> str:
     """Register the operator's CPU kernel, once: "c++" (models/layers/nf4_op.cpp, built on first
-    use with torch.utils.cpp_extension and cached; a call costs some 2 µs where Python's costs 7,
-    1.3 ms of a SmolLM2 token's 124 calls), or "python" (`_nf4_linear`) where it cannot be built
-    (no compiler, no ninja). Either is a plain kernel, no autograd wrapper."""
+    use with torch.utils.cpp_extension, some seconds, and cached under TORCH_EXTENSIONS_DIR: the
+    dispatcher calls the kernel without a trip through Python), or "python" (`_nf4_linear`, a
+    ctypes call) where it cannot be built (no compiler, no ninja), with a warning. Either is a
+    plain kernel, no autograd wrapper; they compute the same bits (tests/models/layers/test_nf4.py)."""
     address = ctypes.cast(_kernel(), ctypes.c_void_p).value
     try:
         from torch.utils import cpp_extension

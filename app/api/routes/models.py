@@ -24,13 +24,12 @@ from app.api.deps import DatabaseDep, ModelCacheDep, PageDep, ReadSession, Setti
 from app.api.openapi import ERRORS, UPLOAD_ERRORS, error, upload_body
 from app.api.schemas import CheckpointOut, DeletedModel, ModelOut, Page, ServingOut
 from app.api.uploads import receive_file
-from app.config import Settings
+from app.config import Settings, kv_cache_type
 from app.db import Database
 from app.errors import Invalid
 from app.services import adapters, archives, catalog, deletion, quotas
 from app.services.names import NAME_MAX, is_id
 from app.serving import precision
-from app.serving.engine import kv_cache_type
 from app.storage import get_store
 from app.tables import Checkpoint, Model
 
