@@ -90,9 +90,10 @@ class Decoder:
         """`precision`: "fp32" (the model's weights), or "int8" / "int4" / "nf4" weight-only
         (models.layers.quantized; `group_size`: int4's). `compile`: decode steps through
         torch.compile, compiled here, on a CPU (models/inference/compiled.py). `kv_cache`: the
-        keys' and values' element type, "fp32" (the net's own dtype) or "bf16" (half the bytes,
-        and half the memory a step's attention reads: 21% less time a step at 8 rows of SmolLM2 in
-        nf4; attention then runs in bf16, its sums in fp32)."""
+        keys' and values' element type, "fp32" (the net's own dtype) or "bf16": half the bytes and
+        half the memory attention reads (its sums still fp32): for SmolLM2's shapes, attention 18%
+        faster at 8 rows of 160 positions and a third at 1,024, 4% slower at one row of 160
+        (benchmarks/RESULTS.md, "A bf16 KV cache")."""
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
         self.net = serving_net(model, precision, group_size)
