@@ -202,7 +202,7 @@ class ModelCache:
     def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0, group_size: int = 64,
                  compile: bool = False, kv_cache: str = "auto"):  # fmt: skip
         self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
-        self.group_size, self.compile, self.kv_cache = group_size, compile, kv_cache  # int4's; compiled; kv_cache_type
+        self.group_size, self.compile, self.kv_cache = group_size, compile, kv_cache  # kv_cache: auto, fp32 or bf16
         self.entries: OrderedDict[tuple[str, str], Served] = OrderedDict()
         self.loading: dict[tuple[str, str], asyncio.Task[Served]] = {}
         self.runner = InferenceThread()
