@@ -5,10 +5,11 @@ download step), read by our importer, exported by `models.formats.gguf.writer.wr
 f32, q8_0 and q4_0 (and q4_k_m where llama.cpp's quantizer is installed: the `bench` extra).
 Every side loads one of those files, so both decode the same weights.
 
-- ours: `models.inference.decoder.Decoder` at fp32 / int8 / int4, what the serving engine
-  runs (8 requests that arrive together are admitted at once and decode as one batch); with
-  `--compile` also each of them with its decode steps compiled (`-compiled`: `Decoder(...,
-  compile=True)`, STAGECRAFT_INFERENCE_COMPILE; its compiling at load is not timed);
+- ours: `models.inference.decoder.Decoder` at fp32 / int8 / int4 / nf4, what the serving engine
+  runs (8 requests that arrive together are admitted at once and decode as one batch), with
+  each of `--steps`' decode steps: eager, compiled (`-compiled`: `Decoder(..., compile=True)`,
+  STAGECRAFT_INFERENCE_COMPILE; its compiling at load is not timed; `--compile` adds them),
+  native (`-native`: `Decoder(..., native=True)`, C++ steps, the service's default);
 - llama.cpp: its own `llama-batched-bench` (C++, built from source with the native CPU flags:
   `cmake -DGGML_NATIVE=ON`, target `llama-batched-bench`; `--llama-bin` names the folder),
   `-npp PROMPT -ntg NEW -npl B`: B sequences with their own prompts, decoded together.
@@ -17,7 +18,7 @@ A figure is B * NEW / the seconds from the first prompt token to the last new to
 prompts' processing included on both sides), on `--threads` threads. Each measurement runs in
 a fresh process of its own (`--child`), a warm-up first; the sides alternate, `--rounds`
 times, and the median is reported. Pairs: fp32 / f32, int8 / q8_0, int4 / q4_0 (q4_k_m), nf4 /
-q4_0 (our 4-bit through bitsandbytes' kernel), and the same for the compiled variants;
+q4_0 (our 4-bit through bitsandbytes' kernel), and the same for the other decode steps;
 `--precisions` picks ours, `--kv-caches fp32,bf16` runs each of them with
 both KV caches (`-bf16kv`: `Decoder(..., kv_cache="bf16")`, the service's default for the
 weight-only precisions).
@@ -50,7 +51,7 @@ PAIRS = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0", "nf4": "q4_0"}  # ours: 
 
 def ours_child(model_file: Path, variant: str, batch: int, prompt: int, new: int, threads: int) -> float:
     """Seconds for `batch` rows of `prompt` random tokens to decode `new` tokens each (after a
-    warm-up run), in this process; `variant`: a precision, "-compiled" after it for compiled steps,
+    warm-up run), in this process; `variant`: a precision, "-compiled" or "-native" after it for those steps,
     "-bf16kv" last for a bf16 KV cache."""
     import torch
 
@@ -60,9 +61,10 @@ def ours_child(model_file: Path, variant: str, batch: int, prompt: int, new: int
 
     torch.set_num_threads(threads)
     model, tok = load_model(model_file)
-    precision, compiled = variant.split("-")[0], "-compiled" in variant
+    precision, compiled, native = variant.split("-")[0], "-compiled" in variant, "-native" in variant
     kv_cache = "bf16" if variant.endswith("-bf16kv") else "fp32"
-    dec = Decoder(model, tok, max_batch=max(batch, 1), precision=precision, compile=compiled, kv_cache=kv_cache)
+    dec = Decoder(model, tok, max(batch, 1), precision, compile=compiled, kv_cache=kv_cache, native=native)
+    assert dec.step_kind == ("compiled" if compiled else "native" if native else "eager"), dec.step_kind
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).tolist()
 
@@ -124,8 +126,9 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--k-quant", action="store_true", help="also llama.cpp's q4_k_m (needs llama-cpp-python)")
-    ap.add_argument("--compile", action="store_true", help="also ours with compiled decode steps")
-    ap.add_argument("--compiled-only", action="store_true", help="with --compile: ours compiled only")
+    ap.add_argument("--steps", default="eager", help="ours with each of these decode steps: eager, compiled, native")
+    ap.add_argument("--compile", action="store_true", help="--steps eager,compiled")
+    ap.add_argument("--compiled-only", action="store_true", help="with --compile: --steps compiled")
     ap.add_argument("--precisions", default=",".join(PAIRS), help="ours (each against its llama.cpp file)")
     ap.add_argument("--kv-caches", default="fp32", help="ours with each of these KV caches: fp32, bf16 (-bf16kv)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -149,8 +152,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = export(Path(tmp), list(dict.fromkeys(["f32", *peers])))  # ours load the f32 file
         out["file_bytes"] = {q: f.stat().st_size for q, f in files.items()}
-        eager = [] if args.compile and args.compiled_only else list(pairs)
-        ours = [*eager, *(f"{p}-compiled" for p in pairs if args.compile)]
+        steps = args.steps.split(",")
+        if args.compile:
+            steps = ["compiled"] if args.compiled_only else [*dict.fromkeys([*steps, "compiled"])]
+        ours = [p if kind == "eager" else f"{p}-{kind}" for kind in steps for p in pairs]
         kvs = args.kv_caches.split(",")
         ours = [v for v in ours if "fp32" in kvs] + [f"{v}-bf16kv" for v in ours if "bf16" in kvs]
         variants = [("ours", p) for p in ours] + [("llama.cpp", q) for q in peers]

@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = rate_limit.make_limiter(s)
     app.state.models = ModelCache(
         s.inference_cache_bytes, s.inference_max_batch, s.inference_device, s.inference_threads,
-        s.inference_int4_group_size, s.inference_compile, s.inference_kv_cache,
+        s.inference_int4_group_size, s.inference_compile, s.inference_kv_cache, s.inference_native,
     )  # fmt: skip
     errors.install(app)
     app.add_middleware(body.BodyGuard, max_bytes=s.max_json_bytes, max_depth=s.max_json_depth)

@@ -105,6 +105,10 @@ class ServingOut(BaseModel):
     kv_cache: dict[str, str] = Field(
         description="each precision's KV cache element type, fp32 or bf16 (STAGECRAFT_INFERENCE_KV_CACHE; docs/api.md)"
     )
+    decode_steps: dict[str, str] = Field(
+        description="each loaded precision's decode steps: native (C++, Llama-family models on a CPU; "
+        "STAGECRAFT_INFERENCE_NATIVE), compiled or eager (docs/api.md)"
+    )
 
 
 SERVING = "GET /v1/models/{id} only: the precisions it is servable and loaded in"

@@ -179,7 +179,7 @@ def _load(cache: ModelCache, key: str, directory: Path, precision: str) -> Serve
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cache.device == "auto" else cache.device
     model, tok = load_model(directory, device=device)
     kv_cache = kv_cache_type(cache.kv_cache, precision)
-    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size, cache.compile, kv_cache)
+    decoder = Decoder(model, tok, cache.max_batch, precision, cache.group_size, cache.compile, kv_cache, cache.native)
     nbytes = decoder.net.nbytes() + decoder.kv_bytes
     return Served(key, model.config, tok, nbytes, Batcher(decoder, key, cache.runner), precision=precision)
 
@@ -200,9 +200,9 @@ class ModelCache:
     """The model cache, keyed by (model folder, precision). Used from the event loop only (no locks needed there)."""
 
     def __init__(self, max_bytes: int, max_batch: int, device: str = "auto", threads: int = 0, group_size: int = 64,
-                 compile: bool = False, kv_cache: str = "auto"):  # fmt: skip
+                 compile: bool = False, kv_cache: str = "auto", native: bool = True):  # fmt: skip
         self.max_bytes, self.max_batch, self.device, self.threads = max_bytes, max_batch, device, threads
-        self.group_size, self.compile, self.kv_cache = group_size, compile, kv_cache  # kv_cache: auto, fp32 or bf16
+        self.group_size, self.compile, self.kv_cache, self.native = group_size, compile, kv_cache, native
         self.entries: OrderedDict[tuple[str, str], Served] = OrderedDict()
         self.loading: dict[tuple[str, str], asyncio.Task[Served]] = {}
         self.runner = InferenceThread()

@@ -37,12 +37,12 @@ class ServingModel(ServingNet):
     adapters: AdapterBank
 
 
-def serving_net(model: Model, precision: str = "fp32", group_size: int = 64) -> ServingModel:
+def serving_net(model: Model, precision: str = "fp32", group_size: int = 64, onednn: bool = True) -> ServingModel:
     """`model` laid out for decoding by its family's serving class (its weights copied); with
     `precision` "int8", "int4" or "nf4", its projections weight-only quantized (models.layers.quantized;
-    `group_size`: int4's)."""
+    `group_size`: int4's). `onednn=False`: fp32 projections in the plain layout, not oneDNN's packed one."""
     if precision == "fp32":
-        net: ServingModel = _resolve(family(model.config.arch).serving)(model)
+        net: ServingModel = _resolve(family(model.config.arch).serving)(model, onednn=onednn)
         return net
     net = _resolve(family(model.config.arch).serving)(model, onednn=False)
     quantize(net, precision, group_size)

@@ -33,8 +33,10 @@ from torch import Tensor
 
 from models.data.tokenizer import Tokenizer
 from models.families.build import Model, serving_net
+from models.inference import native as native_step
 from models.inference.compiled import CompiledStep
 from models.inference.generate import Sampling, finished_text, pick
+from models.inference.native import NativeStep
 from models.inference.slot_cache import SlotCache
 from models.inference.text import streamable_text
 from models.layers.kv_cache import KVCache
@@ -86,6 +88,7 @@ class Decoder:
         group_size: int = 64,
         compile: bool = False,
         kv_cache: str = "fp32",
+        native: bool = False,
     ):
         """`precision`: "fp32" (the model's weights), or "int8" / "int4" / "nf4" weight-only
         (models.layers.quantized; `group_size`: int4's). `compile`: decode steps through
@@ -93,10 +96,16 @@ class Decoder:
         keys' and values' element type, "fp32" (the net's own dtype) or "bf16": half the bytes and
         half the memory attention reads (its sums still fp32): for SmolLM2's shapes, attention 18%
         faster at 8 rows of 160 positions and a third at 1,024, 4% slower at one row of 160
-        (benchmarks/RESULTS.md, "A bf16 KV cache")."""
+        (benchmarks/RESULTS.md, "A bf16 KV cache"). `native`: decode steps in C++ where the
+        model's family has them (Llama, on a CPU: models/inference/native.py), in place of
+        `compile`; `step_kind` says which runs: "native", "compiled" or "eager"."""
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
-        self.net = serving_net(model, precision, group_size)
+        use_native = native and native_step.wanted(model)
+        self.net = serving_net(model, precision, group_size, onednn=not use_native)  # native: MKL's layout (fp32)
+        self.step_kind = "eager"
+        if use_native:
+            self.net.decode_step, self.step_kind = NativeStep(self.net), "native"
         self.precision = precision
         self.kv_dtype = self.net.dtype if kv_cache == "fp32" else KV_CACHES[kv_cache]
         self.tok, self.max_batch = tok, max_batch
@@ -107,14 +116,15 @@ class Decoder:
         self.cache: SlotCache | None = None
         self.steps = 0  # batched decode steps run, and the rows they decoded (for monitoring)
         self.rows_decoded = 0
-        if compile and self.net.device.type == "cpu":  # CUDA untested here (no GPU): it decodes as without
+        if compile and not use_native and self.net.device.type == "cpu":  # CUDA untested here (no GPU): eager
             self._compile()
+            self.step_kind = "compiled"
 
     def _compile(self) -> None:
         """Compile the decode steps now (models/inference/compiled.py): one row, rows that start
         together and rows that joined at different times (a key mask), at one row and at two
         (a batch size of 2 or more is one graph); then freeze them and forget the rows."""
-        step = self.net.compiled_step = CompiledStep(self.net)
+        step = self.net.decode_step = CompiledStep(self.net)
 
         def run(*rows: Row, join: Row | None = None) -> None:
             for r in rows:

@@ -71,6 +71,11 @@ class SlotCache(KVCache):
         values.narrow(2, col, 1).copy_(v)
         return keys.narrow(2, 0, col + 1), values.narrow(2, 0, col + 1)
 
+    def views(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Every layer's keys and values of the first n slots (`prepare`'s views), for a step that
+        writes the new column itself (models/inference/native.py)."""
+        return self._k, self._v
+
     def _compact(self) -> None:
         self.compactions += 1
         for r, n in enumerate(self.lens):

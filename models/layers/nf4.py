@@ -100,6 +100,17 @@ def _nf4_linear(x: Tensor, codes: Tensor, absmax: Tensor, outputs: int) -> Tenso
 
 
 SOURCE = Path(__file__).with_name("nf4_op.cpp")
+
+
+def ensure_ninja() -> None:
+    """Put the `ninja` wheel's binary on PATH where it is not (a venv's bin not on PATH):
+    torch.utils.cpp_extension builds with it."""
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 log = logging.getLogger(__name__)
 
 
@@ -114,10 +125,7 @@ def implementation() -> str:
     try:
         from torch.utils import cpp_extension
 
-        if shutil.which("ninja") is None:  # the `ninja` wheel's binary, when its venv's bin is not on PATH
-            import ninja
-
-            os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+        ensure_ninja()
         cpp_extension.load("stagecraft_nf4", [str(SOURCE)], extra_cflags=["-O2"], is_python_module=False)
         torch.ops.stagecraft.nf4_bind(address)
         return "c++"

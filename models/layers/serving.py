@@ -63,7 +63,9 @@ class ServingNet:
     embed: Tensor | Rows  # (vocab, n_embd)
     layers: Sequence[Weights]
     head: Projection
-    compiled_step: Callable[..., Tensor] | None = None  # `_logits` through torch.compile (models/inference/compiled.py)
+    # `_logits` for decode steps by other means: torch.compile (models/inference/compiled.py) or
+    # C++ (models/inference/native.py); None: `_logits` itself
+    decode_step: Callable[..., Tensor] | None = None
 
     def _blocks(
         self, idx: Tensor, positions: Tensor, cache: KVCache, mask: Tensor | None, causal: bool, adapters: Tensor | None
@@ -110,8 +112,8 @@ class ServingNet:
         cache_end(cache, T, self.config.block_size)
         causal = mask is None and cache.length == 0 and T > 1
         decoding = T == 1 and cache.length > 0 and adapters is None  # a step, not a one-token prompt
-        compiled = self.compiled_step if decoding else None
-        logits = (compiled or self._logits)(idx, positions, cache, mask, causal, adapters)
+        step = self.decode_step if decoding else None
+        logits = (step or self._logits)(idx, positions, cache, mask, causal, adapters)
         cache.length += T
         return logits
 

@@ -53,12 +53,14 @@ def get_model(
     out = shape.checkpoint(found) if isinstance(found, Checkpoint) else shape.model(found)
     row = found if isinstance(found, Checkpoint) else session.get(Model, found.id)
     directory = None if row is None else precision.served_directory(session, settings, row)
-    loaded = [] if directory is None else cache.loaded(str(directory))
-    loaded = [p for p in precision.PRECISIONS if p in loaded]
+    key = None if directory is None else str(directory)
+    served = {p: s for (k, p), s in list(cache.entries.items()) if k == key}  # list(): one C call, any thread
+    loaded = [p for p in precision.PRECISIONS if p in served]
     allowed = precision.allowed(settings)
     kv = {p: kv_cache_type(settings.inference_kv_cache, p) for p in allowed}
+    steps = {p: served[p].batcher.decoder.step_kind for p in loaded}
     out.serving = ServingOut(default_precision=precision.default(settings), precisions=allowed, loaded=loaded,
-                             compiled=settings.inference_compile, kv_cache=kv)  # fmt: skip
+                             compiled=settings.inference_compile, kv_cache=kv, decode_steps=steps)  # fmt: skip
     return out
 
 

@@ -115,6 +115,7 @@ def test_every_route_serves_a_quantized_model(api: TestClient, gpt_dir: Path, tm
         "loaded": [],
         "compiled": False,
         "kv_cache": kv,
+        "decode_steps": {},  # none loaded
     }
     assert shown == want
 
@@ -175,6 +176,45 @@ def test_compiled_serving_answers_as_eager_decoding(api: TestClient, gpt_dir: Pa
                                                       "temperature": 0}))  # fmt: skip
     assert completion["choices"][0]["text"] == eager_text(gpt_dir, "At the", "int8")
     assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["loaded"] == ["int8", "int4"]
+
+
+@SQLITE
+@pytest.mark.parametrize("settings", [{"inference_allowed_precisions": "fp32,int4"}], indirect=True)
+def test_a_llama_model_decodes_natively_as_eager_decoding(
+    api: TestClient, tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    """STAGECRAFT_INFERENCE_NATIVE (default on): a Llama-family model's decode steps run in C++
+    (models/inference/native.py), shown per loaded precision in `serving.decode_steps`, with the
+    eager decoder's answers in int8 (its default here), int4 and fp32, plain, streamed and OpenAI's;
+    a GPT model's steps stay eager."""
+    from models.inference import native
+
+    if not native.available():
+        pytest.skip("no C++ compiler here: the native step is not built (its fallback: test_native_step.py)")
+    from models.families.llama.config import LlamaConfig
+    from models.families.llama.model import Llama
+
+    torch.manual_seed(0)
+    config = LlamaConfig(tokenizer.vocab_size, 128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, intermediate_size=128)
+    model = Llama(config)
+    with torch.no_grad():  # weights that decide clearly: no near-tie for rounding to flip
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.2) + (1.0 if p.dim() == 1 else 0.0))
+    llama_dir = tmp_path / "llama"
+    save_model(llama_dir, model.state_dict(), config, tokenizer, {"name": "llama"})
+    model_id = upload(api, tar(llama_dir, "llama"))
+    for precision in ("int8", "int4", "fp32"):
+        body = {"prompt": "At the", "precision": precision, **GREEDY}
+        text = ok(api.post(f"/v1/models/{model_id}/generate", json=body))["text"]
+        kv_cache = "fp32" if precision == "fp32" else "bf16"
+        assert text == eager_text(llama_dir, "At the", precision, kv_cache)
+        streamed = events(api.post(f"/v1/models/{model_id}/generate", json={**body, "stream": True}))
+        assert "".join(json.loads(d)["text"] for e, d in streamed if e == "token") == text
+    completion = ok(api.post("/v1/completions", json={"model": model_id, "prompt": "At the", "max_tokens": 8,
+                                                      "temperature": 0, "precision": "int4"}))  # fmt: skip
+    assert completion["choices"][0]["text"] == eager_text(llama_dir, "At the", "int4")
+    steps = ok(api.get(f"/v1/models/{model_id}"))["serving"]["decode_steps"]
+    assert steps == {"fp32": "native", "int8": "native", "int4": "native"}
 
 
 @SQLITE

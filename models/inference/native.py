@@ -1,0 +1,135 @@
+"""Decode steps in C++ for the Llama family on a CPU (models/inference/native_step.cpp).
+
+At one row a decoded token is ~4 ms of products and, in eager, as much again of everything
+around them: some 35 small tensor operations a layer, each a trip through Python and torch's
+dispatcher (norms, rotary, the KV-cache write, one query's attention, residual adds, casts).
+`torch.compile` fuses them (models/inference/compiled.py) but leaves its own per-call cost
+(Dynamo's guards, the graph's wrapper, a kernel call per fused loop) and minutes of compiling.
+A native step is the whole of `ServingLlama._logits` for one new token a row in one C++ call:
+the same products (aten's fp32 mm, int8 / int4 ops, bitsandbytes' NF4 GEMV), aten's `rms_norm`,
+and its own loops for the rest, attention for one query included (vectorised for AVX-512 and
+AVX2, chosen at load for the CPU). It is built on first use with torch.utils.cpp_extension
+(about a minute, cached under TORCH_EXTENSIONS_DIR); where it cannot be built (no compiler, no
+ninja) `available()` is False with a warning and the decoder keeps its eager steps.
+
+What it covers: decode steps (one token a row, a cache that holds the prompt) of a Llama-family
+serving net (Llama, Qwen2 with its biases, Qwen3 with its q / k norms; SmolLM2) in fp32, int8,
+int4 or nf4, with an fp32 or bf16 KV cache, rows with or without the key mask. Prefills, steps
+with LoRA rows, and the GPT family stay on the eager (or compiled) path. Logits equal the eager
+step's to float rounding (tests/models/inference/test_native_step.py); speed against eager,
+compiled and llama.cpp in benchmarks/RESULTS.md ("Native decode steps").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from models.layers import nf4
+from models.layers.projection import Projection
+from models.layers.quantized import Int4Projection, Int8Projection, Nf4Projection
+
+SOURCE = Path(__file__).with_name("native_step.cpp")
+KINDS = {Projection: 0, Int8Projection: 1, Int4Projection: 2, Nf4Projection: 3}  # native_step.cpp's Kind
+PACKED = 4  # a Projection in oneDNN's packed layout
+FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline, parallel only when built with it
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def available() -> bool:
+    """Build and load the C++ step, once; False (and a warning) where it cannot be built."""
+    try:
+        nf4.ensure_ninja()
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(
+            "stagecraft_native_step",
+            [str(SOURCE)],
+            extra_cflags=FLAGS,
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+        )
+        return True
+    except Exception as e:  # any failure to build or load: the eager steps serve
+        log.warning("native decode steps could not be built (%s); decoding with eager steps", e)
+        return False
+
+
+def wanted(model: Any) -> bool:
+    """Whether a decoder of `model` gets native steps: a Llama-family model in fp32 on a CPU, where
+    the C++ step builds (the first call builds it)."""
+    family_ok = model.config.arch == "llama"
+    weights = next(iter(model.parameters()))
+    return family_ok and weights.device.type == "cpu" and weights.dtype == torch.float32 and available()
+
+
+def supports(net: Any) -> bool:
+    """Whether `net` is a serving net a native step can run: the Llama family's, on a CPU, fp32,
+    every projection one of KINDS."""
+    from models.families.llama.serving import ServingLlama
+
+    if not isinstance(net, ServingLlama) or net.device.type != "cpu" or net.dtype != torch.float32:
+        return False
+    projections = [net.head] + [p for w in net.layers for p in (w.qkv, w.o, w.gate_up, w.down)]
+    return all(type(p) in KINDS for p in projections)
+
+
+def _projection(p: Projection) -> tuple[list[Tensor], list[int]]:
+    """(weight, scales, bias) and (kind, outputs, width, group) of `p`, as native_step.cpp takes them."""
+    none = torch.empty(0)
+    bias = none if p.bias is None else p.bias
+    if type(p) is Projection and p.packed is not None:  # (outputs, inputs) in oneDNN's blocks
+        return [p.packed, none, bias], [PACKED, p.packed.size(0), p.packed.size(0), 0]
+    if type(p) is Projection:
+        assert p.weight_t is not None
+        return [p.weight_t, none, bias], [0, p.weight_t.size(1), p.weight_t.size(1), 0]
+    assert isinstance(p, Int8Projection)
+    if isinstance(p, Int4Projection):  # its scales: (groups, padded outputs, 2)
+        return [p.qweight, p.scales, bias], [2, p.out, p.scales.size(1), p.group]
+    if isinstance(p, Nf4Projection):
+        return [p.qweight, p.scales, bias], [3, p.out, p.padded, 0]
+    return [p.qweight, p.scales, bias], [1, p.qweight.size(0), p.qweight.size(0), 0]
+
+
+class NativeStep:
+    """A Llama serving net's decode step in C++, called as its `_logits` is (models/layers/serving.py,
+    `ServingNet.decode_step`); the net's weights are shared, not copied."""
+
+    def __init__(self, net: Any):
+        if not available() or not supports(net):
+            raise ValueError("a native step needs its C++ build and a Llama-family CPU fp32 serving net")
+        c = net.config
+        embed = net.embed if isinstance(net.embed, Tensor) else net.embed.qweight
+        embed_scales = torch.empty(0) if isinstance(net.embed, Tensor) else net.embed.scales
+        projections = [net.head] + [p for w in net.layers for p in (w.qkv, w.o, w.gate_up, w.down)]
+        uses_nf4 = any(isinstance(p, Nf4Projection) for p in projections)
+        kernel = ctypes.cast(nf4._kernel(), ctypes.c_void_p).value if uses_nf4 else 0
+        shape = [c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.intermediate_size]
+        self.impl = torch.classes.stagecraft.LlamaStep(
+            shape, c.rms_norm_eps, kernel or 0, [embed, embed_scales, net.norm, net.cos, net.sin]
+        )
+        none = torch.empty(0)
+        for w in net.layers:
+            tensors: list[Tensor] = []
+            meta: list[int] = []
+            for p in (w.qkv, w.o, w.gate_up, w.down):
+                t, m = _projection(p)
+                tensors += t
+                meta += m
+            norms = [w.ln1, w.ln2, none if w.q_norm is None else w.q_norm, none if w.k_norm is None else w.k_norm]
+            self.impl.add_layer(norms, tensors, meta)
+        self.impl.set_head(*_projection(net.head))
+
+    def __call__(
+        self, idx: Tensor, positions: Tensor, cache: Any, mask: Tensor | None, causal: bool, adapters: Tensor | None
+    ) -> Tensor:
+        keys, values = cache.views()
+        logits: Tensor = self.impl.step(idx, positions, keys, values, cache.length, mask)
+        return logits

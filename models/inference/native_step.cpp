@@ -1,0 +1,474 @@
+// A Llama-family decode step in C++ (models/inference/native.py): one new token for each of B rows,
+// the whole pass of `models.families.llama.serving.ServingLlama._logits` in one call, without
+// Python, Dynamo or a dispatcher call per elementwise operation.
+//
+// The products are the kernels the eager step calls (oneDNN's packed fp32 or aten's mm,
+// `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, bitsandbytes' NF4 GEMV through the address
+// nf4.py binds); the norms, rotary, the casts, the residual adds, the SwiGLU and attention for
+// one query are the loops below, compiled for AVX-512, AVX2 and the baseline (`target_clones`: the
+// loader picks one for the CPU it runs on, so the cached build moves between machines). With
+// -ffp-contract=off the elementwise loops round as aten does (each product, then the sum);
+// attention sums in another order than aten's flash kernel, and SiLU's exp is libm's: equal to
+// the eager step to float rounding (tests/models/inference/test_native_step.py).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_weight_int4pack_mm_for_cpu.h>
+#include <ATen/ops/_weight_int8pack_mm.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/BFloat16.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <limits>
+#include <vector>
+
+namespace stagecraft_native {
+
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+using Nf4Kernel = void (*)(int64_t, int64_t, int64_t, const void*, const void*, const void*, void*, int64_t, int64_t,
+                           int64_t);
+constexpr int64_t kNf4Block = 64;  // nf4.BLOCK
+
+enum Kind : int64_t { kPlain = 0, kInt8 = 1, kInt4 = 2, kNf4 = 3, kPacked = 4 };  // native.py's kinds
+
+inline float bf16_to_float(uint16_t u) {
+  uint32_t bits = static_cast<uint32_t>(u) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline float round_bf16(float f) { return static_cast<float>(c10::BFloat16(f)); }
+
+CLONES void widen_row(const uint16_t* src, const float* bias, float* dst, int64_t n) {
+  if (bias) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bias[i] + bf16_to_float(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+  }
+}
+
+CLONES void round_row(const float* src, c10::BFloat16* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = c10::BFloat16(src[i]);  // round to nearest even, as `.to`
+}
+
+// x (B, n) fp32 in bf16.
+at::Tensor to_bf16(const at::Tensor& x) {
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  round_row(x.const_data_ptr<float>(), out.mutable_data_ptr<c10::BFloat16>(), x.numel());
+  return out;
+}
+
+CLONES float sum_of_squares(const float* x, int64_t n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += x[i] * x[i];
+  return s;
+}
+
+CLONES void scale_row(const float* x, float inv, const float* weight, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * inv * weight[i];
+}
+
+// RMSNorm of each row of x (B, C): x * rsqrt(mean(x²) + eps) * weight, as aten's rms_norm (which
+// spent ~25 µs a call in a dozen operations of its own at one row; this, well under one).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t rows = x.size(0), n = x.size(1);
+  at::Tensor out = at::empty({rows, n}, x.options());
+  const float* src = x.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float mean = sum_of_squares(src + r * n, n) / static_cast<float>(n);
+    const float inv = 1.0f / std::sqrt(mean + static_cast<float>(eps));
+    scale_row(src + r * n, inv, weight.const_data_ptr<float>(), dst + r * n, n);
+  }
+  return out;
+}
+
+constexpr int64_t kInt8Rows = 8;  // up to this many rows, int8 products are `int8_product`'s
+
+// x · w over n values, w int8: 16 (AVX-512) or 8 (AVX2) lanes of partial sums, then their total.
+// Intrinsics, not a loop left to the compiler: GCC turned the int8-to-float conversion into
+// scalar code, 20x slower.
+__attribute__((target("avx512f"))) float dot_int8_avx512(const float* x, const int8_t* w, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i));
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), acc);
+  }
+  float s = _mm512_reduce_add_ps(acc);
+  for (; i < n; ++i) s += x[i] * static_cast<float>(w[i]);
+  return s;
+}
+
+__attribute__((target("avx2,fma"))) float dot_int8_avx2(const float* x, const int8_t* w, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + i));
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), acc);
+  }
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+  float s = _mm_cvtss_f32(h);
+  for (; i < n; ++i) s += x[i] * static_cast<float>(w[i]);
+  return s;
+}
+
+float dot_int8_plain(const float* x, const int8_t* w, int64_t n) {
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += x[i] * static_cast<float>(w[i]);
+  return s;
+}
+
+using DotInt8 = float (*)(const float*, const int8_t*, int64_t);
+const DotInt8 dot_int8 = __builtin_cpu_supports("avx512f") ? dot_int8_avx512
+                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? dot_int8_avx2
+                                                                                             : dot_int8_plain;
+
+// A projection as the serving net holds it (models/layers/projection.py, quantized.py, nf4.py):
+// `weight` is the plain layout's (inputs, outputs) transpose, or the quantized codes; `scales`
+// their scales (int4: scales and zeros; nf4: absmax); `width` the product's columns before the
+// padding is cut (int4, nf4), `group` int4's group size.
+struct Projection {
+  int64_t kind = kPlain, out = 0, width = 0, group = 0;
+  at::Tensor weight, scales, bias;
+
+  // x (B, inputs) fp32 -> (B, out) fp32, as the eager projection's __call__.
+  at::Tensor operator()(const at::Tensor& x, Nf4Kernel nf4) const {
+    if (kind == kPlain) return bias.defined() ? at::addmm(bias, x, weight) : at::mm(x, weight);
+    if (kind == kPacked) return packed(x);
+    const at::Tensor a = to_bf16(x);  // the kernels' activations
+    at::Tensor y;
+    if (kind == kInt8 && a.size(0) <= kInt8Rows) {
+      y = int8_product(a);
+    } else if (kind == kInt8) {
+      y = at::_weight_int8pack_mm(a, weight, scales);
+    } else if (kind == kInt4) {
+      y = at::_weight_int4pack_mm_for_cpu(a, weight, group, scales);
+    } else {
+      TORCH_CHECK(nf4 != nullptr, "stagecraft::LlamaStep: no NF4 kernel bound");
+      y = at::empty({a.size(0), width}, a.options());
+      nf4(a.size(0), width, a.size(1), a.const_data_ptr(), weight.const_data_ptr(), scales.const_data_ptr(),
+          y.mutable_data_ptr(), kNf4Block, a.size(1), width);
+    }
+    return widen(y);
+  }
+
+  // `_weight_int8pack_mm(a, weight, scales)` for a few rows: (a · w_n) * scale_n summed in fp32,
+  // rounded to bf16, each weight row read once (torch's kernel read SmolLM2's 28 MB head at
+  // ~13 GB/s at one row, this at the memory's pace; benchmarks/RESULTS.md, "Native decode steps").
+  at::Tensor int8_product(const at::Tensor& a) const {
+    const int64_t rows = a.size(0), in = a.size(1), n = weight.size(0);
+    std::vector<float> x(rows * in);
+    const auto* ab = reinterpret_cast<const uint16_t*>(a.const_data_ptr());
+    for (int64_t i = 0; i < rows * in; ++i) x[i] = bf16_to_float(ab[i]);
+    at::Tensor y = at::empty({rows, n}, a.options());
+    const int8_t* w = weight.const_data_ptr<int8_t>();
+    const auto* sc = reinterpret_cast<const uint16_t*>(scales.const_data_ptr());
+    auto* out = y.mutable_data_ptr<c10::BFloat16>();
+    at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        const float scale = bf16_to_float(sc[o]);
+        for (int64_t r = 0; r < rows; ++r) out[r * n + o] = c10::BFloat16(dot_int8(x.data() + r * in, w + o * in, in) * scale);
+      }
+    });
+    return y;
+  }
+
+  // oneDNN's product with its packed weight (torch.ops.mkldnn._linear_pointwise, no post-op).
+  at::Tensor packed(const at::Tensor& x) const {
+    static const c10::OperatorHandle op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+    std::vector<c10::IValue> stack{x, weight, bias.defined() ? c10::IValue(bias) : c10::IValue(),
+                                   c10::IValue(std::string("none")), c10::IValue(c10::List<std::optional<at::Scalar>>()),
+                                   c10::IValue(std::string(""))};
+    op.callBoxed(&stack);
+    return stack.at(0).toTensor();
+  }
+
+  // The bf16 product (B, width) cut to `out` columns in fp32, plus the bias: `y.to(fp32)` or
+  // `torch.add(bias, y)` as the eager projection does.
+  at::Tensor widen(const at::Tensor& y) const {
+    const int64_t rows = y.size(0), stride = y.size(1);
+    at::Tensor out_t = at::empty({rows, out}, y.options().dtype(at::kFloat));
+    const auto* src = reinterpret_cast<const uint16_t*>(y.const_data_ptr());
+    float* dst = out_t.mutable_data_ptr<float>();
+    const float* b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+    for (int64_t r = 0; r < rows; ++r) widen_row(src + r * stride, b, dst + r * out, out);
+    return out_t;
+  }
+
+};
+
+struct Layer {
+  at::Tensor ln1, ln2, q_norm, k_norm;  // q_norm, k_norm undefined where the family has none
+  Projection qkv, o, gate_up, down;
+};
+
+CLONES void add_into(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = y[i] + x[i];
+}
+
+// x * cos + roll(x, D/2) * sin, in place, for one head of D values (models.families.llama.model.rotary);
+// each product rounded before the sum, as aten's (no fused multiply-add).
+__attribute__((optimize("fp-contract=off"))) CLONES void rotate(float* x, const float* cos, const float* sin, int64_t D, float* tmp) {
+  const int64_t half = D / 2;
+  for (int64_t d = 0; d < D; ++d) tmp[d] = x[d];
+  for (int64_t d = 0; d < half; ++d) x[d] = tmp[d] * cos[d] + tmp[d + half] * sin[d];
+  for (int64_t d = half; d < D; ++d) x[d] = tmp[d] * cos[d] + tmp[d - half] * sin[d];
+}
+
+// `weight * (h * rsqrt(mean(h²) + eps))` over one head (the model's rms_norm for q_norm / k_norm).
+void head_norm(float* x, const float* weight, int64_t D, double eps) {
+  float sq = 0;
+  for (int64_t d = 0; d < D; ++d) sq += x[d] * x[d];
+  const float inv = 1.0f / std::sqrt(sq / static_cast<float>(D) + static_cast<float>(eps));
+  for (int64_t d = 0; d < D; ++d) x[d] = weight[d] * (x[d] * inv);
+}
+
+// silu(gate) * up, each of the B rows' (gate | up) halves of width I.
+CLONES void swiglu(const float* gu, float* out, int64_t I) {
+  for (int64_t i = 0; i < I; ++i) {
+    const float g = gu[i];
+    out[i] = g / (1.0f + std::exp(-g)) * gu[I + i];
+  }
+}
+
+CLONES float dot(const float* a, const float* b, int64_t n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+CLONES float dot_bf16(const float* a, const uint16_t* b, int64_t n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * bf16_to_float(b[i]);
+  return s;
+}
+
+CLONES void axpy(float* y, float a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+CLONES void axpy_bf16(float* y, float a, const uint16_t* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * bf16_to_float(x[i]);
+}
+
+template <typename T>
+void store(T* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);  // bf16: round to nearest even, as copy_
+}
+
+struct LlamaStep : torch::CustomClassHolder {
+  int64_t C, H, KV, D, I;
+  double eps;
+  Nf4Kernel nf4 = nullptr;
+  at::Tensor embed, embed_scales, norm, cos, sin;  // embed_scales defined for int8 rows
+  std::vector<Layer> layers;
+  Projection head;
+
+  // shape: n_embd, n_head, n_kv_head, head_dim, intermediate_size; globals: the embedding (fp32
+  // rows, or int8 rows), its bf16 scales (empty for fp32 rows), the final norm, the rotary tables.
+  LlamaStep(std::vector<int64_t> shape, double eps, int64_t nf4_kernel, std::vector<at::Tensor> globals)
+      : C(shape.at(0)), H(shape.at(1)), KV(shape.at(2)), D(shape.at(3)), I(shape.at(4)), eps(eps) {
+    nf4 = reinterpret_cast<Nf4Kernel>(nf4_kernel);
+    TORCH_CHECK(globals.size() == 5, "LlamaStep: embed, embed scales, norm, cos, sin");
+    embed = globals[0];
+    if (globals[1].numel() > 0) embed_scales = globals[1];
+    norm = globals[2], cos = globals[3].contiguous(), sin = globals[4].contiguous();
+  }
+
+  static Projection projection(const std::vector<at::Tensor>& t, const std::vector<int64_t>& meta, size_t i) {
+    Projection p;
+    p.kind = meta.at(4 * i), p.out = meta.at(4 * i + 1), p.width = meta.at(4 * i + 2), p.group = meta.at(4 * i + 3);
+    p.weight = t.at(3 * i), p.scales = t.at(3 * i + 1);
+    if (t.at(3 * i + 2).numel() > 0) p.bias = t.at(3 * i + 2);
+    TORCH_CHECK(p.kind >= kPlain && p.kind <= kPacked, "LlamaStep: unknown projection kind ", p.kind);
+    return p;
+  }
+
+  // norms: ln1, ln2, q_norm, k_norm (empty: none); projections: (weight, scales, bias) for qkv, o,
+  // gate_up, down; meta: (kind, out, width, group) for each.
+  void add_layer(std::vector<at::Tensor> norms, std::vector<at::Tensor> projections, std::vector<int64_t> meta) {
+    Layer l;
+    l.ln1 = norms.at(0), l.ln2 = norms.at(1);
+    if (norms.at(2).numel() > 0) l.q_norm = norms[2].contiguous(), l.k_norm = norms.at(3).contiguous();
+    l.qkv = projection(projections, meta, 0), l.o = projection(projections, meta, 1);
+    l.gate_up = projection(projections, meta, 2), l.down = projection(projections, meta, 3);
+    layers.push_back(std::move(l));
+  }
+
+  void set_head(std::vector<at::Tensor> projection_, std::vector<int64_t> meta) {
+    head = projection(projection_, meta, 0);
+  }
+
+  at::Tensor embed_rows(const at::Tensor& idx) const {
+    const int64_t B = idx.size(0);
+    at::Tensor x = at::empty({B, C}, at::TensorOptions().dtype(at::kFloat));
+    const int64_t* ids = idx.const_data_ptr<int64_t>();
+    float* dst = x.mutable_data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK(ids[b] >= 0 && ids[b] < embed.size(0), "LlamaStep: token id ", ids[b], " out of the vocabulary");
+      if (embed_scales.defined()) {  // int8 rows: q.float() * scale.float()
+        const int8_t* q = embed.const_data_ptr<int8_t>() + ids[b] * C;
+        const float s = static_cast<float>(embed_scales.const_data_ptr<c10::BFloat16>()[ids[b]]);
+        for (int64_t c = 0; c < C; ++c) dst[b * C + c] = static_cast<float>(q[c]) * s;
+      } else {
+        std::memcpy(dst + b * C, embed.const_data_ptr<float>() + ids[b] * C, C * sizeof(float));
+      }
+    }
+    return x;
+  }
+
+  // One query per row over its cached keys and values: softmax(q·k / sqrt(D), masked) · v.
+  template <typename T>
+  void attend(const float* qkv, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs, size_t layer,
+              int64_t B, int64_t L, const bool* mask, int64_t mask_stride, float* out) const {
+    const at::Tensor& kc = ks[layer];
+    const at::Tensor& vc = vs[layer];
+    const T* kbase = kc.const_data_ptr<T>();
+    const T* vbase = vc.const_data_ptr<T>();
+    const int64_t sb = kc.stride(0), sh = kc.stride(1), sp = kc.stride(2);
+    const int64_t group = H / KV, width = (H + 2 * KV) * D;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const bool bf16 = std::is_same<T, c10::BFloat16>::value;
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, L * D));  // serial for short work
+    at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> p(L), q(D), y(D);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / H, h = task % H, kvh = h / group;
+        for (int64_t d = 0; d < D; ++d) q[d] = bf16 ? round_bf16(qkv[b * width + h * D + d]) : qkv[b * width + h * D + d];
+        const T* kr = kbase + b * sb + kvh * sh;
+        const T* vr = vbase + b * sb + kvh * sh;
+        float top = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < L; ++j) {
+          if (mask && !mask[b * mask_stride + j]) {
+            p[j] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
+          const float s = (bf16 ? dot_bf16(q.data(), reinterpret_cast<const uint16_t*>(kr + j * sp), D)
+                                : dot(q.data(), reinterpret_cast<const float*>(kr + j * sp), D)) * scale;
+          p[j] = s;
+          top = std::max(top, s);
+        }
+        float total = 0;
+        for (int64_t j = 0; j < L; ++j) {
+          p[j] = std::exp(p[j] - top);  // exp(-inf) = 0: masked
+          total += p[j];
+        }
+        std::fill(y.begin(), y.end(), 0.0f);
+        for (int64_t j = 0; j < L; ++j) {
+          if (p[j] == 0.0f) continue;
+          if (bf16) {  // the weights in bf16 too, as torch's flash kernel multiplies them with bf16 values
+            axpy_bf16(y.data(), round_bf16(p[j]), reinterpret_cast<const uint16_t*>(vr + j * sp), D);
+          } else {
+            axpy(y.data(), p[j], reinterpret_cast<const float*>(vr + j * sp), D);
+          }
+        }
+        float* o = out + b * H * D + h * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = bf16 ? round_bf16(y[d] / total) : y[d] / total;
+      }
+    });
+  }
+
+  // idx, positions: (B,) int64; ks, vs: each layer's cache (B, KV, positions, D), fp32 or bf16,
+  // written at column `col`; mask: (B, 1, 1, col + 1) bool, true where a key counts, or None.
+  // Returns the logits (B, vocab) in fp32.
+  at::Tensor step(at::Tensor idx, at::Tensor positions, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
+                  int64_t col, std::optional<at::Tensor> mask) {
+    c10::InferenceMode guard;
+    TORCH_CHECK(ks.size() == layers.size() && vs.size() == layers.size(), "LlamaStep: a cache per layer");
+    idx = idx.reshape({-1}).contiguous();
+    positions = positions.reshape({-1}).contiguous();
+    const int64_t B = idx.size(0), L = col + 1, width = (H + 2 * KV) * D;
+    TORCH_CHECK(positions.size(0) == B, "LlamaStep: a position per row");
+    const bool* m = nullptr;
+    int64_t mask_stride = 0;
+    if (mask.has_value()) {
+      TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(3) == L && mask->stride(3) == 1,
+                  "LlamaStep: the key mask must be (B, 1, 1, col + 1) bool");
+      m = mask->const_data_ptr<bool>();
+      mask_stride = mask->stride(0);
+    }
+    const int64_t* pos = positions.const_data_ptr<int64_t>();
+    const float* cos_t = cos.const_data_ptr<float>();
+    const float* sin_t = sin.const_data_ptr<float>();
+    at::Tensor x = embed_rows(idx);
+    at::Tensor att = at::empty({B, H * D}, x.options());
+    at::Tensor act = at::empty({B, I}, x.options());
+    std::vector<float> tmp(D);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const Layer& w = layers[l];
+      at::Tensor qkv = w.qkv(rms_norm(x, w.ln1, eps), nf4).contiguous();
+      float* qkv_p = qkv.mutable_data_ptr<float>();
+      const at::Tensor& kc = ks[l];
+      const at::Tensor& vc = vs[l];
+      const bool bf16 = kc.scalar_type() == at::kBFloat16;
+      TORCH_CHECK(bf16 || kc.scalar_type() == at::kFloat, "LlamaStep: an fp32 or bf16 cache");
+      TORCH_CHECK(kc.stride(3) == 1 && vc.strides() == kc.strides() && kc.size(0) >= B && col < kc.size(2),
+                  "LlamaStep: the cache's layout");
+      for (int64_t b = 0; b < B; ++b) {
+        float* row = qkv_p + b * width;
+        const float* c = cos_t + pos[b] * D;
+        const float* s = sin_t + pos[b] * D;
+        for (int64_t h = 0; h < H + KV; ++h) {
+          if (w.q_norm.defined()) head_norm(row + h * D, (h < H ? w.q_norm : w.k_norm).const_data_ptr<float>(), D, eps);
+          rotate(row + h * D, c, s, D, tmp.data());
+        }
+        for (int64_t h = 0; h < KV; ++h) {  // the new key and value join the cache at `col`
+          const int64_t at_ = b * kc.stride(0) + h * kc.stride(1) + col * kc.stride(2);
+          if (bf16) {
+            store(kc.data_ptr<c10::BFloat16>() + at_, row + (H + h) * D, D);
+            store(vc.data_ptr<c10::BFloat16>() + at_, row + (H + KV + h) * D, D);
+          } else {
+            store(kc.data_ptr<float>() + at_, row + (H + h) * D, D);
+            store(vc.data_ptr<float>() + at_, row + (H + KV + h) * D, D);
+          }
+        }
+      }
+      float* att_p = att.mutable_data_ptr<float>();
+      if (bf16) {
+        attend<c10::BFloat16>(qkv_p, ks, vs, l, B, L, m, mask_stride, att_p);
+      } else {
+        attend<float>(qkv_p, ks, vs, l, B, L, m, mask_stride, att_p);
+      }
+      at::Tensor o = w.o(att, nf4).contiguous();
+      add_into(o.mutable_data_ptr<float>(), x.const_data_ptr<float>(), B * C);  // o + x
+      x = o;
+      at::Tensor gu = w.gate_up(rms_norm(x, w.ln2, eps), nf4).contiguous();
+      for (int64_t b = 0; b < B; ++b) swiglu(gu.const_data_ptr<float>() + b * 2 * I, act.mutable_data_ptr<float>() + b * I, I);
+      at::Tensor down = w.down(act, nf4).contiguous();
+      add_into(down.mutable_data_ptr<float>(), x.const_data_ptr<float>(), B * C);
+      x = down;
+    }
+    return head(rms_norm(x, norm, eps), nf4);
+  }
+};
+
+}  // namespace stagecraft_native
+
+using stagecraft_native::LlamaStep;
+
+TORCH_LIBRARY_FRAGMENT(stagecraft, m) {
+  m.class_<LlamaStep>("LlamaStep")
+      .def(torch::init<std::vector<int64_t>, double, int64_t, std::vector<at::Tensor>>())
+      .def("add_layer", &LlamaStep::add_layer)
+      .def("set_head", &LlamaStep::set_head)
+      .def("step", &LlamaStep::step);
+}

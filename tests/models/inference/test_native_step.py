@@ -1,0 +1,170 @@
+"""Native decode steps (models/inference/native.py, native_step.cpp): the Llama family's step in C++.
+
+Against transformers on every Llama-family shape we import (GQA, Qwen2's biases, Qwen3's q / k
+norms and wide heads, llama3 rope scaling): the logits of each decoded token, rows that started
+together and a row that joined later (the key mask), equal transformers' full-sequence logits
+at those positions. The quantized precisions (no transformers counterpart) and the bf16 KV cache
+against our eager step over the same weights. The decoder runs its steps natively (the eager
+`_logits` is not called for them) and falls back to eager steps where the C++ cannot be built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.data.tokenizer import Tokenizer
+from models.families.build import serving_net
+from models.families.gpt.config import GPTConfig
+from models.families.gpt.model import GPT
+from models.families.llama.config import LlamaConfig
+from models.families.llama.hf import from_hf_state
+from models.families.llama.model import Llama
+from models.inference import native
+from models.inference.decoder import Decoder, Row
+from models.inference.generate import Sampling
+from models.inference.slot_cache import SlotCache
+from models.layers import nf4
+from models.layers.serving import ServingNet
+from tests.models.formats.test_hf_llama import CASES, reference
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+VOCAB = 300
+pytestmark = pytest.mark.skipif(not native.available(), reason="the native step needs a C++ compiler")
+
+
+def prefill(net: ServingNet, prompts: list[list[int]], cache: SlotCache) -> None:
+    positions = torch.arange(len(prompts[0]))[None]
+    net.last_logits(torch.tensor(prompts), positions, cache.admit(len(prompts[0]), len(prompts)), None)
+
+
+def steps(
+    net: ServingNet, prompts: list[list[int]], joining: list[int], new: list[list[int]], kv: torch.dtype
+) -> list[torch.Tensor]:
+    """Logits of each decode step: `prompts` prefilled together, two steps, `joining` prefilled
+    into the next slot, then the rest of `new` (each step's token per row, rows in slot order)."""
+    cache = SlotCache(net.config, 3, torch.device("cpu"), kv)
+    prefill(net, prompts, cache)
+    out = []
+    for s, tokens in enumerate(new):
+        positions, mask = cache.prepare()
+        assert (mask is not None) == (s >= 2)  # the joined row's gap is masked
+        out.append(net.last_logits(torch.tensor(tokens)[:, None], positions, cache, mask))
+        cache.lens = [n + 1 for n in cache.lens]
+        if s == 1:
+            prefill(net, [joining], cache)
+    return out
+
+
+def decisive_llama(vocab: int) -> Llama:
+    """A small Llama whose weights decide clearly (no near-tie for rounding to flip)."""
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab, 64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, intermediate_size=128))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if p.dim() >= 2 else 0.2) + (1.0 if p.dim() == 1 else 0.0))
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", ["llama-gqa-tied", "llama3-scaling", "qwen2-bias", "qwen3-wide-heads"])
+def test_native_steps_give_transformers_logits(case: str) -> None:
+    model_type, fields = CASES[case]
+    ref = reference(model_type, fields, VOCAB)
+    ours, _ = from_hf_state(ref.config.to_dict(), ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randint(0, VOCAB, (3, 12), generator=g).tolist()  # rows 0 and 1: 5 prompt tokens; row 2: 3
+    new = [[rows[0][5 + s], rows[1][5 + s]] + ([rows[2][3 + s - 2]] if s >= 2 else []) for s in range(6)]
+    net = serving_net(ours.eval(), onednn=False)
+    net.decode_step = native.NativeStep(net)
+    calls = []
+    eager = net._logits
+    net._logits = lambda *a: calls.append(a[0].shape) or eager(*a)  # type: ignore[method-assign]
+    got = steps(net, [rows[0][:5], rows[1][:5]], rows[2][:3], new, torch.float32)
+    assert all(shape[1] > 1 for shape in calls)  # only the prefills ran eagerly
+    with torch.no_grad():
+        want = ref(torch.tensor(rows)).logits
+    for s, logits in enumerate(got):
+        assert (logits[0] - want[0, 5 + s]).abs().max() < 1e-4
+        assert (logits[1] - want[1, 5 + s]).abs().max() < 1e-4
+        if s >= 2:
+            assert (logits[2] - want[2, 3 + s - 2]).abs().max() < 1e-4
+
+
+PRECISIONS = [
+    "fp32",
+    "int8",
+    "int4",
+    pytest.param("nf4", marks=pytest.mark.skipif(not nf4.available(), reason="AVX512-BF16")),
+]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("kv", [torch.float32, torch.bfloat16], ids=["fp32-cache", "bf16-cache"])
+def test_native_steps_equal_eager_ones_in_every_precision(precision: str, kv: torch.dtype) -> None:
+    """The same quantized products, so the same logits to the rounding of the norms and attention:
+    in fp32, to 1e-5 of the largest logit; quantized, within two bf16 steps of it (the quantized
+    heads' output is bf16; measured ≤ 1), with either cache (a bf16 one's attention rounds its
+    weights to bf16 as torch's flash kernel does). The greedy token is the same wherever eager's
+    top two are further apart than that."""
+    ref = reference(*CASES["qwen2-bias"], VOCAB, seed=2)
+    model, _ = from_hf_state(ref.config.to_dict(), ref.state_dict())
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randint(0, VOCAB, (3, 12), generator=g).tolist()
+    new = [[rows[0][5 + s], rows[1][5 + s]] + ([rows[2][1 + s]] if s >= 2 else []) for s in range(6)]
+    net = serving_net(model.eval(), precision, onednn=False)
+    eager = steps(net, [rows[0][:5], rows[1][:5]], rows[2][:3], new, kv)
+    net.decode_step = native.NativeStep(net)
+    got = steps(net, [rows[0][:5], rows[1][:5]], rows[2][:3], new, kv)
+    scale = max(t.abs().max().item() for t in eager)
+    tolerance = 1e-5 * scale if precision == "fp32" else 2 * scale / 128
+    for a, b in zip(eager, got):
+        assert (a - b).abs().max() <= tolerance
+        top2 = a.topk(2, -1).values
+        clear = top2[:, 0] - top2[:, 1] > 2 * tolerance
+        assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
+
+
+def test_the_decoder_decodes_natively_and_eagerly_alike(tokenizer: Tokenizer) -> None:
+    """Rows together, a row joining (the mask) with a seeded sample: the same tokens; a GPT model,
+    which has no native step, decodes eagerly."""
+    model = decisive_llama(tokenizer.vocab_size)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14]]
+
+    def decode(dec: Decoder) -> list[list[int]]:
+        rows = [Row(p, Sampling(max_new_tokens=12), ignore_eos=True) for p in prompts[:2]]
+        hot = Row(prompts[2], Sampling(max_new_tokens=6, temperature=0.9, seed=4), ignore_eos=True)
+        for r in rows:
+            dec.add(r)
+        for _ in range(3):
+            dec.step()
+        dec.add(hot)
+        while dec.busy:
+            dec.step()
+        return [r.tokens for r in [*rows, hot]]
+
+    native_dec = Decoder(model, tokenizer, max_batch=4, precision="int4", kv_cache="bf16", native=True)
+    assert native_dec.step_kind == "native" and native_dec.net.decode_step is not None
+    assert decode(native_dec) == decode(Decoder(model, tokenizer, 4, "int4", kv_cache="bf16"))
+    gpt = GPT(GPTConfig(tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    assert Decoder(gpt, tokenizer, native=True).step_kind == "eager"  # no native GPT step
+
+
+def test_without_a_compiler_the_decoder_steps_eagerly(tmp_path: Path) -> None:
+    """A process that cannot build the C++ step (no compiler) says so and decodes eagerly."""
+    script = (
+        "from models.families.llama.config import LlamaConfig; from models.families.llama.model import Llama; "
+        "from models.inference.decoder import Decoder, Row; from models.inference.generate import Sampling; "
+        "tok = type('Tok', (), {'end_ids': [], 'decode': lambda self, ids: ''})(); "
+        "m = Llama(LlamaConfig(64, 32, n_layer=1, n_head=2, n_embd=32, intermediate_size=64)); "
+        "d = Decoder(m, tok, native=True); r = Row([1, 2], Sampling(max_new_tokens=3), ignore_eos=True); "
+        "d.add(r); [d.step() for _ in range(3)]; print(d.step_kind, len(r.tokens))"
+    )  # fmt: skip
+    env = {**os.environ, "CXX": str(tmp_path / "no-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "native decode steps could not be built" in done.stderr
+    assert done.stdout.split() == ["eager", "3"]
