@@ -86,11 +86,11 @@ class Settings(BaseSettings):
     inference_quantization: Literal["none", "fp32", "int8", "int4", "nf4"] = "none"
     inference_allowed_precisions: str = ""
     inference_int4_group_size: Literal[32, 64, 128] = 64
-    # Decode steps in C++ for Llama-family models on a CPU (models/inference/native.py): built once
-    # on first use (under a minute, cached); where it cannot be built, eager steps with a warning.
+    # Decode steps in C++ on a CPU (models/inference/native.py): built once on first use (under a
+    # minute, cached); where it cannot be built, eager steps with a warning.
     inference_native: bool = True
-    # Decode steps through torch.compile (models/inference/compiled.py) for the models native steps do
-    # not cover (GPT): faster tokens, a model load that compiles for minutes (other models wait meanwhile).
+    # Decode steps through torch.compile (models/inference/compiled.py) when native steps are off:
+    # faster tokens, a model load that compiles for minutes (other models wait meanwhile).
     inference_compile: bool = False
     # The decoder's KV cache (models/inference/decoder.py): fp32, bf16 (half the bytes, and a faster step
     # at several rows), or auto: bf16 for int8 / int4 / nf4, fp32 for fp32 (app/serving/engine.py).

@@ -4,9 +4,10 @@ concurrent `POST /v1/completions`.
 The model: SmolLM2-135M-Instruct's real weights (README's download step), exported by our writer
 to f32 and to the llama.cpp file of the precision compared (q4_0 for int4 and nf4, q8_0 for int8, f32
 for fp32). Ours uploads the f32 file (`POST /v1/models`) and serves it at `--precision`
-(STAGECRAFT_INFERENCE_QUANTIZATION), with `--compile` its decode steps compiled
-(STAGECRAFT_INFERENCE_COMPILE; the model is loaded, and compiled, by one request before the
-clock starts); llama.cpp runs `llama-server -np 8` (8 slots, continuous batching) on its file.
+(STAGECRAFT_INFERENCE_QUANTIZATION) with `--steps`' decode steps: native (the service's default,
+STAGECRAFT_INFERENCE_NATIVE), compiled (`--compile`: STAGECRAFT_INFERENCE_COMPILE) or eager; the
+model is loaded (and compiled) by one request before the clock starts; llama.cpp runs
+`llama-server -np 8` (8 slots, continuous batching) on its file.
 Each server is its own process on `--threads` threads, started alone, measured, stopped.
 
 A request: a prompt that counts upward (`"7, 8, 9,"`: both models keep counting, so no request
@@ -50,7 +51,7 @@ FILES = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0", "nf4": "q4_0"}
 
 @contextmanager
 def ours(
-    root: Path, model_file: Path, precision: str, compile: bool, threads: int
+    root: Path, model_file: Path, precision: str, steps: str, threads: int
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """`stagecraft up` serving `model_file` at `precision`: (base URL, request headers with the model's id)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,8 @@ def ours(
     url = f"http://127.0.0.1:{port}"
     settings = {"url": url, "rate_limit_per_s": "0", "inference_threads": str(threads),
                 "inference_quantization": "none" if precision == "fp32" else precision,
-                "inference_compile": "true" if compile else "false"}  # fmt: skip
+                "inference_compile": str(steps == "compiled").lower(),
+                "inference_native": str(steps == "native").lower()}  # fmt: skip
     proc = Proc("up", [*stagecraft(), "up", "--port", str(port), "--data-dir", str(root / "data")],
                 base_env(**settings), root)  # fmt: skip
     proc.start()
@@ -135,19 +137,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-bin", type=Path, required=True, help="the folder holding llama.cpp's llama-server")
     ap.add_argument("--precision", choices=sorted(FILES), default="int4")
-    ap.add_argument("--compile", action="store_true", help="ours with compiled decode steps")
+    ap.add_argument(
+        "--steps",
+        choices=["native", "compiled", "eager"],
+        default="native",
+        help="ours' decode steps (native: the service's default, STAGECRAFT_INFERENCE_NATIVE)",
+    )
+    ap.add_argument("--compile", action="store_true", help="--steps compiled")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--concurrent", default="1,8")
     args = ap.parse_args()
+    if args.compile:
+        args.steps = "compiled"
     if not (args.llama_bin / "llama-server").is_file():
         sys.exit("--llama-bin: a folder with llama.cpp's llama-server is needed (cmake target llama-server)")
     if not SMOLLM2.is_file():
         sys.exit(f"{SMOLLM2} is missing: README.md says how to download it")
     out: dict[str, Any] = {"benchmark": "http_decode", "command": " ".join([Path(sys.executable).name, *sys.argv]),
                            **environment(), "threads": args.threads, "new": args.new, "precision": args.precision,
-                           "compile": args.compile}  # fmt: skip
+                           "steps": args.steps}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         files = export(root, sorted({"f32", FILES[args.precision]}))
@@ -156,8 +166,8 @@ def main() -> None:
         with llama_server(root, args.llama_bin / "llama-server", files[FILES[args.precision]], args.threads, slots,
                           64 + args.new) as (url, target):  # fmt: skip
             out["llama.cpp"] = measure(url, target, args)
-        log(f"ours {args.precision}{' compiled' if args.compile else ''}")
-        with ours(root / "ours", files["f32"], args.precision, args.compile, args.threads) as (url, target):
+        log(f"ours {args.precision}, {args.steps} steps")
+        with ours(root / "ours", files["f32"], args.precision, args.steps, args.threads) as (url, target):
             out["ours"] = measure(url, target, args)
     out["ours_vs_llama_cpp"] = {
         c: round(out["ours"][c]["tokens_per_s"] / out["llama.cpp"][c]["tokens_per_s"], 3) for c in out["ours"]

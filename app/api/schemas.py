@@ -106,8 +106,8 @@ class ServingOut(BaseModel):
         description="each precision's KV cache element type, fp32 or bf16 (STAGECRAFT_INFERENCE_KV_CACHE; docs/api.md)"
     )
     decode_steps: dict[str, str] = Field(
-        description="each loaded precision's decode steps: native (C++, Llama-family models on a CPU; "
-        "STAGECRAFT_INFERENCE_NATIVE), compiled or eager (docs/api.md)"
+        description="each loaded precision's decode steps: native (C++ on a CPU; STAGECRAFT_INFERENCE_NATIVE), "
+        "compiled or eager (docs/api.md)"
     )
 
 

@@ -1,5 +1,9 @@
 """Decode steps through `torch.compile`: the batch-1 overhead cut by fusion (opt-in).
 
+The service takes native steps instead where it can (models/inference/native.py: the whole
+step in C++, no compiling at load, faster at batch 1); compiled steps serve when native steps
+are off (STAGECRAFT_INFERENCE_NATIVE=false) or a model runs where they are not built.
+
 A decoded token runs some 35 small tensor operations a layer besides its four projections
 (norms, rotary, residual adds, the KV-cache write, attention for one query, the casts of the
 quantized kernels), each a dispatch from Python of a few microseconds on one row. With

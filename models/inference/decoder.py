@@ -1,7 +1,8 @@
 """Step-wise batched decoding for serving: rows join and leave between decode steps.
 
 The forward pass is the model family's serving net (models/families/<arch>/serving.py, a
-`models.layers.serving.ServingNet`: the model's function in fewer operations). Each row
+`models.layers.serving.ServingNet`: the model's function in fewer operations); its decode steps
+may instead run in C++ (`native`: models/inference/native.py) or compiled (`compile`). Each row
 keeps its own slot of a preallocated KV cache, its own length, sampling settings, random
 generator, stop strings and token budget. New rows are prefilled (prompts of one length
 together, their keys and values written straight into their slots); every `step()` then
@@ -96,9 +97,9 @@ class Decoder:
         keys' and values' element type, "fp32" (the net's own dtype) or "bf16": half the bytes and
         half the memory attention reads (its sums still fp32): for SmolLM2's shapes, attention 18%
         faster at 8 rows of 160 positions and a third at 1,024, 4% slower at one row of 160
-        (benchmarks/RESULTS.md, "A bf16 KV cache"). `native`: decode steps in C++ where the
-        model's family has them (Llama, on a CPU: models/inference/native.py), in place of
-        `compile`; `step_kind` says which runs: "native", "compiled" or "eager"."""
+        (benchmarks/RESULTS.md, "A bf16 KV cache"). `native`: decode steps in C++ (Llama-family and
+        GPT models on a CPU: models/inference/native.py), in place of `compile`; `step_kind` says
+        which runs: "native", "compiled" or "eager"."""
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
         use_native = native and native_step.wanted(model)

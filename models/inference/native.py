@@ -1,22 +1,23 @@
-"""Decode steps in C++ for the Llama family on a CPU (models/inference/native_step.cpp).
+"""Decode steps in C++ for the Llama family and GPT on a CPU (models/inference/native_step.cpp).
 
 At one row a decoded token is ~4 ms of products and, in eager, as much again of everything
 around them: some 35 small tensor operations a layer, each a trip through Python and torch's
 dispatcher (norms, rotary, the KV-cache write, one query's attention, residual adds, casts).
 `torch.compile` fuses them (models/inference/compiled.py) but leaves its own per-call cost
 (Dynamo's guards, the graph's wrapper, a kernel call per fused loop) and minutes of compiling.
-A native step is the whole of `ServingLlama._logits` for one new token a row in one C++ call:
-the same products (aten's fp32 mm, int8 / int4 ops, bitsandbytes' NF4 GEMV), aten's `rms_norm`,
-and its own loops for the rest, attention for one query included (vectorised for AVX-512 and
-AVX2, chosen at load for the CPU). It is built on first use with torch.utils.cpp_extension
+A native step is the whole of a serving net's `_logits` for one new token a row in one C++ call:
+the same products (aten's fp32 mm, torch's int4 op, bitsandbytes' NF4 GEMV; torch's int8 op past
+8 rows, our own int8 product below: torch's read SmolLM2's head at half the memory's pace), and
+its own loops for the rest, attention for one query included (vectorised for AVX-512 and AVX2,
+chosen at load for the CPU). It is built on first use with torch.utils.cpp_extension
 (about a minute, cached under TORCH_EXTENSIONS_DIR); where it cannot be built (no compiler, no
 ninja) `available()` is False with a warning and the decoder keeps its eager steps.
 
 What it covers: decode steps (one token a row, a cache that holds the prompt) of a Llama-family
-serving net (Llama, Qwen2 with its biases, Qwen3 with its q / k norms; SmolLM2) in fp32, int8,
-int4 or nf4, with an fp32 or bf16 KV cache, rows with or without the key mask. Prefills, steps
-with LoRA rows, and the GPT family stay on the eager (or compiled) path. Logits equal the eager
-step's to float rounding (tests/models/inference/test_native_step.py); speed against eager,
+serving net (Llama, Qwen2 with its biases, Qwen3 with its q / k norms; SmolLM2) or a GPT one, in
+fp32, int8, int4 or nf4, with an fp32 or bf16 KV cache, rows with or without the key mask.
+Prefills and steps with LoRA rows stay on the eager path. Logits equal the eager step's and
+transformers' to float rounding (tests/models/inference/test_native_step.py); speed against eager,
 compiled and llama.cpp in benchmarks/RESULTS.md ("Native decode steps").
 """
 
@@ -63,22 +64,33 @@ def available() -> bool:
 
 
 def wanted(model: Any) -> bool:
-    """Whether a decoder of `model` gets native steps: a Llama-family model in fp32 on a CPU, where
-    the C++ step builds (the first call builds it)."""
-    family_ok = model.config.arch == "llama"
+    """Whether a decoder of `model` gets native steps: a Llama-family or GPT model in fp32 on a CPU,
+    where the C++ step builds (the first call builds it)."""
     weights = next(iter(model.parameters()))
-    return family_ok and weights.device.type == "cpu" and weights.dtype == torch.float32 and available()
+    on_cpu = weights.device.type == "cpu" and weights.dtype == torch.float32
+    return model.config.arch in ("llama", "gpt") and on_cpu and available()
+
+
+def _layers(net: Any) -> list[tuple[list[Tensor | None], list[Projection]]]:
+    """Each layer's norms (ln1, ln2, q_norm, k_norm, ln1's bias, ln2's bias) and projections (qkv,
+    o, the MLP's first and second), as native_step.cpp takes them; [] for a net of another family."""
+    from models.families.gpt.serving import ServingGPT
+    from models.families.llama.serving import ServingLlama
+
+    if isinstance(net, ServingLlama):
+        return [([w.ln1, w.ln2, w.q_norm, w.k_norm, None, None], [w.qkv, w.o, w.gate_up, w.down]) for w in net.layers]
+    if isinstance(net, ServingGPT):
+        return [([w.ln1_w, w.ln2_w, None, None, w.ln1_b, w.ln2_b], [w.attn, w.proj, w.fc, w.out]) for w in net.layers]
+    return []
 
 
 def supports(net: Any) -> bool:
-    """Whether `net` is a serving net a native step can run: the Llama family's, on a CPU, fp32,
-    every projection one of KINDS."""
-    from models.families.llama.serving import ServingLlama
-
-    if not isinstance(net, ServingLlama) or net.device.type != "cpu" or net.dtype != torch.float32:
+    """Whether `net` is a serving net a native step can run: a Llama-family or GPT one, on a CPU,
+    fp32, every projection one of KINDS."""
+    layers = _layers(net)
+    if not layers or net.device.type != "cpu" or net.dtype != torch.float32:
         return False
-    projections = [net.head] + [p for w in net.layers for p in (w.qkv, w.o, w.gate_up, w.down)]
-    return all(type(p) in KINDS for p in projections)
+    return all(type(p) in KINDS for p in [net.head] + [p for _, ps in layers for p in ps])
 
 
 def _projection(p: Projection) -> tuple[list[Tensor], list[int]]:
@@ -99,32 +111,36 @@ def _projection(p: Projection) -> tuple[list[Tensor], list[int]]:
 
 
 class NativeStep:
-    """A Llama serving net's decode step in C++, called as its `_logits` is (models/layers/serving.py,
+    """A serving net's decode step in C++, called as its `_logits` is (models/layers/serving.py,
     `ServingNet.decode_step`); the net's weights are shared, not copied."""
 
     def __init__(self, net: Any):
         if not available() or not supports(net):
-            raise ValueError("a native step needs its C++ build and a Llama-family CPU fp32 serving net")
-        c = net.config
+            raise ValueError("a native step needs its C++ build and a Llama-family or GPT CPU fp32 serving net")
+        from models.families.gpt.serving import LN_EPS, ServingGPT
+
+        c, layers, none = net.config, _layers(net), torch.empty(0)
+        gpt = isinstance(net, ServingGPT)
         embed = net.embed if isinstance(net.embed, Tensor) else net.embed.qweight
-        embed_scales = torch.empty(0) if isinstance(net.embed, Tensor) else net.embed.scales
-        projections = [net.head] + [p for w in net.layers for p in (w.qkv, w.o, w.gate_up, w.down)]
-        uses_nf4 = any(isinstance(p, Nf4Projection) for p in projections)
+        embed_scales = none if isinstance(net.embed, Tensor) else net.embed.scales
+        uses_nf4 = any(isinstance(p, Nf4Projection) for p in [net.head] + [p for _, ps in layers for p in ps])
         kernel = ctypes.cast(nf4._kernel(), ctypes.c_void_p).value if uses_nf4 else 0
-        shape = [c.n_embd, c.n_head, c.n_kv_head, c.head_dim, c.intermediate_size]
-        self.impl = torch.classes.stagecraft.LlamaStep(
-            shape, c.rms_norm_eps, kernel or 0, [embed, embed_scales, net.norm, net.cos, net.sin]
-        )
-        none = torch.empty(0)
-        for w in net.layers:
+        mlp = 4 * c.n_embd if gpt else c.intermediate_size  # the MLP's inner width
+        shape = [c.n_embd, c.n_head, c.n_kv_head, c.head_dim, mlp, 1 if gpt else 0]
+        if gpt:
+            globals_ = [embed, embed_scales, net.lnf_w, net.lnf_b, none, none, net.wpe]
+        else:
+            globals_ = [embed, embed_scales, net.norm, none, net.cos, net.sin, none]
+        eps = LN_EPS if gpt else c.rms_norm_eps
+        self.impl = torch.classes.stagecraft.DecoderStep(shape, eps, kernel or 0, globals_)
+        for norms, projections in layers:
             tensors: list[Tensor] = []
             meta: list[int] = []
-            for p in (w.qkv, w.o, w.gate_up, w.down):
+            for p in projections:
                 t, m = _projection(p)
                 tensors += t
                 meta += m
-            norms = [w.ln1, w.ln2, none if w.q_norm is None else w.q_norm, none if w.k_norm is None else w.k_norm]
-            self.impl.add_layer(norms, tensors, meta)
+            self.impl.add_layer([none if t is None else t for t in norms], tensors, meta)
         self.impl.set_head(*_projection(net.head))
 
     def __call__(

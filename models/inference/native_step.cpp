@@ -1,15 +1,16 @@
-// A Llama-family decode step in C++ (models/inference/native.py): one new token for each of B rows,
-// the whole pass of `models.families.llama.serving.ServingLlama._logits` in one call, without
-// Python, Dynamo or a dispatcher call per elementwise operation.
+// A decode step in C++ (models/inference/native.py): one new token for each of B rows, the whole
+// pass of a Llama-family or GPT serving net's `_logits` (models/families/*/serving.py) in one
+// call, without Python, Dynamo or a dispatcher call per elementwise operation.
 //
-// The products are the kernels the eager step calls (oneDNN's packed fp32 or aten's mm,
-// `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`, bitsandbytes' NF4 GEMV through the address
-// nf4.py binds); the norms, rotary, the casts, the residual adds, the SwiGLU and attention for
-// one query are the loops below, compiled for AVX-512, AVX2 and the baseline (`target_clones`: the
-// loader picks one for the CPU it runs on, so the cached build moves between machines). With
-// -ffp-contract=off the elementwise loops round as aten does (each product, then the sum);
-// attention sums in another order than aten's flash kernel, and SiLU's exp is libm's: equal to
-// the eager step to float rounding (tests/models/inference/test_native_step.py).
+// The products are the kernels the eager step calls (aten's mm or oneDNN's packed fp32 product,
+// `_weight_int4pack_mm_for_cpu`, bitsandbytes' NF4 GEMV through the address nf4.py binds, torch's
+// `_weight_int8pack_mm` past 8 rows and our own int8 product below that); the norms, rotary, the
+// casts, the residual adds, the SwiGLU / GELU and attention for one query are the loops below,
+// compiled for AVX-512, AVX2 and the baseline (`target_clones` and run-time dispatch: the loader
+// picks one for the CPU it runs on, so a cached build moves between machines). Rotary rounds each
+// product before the sum, as aten does; sums run in another order than aten's reductions and
+// exp / tanh are libm's: equal to the eager step to float rounding
+// (tests/models/inference/test_native_step.py).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_weight_int4pack_mm_for_cpu.h>
@@ -160,7 +161,7 @@ struct Projection {
     } else if (kind == kInt4) {
       y = at::_weight_int4pack_mm_for_cpu(a, weight, group, scales);
     } else {
-      TORCH_CHECK(nf4 != nullptr, "stagecraft::LlamaStep: no NF4 kernel bound");
+      TORCH_CHECK(nf4 != nullptr, "stagecraft::DecoderStep: no NF4 kernel bound");
       y = at::empty({a.size(0), width}, a.options());
       nf4(a.size(0), width, a.size(1), a.const_data_ptr(), weight.const_data_ptr(), scales.const_data_ptr(),
           y.mutable_data_ptr(), kNf4Block, a.size(1), width);
@@ -216,7 +217,8 @@ struct Projection {
 
 struct Layer {
   at::Tensor ln1, ln2, q_norm, k_norm;  // q_norm, k_norm undefined where the family has none
-  Projection qkv, o, gate_up, down;
+  at::Tensor ln1_bias, ln2_bias;        // GPT's LayerNorms' (undefined for Llama's RMSNorms)
+  Projection qkv, o, gate_up, down;     // GPT: c_attn, c_proj, c_fc (GELU after it), the MLP's c_proj
 };
 
 CLONES void add_into(float* x, const float* y, int64_t n) {
@@ -238,6 +240,34 @@ void head_norm(float* x, const float* weight, int64_t D, double eps) {
   for (int64_t d = 0; d < D; ++d) sq += x[d] * x[d];
   const float inv = 1.0f / std::sqrt(sq / static_cast<float>(D) + static_cast<float>(eps));
   for (int64_t d = 0; d < D; ++d) x[d] = weight[d] * (x[d] * inv);
+}
+
+// (x - mean) / sqrt(var + eps) * weight + bias over each row of x (B, C): GPT's LayerNorm.
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  const int64_t rows = x.size(0), n = x.size(1);
+  at::Tensor out = at::empty({rows, n}, x.options());
+  const float* w = weight.const_data_ptr<float>();
+  const float* b = bias.const_data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = x.const_data_ptr<float>() + r * n;
+    float* dst = out.mutable_data_ptr<float>() + r * n;
+    float mean = 0, var = 0;
+    for (int64_t i = 0; i < n; ++i) mean += src[i];
+    mean /= static_cast<float>(n);
+    for (int64_t i = 0; i < n; ++i) var += (src[i] - mean) * (src[i] - mean);
+    const float inv = 1.0f / std::sqrt(var / static_cast<float>(n) + static_cast<float>(eps));
+    for (int64_t i = 0; i < n; ++i) dst[i] = (src[i] - mean) * inv * w[i] + b[i];
+  }
+  return out;
+}
+
+// GELU with tanh's approximation, in place (GPT's MLP; aten's formula).
+CLONES void gelu_tanh(float* x, int64_t n) {
+  const float beta = 0.7978845608028654f, kappa = 0.044715f;  // sqrt(2 / pi)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    x[i] = 0.5f * v * (1.0f + std::tanh(beta * (v + kappa * v * v * v)));
+  }
 }
 
 // silu(gate) * up, each of the B rows' (gate | up) halves of width I.
@@ -275,23 +305,37 @@ void store(T* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);  // bf16: round to nearest even, as copy_
 }
 
-struct LlamaStep : torch::CustomClassHolder {
+// A decode step of one family's serving net: Llama's (RMSNorm, rotary, optional q / k norms,
+// SwiGLU, grouped-query attention) or GPT's (LayerNorm, learned positions, GELU MLP).
+struct DecoderStep : torch::CustomClassHolder {
   int64_t C, H, KV, D, I;
+  bool gpt;
   double eps;
   Nf4Kernel nf4 = nullptr;
-  at::Tensor embed, embed_scales, norm, cos, sin;  // embed_scales defined for int8 rows
+  at::Tensor embed, embed_scales, norm, norm_bias, cos, sin, wpe;  // embed_scales defined for int8 rows
   std::vector<Layer> layers;
   Projection head;
 
-  // shape: n_embd, n_head, n_kv_head, head_dim, intermediate_size; globals: the embedding (fp32
-  // rows, or int8 rows), its bf16 scales (empty for fp32 rows), the final norm, the rotary tables.
-  LlamaStep(std::vector<int64_t> shape, double eps, int64_t nf4_kernel, std::vector<at::Tensor> globals)
-      : C(shape.at(0)), H(shape.at(1)), KV(shape.at(2)), D(shape.at(3)), I(shape.at(4)), eps(eps) {
+  // shape: n_embd, n_head, n_kv_head, head_dim, the MLP's width (Llama: intermediate_size, GPT:
+  // 4 n_embd), family (0 Llama, 1 GPT); globals: the embedding (fp32 rows, or int8 rows), its bf16
+  // scales, the final norm and its bias, the rotary tables (Llama), the position embedding (GPT);
+  // what a family has not is empty.
+  DecoderStep(std::vector<int64_t> shape, double eps, int64_t nf4_kernel, std::vector<at::Tensor> globals)
+      : C(shape.at(0)), H(shape.at(1)), KV(shape.at(2)), D(shape.at(3)), I(shape.at(4)), gpt(shape.at(5) == 1),
+        eps(eps) {
     nf4 = reinterpret_cast<Nf4Kernel>(nf4_kernel);
-    TORCH_CHECK(globals.size() == 5, "LlamaStep: embed, embed scales, norm, cos, sin");
-    embed = globals[0];
+    TORCH_CHECK(globals.size() == 7, "DecoderStep: embed, embed scales, norm, norm bias, cos, sin, wpe");
+    embed = globals[0], norm = globals[2];
     if (globals[1].numel() > 0) embed_scales = globals[1];
-    norm = globals[2], cos = globals[3].contiguous(), sin = globals[4].contiguous();
+    if (gpt) {
+      norm_bias = globals[3], wpe = globals[6].contiguous();
+    } else {
+      cos = globals[4].contiguous(), sin = globals[5].contiguous();
+    }
+  }
+
+  at::Tensor norm_rows(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const {
+    return gpt ? layer_norm(x, weight, bias, eps) : rms_norm(x, weight, eps);
   }
 
   static Projection projection(const std::vector<at::Tensor>& t, const std::vector<int64_t>& meta, size_t i) {
@@ -299,16 +343,17 @@ struct LlamaStep : torch::CustomClassHolder {
     p.kind = meta.at(4 * i), p.out = meta.at(4 * i + 1), p.width = meta.at(4 * i + 2), p.group = meta.at(4 * i + 3);
     p.weight = t.at(3 * i), p.scales = t.at(3 * i + 1);
     if (t.at(3 * i + 2).numel() > 0) p.bias = t.at(3 * i + 2);
-    TORCH_CHECK(p.kind >= kPlain && p.kind <= kPacked, "LlamaStep: unknown projection kind ", p.kind);
+    TORCH_CHECK(p.kind >= kPlain && p.kind <= kPacked, "DecoderStep: unknown projection kind ", p.kind);
     return p;
   }
 
-  // norms: ln1, ln2, q_norm, k_norm (empty: none); projections: (weight, scales, bias) for qkv, o,
-  // gate_up, down; meta: (kind, out, width, group) for each.
+  // norms: ln1, ln2, q_norm, k_norm, ln1's bias, ln2's bias (empty: none); projections: (weight,
+  // scales, bias) for qkv, o, gate_up, down; meta: (kind, out, width, group) for each.
   void add_layer(std::vector<at::Tensor> norms, std::vector<at::Tensor> projections, std::vector<int64_t> meta) {
     Layer l;
     l.ln1 = norms.at(0), l.ln2 = norms.at(1);
     if (norms.at(2).numel() > 0) l.q_norm = norms[2].contiguous(), l.k_norm = norms.at(3).contiguous();
+    if (gpt) l.ln1_bias = norms.at(4), l.ln2_bias = norms.at(5);
     l.qkv = projection(projections, meta, 0), l.o = projection(projections, meta, 1);
     l.gate_up = projection(projections, meta, 2), l.down = projection(projections, meta, 3);
     layers.push_back(std::move(l));
@@ -324,7 +369,7 @@ struct LlamaStep : torch::CustomClassHolder {
     const int64_t* ids = idx.const_data_ptr<int64_t>();
     float* dst = x.mutable_data_ptr<float>();
     for (int64_t b = 0; b < B; ++b) {
-      TORCH_CHECK(ids[b] >= 0 && ids[b] < embed.size(0), "LlamaStep: token id ", ids[b], " out of the vocabulary");
+      TORCH_CHECK(ids[b] >= 0 && ids[b] < embed.size(0), "DecoderStep: token id ", ids[b], " out of the vocabulary");
       if (embed_scales.defined()) {  // int8 rows: q.float() * scale.float()
         const int8_t* q = embed.const_data_ptr<int8_t>() + ids[b] * C;
         const float s = static_cast<float>(embed_scales.const_data_ptr<c10::BFloat16>()[ids[b]]);
@@ -393,43 +438,44 @@ struct LlamaStep : torch::CustomClassHolder {
   at::Tensor step(at::Tensor idx, at::Tensor positions, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                   int64_t col, std::optional<at::Tensor> mask) {
     c10::InferenceMode guard;
-    TORCH_CHECK(ks.size() == layers.size() && vs.size() == layers.size(), "LlamaStep: a cache per layer");
+    TORCH_CHECK(ks.size() == layers.size() && vs.size() == layers.size(), "DecoderStep: a cache per layer");
     idx = idx.reshape({-1}).contiguous();
     positions = positions.reshape({-1}).contiguous();
     const int64_t B = idx.size(0), L = col + 1, width = (H + 2 * KV) * D;
-    TORCH_CHECK(positions.size(0) == B, "LlamaStep: a position per row");
+    TORCH_CHECK(positions.size(0) == B, "DecoderStep: a position per row");
     const bool* m = nullptr;
     int64_t mask_stride = 0;
     if (mask.has_value()) {
       TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 4 && mask->size(3) == L && mask->stride(3) == 1,
-                  "LlamaStep: the key mask must be (B, 1, 1, col + 1) bool");
+                  "DecoderStep: the key mask must be (B, 1, 1, col + 1) bool");
       m = mask->const_data_ptr<bool>();
       mask_stride = mask->stride(0);
     }
     const int64_t* pos = positions.const_data_ptr<int64_t>();
-    const float* cos_t = cos.const_data_ptr<float>();
-    const float* sin_t = sin.const_data_ptr<float>();
     at::Tensor x = embed_rows(idx);
+    if (gpt) {  // token embedding + position embedding
+      float* xs = x.mutable_data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b) add_into(xs + b * C, wpe.const_data_ptr<float>() + pos[b] * C, C);
+    }
     at::Tensor att = at::empty({B, H * D}, x.options());
-    at::Tensor act = at::empty({B, I}, x.options());
+    at::Tensor act = gpt ? at::Tensor() : at::empty({B, I}, x.options());
     std::vector<float> tmp(D);
     for (size_t l = 0; l < layers.size(); ++l) {
       const Layer& w = layers[l];
-      at::Tensor qkv = w.qkv(rms_norm(x, w.ln1, eps), nf4).contiguous();
+      at::Tensor qkv = w.qkv(norm_rows(x, w.ln1, w.ln1_bias), nf4).contiguous();
       float* qkv_p = qkv.mutable_data_ptr<float>();
       const at::Tensor& kc = ks[l];
       const at::Tensor& vc = vs[l];
       const bool bf16 = kc.scalar_type() == at::kBFloat16;
-      TORCH_CHECK(bf16 || kc.scalar_type() == at::kFloat, "LlamaStep: an fp32 or bf16 cache");
+      TORCH_CHECK(bf16 || kc.scalar_type() == at::kFloat, "DecoderStep: an fp32 or bf16 cache");
       TORCH_CHECK(kc.stride(3) == 1 && vc.strides() == kc.strides() && kc.size(0) >= B && col < kc.size(2),
-                  "LlamaStep: the cache's layout");
+                  "DecoderStep: the cache's layout");
       for (int64_t b = 0; b < B; ++b) {
         float* row = qkv_p + b * width;
-        const float* c = cos_t + pos[b] * D;
-        const float* s = sin_t + pos[b] * D;
-        for (int64_t h = 0; h < H + KV; ++h) {
+        for (int64_t h = 0; !gpt && h < H + KV; ++h) {  // Llama: q and k normed (Qwen3) and rotated
           if (w.q_norm.defined()) head_norm(row + h * D, (h < H ? w.q_norm : w.k_norm).const_data_ptr<float>(), D, eps);
-          rotate(row + h * D, c, s, D, tmp.data());
+          rotate(row + h * D, cos.const_data_ptr<float>() + pos[b] * D, sin.const_data_ptr<float>() + pos[b] * D, D,
+                 tmp.data());
         }
         for (int64_t h = 0; h < KV; ++h) {  // the new key and value join the cache at `col`
           const int64_t at_ = b * kc.stride(0) + h * kc.stride(1) + col * kc.stride(2);
@@ -451,24 +497,29 @@ struct LlamaStep : torch::CustomClassHolder {
       at::Tensor o = w.o(att, nf4).contiguous();
       add_into(o.mutable_data_ptr<float>(), x.const_data_ptr<float>(), B * C);  // o + x
       x = o;
-      at::Tensor gu = w.gate_up(rms_norm(x, w.ln2, eps), nf4).contiguous();
-      for (int64_t b = 0; b < B; ++b) swiglu(gu.const_data_ptr<float>() + b * 2 * I, act.mutable_data_ptr<float>() + b * I, I);
-      at::Tensor down = w.down(act, nf4).contiguous();
+      at::Tensor gu = w.gate_up(norm_rows(x, w.ln2, w.ln2_bias), nf4).contiguous();
+      if (gpt) {
+        gelu_tanh(gu.mutable_data_ptr<float>(), B * I);
+      } else {
+        for (int64_t b = 0; b < B; ++b)
+          swiglu(gu.const_data_ptr<float>() + b * 2 * I, act.mutable_data_ptr<float>() + b * I, I);
+      }
+      at::Tensor down = w.down(gpt ? gu : act, nf4).contiguous();
       add_into(down.mutable_data_ptr<float>(), x.const_data_ptr<float>(), B * C);
       x = down;
     }
-    return head(rms_norm(x, norm, eps), nf4);
+    return head(norm_rows(x, norm, norm_bias), nf4);
   }
 };
 
 }  // namespace stagecraft_native
 
-using stagecraft_native::LlamaStep;
+using stagecraft_native::DecoderStep;
 
 TORCH_LIBRARY_FRAGMENT(stagecraft, m) {
-  m.class_<LlamaStep>("LlamaStep")
+  m.class_<DecoderStep>("DecoderStep")
       .def(torch::init<std::vector<int64_t>, double, int64_t, std::vector<at::Tensor>>())
-      .def("add_layer", &LlamaStep::add_layer)
-      .def("set_head", &LlamaStep::set_head)
-      .def("step", &LlamaStep::step);
+      .def("add_layer", &DecoderStep::add_layer)
+      .def("set_head", &DecoderStep::set_head)
+      .def("step", &DecoderStep::step);
 }

@@ -160,7 +160,7 @@ def eager_text(directory: Path, prompt: str, precision: str, kv_cache: str = "bf
 
 
 @SQLITE
-@pytest.mark.parametrize("settings", [{"inference_compile": True}], indirect=True)
+@pytest.mark.parametrize("settings", [{"inference_compile": True, "inference_native": False}], indirect=True)
 def test_compiled_serving_answers_as_eager_decoding(api: TestClient, gpt_dir: Path) -> None:
     """STAGECRAFT_INFERENCE_COMPILE=true: the model shows `compiled`, and its answers (int8 by
     default, int4 asked for; plain, streamed, OpenAI) are the eager decoder's."""
@@ -176,6 +176,7 @@ def test_compiled_serving_answers_as_eager_decoding(api: TestClient, gpt_dir: Pa
                                                       "temperature": 0}))  # fmt: skip
     assert completion["choices"][0]["text"] == eager_text(gpt_dir, "At the", "int8")
     assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["loaded"] == ["int8", "int4"]
+    assert ok(api.get(f"/v1/models/{model_id}"))["serving"]["decode_steps"] == {"int8": "compiled", "int4": "compiled"}
 
 
 @SQLITE
@@ -183,10 +184,9 @@ def test_compiled_serving_answers_as_eager_decoding(api: TestClient, gpt_dir: Pa
 def test_a_llama_model_decodes_natively_as_eager_decoding(
     api: TestClient, tokenizer: Tokenizer, tmp_path: Path
 ) -> None:
-    """STAGECRAFT_INFERENCE_NATIVE (default on): a Llama-family model's decode steps run in C++
+    """STAGECRAFT_INFERENCE_NATIVE (default on): a Llama model's decode steps run in C++
     (models/inference/native.py), shown per loaded precision in `serving.decode_steps`, with the
-    eager decoder's answers in int8 (its default here), int4 and fp32, plain, streamed and OpenAI's;
-    a GPT model's steps stay eager."""
+    eager decoder's answers in int8 (its default here), int4 and fp32, plain, streamed and OpenAI's."""
     from models.inference import native
 
     if not native.available():
