@@ -32,13 +32,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.layers import nf4
+from models.layers import nf4, onednn
 from models.layers.projection import Projection
 from models.layers.quantized import Int4Projection, Int8Projection, Nf4Projection
 
 SOURCE = Path(__file__).with_name("native_step.cpp")
 KINDS = {Projection: 0, Int8Projection: 1, Int4Projection: 2, Nf4Projection: 3}  # native_step.cpp's Kind
 PACKED = 4  # a Projection in oneDNN's packed layout
+# fp32 weights for native steps: oneDNN's packed layout where its one-row product beat MKL's
+# (AMD EPYC: 22.2 against 28.8 ms for a SmolLM2 token's projections), MKL's plain one on an Intel
+# CPU (25.1 against 38.8 ms on a Xeon): models/layers/onednn.py's vendor rule (benchmarks/gemv_floor.py).
+ONEDNN_FP32 = onednn.ENABLED
 FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline, parallel only when built with it
 log = logging.getLogger(__name__)
 

@@ -116,6 +116,7 @@ def test_native_steps_give_transformers_logits(case: str, tokenizer: Tokenizer) 
 
 PRECISIONS = [
     "fp32",
+    "fp32-packed",  # oneDNN's packed layout (native steps use it in fp32 on AMD CPUs: native.ONEDNN_FP32)
     "int8",
     "int4",
     pytest.param("nf4", marks=pytest.mark.skipif(not nf4.available(), reason="AVX512-BF16")),
@@ -137,7 +138,9 @@ def test_native_steps_equal_eager_ones_in_every_precision(
     g = torch.Generator().manual_seed(3)
     rows = torch.randint(0, VOCAB, (3, 12), generator=g).tolist()
     new = [[rows[0][5 + s], rows[1][5 + s]] + ([rows[2][1 + s]] if s >= 2 else []) for s in range(6)]
-    net = serving_net(model.eval(), precision, onednn=False)
+    precision, packed = precision.split("-")[0], precision.endswith("-packed")
+    net = serving_net(model.eval(), precision, onednn=packed)
+    assert (net.head.packed is not None) == packed
     eager = steps(net, [rows[0][:5], rows[1][:5]], rows[2][:3], new, kv)
     net.decode_step = native.NativeStep(net)
     got = steps(net, [rows[0][:5], rows[1][:5]], rows[2][:3], new, kv)
