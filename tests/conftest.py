@@ -12,6 +12,8 @@ import json
 import os
 import random
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +277,12 @@ def _fresh_log_context() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
     yield
     structlog.contextvars.clear_contextvars()
+
+
+def run_without_compiler(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`python -c script` from the repository in a process that cannot build C++ extensions (CXX
+    names no compiler, a fresh TORCH_EXTENSIONS_DIR): what serving does on a machine without one."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    return done

@@ -37,7 +37,6 @@ from models.families.build import Model, serving_net
 from models.inference import native as native_step
 from models.inference.compiled import CompiledStep
 from models.inference.generate import Sampling, finished_text, pick
-from models.inference.native import NativeStep
 from models.inference.slot_cache import SlotCache
 from models.inference.text import streamable_text
 from models.layers.kv_cache import KVCache
@@ -106,7 +105,7 @@ class Decoder:
         self.net = serving_net(model, precision, group_size, onednn=not use_native or native_step.ONEDNN_FP32)
         self.step_kind = "eager"
         if use_native:
-            self.net.decode_step, self.step_kind = NativeStep(self.net), "native"
+            self.net.decode_step, self.step_kind = native_step.NativeStep(self.net), "native"
         self.precision = precision
         self.kv_dtype = self.net.dtype if kv_cache == "fp32" else KV_CACHES[kv_cache]
         self.tok, self.max_batch = tok, max_batch

@@ -10,7 +10,7 @@ the same products (aten's fp32 mm, torch's int4 op, bitsandbytes' NF4 GEMV; torc
 8 rows, our own int8 product below: torch's read SmolLM2's head at half the memory's pace), and
 its own loops for the rest, attention for one query included (vectorised for AVX-512 and AVX2,
 chosen at load for the CPU). It is built on first use with torch.utils.cpp_extension
-(about a minute, cached under TORCH_EXTENSIONS_DIR); where it cannot be built (no compiler, no
+(some seconds, 12 here; cached under TORCH_EXTENSIONS_DIR); where it cannot be built (no compiler, no
 ninja) `available()` is False with a warning and the decoder keeps its eager steps.
 
 What it covers: decode steps (one token a row, a cache that holds the prompt) of a Llama-family
@@ -105,13 +105,14 @@ def _projection(p: Projection) -> tuple[list[Tensor], list[int]]:
         return [p.packed, none, bias], [PACKED, p.packed.size(0), p.packed.size(0), 0]
     if type(p) is Projection:
         assert p.weight_t is not None
-        return [p.weight_t, none, bias], [0, p.weight_t.size(1), p.weight_t.size(1), 0]
+        return [p.weight_t, none, bias], [KINDS[Projection], p.weight_t.size(1), p.weight_t.size(1), 0]
     assert isinstance(p, Int8Projection)
+    kind, tensors = KINDS[type(p)], [p.qweight, p.scales, bias]
     if isinstance(p, Int4Projection):  # its scales: (groups, padded outputs, 2)
-        return [p.qweight, p.scales, bias], [2, p.out, p.scales.size(1), p.group]
+        return tensors, [kind, p.out, p.scales.size(1), p.group]
     if isinstance(p, Nf4Projection):
-        return [p.qweight, p.scales, bias], [3, p.out, p.padded, 0]
-    return [p.qweight, p.scales, bias], [1, p.qweight.size(0), p.qweight.size(0), 0]
+        return tensors, [kind, p.out, p.padded, 0]
+    return tensors, [kind, p.qweight.size(0), p.qweight.size(0), 0]
 
 
 class NativeStep:

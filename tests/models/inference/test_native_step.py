@@ -9,9 +9,6 @@ against our eager step over the same weights. The decoder runs its steps nativel
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ from models.inference.generate import Sampling
 from models.inference.slot_cache import SlotCache
 from models.layers import nf4
 from models.layers.serving import ServingNet
+from tests.conftest import run_without_compiler
 from tests.models.formats.test_hf_llama import CASES, reference, transformers
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -186,8 +184,6 @@ def test_without_a_compiler_the_decoder_steps_eagerly(tmp_path: Path) -> None:
         "d = Decoder(m, tok, native=True); r = Row([1, 2], Sampling(max_new_tokens=3), ignore_eos=True); "
         "d.add(r); [d.step() for _ in range(3)]; print(d.step_kind, len(r.tokens))"
     )  # fmt: skip
-    env = {**os.environ, "CXX": str(tmp_path / "no-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stderr
+    done = run_without_compiler(script, tmp_path)
     assert "native decode steps could not be built" in done.stderr
     assert done.stdout.split() == ["eager", "3"]

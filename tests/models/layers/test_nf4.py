@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from models.layers import nf4
 from models.layers.kv_cache import KVCache
 from models.layers.projection import Projection
 from models.layers.quantized import ACT, Int8Projection, Int8Rows, Nf4Projection, quantized
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_without_compiler
 
 needs_kernel = pytest.mark.skipif(not nf4.available(), reason="bitsandbytes' NF4 CPU kernel needs AVX512-BF16")
 
@@ -148,9 +146,7 @@ def test_the_c_plus_plus_operator_is_the_python_kernel_and_python_serves_without
         "c, a, n = nf4.pack(weights(96, 128)[0]); x = torch.randn(5, 128, generator=torch.Generator().manual_seed(3)); "
         "print(nf4.implementation(), torch.ops.stagecraft.nf4_linear(x, c, a, n).float().sum().item())"
     )  # fmt: skip
-    env = {**os.environ, "CXX": str(tmp_path / "no-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stderr
+    done = run_without_compiler(script, tmp_path)
     assert "the C++ operator could not be built" in done.stderr
     want = torch.ops.stagecraft.nf4_linear(x, codes, absmax, outputs).float().sum().item()
     assert done.stdout.split() == ["python", str(want)]
