@@ -60,7 +60,7 @@ def tokenizer(vocab: int) -> Tokenizer:
 def ours(model: Any, tok: Tokenizer, prompts: list[list[int]], new: int, onednn: bool) -> Callable[[], list[list[int]]]:
     dec = Decoder(model, tok, max_batch=len(prompts))  # built once per model load, as in serving
     if not onednn:
-        dec.net = ServingLlama(model, onednn=False)
+        dec.net = ServingLlama(model, layout="plain")
 
     def go() -> list[list[int]]:
         rows = [Row(p, Sampling(max_new_tokens=new), ignore_eos=True) for p in prompts]

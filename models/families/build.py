@@ -37,14 +37,14 @@ class ServingModel(ServingNet):
     adapters: AdapterBank
 
 
-def serving_net(model: Model, precision: str = "fp32", group_size: int = 64, onednn: bool = True) -> ServingModel:
+def serving_net(model: Model, precision: str = "fp32", group_size: int = 64, layout: str = "packed") -> ServingModel:
     """`model` laid out for decoding by its family's serving class (its weights copied); with
     `precision` "int8", "int4" or "nf4", its projections weight-only quantized (models.layers.quantized;
-    `group_size`: int4's). `onednn=False`: fp32 projections in the plain layout, not oneDNN's packed one."""
+    `group_size`: int4's). `layout`: the fp32 projections' (models.layers.projection.LAYOUTS)."""
     if precision == "fp32":
-        net: ServingModel = _resolve(family(model.config.arch).serving)(model, onednn=onednn)
+        net: ServingModel = _resolve(family(model.config.arch).serving)(model, layout=layout)
         return net
-    net = _resolve(family(model.config.arch).serving)(model, onednn=False)
+    net = _resolve(family(model.config.arch).serving)(model, layout="plain")
     quantize(net, precision, group_size)
     return net
 

@@ -6,8 +6,9 @@ dispatcher (norms, rotary, the KV-cache write, one query's attention, residual a
 `torch.compile` fuses them (models/inference/compiled.py) but leaves its own per-call cost
 (Dynamo's guards, the graph's wrapper, a kernel call per fused loop) and minutes of compiling.
 A native step is the whole of a serving net's `_logits` for one new token a row in one C++ call:
-the same products (aten's fp32 mm, torch's int4 op, bitsandbytes' NF4 GEMV; torch's int8 op past
-8 rows, our own int8 product below: torch's read SmolLM2's head at half the memory's pace), and
+the same products (torch's int4 op, bitsandbytes' NF4 GEMV; torch's int8 op and aten's fp32 mm
+past 8 rows, our own int8 and fp32 products below: torch's int8 op read SmolLM2's head at half
+the memory's pace, and ours streams fp32 weights faster than oneDNN's packed product), and
 its own loops for the rest, attention for one query included (vectorised for AVX-512 and AVX2,
 chosen at load for the CPU). It is built on first use with torch.utils.cpp_extension
 (some seconds, 12 here; cached under TORCH_EXTENSIONS_DIR); where it cannot be built (no compiler, no
@@ -38,11 +39,13 @@ from models.layers.quantized import Int4Projection, Int8Projection, Nf4Projectio
 
 SOURCE = Path(__file__).with_name("native_step.cpp")
 KINDS = {Projection: 0, Int8Projection: 1, Int4Projection: 2, Nf4Projection: 3}  # native_step.cpp's Kind
-PACKED = 4  # a Projection in oneDNN's packed layout
-# fp32 weights for native steps: oneDNN's packed layout where its one-row product beat MKL's
-# (AMD EPYC: 22.2 against 28.8 ms for a SmolLM2 token's projections), MKL's plain one on an Intel
-# CPU (25.1 against 38.8 ms on a Xeon): models/layers/onednn.py's vendor rule (benchmarks/gemv_floor.py).
-ONEDNN_FP32 = onednn.ENABLED
+PACKED, ROWS = 4, 5  # a Projection in oneDNN's packed layout, in the rows layout
+# fp32 weights for native steps (models.layers.projection.LAYOUTS): with AVX-512, "rows" for the
+# step's own product (a SmolLM2 step 10.8 against 12.3 ms with oneDNN's packed weights on an AMD
+# EPYC); without it, oneDNN's packed layout where its one-row product beat MKL's (AMD: 22.2 against
+# 28.8 ms for a token's projections), MKL's plain one on an Intel CPU (25.1 against 38.8 ms on a
+# Xeon): models/layers/onednn.py's vendor rule (benchmarks/RESULTS.md, "Native decode steps").
+FP32_LAYOUT = "rows" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "packed" if onednn.ENABLED else "plain"
 FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline, parallel only when built with it
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,8 @@ def _projection(p: Projection) -> tuple[list[Tensor], list[int]]:
     bias = none if p.bias is None else p.bias
     if type(p) is Projection and p.packed is not None:  # (outputs, inputs) in oneDNN's blocks
         return [p.packed, none, bias], [PACKED, p.packed.size(0), p.packed.size(0), 0]
+    if type(p) is Projection and p.weight is not None:  # (outputs, inputs)
+        return [p.weight, none, bias], [ROWS, p.weight.size(0), p.weight.size(0), 0]
     if type(p) is Projection:
         assert p.weight_t is not None
         return [p.weight_t, none, bias], [KINDS[Projection], p.weight_t.size(1), p.weight_t.size(1), 0]

@@ -51,7 +51,6 @@ class Int8Projection(Projection):
     """`x @ weight.T + bias` with the weight in int8, one bf16 scale per output channel."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
-        self.packed = self.weight_t = None
         self.bias = None if bias is None else bias.detach().clone()
         w = weight.detach().float()
         scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(ACT).tiny).to(ACT)
@@ -75,7 +74,6 @@ class Int4Projection(Int8Projection):
     """`x @ weight.T + bias` with the weight in 4 bits, a bf16 scale and zero per group of inputs."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, group_size: int):
-        self.packed = self.weight_t = None
         self.bias = None if bias is None else bias.detach().clone()
         self.out, fan_in = weight.shape
         self.group = group_size
@@ -99,7 +97,6 @@ class Nf4Projection(Int8Projection):
     fused CPU kernel), a bf16 absmax per 64 inputs of each output channel."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
-        self.packed = self.weight_t = None
         self.bias = None if bias is None else bias.detach().clone()
         self.out = weight.size(0)
         self.qweight, self.scales, self.padded = nf4.pack(weight)
@@ -147,11 +144,11 @@ def int4_group(fan_in: int, group_size: int) -> int | None:
 
 
 def quantized(p: Projection, precision: str, group_size: int = 64) -> Projection:
-    """The projection `p` (plain layout: its `weight_t`) in `precision` ("int8", "int4" or
-    "nf4"); a fan-in that int4's groups or NF4's blocks do not divide stays int8."""
-    if p.weight_t is None:
-        raise ValueError("only a projection in the plain layout (onednn=False) can be quantized")
-    weight = p.weight_t.t()
+    """The projection `p` (the plain or rows layout) in `precision` ("int8", "int4" or "nf4"); a
+    fan-in that int4's groups or NF4's blocks do not divide stays int8."""
+    weight = p.dense()
+    if weight is None:
+        raise ValueError("a projection in oneDNN's packed layout cannot be quantized (its weight is not kept)")
     if precision == "nf4":
         return Nf4Projection(weight, p.bias) if weight.size(1) % nf4.BLOCK == 0 else Int8Projection(weight, p.bias)
     group = int4_group(weight.size(1), group_size) if precision == "int4" else None
@@ -163,7 +160,7 @@ def quantized(p: Projection, precision: str, group_size: int = 64) -> Projection
 def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
     """Replace, in place, every projection of `net`'s layers by its `precision` ("int8", "int4"
     or "nf4") version, the head by its `HEADS[precision]` one and the embedding by int8 rows
-    (an int8 head's own when the two are tied). `net` must have been built in the plain layout (`onednn=False`);
+    (an int8 head's own when the two are tied). `net` must have been built in the plain layout (`layout="plain"`);
     UnsupportedModel off a CPU (the kernels are CPU ones)."""
     if precision not in PRECISIONS[1:]:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
@@ -176,8 +173,9 @@ def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
             value = getattr(layer, f.name)
             if isinstance(value, Projection):
                 setattr(layer, f.name, quantized(value, precision, group_size))
-    assert isinstance(net.embed, Tensor) and net.head.weight_t is not None
-    tied = net.head.weight_t.shape == net.embed.t().shape and torch.equal(net.head.weight_t.t(), net.embed)
+    head_weight = net.head.dense()
+    assert isinstance(net.embed, Tensor) and head_weight is not None
+    tied = head_weight.shape == net.embed.shape and torch.equal(head_weight, net.embed)
     net.head = head = quantized(net.head, HEADS[precision])
     assert isinstance(head, Int8Projection)
     shared = tied and type(head) is Int8Projection  # the embedding looks its rows up in the head's int8 weight

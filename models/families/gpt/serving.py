@@ -53,13 +53,13 @@ class Layer:
 
 
 class ServingGPT(ServingNet):
-    def __init__(self, model: GPT, onednn: bool = True):
-        """`onednn=False` keeps the plain `addmm` layout even where oneDNN could pack."""
+    def __init__(self, model: GPT, layout: str = "packed"):
+        """`layout`: the fp32 projections' (models.layers.projection.LAYOUTS)."""
         self.config: GPTConfig = model.config
         sd = {k: v.detach() for k, v in model.state_dict().items()}
 
         def proj(name: str) -> Projection:
-            return Projection(sd[name + ".weight"], sd[name + ".bias"], onednn)
+            return Projection(sd[name + ".weight"], sd[name + ".bias"], layout)
 
         self.layers: list[Layer] = []
         for i in range(self.config.n_layer):
@@ -78,7 +78,7 @@ class ServingGPT(ServingNet):
             )
         self.embed = wte = sd["transformer.wte.weight"].clone()
         self.wpe = sd["transformer.wpe.weight"].clone()
-        self.head = Projection(wte, None, onednn)  # tied: the vocabulary projection reads the embedding
+        self.head = Projection(wte, None, layout)  # tied: the vocabulary projection reads the embedding
         self.lnf_w, self.lnf_b = sd["transformer.ln_f.weight"].clone(), sd["transformer.ln_f.bias"].clone()
         C = self.config.n_embd
         shapes = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}

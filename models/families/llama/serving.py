@@ -53,8 +53,8 @@ class Layer:
 
 
 class ServingLlama(ServingNet):
-    def __init__(self, model: Llama, onednn: bool = True):
-        """`onednn=False` keeps the plain `addmm` layout even where oneDNN could pack."""
+    def __init__(self, model: Llama, layout: str = "packed"):
+        """`layout`: the fp32 projections' (models.layers.projection.LAYOUTS)."""
         self.config: LlamaConfig = model.config
         sd = {k: v.detach() for k, v in model.state_dict().items()}
         self.layers: list[Layer] = []
@@ -68,18 +68,18 @@ class ServingLlama(ServingNet):
             self.layers.append(
                 Layer(
                     sd[p + "input_layernorm.weight"].clone(),
-                    Projection(qkv_w, qkv_b, onednn),
+                    Projection(qkv_w, qkv_b, layout),
                     None if qn is None else qn.clone(),
                     None if kn is None else kn.clone(),
-                    Projection(sd[a + "o_proj.weight"], None, onednn),
+                    Projection(sd[a + "o_proj.weight"], None, layout),
                     sd[p + "post_attention_layernorm.weight"].clone(),
-                    Projection(gate_up, None, onednn),
-                    Projection(sd[p + "mlp.down_proj.weight"], None, onednn),
+                    Projection(gate_up, None, layout),
+                    Projection(sd[p + "mlp.down_proj.weight"], None, layout),
                 )
             )
         self.embed = sd["model.embed_tokens.weight"].clone()
         self.norm = sd["model.norm.weight"].clone()
-        self.head = Projection(model.head_weight().detach(), None, onednn)
+        self.head = Projection(model.head_weight().detach(), None, layout)
         self.cos, self.sin = model.rope_cos.clone(), model.rope_sin.clone()
         self._cpu_fp32 = self.device.type == "cpu" and self.dtype == torch.float32
         self._gqa = self.config.n_kv_head != self.config.n_head  # a bool here: compiled, a SymBool

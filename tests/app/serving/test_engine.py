@@ -19,15 +19,17 @@ from models.families.gpt.serving import ServingGPT
 from models.formats.load import load_model
 from models.inference.generate import Sampling, generate_ids
 from models.layers.kv_cache import KVCache
+from models.layers.projection import LAYOUTS
 
 
-@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-packed", "addmm"])
-def test_serving_gpt_computes_the_gpt_logits(model_dirs: list[Path], onednn: bool) -> None:
-    if onednn and not torch.backends.mkldnn.is_available():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_serving_gpt_computes_the_gpt_logits(model_dirs: list[Path], layout: str) -> None:
+    if layout == "packed" and not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
     model, _ = load_model(model_dirs[0])
-    net = ServingGPT(model, onednn=onednn)  # False: the plain addmm layout, as on a build without oneDNN
-    assert (net.layers[0].fc.packed is not None) == onednn and (net.head.packed is not None) == onednn
+    net = ServingGPT(model, layout=layout)  # plain: the addmm layout, as on a build without oneDNN
+    for p in (net.layers[0].fc, net.head):
+        assert [p.packed is not None, p.weight_t is not None, p.weight is not None] == [k == layout for k in LAYOUTS]
     idx = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     cache = KVCache(model.config, 2, torch.device("cpu"), torch.float32)
     first = net.last_logits(idx[:, :8], torch.arange(8)[None], cache, None)

@@ -96,7 +96,7 @@ def test_native_steps_give_transformers_logits(case: str, tokenizer: Tokenizer) 
     g = torch.Generator().manual_seed(1)
     rows = torch.randint(0, VOCAB, (3, 12), generator=g).tolist()  # rows 0 and 1: 5 prompt tokens; row 2: 3
     new = [[rows[0][5 + s], rows[1][5 + s]] + ([rows[2][3 + s - 2]] if s >= 2 else []) for s in range(6)]
-    net = serving_net(ours.eval(), onednn=False)
+    net = serving_net(ours.eval(), layout=native.FP32_LAYOUT)  # the layout a decoder gives native steps
     net.decode_step = native.NativeStep(net)
     calls = []
     eager = net._logits
@@ -113,8 +113,9 @@ def test_native_steps_give_transformers_logits(case: str, tokenizer: Tokenizer) 
 
 
 PRECISIONS = [
-    "fp32",
-    "fp32-packed",  # oneDNN's packed layout (native steps use it in fp32 on AMD CPUs: native.ONEDNN_FP32)
+    "fp32-plain",
+    "fp32-packed",  # oneDNN's packed layout (native steps use it in fp32 on AMD CPUs without AVX-512)
+    "fp32-rows",  # (outputs, inputs), the step's own product (with AVX-512: native.FP32_LAYOUT)
     "int8",
     "int4",
     pytest.param("nf4", marks=pytest.mark.skipif(not nf4.available(), reason="AVX512-BF16")),
@@ -136,9 +137,9 @@ def test_native_steps_equal_eager_ones_in_every_precision(
     g = torch.Generator().manual_seed(3)
     rows = torch.randint(0, VOCAB, (3, 12), generator=g).tolist()
     new = [[rows[0][5 + s], rows[1][5 + s]] + ([rows[2][1 + s]] if s >= 2 else []) for s in range(6)]
-    precision, packed = precision.split("-")[0], precision.endswith("-packed")
-    net = serving_net(model.eval(), precision, onednn=packed)
-    assert (net.head.packed is not None) == packed
+    precision, _, layout = precision.partition("-")
+    net = serving_net(model.eval(), precision, layout=layout or "plain")
+    assert (net.head.packed is not None) == (layout == "packed") and (net.head.weight is not None) == (layout == "rows")
     eager = steps(net, [rows[0][:5], rows[1][:5]], rows[2][:3], new, kv)
     net.decode_step = native.NativeStep(net)
     got = steps(net, [rows[0][:5], rows[1][:5]], rows[2][:3], new, kv)
@@ -149,6 +150,26 @@ def test_native_steps_equal_eager_ones_in_every_precision(
         top2 = a.topk(2, -1).values
         clear = top2[:, 0] - top2[:, 1] > 2 * tolerance
         assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+def test_the_rows_product_takes_any_shape(rows: int) -> None:
+    """fp32 in the rows layout on shapes off the product's tiles (40 inputs: 16-value vectors and
+    a tail of 8; 301 and 52 outputs: blocks of four and a tail), at 1 to 8 rows (ours, with
+    AVX-512) and 9 (aten's): each row's logits equal the plain layout's eager step's."""
+    torch.manual_seed(5)
+    model = Llama(LlamaConfig(301, 32, n_layer=1, n_head=4, n_kv_head=2, n_embd=40, intermediate_size=52)).eval()
+    prompts = torch.randint(0, 301, (rows, 4)).tolist()
+    got = []
+    for layout in ("plain", "rows"):
+        net = serving_net(model, layout=layout)
+        if layout == "rows":
+            net.decode_step = native.NativeStep(net)
+        cache = SlotCache(net.config, rows, torch.device("cpu"), torch.float32)
+        prefill(net, prompts, cache)
+        positions, mask = cache.prepare()
+        got.append(net.last_logits(torch.arange(rows)[:, None] + 7, positions, cache, mask))
+    assert (got[0] - got[1]).abs().max() <= 1e-5 * got[0].abs().max()
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt"])

@@ -48,12 +48,14 @@ def test_nf4_is_bitsandbytes_dequantized_weight_times_bf16_activations(out: int,
     w, b = weights(out, fan_in)
     p = Nf4Projection(w, b)
     assert p.padded == out + (-out % 32) and p.scales.shape == (fan_in // 64, p.padded)
-    x = torch.randn(rows, fan_in)
+    x = torch.randn(rows, fan_in, generator=torch.Generator().manual_seed(rows))
     got = p(x)
     assert got.dtype == torch.float32 and got.shape == (rows, out)
     want = x.to(ACT).float() @ reference(w).t() + b
-    # the kernel hands out bf16: equal to that rounding of the reference product
-    assert torch.allclose(got, want, rtol=1e-2, atol=2e-2 * want.abs().max().item() / 8)
+    # the kernel sums in its own order and hands out bf16: within one bf16 step of the largest
+    # output (the rounding, up to half a step, and the order of the sums: 3 of 200 draws of x
+    # differed by up to 0.016 at a largest output of 4.2, past the 0.010 once allowed)
+    assert torch.allclose(got, want, rtol=1e-2, atol=want.abs().max().item() / 128)
     exact = x @ w.t() + b
     assert (got - exact).norm() / exact.norm() < 0.15
     assert torch.allclose(p(x, gelu=True), F.gelu(got, approximate="tanh"))
@@ -64,12 +66,12 @@ def test_nf4_is_bitsandbytes_dequantized_weight_times_bf16_activations(out: int,
 @needs_kernel
 def test_bytes_and_the_int8_fallback() -> None:
     w, _ = weights(256, 512)
-    fp32 = sum(t.numel() * t.element_size() for t in Projection(w, None, onednn=False).tensors())
+    fp32 = sum(t.numel() * t.element_size() for t in Projection(w, None, "plain").tensors())
     packed = sum(t.numel() * t.element_size() for t in Nf4Projection(w, None).tensors())
     assert packed == 256 * 512 // 2 + (512 // 64) * 256 * 2  # half a byte a weight, a bf16 absmax per 64
     assert packed / fp32 < 0.14
     w, b = weights(32, 96)  # 96 inputs: not whole blocks of 64
-    assert type(quantized(Projection(w, b, onednn=False), "nf4")) is Int8Projection
+    assert type(quantized(Projection(w, b, "plain"), "nf4")) is Int8Projection
 
 
 @needs_kernel
@@ -100,7 +102,7 @@ def test_nf4_is_refused_where_the_kernel_is_not(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(nf4, "available", lambda: False)
     w, b = weights(64, 64)
     with pytest.raises(UnsupportedModel, match="AVX512-BF16"):
-        quantized(Projection(w, b, onednn=False), "nf4")
+        quantized(Projection(w, b, "plain"), "nf4")
 
 
 @needs_kernel

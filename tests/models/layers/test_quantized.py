@@ -71,16 +71,16 @@ def test_group_sizes_and_the_int8_fallback() -> None:
     assert int4_group(384, 64) == 64 and int4_group(576, 128) == 64 and int4_group(96, 128) == 32
     assert int4_group(48, 64) is None
     w, b = weights(32, 48)
-    assert type(quantized(Projection(w, b, onednn=False), "int4")) is Int8Projection  # no group divides 48
-    packed = Projection(w, b, onednn=False)
+    assert type(quantized(Projection(w, b, "plain"), "int4")) is Int8Projection  # no group divides 48
+    packed = Projection(w, b, "plain")
     packed.weight_t = None  # as a oneDNN-packed projection holds it: the weight cannot be read back
-    with pytest.raises(ValueError, match="plain layout"):
+    with pytest.raises(ValueError, match="packed layout cannot be quantized"):
         quantized(packed, "int8")
 
 
 def test_bytes() -> None:
     w, _ = weights(256, 512)
-    fp32 = sum(t.numel() * t.element_size() for t in Projection(w, None, onednn=False).tensors())
+    fp32 = sum(t.numel() * t.element_size() for t in Projection(w, None, "plain").tensors())
     int8 = sum(t.numel() * t.element_size() for t in Int8Projection(w, None).tensors())
     int4 = sum(t.numel() * t.element_size() for t in Int4Projection(w, None, 64).tensors())
     assert int8 == 256 * 512 + 2 * 256  # a byte a weight, a bf16 scale a channel
@@ -125,7 +125,7 @@ def test_adapters_add_their_fp32_products_on_the_quantized_base_row_by_row(preci
     """Rows of an adapter get the quantized base product plus their own low-rank product in
     fp32; base rows get the quantized product alone, exactly."""
     w, b = weights(96, 64)
-    proj = quantized(Projection(w, b, onednn=False), precision)
+    proj = quantized(Projection(w, b, "plain"), precision)
     bank = AdapterBank({"p": (64, 96)}, torch.device("cpu"), torch.float32)
     g = torch.Generator().manual_seed(3)
     a, b_up = torch.randn(4, 64, generator=g), torch.randn(96, 4, generator=g)

@@ -231,11 +231,11 @@ def test_gpt_only_specs_keep_their_meaning(spec_dict: Callable[..., dict[str, An
     assert parse_spec(spec_dict()).model.arch == "gpt"
 
 
-@pytest.mark.parametrize("onednn", [True, False])
-def test_serving_path_logits_equal_the_model(llama: Llama, onednn: bool) -> None:
+@pytest.mark.parametrize("layout", ["packed", "plain", "rows"])
+def test_serving_path_logits_equal_the_model(llama: Llama, layout: str) -> None:
     from models.families.llama.serving import ServingLlama
 
-    net = ServingLlama(llama, onednn=onednn)
+    net = ServingLlama(llama, layout=layout)
     idx = torch.randint(0, llama.config.vocab_size, (3, 9))
     cache = KVCache(llama.config, 3, idx.device, torch.float32)
     got = [net.last_logits(idx[:, :6], torch.arange(6)[None], cache, None)]
