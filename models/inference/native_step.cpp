@@ -99,7 +99,76 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return out;
 }
 
-constexpr int64_t kInt8Rows = 8;  // up to this many rows, int8 products are `int8_product`'s
+CLONES void add_into(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = y[i] + x[i];
+}
+
+constexpr int64_t kFewRows = 8;  // up to this many rows, int8 and fp32 ("rows") products are ours
+
+// 16 weights of an (outputs, inputs) row as fp32 lanes: fp32 as stored, int8 widened.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+__attribute__((target("avx512f"))) inline __m512 load16(const int8_t* w) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
+}
+
+// sums[r * ld + (o - o0)] = x[r] · w[o] for the outputs [o0, o1), R rows of x (R, K) fp32, w
+// (outputs, K) fp32 or int8: four weight rows at a time, each of their values loaded (and, int8,
+// widened) once for all R rows, the four after the next prefetched. The weights stream from
+// memory once a step, so that is the product's pace: at one row a SmolLM2 fp32 step took 10.8
+// ms against 12.3 through oneDNN's packed product (11.4 without the prefetch); at 8 int8 rows
+// the values are widened once, not once a row.
+template <int R, typename W>
+__attribute__((target("avx512f"))) void sums_avx512(const float* x, const W* w, int64_t K, int64_t o0, int64_t o1,
+                                                   float* sums, int64_t ld) {
+  constexpr int64_t line = 64 / sizeof(W);  // weights in a cache line
+  int64_t o = o0;
+  for (; o + 4 <= o1; o += 4) {
+    __m512 acc[4][R];
+    for (int j = 0; j < 4; ++j)
+      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+    const W* w0 = w + o * K;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      __m512 wv[4];
+      for (int j = 0; j < 4; ++j) {
+        wv[j] = load16(w0 + j * K + k);
+        if (k % line == 0) _mm_prefetch(reinterpret_cast<const char*>(w0 + (8 + j) * K + k), _MM_HINT_T0);
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m512 xv = _mm512_loadu_ps(x + r * K + k);
+        for (int j = 0; j < 4; ++j) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
+      }
+    }
+    for (int j = 0; j < 4; ++j)
+      for (int r = 0; r < R; ++r) {
+        float s = _mm512_reduce_add_ps(acc[j][r]);
+        for (int64_t t = k; t < K; ++t) s += x[r * K + t] * static_cast<float>(w0[j * K + t]);
+        sums[r * ld + o + j - o0] = s;
+      }
+  }
+  for (; o < o1; ++o)
+    for (int r = 0; r < R; ++r) {
+      float s = 0;
+      for (int64_t t = 0; t < K; ++t) s += x[r * K + t] * static_cast<float>(w[o * K + t]);
+      sums[r * ld + o - o0] = s;
+    }
+}
+
+template <typename W>
+void few_rows_sums(int64_t R, const float* x, const W* w, int64_t K, int64_t o0, int64_t o1, float* sums, int64_t ld) {
+  switch (R) {
+    case 1: return sums_avx512<1>(x, w, K, o0, o1, sums, ld);
+    case 2: return sums_avx512<2>(x, w, K, o0, o1, sums, ld);
+    case 3: return sums_avx512<3>(x, w, K, o0, o1, sums, ld);
+    case 4: return sums_avx512<4>(x, w, K, o0, o1, sums, ld);
+    case 5: return sums_avx512<5>(x, w, K, o0, o1, sums, ld);
+    case 6: return sums_avx512<6>(x, w, K, o0, o1, sums, ld);
+    case 7: return sums_avx512<7>(x, w, K, o0, o1, sums, ld);
+    default: return sums_avx512<8>(x, w, K, o0, o1, sums, ld);
+  }
+}
+
+const bool kAvx512 = __builtin_cpu_supports("avx512f");
 
 float dot_int8_plain(const float* x, const int8_t* w, int64_t n) {
   float s = 0;
@@ -107,19 +176,9 @@ float dot_int8_plain(const float* x, const int8_t* w, int64_t n) {
   return s;
 }
 
-// x · w over n values, w int8: 16 (AVX-512) or 8 (AVX2) lanes of partial sums, then their total
-// and the tail's. Intrinsics, not a loop left to the compiler: GCC turned the int8-to-float
+// x · w over n values, w int8, on a CPU without AVX-512: 8 lanes of partial sums, then their
+// total and the tail's. Intrinsics, not a loop left to the compiler: GCC turned the int8-to-float
 // conversion into scalar code, 20x slower.
-__attribute__((target("avx512f"))) float dot_int8_avx512(const float* x, const int8_t* w, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i));
-    acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), acc);
-  }
-  return _mm512_reduce_add_ps(acc) + dot_int8_plain(x + i, w + i, n - i);
-}
-
 __attribute__((target("avx2,fma"))) float dot_int8_avx2(const float* x, const int8_t* w, int64_t n) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
@@ -134,51 +193,8 @@ __attribute__((target("avx2,fma"))) float dot_int8_avx2(const float* x, const in
 }
 
 using DotInt8 = float (*)(const float*, const int8_t*, int64_t);
-const DotInt8 dot_int8 = __builtin_cpu_supports("avx512f") ? dot_int8_avx512
-                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? dot_int8_avx2
-                                                                                             : dot_int8_plain;
-
-constexpr int64_t kFp32Rows = 8;  // up to this many rows, fp32 (outputs, inputs) products are `fp32_rows_avx512`'s
-
-// y[r, o] = x[r] · w[o] (+ bias[o]) for outputs [o0, o1), R rows of x, w (outputs, inputs) fp32:
-// four weight rows at a time, each value of them loaded once for all R rows, the four after the
-// next prefetched (the weights stream from memory once a step: its pace is the product's; 10.8
-// against 12.3 ms a SmolLM2 step with oneDNN's packed product, the hardware's prefetch alone 11.4).
-template <int R>
-__attribute__((target("avx512f"))) void fp32_rows_avx512(const float* x, const float* w, const float* bias, int64_t K,
-                                                        int64_t N, int64_t o0, int64_t o1, float* y) {
-  int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) {
-    __m512 acc[4][R];
-    for (int j = 0; j < 4; ++j)
-      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
-    const float* w0 = w + o * K;
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      __m512 wv[4];
-      for (int j = 0; j < 4; ++j) {
-        wv[j] = _mm512_loadu_ps(w0 + j * K + k);
-        _mm_prefetch(reinterpret_cast<const char*>(w0 + (8 + j) * K + k), _MM_HINT_T0);  // two blocks on
-      }
-      for (int r = 0; r < R; ++r) {
-        const __m512 xv = _mm512_loadu_ps(x + r * K + k);
-        for (int j = 0; j < 4; ++j) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
-      }
-    }
-    for (int j = 0; j < 4; ++j)
-      for (int r = 0; r < R; ++r) {
-        float s = _mm512_reduce_add_ps(acc[j][r]);
-        for (int64_t t = k; t < K; ++t) s += x[r * K + t] * w0[j * K + t];
-        y[r * N + o + j] = bias ? s + bias[o + j] : s;
-      }
-  }
-  for (; o < o1; ++o)
-    for (int r = 0; r < R; ++r) {
-      float s = 0;
-      for (int64_t t = 0; t < K; ++t) s += x[r * K + t] * w[o * K + t];
-      y[r * N + o] = bias ? s + bias[o] : s;
-    }
-}
+const DotInt8 dot_int8 =
+    __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? dot_int8_avx2 : dot_int8_plain;
 
 // A projection as the serving net holds it (models/layers/projection.py, quantized.py, nf4.py):
 // `weight` is the plain layout's (inputs, outputs) transpose, or the quantized codes; `scales`
@@ -195,7 +211,7 @@ struct Projection {
     if (kind == kRows) return rows_product(x);
     const at::Tensor a = to_bf16(x);  // the kernels' activations
     at::Tensor y;
-    if (kind == kInt8 && a.size(0) <= kInt8Rows) {
+    if (kind == kInt8 && a.size(0) <= kFewRows) {
       y = int8_product(a);
     } else if (kind == kInt8) {
       y = at::_weight_int8pack_mm(a, weight, scales);
@@ -222,37 +238,36 @@ struct Projection {
     const int8_t* w = weight.const_data_ptr<int8_t>();
     const auto* sc = reinterpret_cast<const uint16_t*>(scales.const_data_ptr());
     auto* out = y.mutable_data_ptr<c10::BFloat16>();
-    at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) {
-        const float scale = bf16_to_float(sc[o]);
-        for (int64_t r = 0; r < rows; ++r) out[r * n + o] = c10::BFloat16(dot_int8(x.data() + r * in, w + o * in, in) * scale);
+    at::parallel_for(0, (n + 3) / 4, 32, [&](int64_t begin, int64_t end) {
+      const int64_t o0 = begin * 4, o1 = std::min(n, end * 4), width = o1 - o0;
+      std::vector<float> sums(rows * width);
+      if (kAvx512) {
+        few_rows_sums(rows, x.data(), w, in, o0, o1, sums.data(), width);
+      } else {
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t o = o0; o < o1; ++o) sums[r * width + o - o0] = dot_int8(x.data() + r * in, w + o * in, in);
       }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t o = o0; o < o1; ++o) out[r * n + o] = c10::BFloat16(sums[r * width + o - o0] * bf16_to_float(sc[o]));
     });
     return y;
   }
 
-  // x (R, inputs) @ weight.T (+ bias), the weight (outputs, inputs) fp32: `fp32_rows_avx512` for up
-  // to 8 rows where the CPU has AVX-512 (native.py keeps this layout only there), else aten's mm.
+  // x (R, inputs) @ weight.T (+ bias), the weight (outputs, inputs) fp32: `sums_avx512` for up to 8
+  // rows where the CPU has AVX-512 (native.py keeps this layout only there), else aten's mm.
   at::Tensor rows_product(const at::Tensor& x) const {
-    static const bool avx512 = __builtin_cpu_supports("avx512f");
     const int64_t R = x.size(0), K = x.size(1), N = weight.size(0);
-    if (R > kFp32Rows || !avx512) return bias.defined() ? at::addmm(bias, x, weight.t()) : at::mm(x, weight.t());
+    if (R > kFewRows || !kAvx512) return bias.defined() ? at::addmm(bias, x, weight.t()) : at::mm(x, weight.t());
     at::Tensor y = at::empty({R, N}, x.options());
     const float* xp = x.const_data_ptr<float>();
     const float* wp = weight.const_data_ptr<float>();
-    const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
     float* yp = y.mutable_data_ptr<float>();
     at::parallel_for(0, (N + 3) / 4, 32, [&](int64_t begin, int64_t end) {
       const int64_t o0 = begin * 4, o1 = std::min(N, end * 4);
-      switch (R) {
-        case 1: fp32_rows_avx512<1>(xp, wp, bp, K, N, o0, o1, yp); break;
-        case 2: fp32_rows_avx512<2>(xp, wp, bp, K, N, o0, o1, yp); break;
-        case 3: fp32_rows_avx512<3>(xp, wp, bp, K, N, o0, o1, yp); break;
-        case 4: fp32_rows_avx512<4>(xp, wp, bp, K, N, o0, o1, yp); break;
-        case 5: fp32_rows_avx512<5>(xp, wp, bp, K, N, o0, o1, yp); break;
-        case 6: fp32_rows_avx512<6>(xp, wp, bp, K, N, o0, o1, yp); break;
-        case 7: fp32_rows_avx512<7>(xp, wp, bp, K, N, o0, o1, yp); break;
-        default: fp32_rows_avx512<8>(xp, wp, bp, K, N, o0, o1, yp); break;
+      few_rows_sums(R, xp, wp, K, o0, o1, yp + o0, N);
+      if (bias.defined()) {
+        const float* b = bias.const_data_ptr<float>();
+        for (int64_t r = 0; r < R; ++r) add_into(yp + r * N + o0, b + o0, o1 - o0);
       }
     });
     return y;
@@ -288,10 +303,6 @@ struct Layer {
   at::Tensor ln1_bias, ln2_bias;        // GPT's LayerNorms' (undefined for Llama's RMSNorms)
   Projection qkv, o, gate_up, down;     // GPT: c_attn, c_proj, c_fc (GELU after it), the MLP's c_proj
 };
-
-CLONES void add_into(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = y[i] + x[i];
-}
 
 // x * cos + roll(x, D/2) * sin, in place, for one head of D values (models.families.llama.model.rotary);
 // each product rounded before the sum, as aten's (no fused multiply-add).
