@@ -29,7 +29,9 @@
 
 #include <cmath>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <limits>
 #include <vector>
@@ -168,7 +170,9 @@ void few_rows_sums(int64_t R, const float* x, const W* w, int64_t K, int64_t o0,
   }
 }
 
-const bool kAvx512 = __builtin_cpu_supports("avx512f");
+// Whether the few-rows products run their AVX-512 code; STAGECRAFT_NATIVE_NO_AVX512 (any value)
+// takes the paths of a CPU without it, so that a machine with it can test them.
+const bool kAvx512 = __builtin_cpu_supports("avx512f") && std::getenv("STAGECRAFT_NATIVE_NO_AVX512") == nullptr;
 
 float dot_int8_plain(const float* x, const int8_t* w, int64_t n) {
   float s = 0;
@@ -193,8 +197,11 @@ __attribute__((target("avx2,fma"))) float dot_int8_avx2(const float* x, const in
 }
 
 using DotInt8 = float (*)(const float*, const int8_t*, int64_t);
-const DotInt8 dot_int8 =
-    __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? dot_int8_avx2 : dot_int8_plain;
+const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+const DotInt8 dot_int8 = kAvx2 ? dot_int8_avx2 : dot_int8_plain;
+
+// The code the few-rows products run here: "avx512", "avx2" (int8; fp32 in aten's mm) or "baseline".
+std::string few_rows_isa() { return kAvx512 ? "avx512" : kAvx2 ? "avx2" : "baseline"; }
 
 // A projection as the serving net holds it (models/layers/projection.py, quantized.py, nf4.py):
 // `weight` is the plain layout's (inputs, outputs) transpose, or the quantized codes; `scales`
@@ -601,4 +608,5 @@ TORCH_LIBRARY_FRAGMENT(stagecraft, m) {
       .def("add_layer", &DecoderStep::add_layer)
       .def("set_head", &DecoderStep::set_head)
       .def("step", &DecoderStep::step);
+  m.def("native_isa() -> str", &stagecraft_native::few_rows_isa);
 }

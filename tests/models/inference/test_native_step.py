@@ -9,6 +9,9 @@ against our eager step over the same weights. The decoder runs its steps nativel
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +173,25 @@ def test_the_rows_product_takes_any_shape(rows: int) -> None:
         positions, mask = cache.prepare()
         got.append(net.last_logits(torch.arange(rows)[:, None] + 7, positions, cache, mask))
     assert (got[0] - got[1]).abs().max() <= 1e-5 * got[0].abs().max()
+
+
+def test_the_few_rows_products_without_avx512() -> None:
+    """A CPU without AVX-512 takes other paths for the few-rows products (int8 by AVX2 dot
+    products, fp32 "rows" weights by aten's mm): the same checks, in a process that takes them."""
+    if torch.ops.stagecraft.native_isa() != "avx512":
+        pytest.skip("this CPU takes those paths in every test")
+    env = {**os.environ, "STAGECRAFT_NATIVE_NO_AVX512": "1"}
+    script = "import torch; from models.inference import native; native.available(); "
+    script += "print(torch.ops.stagecraft.native_isa())"
+    isa = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert isa.stdout.split() == ["avx2"], isa.stderr
+    tests = [
+        f"{__file__}::test_the_rows_product_takes_any_shape",
+        f"{__file__}::test_native_steps_equal_eager_ones_in_every_precision",
+    ]
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "rows or int8", *tests]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0 and "12 passed" in done.stdout.splitlines()[-1], done.stdout[-3000:]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt"])
