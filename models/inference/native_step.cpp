@@ -44,7 +44,6 @@ using Nf4Kernel = void (*)(int64_t, int64_t, int64_t, const void*, const void*, 
                            int64_t);
 constexpr int64_t kNf4Block = 64;  // nf4.BLOCK
 
-
 enum Kind : int64_t { kPlain = 0, kInt8 = 1, kInt4 = 2, kNf4 = 3, kPacked = 4, kRows = 5 };  // native.py's kinds
 
 inline float bf16_to_float(uint16_t u) {
@@ -430,6 +429,9 @@ struct DecoderStep : torch::CustomClassHolder {
     p.weight = t.at(3 * i), p.scales = t.at(3 * i + 1);
     if (t.at(3 * i + 2).numel() > 0) p.bias = t.at(3 * i + 2);
     TORCH_CHECK(p.kind >= kPlain && p.kind <= kRows, "DecoderStep: unknown projection kind ", p.kind);
+    const bool ours = p.kind == kRows || p.kind == kInt8;  // read through raw pointers: fp32 / int8 rows, contiguous
+    TORCH_CHECK(!ours || (p.weight.is_contiguous() && p.weight.scalar_type() == (p.kind == kRows ? at::kFloat : at::kChar)),
+                "DecoderStep: a rows or int8 weight must be contiguous fp32 / int8");
     return p;
   }
 
