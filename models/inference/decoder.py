@@ -102,7 +102,8 @@ class Decoder:
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
         use_native = native and native_step.wanted(model)
-        self.net = serving_net(model, precision, group_size, layout=native_step.FP32_LAYOUT if use_native else "packed")
+        layout = native_step.fp32_layout() if use_native else "packed"
+        self.net = serving_net(model, precision, group_size, layout=layout)
         self.step_kind = "eager"
         if use_native:
             self.net.decode_step, self.step_kind = native_step.NativeStep(self.net), "native"

@@ -40,12 +40,6 @@ from models.layers.quantized import Int4Projection, Int8Projection, Nf4Projectio
 SOURCE = Path(__file__).with_name("native_step.cpp")
 KINDS = {Projection: 0, Int8Projection: 1, Int4Projection: 2, Nf4Projection: 3}  # native_step.cpp's Kind
 PACKED, ROWS = 4, 5  # a Projection in oneDNN's packed layout, in the rows layout
-# fp32 weights for native steps (models.layers.projection.LAYOUTS): with AVX-512, "rows" for the
-# step's own product (a SmolLM2 step 10.8 against 12.3 ms with oneDNN's packed weights on an AMD
-# EPYC); without it, oneDNN's packed layout where its one-row product beat MKL's (AMD: 22.2 against
-# 28.8 ms for a token's projections), MKL's plain one on an Intel CPU (25.1 against 38.8 ms on a
-# Xeon): models/layers/onednn.py's vendor rule (benchmarks/RESULTS.md, "Native decode steps").
-FP32_LAYOUT = "rows" if torch.backends.cpu.get_cpu_capability() == "AVX512" else "packed" if onednn.ENABLED else "plain"
 FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline, parallel only when built with it
 log = logging.getLogger(__name__)
 
@@ -68,6 +62,18 @@ def available() -> bool:
     except Exception as e:  # any failure to build or load: the eager steps serve
         log.warning("native decode steps could not be built (%s); decoding with eager steps", e)
         return False
+
+
+def fp32_layout() -> str:
+    """The layout of fp32 weights for native steps (models.layers.projection.LAYOUTS): "rows" where
+    the C++ step runs its own AVX-512 product (`native_isa()`; a SmolLM2 step 10.8 against 12.3 ms
+    with oneDNN's packed weights on an AMD EPYC); elsewhere oneDNN's packed layout where its one-row
+    product beat MKL's (AMD: 22.2 against 28.8 ms for a token's projections), MKL's plain one on an
+    Intel CPU (25.1 against 38.8 ms on a Xeon): models/layers/onednn.py's vendor rule
+    (benchmarks/RESULTS.md, "Native decode steps", "Few-rows products of our own")."""
+    if available() and torch.ops.stagecraft.native_isa() == "avx512":
+        return "rows"
+    return "packed" if onednn.ENABLED else "plain"
 
 
 def wanted(model: Any) -> bool:

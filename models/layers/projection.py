@@ -83,7 +83,9 @@ class Projection:
 
     def dense(self) -> Tensor | None:
         """The (outputs, inputs) weight (a view) in the plain or rows layout; None when packed."""
-        return self.weight if self.weight is not None else None if self.weight_t is None else self.weight_t.t()
+        if self.weight is not None:
+            return self.weight
+        return None if self.weight_t is None else self.weight_t.t()
 
     def tensors(self) -> list[Tensor]:
         return [t for t in (self.packed, self.weight_t, self.weight, self.bias) if t is not None]

@@ -160,8 +160,8 @@ def quantized(p: Projection, precision: str, group_size: int = 64) -> Projection
 def quantize(net: ServingNet, precision: str, group_size: int = 64) -> None:
     """Replace, in place, every projection of `net`'s layers by its `precision` ("int8", "int4"
     or "nf4") version, the head by its `HEADS[precision]` one and the embedding by int8 rows
-    (an int8 head's own when the two are tied). `net` must have been built in the plain layout (`layout="plain"`);
-    UnsupportedModel off a CPU (the kernels are CPU ones)."""
+    (an int8 head's own when the two are tied). `net` must have been built in the plain or rows
+    layout (not oneDNN's packed one); UnsupportedModel off a CPU (the kernels are CPU ones)."""
     if precision not in PRECISIONS[1:]:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS[1:])}")
     if group_size not in GROUP_SIZES:

@@ -99,7 +99,7 @@ def test_native_steps_give_transformers_logits(case: str, tokenizer: Tokenizer) 
     g = torch.Generator().manual_seed(1)
     rows = torch.randint(0, VOCAB, (3, 12), generator=g).tolist()  # rows 0 and 1: 5 prompt tokens; row 2: 3
     new = [[rows[0][5 + s], rows[1][5 + s]] + ([rows[2][3 + s - 2]] if s >= 2 else []) for s in range(6)]
-    net = serving_net(ours.eval(), layout=native.FP32_LAYOUT)  # the layout a decoder gives native steps
+    net = serving_net(ours.eval(), layout=native.fp32_layout())  # the layout a decoder gives native steps
     net.decode_step = native.NativeStep(net)
     calls = []
     eager = net._logits
@@ -118,7 +118,7 @@ def test_native_steps_give_transformers_logits(case: str, tokenizer: Tokenizer) 
 PRECISIONS = [
     "fp32-plain",
     "fp32-packed",  # oneDNN's packed layout (native steps use it in fp32 on AMD CPUs without AVX-512)
-    "fp32-rows",  # (outputs, inputs), the step's own product (with AVX-512: native.FP32_LAYOUT)
+    "fp32-rows",  # (outputs, inputs), the step's own product (with AVX-512: native.fp32_layout())
     "int8",
     "int4",
     pytest.param("nf4", marks=pytest.mark.skipif(not nf4.available(), reason="AVX512-BF16")),
