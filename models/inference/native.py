@@ -37,7 +37,7 @@ from models.layers import nf4, onednn
 from models.layers.projection import Projection
 from models.layers.quantized import Int4Projection, Int8Projection, Nf4Projection
 
-SOURCE = Path(__file__).with_name("native_step.cpp")
+SOURCES = [Path(__file__).with_name(f) for f in ("native_step.cpp", "few_rows.cpp")]  # with few_rows.h
 KINDS = {Projection: 0, Int8Projection: 1, Int4Projection: 2, Nf4Projection: 3}  # native_step.cpp's Kind
 PACKED, ROWS = 4, 5  # a Projection in oneDNN's packed layout, in the rows layout
 FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline, parallel only when built with it
@@ -53,7 +53,7 @@ def available() -> bool:
 
         cpp_extension.load(
             "stagecraft_native_step",
-            [str(SOURCE)],
+            [str(s) for s in SOURCES],
             extra_cflags=FLAGS,
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
@@ -124,6 +124,16 @@ def _projection(p: Projection) -> tuple[list[Tensor], list[int]]:
     if isinstance(p, Nf4Projection):
         return tensors, [kind, p.out, p.padded, 0]
     return tensors, [kind, p.qweight.size(0), p.qweight.size(0), 0]
+
+
+def project(p: Projection, x: Tensor) -> Tensor:
+    """`p(x)` for x (rows, inputs) fp32 as a native step computes it (its product for that many
+    rows, the bias added): (rows, outputs) fp32. For tests and benchmarks of the products."""
+    if not available():
+        raise RuntimeError("the native step's C++ build is not available")
+    tensors, meta = _projection(p)
+    y: Tensor = torch.ops.stagecraft.native_project(x, tensors, meta)
+    return y
 
 
 class NativeStep:

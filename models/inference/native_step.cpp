@@ -3,9 +3,10 @@
 // call, without Python, Dynamo or a dispatcher call per elementwise operation.
 //
 // The products are the kernels the eager step calls (aten's mm or oneDNN's packed fp32 product,
-// `_weight_int4pack_mm_for_cpu`, bitsandbytes' NF4 GEMV through the address nf4.py binds, torch's
-// `_weight_int8pack_mm` past 8 rows), or, up to 8 rows, our own int8 product and our own fp32 one
-// over (outputs, inputs) weights (the "rows" layout, AVX-512); the norms, rotary, the
+// bitsandbytes' NF4 GEMV through the address nf4.py binds, torch's `_weight_int8pack_mm` and
+// `_weight_int4pack_mm_for_cpu` past 8 rows), or, up to 8 rows, our own (few_rows.cpp): int8, int4
+// on torch's packed int4 weight, and fp32 over (outputs, inputs) weights (the "rows" layout), the
+// fp32 and int4 ones where the CPU has AVX-512; the norms, rotary, the
 // casts, the residual adds, the SwiGLU / GELU and attention for one query are the loops below,
 // compiled for AVX-512, AVX2 and the baseline (`target_clones` and run-time dispatch: the loader
 // picks one for the CPU it runs on, so a cached build moves between machines). Rotary rounds each
@@ -26,6 +27,8 @@
 #include <torch/library.h>
 
 #include <immintrin.h>
+
+#include "few_rows.h"
 
 #include <cmath>
 #include <algorithm>
@@ -104,104 +107,6 @@ CLONES void add_into(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = y[i] + x[i];
 }
 
-constexpr int64_t kFewRows = 8;  // up to this many rows, int8 and fp32 ("rows") products are ours
-
-// 16 weights of an (outputs, inputs) row as fp32 lanes: fp32 as stored, int8 widened.
-__attribute__((target("avx512f"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
-__attribute__((target("avx512f"))) inline __m512 load16(const int8_t* w) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
-}
-
-// sums[r * ld + (o - o0)] = x[r] · w[o] for the outputs [o0, o1), R rows of x (R, K) fp32, w
-// (outputs, K) fp32 or int8: four weight rows at a time, each of their values loaded (and, int8,
-// widened) once for all R rows, the four after the next prefetched. The weights stream from
-// memory once a step, so that is the product's pace: at one row a SmolLM2 fp32 step took 10.8
-// ms against 12.3 through oneDNN's packed product (11.4 without the prefetch); at 8 int8 rows
-// the values are widened once, not once a row.
-template <int R, typename W>
-__attribute__((target("avx512f"))) void sums_avx512(const float* x, const W* w, int64_t K, int64_t o0, int64_t o1,
-                                                   float* sums, int64_t ld) {
-  constexpr int64_t line = 64 / sizeof(W);  // weights in a cache line
-  int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) {
-    __m512 acc[4][R];
-    for (int j = 0; j < 4; ++j)
-      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
-    const W* w0 = w + o * K;
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      __m512 wv[4];
-      for (int j = 0; j < 4; ++j) {
-        wv[j] = load16(w0 + j * K + k);
-        if (k % line == 0) _mm_prefetch(reinterpret_cast<const char*>(w0 + (8 + j) * K + k), _MM_HINT_T0);
-      }
-      for (int r = 0; r < R; ++r) {
-        const __m512 xv = _mm512_loadu_ps(x + r * K + k);
-        for (int j = 0; j < 4; ++j) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
-      }
-    }
-    for (int j = 0; j < 4; ++j)
-      for (int r = 0; r < R; ++r) {
-        float s = _mm512_reduce_add_ps(acc[j][r]);
-        for (int64_t t = k; t < K; ++t) s += x[r * K + t] * static_cast<float>(w0[j * K + t]);
-        sums[r * ld + o + j - o0] = s;
-      }
-  }
-  for (; o < o1; ++o)
-    for (int r = 0; r < R; ++r) {
-      float s = 0;
-      for (int64_t t = 0; t < K; ++t) s += x[r * K + t] * static_cast<float>(w[o * K + t]);
-      sums[r * ld + o - o0] = s;
-    }
-}
-
-template <typename W>
-void few_rows_sums(int64_t R, const float* x, const W* w, int64_t K, int64_t o0, int64_t o1, float* sums, int64_t ld) {
-  switch (R) {
-    case 1: return sums_avx512<1>(x, w, K, o0, o1, sums, ld);
-    case 2: return sums_avx512<2>(x, w, K, o0, o1, sums, ld);
-    case 3: return sums_avx512<3>(x, w, K, o0, o1, sums, ld);
-    case 4: return sums_avx512<4>(x, w, K, o0, o1, sums, ld);
-    case 5: return sums_avx512<5>(x, w, K, o0, o1, sums, ld);
-    case 6: return sums_avx512<6>(x, w, K, o0, o1, sums, ld);
-    case 7: return sums_avx512<7>(x, w, K, o0, o1, sums, ld);
-    default: return sums_avx512<8>(x, w, K, o0, o1, sums, ld);
-  }
-}
-
-// Whether the few-rows products run their AVX-512 code; STAGECRAFT_NATIVE_NO_AVX512 (any value)
-// takes the paths of a CPU without it, so that a machine with it can test them.
-const bool kAvx512 = __builtin_cpu_supports("avx512f") && std::getenv("STAGECRAFT_NATIVE_NO_AVX512") == nullptr;
-
-float dot_int8_plain(const float* x, const int8_t* w, int64_t n) {
-  float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += x[i] * static_cast<float>(w[i]);
-  return s;
-}
-
-// x · w over n values, w int8, on a CPU without AVX-512: 8 lanes of partial sums, then their
-// total and the tail's. Intrinsics, not a loop left to the compiler: GCC turned the int8-to-float
-// conversion into scalar code, 20x slower.
-__attribute__((target("avx2,fma"))) float dot_int8_avx2(const float* x, const int8_t* w, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + i));
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), acc);
-  }
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-  return _mm_cvtss_f32(h) + dot_int8_plain(x + i, w + i, n - i);
-}
-
-using DotInt8 = float (*)(const float*, const int8_t*, int64_t);
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-const DotInt8 dot_int8 = kAvx2 ? dot_int8_avx2 : dot_int8_plain;
-
-// The code the few-rows products run here: "avx512", "avx2" (int8; fp32 in aten's mm) or "baseline".
-std::string few_rows_isa() { return kAvx512 ? "avx512" : kAvx2 ? "avx2" : "baseline"; }
-
 // A projection as the serving net holds it (models/layers/projection.py, quantized.py, nf4.py):
 // `weight` is the plain layout's (inputs, outputs) transpose, or the quantized codes; `scales`
 // their scales (int4: scales and zeros; nf4: absmax); `width` the product's columns before the
@@ -217,8 +122,11 @@ struct Projection {
     if (kind == kRows) return rows_product(x);
     const at::Tensor a = to_bf16(x);  // the kernels' activations
     at::Tensor y;
-    if (kind == kInt8 && a.size(0) <= kFewRows) {
+    const bool few = a.size(0) <= kFewRows;
+    if (kind == kInt8 && few) {
       y = int8_product(a);
+    } else if (kind == kInt4 && few && few_rows_avx512() && int4_layout_known()) {
+      y = int4_product(a);
     } else if (kind == kInt8) {
       y = at::_weight_int8pack_mm(a, weight, scales);
     } else if (kind == kInt4) {
@@ -237,9 +145,7 @@ struct Projection {
   // ~13 GB/s at one row, this at the memory's pace; benchmarks/RESULTS.md, "Native decode steps").
   at::Tensor int8_product(const at::Tensor& a) const {
     const int64_t rows = a.size(0), in = a.size(1), n = weight.size(0);
-    std::vector<float> x(rows * in);
-    const auto* ab = reinterpret_cast<const uint16_t*>(a.const_data_ptr());
-    for (int64_t i = 0; i < rows * in; ++i) x[i] = bf16_to_float(ab[i]);
+    const std::vector<float> x = floats(a);
     at::Tensor y = at::empty({rows, n}, a.options());
     const int8_t* w = weight.const_data_ptr<int8_t>();
     const auto* sc = reinterpret_cast<const uint16_t*>(scales.const_data_ptr());
@@ -247,23 +153,44 @@ struct Projection {
     at::parallel_for(0, (n + 3) / 4, 32, [&](int64_t begin, int64_t end) {
       const int64_t o0 = begin * 4, o1 = std::min(n, end * 4), width = o1 - o0;
       std::vector<float> sums(rows * width);
-      if (kAvx512) {
-        few_rows_sums(rows, x.data(), w, in, o0, o1, sums.data(), width);
-      } else {
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t o = o0; o < o1; ++o) sums[r * width + o - o0] = dot_int8(x.data() + r * in, w + o * in, in);
-      }
+      few_rows_sums(rows, x.data(), w, in, o0, o1, sums.data(), width);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t o = o0; o < o1; ++o) out[r * n + o] = c10::BFloat16(sums[r * width + o - o0] * bf16_to_float(sc[o]));
     });
     return y;
   }
 
+  // `_weight_int4pack_mm_for_cpu(a, weight, group, scales)` for a few rows, reading torch's own
+  // packed weight (few_rows.h int4_sums): torch's kernel took 8.0 ms of a SmolLM2 int4 step at one
+  // row (benchmarks/RESULTS.md, "Few-rows products of our own"). Sums in fp32, rounded to bf16 as its.
+  at::Tensor int4_product(const at::Tensor& a) const {
+    const int64_t rows = a.size(0), in = a.size(1);
+    const std::vector<float> x = floats(a);
+    std::vector<float> sums(rows * width);
+    const uint8_t* w = weight.const_data_ptr<uint8_t>();
+    const auto* sz = reinterpret_cast<const uint16_t*>(scales.const_data_ptr());
+    at::parallel_for(0, int4_units(width), 1, [&](int64_t u0, int64_t u1) {
+      int4_sums(rows, x.data(), w, sz, in, width, group, u0, u1, sums.data());
+    });
+    at::Tensor y = at::empty({rows, width}, a.options());
+    auto* out = y.mutable_data_ptr<c10::BFloat16>();
+    for (int64_t i = 0; i < rows * width; ++i) out[i] = c10::BFloat16(sums[i]);
+    return y;
+  }
+
+  // bf16 activations (B, inputs) as fp32 values.
+  static std::vector<float> floats(const at::Tensor& a) {
+    std::vector<float> x(a.numel());
+    const auto* ab = reinterpret_cast<const uint16_t*>(a.const_data_ptr());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = bf16_to_float(ab[i]);
+    return x;
+  }
+
   // x (R, inputs) @ weight.T (+ bias), the weight (outputs, inputs) fp32: `sums_avx512` for up to 8
   // rows where the CPU has AVX-512 (native.py keeps this layout only there), else aten's mm.
   at::Tensor rows_product(const at::Tensor& x) const {
     const int64_t R = x.size(0), K = x.size(1), N = weight.size(0);
-    if (R > kFewRows || !kAvx512) return bias.defined() ? at::addmm(bias, x, weight.t()) : at::mm(x, weight.t());
+    if (R > kFewRows || !few_rows_avx512()) return bias.defined() ? at::addmm(bias, x, weight.t()) : at::mm(x, weight.t());
     at::Tensor y = at::empty({R, N}, x.options());
     const float* xp = x.const_data_ptr<float>();
     const float* wp = weight.const_data_ptr<float>();
@@ -429,9 +356,13 @@ struct DecoderStep : torch::CustomClassHolder {
     p.weight = t.at(3 * i), p.scales = t.at(3 * i + 1);
     if (t.at(3 * i + 2).numel() > 0) p.bias = t.at(3 * i + 2);
     TORCH_CHECK(p.kind >= kPlain && p.kind <= kRows, "DecoderStep: unknown projection kind ", p.kind);
-    const bool ours = p.kind == kRows || p.kind == kInt8;  // read through raw pointers: fp32 / int8 rows, contiguous
-    TORCH_CHECK(!ours || (p.weight.is_contiguous() && p.weight.scalar_type() == (p.kind == kRows ? at::kFloat : at::kChar)),
-                "DecoderStep: a rows or int8 weight must be contiguous fp32 / int8");
+    // What our products read through raw pointers: contiguous fp32 / int8 / int4 weights, bf16 scales.
+    const std::vector<at::ScalarType> weights = {at::kFloat, at::kChar, at::kByte};
+    const int64_t ours = p.kind == kRows ? 0 : p.kind == kInt8 ? 1 : p.kind == kInt4 ? 2 : -1;
+    TORCH_CHECK(ours < 0 || (p.weight.is_contiguous() && p.weight.scalar_type() == weights[ours]),
+                "DecoderStep: a rows, int8 or int4 weight must be contiguous fp32 / int8 / uint8");
+    TORCH_CHECK(ours < 1 || (p.scales.is_contiguous() && p.scales.scalar_type() == at::kBFloat16),
+                "DecoderStep: int8 and int4 scales must be contiguous bf16");
     return p;
   }
 
@@ -600,6 +531,13 @@ struct DecoderStep : torch::CustomClassHolder {
   }
 };
 
+// One projection's product as a step computes it, (B, width) fp32, for tests and benchmarks:
+// (weight, scales, bias) and (kind, out, width, group) as DecoderStep.add_layer takes them.
+at::Tensor project(const at::Tensor& x, std::vector<at::Tensor> tensors, std::vector<int64_t> meta) {
+  c10::InferenceMode guard;
+  return DecoderStep::projection(tensors, meta, 0)(x, nullptr);
+}
+
 }  // namespace stagecraft_native
 
 using stagecraft_native::DecoderStep;
@@ -611,4 +549,6 @@ TORCH_LIBRARY_FRAGMENT(stagecraft, m) {
       .def("set_head", &DecoderStep::set_head)
       .def("step", &DecoderStep::step);
   m.def("native_isa() -> str", &stagecraft_native::few_rows_isa);
+  m.def("native_few_rows() -> str[]", &stagecraft_native::few_rows_products);
+  m.def("native_project(Tensor x, Tensor[] tensors, int[] meta) -> Tensor", &stagecraft_native::project);
 }

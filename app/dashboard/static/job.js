@@ -137,7 +137,8 @@ export async function jobView(root, { params, signal }) {
     if (e.type === "job.started" || e.type === "train.step") job.status = job.status === "queued" ? "running" : job.status;
     if (e.type === "checkpoint.saved") refreshCheckpoints();
     if (e.type === "eval") refreshEvaluation();
-    if (FINAL.has(e.type)) { refreshJob(); refreshCheckpoints(); refreshEvaluation(); }
+    // The final event is listed at once: the stream is marked ended right after this returns.
+    if (FINAL.has(e.type)) { drawEvents(); refreshJob(); refreshCheckpoints(); refreshEvaluation(); }
     soon();
   }
 

@@ -30,6 +30,7 @@ from models.inference.decoder import Decoder, Row
 from models.inference.generate import Sampling
 from models.inference.slot_cache import SlotCache
 from models.layers import nf4
+from models.layers.quantized import Int4Projection
 from models.layers.serving import ServingNet
 from tests.conftest import run_without_compiler
 from tests.models.formats.test_hf_llama import CASES, reference, transformers
@@ -173,6 +174,27 @@ def test_the_rows_product_takes_any_shape(rows: int) -> None:
         positions, mask = cache.prepare()
         got.append(net.last_logits(torch.arange(rows)[:, None] + 7, positions, cache, mask))
     assert (got[0] - got[1]).abs().max() <= 1e-5 * got[0].abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9])
+@pytest.mark.parametrize("out, fan_in, group", [(64, 64, 64), (160, 96, 32), (208, 256, 128), (16, 32, 32)])
+def test_the_int4_product_is_torchs(out: int, fan_in: int, group: int, rows: int) -> None:
+    """Our int4 product (few_rows.cpp, up to 8 rows where the CPU has AVX-512) reads torch's packed
+    weight, blocks of 64 outputs and a last one of fewer (160: 32, 208: 16, 16 alone), and
+    dequantizes as torch's kernel: it equals `_weight_int4pack_mm_for_cpu` (9 rows: that kernel)
+    to the rounding of their bf16 outputs (each sums the same products in another order), most
+    outputs exactly."""
+    if torch.ops.stagecraft.native_isa() != "avx512":
+        pytest.skip("torch's int4 kernel serves every row count on this CPU")
+    assert torch.ops.stagecraft.native_few_rows() == ["fp32", "int8", "int4"]  # torch's layout as we read it
+    g = torch.Generator().manual_seed(rows * 1000 + out)
+    weight, bias = torch.randn(out, fan_in, generator=g), torch.randn(out, generator=g)
+    p = Int4Projection(weight, bias, group)
+    x = torch.randn(rows, fan_in, generator=g)
+    want, got = p(x), native.project(p, x)
+    assert got.shape == want.shape == (rows, out)
+    assert ((got - want).abs() <= (want - bias).abs() / 128 + 1e-4).all()
+    assert (got != want).float().mean() < 0.05
 
 
 def test_the_few_rows_products_without_avx512() -> None:
