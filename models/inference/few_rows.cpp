@@ -14,17 +14,28 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace stagecraft_native {
 
-bool few_rows_avx512() {
-  static const bool on = __builtin_cpu_supports("avx512f") && std::getenv("STAGECRAFT_NATIVE_NO_AVX512") == nullptr;
-  return on;
-}
-
 namespace {
 
-const bool kAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+const char* const kIsas[] = {"baseline", "avx2", "avx512", "avx512bf16"};
+enum Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+
+// The CPU's best of kIsas, capped by STAGECRAFT_NATIVE_ISA.
+Isa detect() {
+  int isa = kBaseline;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = kAvx2;
+  if (isa == kAvx2 && __builtin_cpu_supports("avx512f")) isa = kAvx512;
+  if (isa == kAvx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16")) isa = kAvx512Bf16;
+  if (const char* cap = std::getenv("STAGECRAFT_NATIVE_ISA"))
+    for (int i = 0; i < 4; ++i)
+      if (std::strcmp(cap, kIsas[i]) == 0) isa = std::min(isa, i);
+  return static_cast<Isa>(isa);
+}
+
+const Isa kIsa = detect();
 
 // 16 weights of an (outputs, inputs) row as fp32 lanes: fp32 as stored, int8 widened.
 __attribute__((target("avx512f"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
@@ -127,45 +138,72 @@ int int4_at(const uint8_t* w, int64_t n, int64_t k, int64_t N, int64_t K) {
   return m % 2 == 0 ? byte & 15 : byte >> 4;
 }
 
-// One 64-output block's sums for R rows, H of its halves from half h0 (H = 2: both): per input,
-// its 32 bytes loaded once, the nibbles of each half widened to 2 x 16 fp32 lanes of q - 8 and
-// dequantized, (q - 8) * scale + zero as torch's kernel does, then FMA'd into every row's sums.
-// 2 H x R accumulators: H = 2 for up to 4 rows, H = 1 past them (16 registers either way).
+// One 64-output block's sums for R rows, H of its halves from half h0 (H = 2: both), by AVX-512's
+// bf16 dot products (vdpbf16ps: a pair of inputs for 16 outputs in one instruction); 2 H x R
+// accumulators, H = 2 for up to 4 rows, H = 1 past them. Two inputs' 64 bytes are loaded at once and their words paired (word i of input k
+// and of k + 1 in one 32-bit lane); each nibble of a word, or'd into 0x4300 (bf16 128.0), is the
+// exact bf16 of 128 + q. So a group's sums are  sum (128 + q) x, and with the group's x summed,
+//   y += scale * sum (128 + q) x + (zero - 136 scale) * sum x  =  sum ((q - 8) scale + zero) x,
+// torch's dequantized weight times x, in another order (x is bf16, as torch's kernel takes it).
+// A word's four nibbles are outputs 2i, 2i + 32 (its low byte), 2i + 1, 2i + 33: the vectors hold
+// even and odd outputs of a half, interleaved back when stored.
 template <int R, int H>
-__attribute__((target("avx512f"))) void int4_block(const float* x, const uint8_t* w, const uint16_t* scales, int64_t K,
-                                                  int64_t N, int64_t group, int64_t n0, int h0, float* y) {
-  __m512 acc[2 * H][R];
-  for (int v = 0; v < 2 * H; ++v)
-    for (int r = 0; r < R; ++r) acc[v][r] = _mm512_setzero_ps();
-  const __m256i low = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void int4_block(const uint16_t* xb, const float* xsum,
+                                                                            const uint8_t* w, const uint16_t* scales,
+                                                                            int64_t K, int64_t N, int64_t group,
+                                                                            int64_t n0, int h0, float* y) {
+  constexpr int V = 2 * H;  // vectors: v = 2 * (half - h0) + parity
+  alignas(64) float total[V][R][16] = {};
+  __m512 acc[V][R];
+  __m512 s[V], zz[V];
+  const __m512i pair_words = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i nibble = _mm512_set1_epi32(0x000F000F), bf16_128 = _mm512_set1_epi32(0x43004300);
   const __m512i top = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int64_t k0 = 0; k0 < K; k0 += group) {
-    __m512 s[2 * H], z[2 * H];  // the group's scales and zeros: bf16 pairs, one 32-bit lane each
-    const uint16_t* g = scales + ((k0 / group) * N + n0) * 2;
-    for (int v = 0; v < 2 * H; ++v) {
-      const __m512i pair = _mm512_loadu_si512(g + 2 * (32 * (h0 + v / 2) + 16 * (v % 2)));
+  const int64_t groups = K / group;
+  for (int64_t g = 0; g < groups; ++g) {
+    const auto* sz = reinterpret_cast<const int32_t*>(scales) + g * N + n0;  // (scale, zero) pairs
+    for (int v = 0; v < V; ++v) {
+      const int half = h0 + v / 2, parity = v % 2;
+      const __m512i pick = _mm512_set_epi32(30 + parity, 28 + parity, 26 + parity, 24 + parity, 22 + parity,
+                                            20 + parity, 18 + parity, 16 + parity, 14 + parity, 12 + parity,
+                                            10 + parity, 8 + parity, 6 + parity, 4 + parity, 2 + parity, parity);
+      const __m512i pair = _mm512_permutex2var_epi32(_mm512_loadu_si512(sz + 32 * half), pick,
+                                                     _mm512_loadu_si512(sz + 32 * half + 16));
       s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
-      z[v] = _mm512_castsi512_ps(_mm512_and_si512(pair, top));
+      zz[v] = _mm512_fnmadd_ps(_mm512_set1_ps(136.0f), s[v], _mm512_castsi512_ps(_mm512_and_si512(pair, top)));
+      for (int r = 0; r < R; ++r) acc[v][r] = _mm512_setzero_ps();
     }
-    for (int64_t k = k0; k < k0 + group; ++k) {
-      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k * 32));
-      __m512 wv[2 * H];
-      for (int h = 0; h < H; ++h) {
-        const __m256i nib = h0 + h == 0 ? bytes : _mm256_srli_epi16(bytes, 4);
-        const __m256i q = _mm256_sub_epi8(_mm256_and_si256(nib, low), eight);  // q - 8, exact
-        const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-        const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
-        wv[2 * h] = _mm512_fmadd_ps(lo, s[2 * h], z[2 * h]);
-        wv[2 * h + 1] = _mm512_fmadd_ps(hi, s[2 * h + 1], z[2 * h + 1]);
+    for (int64_t k = g * group; k < (g + 1) * group; k += 2) {
+      const __m512i words = _mm512_permutexvar_epi16(pair_words, _mm512_loadu_si512(w + k * 32));
+      __m512bh wv[V];
+      for (int v = 0; v < V; ++v) {
+        const unsigned shift = 4 * (h0 + v / 2) + 8 * (v % 2);
+        const __m512i q = _mm512_ternarylogic_epi32(_mm512_srli_epi16(words, shift), nibble, bf16_128, 0xEA);
+        wv[v] = reinterpret_cast<__m512bh>(q);
       }
       for (int r = 0; r < R; ++r) {
-        const __m512 xv = _mm512_set1_ps(x[r * K + k]);
-        for (int v = 0; v < 2 * H; ++v) acc[v][r] = _mm512_fmadd_ps(wv[v], xv, acc[v][r]);
+        int32_t xpair;
+        std::memcpy(&xpair, xb + r * K + k, sizeof xpair);
+        const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(xpair));
+        for (int v = 0; v < V; ++v) acc[v][r] = _mm512_dpbf16_ps(acc[v][r], wv[v], xv);
       }
     }
+    for (int v = 0; v < V; ++v)
+      for (int r = 0; r < R; ++r) {
+        const __m512 t = _mm512_fmadd_ps(s[v], acc[v][r], _mm512_load_ps(total[v][r]));
+        _mm512_store_ps(total[v][r], _mm512_fmadd_ps(zz[v], _mm512_set1_ps(xsum[r * groups + g]), t));
+      }
   }
-  for (int v = 0; v < 2 * H; ++v)
-    for (int r = 0; r < R; ++r) _mm512_storeu_ps(y + r * N + n0 + 32 * (h0 + v / 2) + 16 * (v % 2), acc[v][r]);
+  const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (int hh = 0; hh < H; ++hh)
+    for (int r = 0; r < R; ++r) {
+      const __m512 even = _mm512_load_ps(total[2 * hh][r]), odd = _mm512_load_ps(total[2 * hh + 1][r]);
+      float* out = y + r * N + n0 + 32 * (h0 + hh);
+      _mm512_storeu_ps(out, _mm512_permutex2var_ps(even, first, odd));
+      _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(even, second, odd));
+    }
 }
 
 float bf16_value(uint16_t u) {
@@ -191,55 +229,42 @@ void int4_tail(int64_t R, const float* x, const uint8_t* w, const uint16_t* scal
 }
 
 template <int R>
-void int4_range(const float* x, const uint8_t* w, const uint16_t* scales, int64_t K, int64_t N, int64_t group,
-                int64_t u0, int64_t u1, float* y) {
-  const int64_t full = N / kBlock;
+void int4_range(const uint16_t* xb, const float* xf, const uint8_t* w, const uint16_t* scales, int64_t K, int64_t N,
+                int64_t group, int64_t u0, int64_t u1, float* y) {
+  const int64_t full = N / kBlock, groups = K / group;
+  std::vector<float> sums(R * groups);  // each row's sum over each group (int4_block)
+  float* xsum = sums.data();
+  for (int r = 0; r < R; ++r)
+    for (int64_t g = 0; g < groups; ++g) {
+      float t = 0;
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) t += xf[r * K + k];
+      xsum[r * groups + g] = t;
+    }
   for (int64_t u = u0; u < u1;) {
     const int64_t b = u / 2;
     if (b == full) {
-      int4_tail(R, x, w, scales, K, N, group, y);
+      int4_tail(R, xf, w, scales, K, N, group, y);
       ++u;
       continue;
     }
     const uint8_t* wb = w + b * K * 32;
     if (u % 2 == 0 && u + 1 < u1) {  // the whole block: each byte read once for both halves
       if constexpr (R <= 4) {
-        int4_block<R, 2>(x, wb, scales, K, N, group, b * kBlock, 0, y);
+        int4_block<R, 2>(xb, xsum, wb, scales, K, N, group, b * kBlock, 0, y);
       } else {
-        int4_block<R, 1>(x, wb, scales, K, N, group, b * kBlock, 0, y);
-        int4_block<R, 1>(x, wb, scales, K, N, group, b * kBlock, 1, y);
+        int4_block<R, 1>(xb, xsum, wb, scales, K, N, group, b * kBlock, 0, y);
+        int4_block<R, 1>(xb, xsum, wb, scales, K, N, group, b * kBlock, 1, y);
       }
       u += 2;
     } else {
-      int4_block<R, 1>(x, wb, scales, K, N, group, b * kBlock, static_cast<int>(u % 2), y);
+      int4_block<R, 1>(xb, xsum, wb, scales, K, N, group, b * kBlock, static_cast<int>(u % 2), y);
       ++u;
     }
   }
 }
 
-}  // namespace
-
-std::string few_rows_isa() { return few_rows_avx512() ? "avx512" : kAvx2 ? "avx2" : "baseline"; }
-
-std::vector<std::string> few_rows_products() {
-  if (!few_rows_avx512()) return {"int8"};
-  if (!int4_layout_known()) return {"fp32", "int8"};
-  return {"fp32", "int8", "int4"};
-}
-
-void few_rows_sums(int64_t R, const float* x, const float* w, int64_t K, int64_t o0, int64_t o1, float* sums,
-                   int64_t ld) {
-  sums_rows(R, x, w, K, o0, o1, sums, ld);
-}
-
-void few_rows_sums(int64_t R, const float* x, const int8_t* w, int64_t K, int64_t o0, int64_t o1, float* sums,
-                   int64_t ld) {
-  if (few_rows_avx512()) return sums_rows(R, x, w, K, o0, o1, sums, ld);
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t o = o0; o < o1; ++o)
-      sums[r * ld + o - o0] = kAvx2 ? dot_int8_avx2(x + r * K, w + o * K, K) : dot_int8_plain(x + r * K, w + o * K, K);
-}
-
+// Whether torch's `_convert_weight_to_int4pack_for_cpu` lays int4 weights out as int4_at reads
+// them: checked once, on a probe weight.
 bool int4_layout_known() {
   static const bool known = [] {
     const int64_t N = 112, K = 64;  // a block of 64 and a last one of 48
@@ -258,19 +283,48 @@ bool int4_layout_known() {
   return known;
 }
 
+}  // namespace
+
+std::string few_rows_isa() { return kIsas[kIsa]; }
+
+bool few_rows_avx512() { return kIsa >= kAvx512; }
+
+bool few_rows_int4() { return kIsa >= kAvx512Bf16 && int4_layout_known(); }
+
+std::vector<std::string> few_rows_products() {
+  if (!few_rows_avx512()) return {"int8"};
+  if (!few_rows_int4()) return {"fp32", "int8"};
+  return {"fp32", "int8", "int4"};
+}
+
+void few_rows_sums(int64_t R, const float* x, const float* w, int64_t K, int64_t o0, int64_t o1, float* sums,
+                   int64_t ld) {
+  sums_rows(R, x, w, K, o0, o1, sums, ld);
+}
+
+void few_rows_sums(int64_t R, const float* x, const int8_t* w, int64_t K, int64_t o0, int64_t o1, float* sums,
+                   int64_t ld) {
+  if (few_rows_avx512()) return sums_rows(R, x, w, K, o0, o1, sums, ld);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t o = o0; o < o1; ++o)
+      sums[r * ld + o - o0] = kIsa >= kAvx2 ? dot_int8_avx2(x + r * K, w + o * K, K) : dot_int8_plain(x + r * K, w + o * K, K);
+}
+
 int64_t int4_units(int64_t N) { return 2 * (N / kBlock) + (N % kBlock != 0 ? 1 : 0); }
 
-void int4_sums(int64_t R, const float* x, const uint8_t* w, const uint16_t* scales, int64_t K, int64_t N,
-               int64_t group, int64_t u0, int64_t u1, float* y) {
+void int4_sums(int64_t R, const uint16_t* xb, const float* x, const uint8_t* w, const uint16_t* scales, int64_t K,
+               int64_t N, int64_t group, int64_t u0, int64_t u1, float* y) {
+  TORCH_CHECK(K % group == 0 && group % 2 == 0 && N % 16 == 0, "int4_sums: ", K, " inputs in groups of ", group,
+              ", ", N, " outputs");
   switch (R) {
-    case 1: return int4_range<1>(x, w, scales, K, N, group, u0, u1, y);
-    case 2: return int4_range<2>(x, w, scales, K, N, group, u0, u1, y);
-    case 3: return int4_range<3>(x, w, scales, K, N, group, u0, u1, y);
-    case 4: return int4_range<4>(x, w, scales, K, N, group, u0, u1, y);
-    case 5: return int4_range<5>(x, w, scales, K, N, group, u0, u1, y);
-    case 6: return int4_range<6>(x, w, scales, K, N, group, u0, u1, y);
-    case 7: return int4_range<7>(x, w, scales, K, N, group, u0, u1, y);
-    default: return int4_range<8>(x, w, scales, K, N, group, u0, u1, y);
+    case 1: return int4_range<1>(xb, x, w, scales, K, N, group, u0, u1, y);
+    case 2: return int4_range<2>(xb, x, w, scales, K, N, group, u0, u1, y);
+    case 3: return int4_range<3>(xb, x, w, scales, K, N, group, u0, u1, y);
+    case 4: return int4_range<4>(xb, x, w, scales, K, N, group, u0, u1, y);
+    case 5: return int4_range<5>(xb, x, w, scales, K, N, group, u0, u1, y);
+    case 6: return int4_range<6>(xb, x, w, scales, K, N, group, u0, u1, y);
+    case 7: return int4_range<7>(xb, x, w, scales, K, N, group, u0, u1, y);
+    default: return int4_range<8>(xb, x, w, scales, K, N, group, u0, u1, y);
   }
 }
 

@@ -66,12 +66,12 @@ def available() -> bool:
 
 def fp32_layout() -> str:
     """The layout of fp32 weights for native steps (models.layers.projection.LAYOUTS): "rows" where
-    the C++ step runs its own AVX-512 product (`native_isa()`; a SmolLM2 step 10.8 against 12.3 ms
+    the C++ step runs its own AVX-512 product (`native_few_rows()`; a SmolLM2 step 10.8 against 12.3 ms
     with oneDNN's packed weights on an AMD EPYC); elsewhere oneDNN's packed layout where its one-row
     product beat MKL's (AMD: 22.2 against 28.8 ms for a token's projections), MKL's plain one on an
     Intel CPU (25.1 against 38.8 ms on a Xeon): models/layers/onednn.py's vendor rule
     (benchmarks/RESULTS.md, "Native decode steps", "Few-rows products of our own")."""
-    if available() and torch.ops.stagecraft.native_isa() == "avx512":
+    if available() and "fp32" in torch.ops.stagecraft.native_few_rows():
         return "rows"
     return "packed" if onednn.ENABLED else "plain"
 

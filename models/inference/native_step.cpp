@@ -125,7 +125,7 @@ struct Projection {
     const bool few = a.size(0) <= kFewRows;
     if (kind == kInt8 && few) {
       y = int8_product(a);
-    } else if (kind == kInt4 && few && few_rows_avx512() && int4_layout_known()) {
+    } else if (kind == kInt4 && few && few_rows_int4()) {
       y = int4_product(a);
     } else if (kind == kInt8) {
       y = at::_weight_int8pack_mm(a, weight, scales);
@@ -165,12 +165,13 @@ struct Projection {
   // row (benchmarks/RESULTS.md, "Few-rows products of our own"). Sums in fp32, rounded to bf16 as its.
   at::Tensor int4_product(const at::Tensor& a) const {
     const int64_t rows = a.size(0), in = a.size(1);
+    const auto* xb = reinterpret_cast<const uint16_t*>(a.const_data_ptr());
     const std::vector<float> x = floats(a);
     std::vector<float> sums(rows * width);
     const uint8_t* w = weight.const_data_ptr<uint8_t>();
     const auto* sz = reinterpret_cast<const uint16_t*>(scales.const_data_ptr());
     at::parallel_for(0, int4_units(width), 1, [&](int64_t u0, int64_t u1) {
-      int4_sums(rows, x.data(), w, sz, in, width, group, u0, u1, sums.data());
+      int4_sums(rows, xb, x.data(), w, sz, in, width, group, u0, u1, sums.data());
     });
     at::Tensor y = at::empty({rows, width}, a.options());
     auto* out = y.mutable_data_ptr<c10::BFloat16>();
