@@ -43,33 +43,36 @@ __attribute__((target("avx512f"))) inline __m512 load16(const int8_t* w) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
 }
 
-// few_rows_sums for R rows: four weight rows at a time, each of their values loaded (and, int8,
-// widened) once for all R rows, the four after the next prefetched. At one row a SmolLM2 fp32 step
-// took 10.8 ms against 12.3 through oneDNN's packed product (11.4 without the prefetch); at 8 int8
-// rows the values are widened once, not once a row (benchmarks/RESULTS.md, "Few-rows products").
+// few_rows_sums for R rows: four weight rows at a time (two past 4 rows), each of their values
+// loaded (and, int8, widened) once for all R rows, the ones after the next prefetched. At one row
+// a SmolLM2 fp32 step took 10.8 ms against 12.3 through oneDNN's packed product (11.4 without the
+// prefetch); at 8 int8 rows the values are widened once, not once a row (benchmarks/RESULTS.md,
+// "Few-rows products of our own"). Four rows at a time at 8 rows took 36 accumulators and
+// vectors, past the 32 registers: a SmolLM2 int4 step (int8 head) at 8 rows 18.7 -> 16.8 ms.
 template <int R, typename W>
 __attribute__((target("avx512f"))) void sums_avx512(const float* x, const W* w, int64_t K, int64_t o0, int64_t o1,
                                                    float* sums, int64_t ld) {
+  constexpr int J = R <= 4 ? 4 : 2;  // weight rows at a time: J x R accumulators fit the 32 registers
   constexpr int64_t line = 64 / sizeof(W);  // weights in a cache line
   int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) {
-    __m512 acc[4][R];
-    for (int j = 0; j < 4; ++j)
+  for (; o + J <= o1; o += J) {
+    __m512 acc[J][R];
+    for (int j = 0; j < J; ++j)
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
     const W* w0 = w + o * K;
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-      __m512 wv[4];
-      for (int j = 0; j < 4; ++j) {
+      __m512 wv[J];
+      for (int j = 0; j < J; ++j) {
         wv[j] = load16(w0 + j * K + k);
-        if (k % line == 0) _mm_prefetch(reinterpret_cast<const char*>(w0 + (8 + j) * K + k), _MM_HINT_T0);
+        if (k % line == 0) _mm_prefetch(reinterpret_cast<const char*>(w0 + (2 * J + j) * K + k), _MM_HINT_T0);
       }
       for (int r = 0; r < R; ++r) {
         const __m512 xv = _mm512_loadu_ps(x + r * K + k);
-        for (int j = 0; j < 4; ++j) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
+        for (int j = 0; j < J; ++j) acc[j][r] = _mm512_fmadd_ps(wv[j], xv, acc[j][r]);
       }
     }
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < J; ++j)
       for (int r = 0; r < R; ++r) {
         float s = _mm512_reduce_add_ps(acc[j][r]);
         for (int64_t t = k; t < K; ++t) s += x[r * K + t] * static_cast<float>(w0[j * K + t]);

@@ -37,7 +37,7 @@ from models.layers import nf4, onednn
 from models.layers.projection import Projection
 from models.layers.quantized import Int4Projection, Int8Projection, Nf4Projection
 
-SOURCES = [Path(__file__).with_name(f) for f in ("native_step.cpp", "few_rows.cpp")]  # with few_rows.h
+SOURCES = [Path(__file__).with_name(f) for f in ("native_step.cpp", "few_rows.cpp", "attend.cpp")]  # and their .h
 KINDS = {Projection: 0, Int8Projection: 1, Int4Projection: 2, Nf4Projection: 3}  # native_step.cpp's Kind
 PACKED, ROWS = 4, 5  # a Projection in oneDNN's packed layout, in the rows layout
 FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline, parallel only when built with it

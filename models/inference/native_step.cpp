@@ -28,6 +28,7 @@
 
 #include <immintrin.h>
 
+#include "attend.h"
 #include "few_rows.h"
 
 #include <cmath>
@@ -401,7 +402,9 @@ struct DecoderStep : torch::CustomClassHolder {
     return x;
   }
 
-  // One query per row over its cached keys and values: softmax(q·k / sqrt(D), masked) · v.
+  // One query per row over its cached keys and values: softmax(q·k / sqrt(D), masked) · v, the
+  // query heads of each KV head together (attend.h's kernels on a bf16 cache where they run).
+  // A bf16 cache's queries and weights are rounded to bf16 as torch's flash kernel rounds them.
   template <typename T>
   void attend(const float* qkv, const std::vector<at::Tensor>& ks, const std::vector<at::Tensor>& vs, size_t layer,
               int64_t B, int64_t L, const bool* mask, int64_t mask_stride, float* out) const {
@@ -410,44 +413,61 @@ struct DecoderStep : torch::CustomClassHolder {
     const T* kbase = kc.const_data_ptr<T>();
     const T* vbase = vc.const_data_ptr<T>();
     const int64_t sb = kc.stride(0), sh = kc.stride(1), sp = kc.stride(2);
-    const int64_t group = H / KV, width = (H + 2 * KV) * D;
+    const int64_t G = H / KV, width = (H + 2 * KV) * D;
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    const bool bf16 = std::is_same<T, c10::BFloat16>::value;
-    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, L * D));  // serial for short work
-    at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-      std::vector<float> p(L), q(D), y(D);
+    constexpr bool bf16 = std::is_same<T, c10::BFloat16>::value;
+    const bool fast = bf16 && attend_bf16_runs(G, D);
+    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * L * D));  // serial for short work
+    at::parallel_for(0, B * KV, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> p(G * L), q(G * D), y(G * D), total(G);
+      std::vector<uint16_t> qb(G * D);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / H, h = task % H, kvh = h / group;
-        for (int64_t d = 0; d < D; ++d) q[d] = bf16 ? round_bf16(qkv[b * width + h * D + d]) : qkv[b * width + h * D + d];
+        const int64_t b = task / KV, kvh = task % KV, h0 = kvh * G;  // heads h0 .. h0 + G - 1
+        const bool* m = mask ? mask + b * mask_stride : nullptr;
+        const float* qrow = qkv + b * width + h0 * D;
+        for (int64_t i = 0; i < G * D; ++i) q[i] = bf16 ? round_bf16(qrow[i]) : qrow[i];
         const T* kr = kbase + b * sb + kvh * sh;
         const T* vr = vbase + b * sb + kvh * sh;
-        float top = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < L; ++j) {
-          if (mask && !mask[b * mask_stride + j]) {
-            p[j] = -std::numeric_limits<float>::infinity();
-            continue;
-          }
-          const float s = (bf16 ? dot_bf16(q.data(), reinterpret_cast<const uint16_t*>(kr + j * sp), D)
-                                : dot(q.data(), reinterpret_cast<const float*>(kr + j * sp), D)) * scale;
-          p[j] = s;
-          top = std::max(top, s);
+        if (fast) {
+          for (int64_t i = 0; i < G * D; ++i) qb[i] = c10::BFloat16(q[i]).x;  // exact: q is rounded
+          scores_bf16(qb.data(), reinterpret_cast<const uint16_t*>(kr), sp, L, m, G, D, scale, p.data());
+        } else {
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t j = 0; j < L; ++j)
+              p[g * L + j] = m && !m[j] ? -std::numeric_limits<float>::infinity()
+                                        : (bf16 ? dot_bf16(q.data() + g * D, reinterpret_cast<const uint16_t*>(kr + j * sp), D)
+                                                : dot(q.data() + g * D, reinterpret_cast<const float*>(kr + j * sp), D)) *
+                                              scale;
         }
-        float total = 0;
-        for (int64_t j = 0; j < L; ++j) {
-          p[j] = std::exp(p[j] - top);  // exp(-inf) = 0: masked
-          total += p[j];
-        }
-        std::fill(y.begin(), y.end(), 0.0f);
-        for (int64_t j = 0; j < L; ++j) {
-          if (p[j] == 0.0f) continue;
-          if (bf16) {  // the weights in bf16 too, as torch's flash kernel multiplies them with bf16 values
-            axpy_bf16(y.data(), round_bf16(p[j]), reinterpret_cast<const uint16_t*>(vr + j * sp), D);
-          } else {
-            axpy(y.data(), p[j], reinterpret_cast<const float*>(vr + j * sp), D);
+        for (int64_t g = 0; g < G; ++g) {
+          float* pg = p.data() + g * L;
+          const float top = *std::max_element(pg, pg + L);
+          total[g] = 0;
+          for (int64_t j = 0; j < L; ++j) {
+            pg[j] = std::exp(pg[j] - top);  // exp(-inf) = 0: masked
+            total[g] += pg[j];
+            if (bf16) pg[j] = round_bf16(pg[j]);
           }
         }
-        float* o = out + b * H * D + h * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = bf16 ? round_bf16(y[d] / total) : y[d] / total;
+        if (fast) {
+          values_bf16(p.data(), reinterpret_cast<const uint16_t*>(vr), sp, L, m, G, D, y.data());
+        } else {
+          std::fill(y.begin(), y.end(), 0.0f);
+          for (int64_t g = 0; g < G; ++g)
+            for (int64_t j = 0; j < L; ++j) {
+              const float w = p[g * L + j];
+              if (w == 0.0f) continue;
+              if (bf16) {
+                axpy_bf16(y.data() + g * D, w, reinterpret_cast<const uint16_t*>(vr + j * sp), D);
+              } else {
+                axpy(y.data() + g * D, w, reinterpret_cast<const float*>(vr + j * sp), D);
+              }
+            }
+        }
+        for (int64_t g = 0; g < G; ++g) {
+          float* o = out + b * H * D + (h0 + g) * D;
+          for (int64_t d = 0; d < D; ++d) o[d] = bf16 ? round_bf16(y[g * D + d] / total[g]) : y[g * D + d] / total[g];
+        }
       }
     });
   }

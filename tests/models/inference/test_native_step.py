@@ -157,6 +157,26 @@ def test_native_steps_equal_eager_ones_in_every_precision(
         assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
 
 
+@pytest.mark.parametrize(("n_head", "n_kv_head", "head_dim"), [(6, 2, 64), (4, 4, 32), (8, 1, 96), (6, 3, 40)])
+def test_attention_over_a_bf16_cache(n_head: int, n_kv_head: int, head_dim: int) -> None:
+    """One query's attention over a bf16 cache, the query heads of a KV head together: by AVX-512's
+    bf16 dot products where the CPU has them and a head's values are a multiple of 32 (SmolLM2's 64
+    with 3 heads a KV head; 32 and 96, 1 and 8 heads), by plain loops elsewhere (40), rows of
+    different lengths (the mask): each step's logits equal the eager step's (torch's attention over
+    the same cache) to a bf16 step of the largest."""
+    torch.manual_seed(7)
+    config = LlamaConfig(301, 64, n_layer=2, n_head=n_head, n_kv_head=n_kv_head, head_dim=head_dim, n_embd=96)
+    net = serving_net(Llama(config).eval(), layout="plain")
+    rows = torch.randint(0, 301, (3, 20)).tolist()
+    new = [[rows[0][9 + s], rows[1][9 + s]] + ([rows[2][1 + s]] if s >= 2 else []) for s in range(8)]
+    eager = steps(net, [rows[0][:9], rows[1][:9]], rows[2][:3], new, torch.bfloat16)
+    net.decode_step = native.NativeStep(net)
+    got = steps(net, [rows[0][:9], rows[1][:9]], rows[2][:3], new, torch.bfloat16)
+    scale = max(t.abs().max().item() for t in eager)
+    for a, b in zip(eager, got):
+        assert (a - b).abs().max() <= scale / 128
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8, 9])
 def test_the_rows_product_takes_any_shape(rows: int) -> None:
     """fp32 in the rows layout on shapes off the product's tiles (40 inputs: 16-value vectors and
@@ -198,12 +218,14 @@ def test_the_int4_product_is_torchs(out: int, fan_in: int, group: int, rows: int
     assert (got != want).float().mean() < 0.05
 
 
-@pytest.mark.parametrize(("isa", "checks", "count"), [("avx2", "rows or int8", 12), ("avx512", "int4", 4)])
+@pytest.mark.parametrize(
+    ("isa", "checks", "count"), [("avx2", "rows or int8", 12), ("avx512", "int4 or bf16_cache", 8)]
+)
 def test_the_few_rows_products_of_other_cpus(isa: str, checks: str, count: int) -> None:
     """The few-rows products' paths for CPUs with less than this one, taken here with
     STAGECRAFT_NATIVE_ISA: without AVX-512, int8 by AVX2 dot products and fp32 "rows" weights by
-    aten's mm; without AVX-512's bf16 dot products, int4 by torch's kernel. The same checks, in a
-    process that takes them."""
+    aten's mm; without AVX-512's bf16 dot products, int4 by torch's kernel and attention over a bf16
+    cache by plain loops. The same checks, in a process that takes them."""
     levels = ["baseline", "avx2", "avx512", "avx512bf16"]
     if levels.index(torch.ops.stagecraft.native_isa()) <= levels.index(isa):
         pytest.skip("this CPU takes those paths in every test")
@@ -216,6 +238,7 @@ def test_the_few_rows_products_of_other_cpus(isa: str, checks: str, count: int) 
         f"{__file__}::test_the_rows_product_takes_any_shape",
         f"{__file__}::test_native_steps_equal_eager_ones_in_every_precision",
         f"{__file__}::test_the_int4_product_is_torchs",
+        f"{__file__}::test_attention_over_a_bf16_cache",
     ]
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", checks, *tests]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
