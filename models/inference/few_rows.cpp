@@ -52,7 +52,7 @@ __attribute__((target("avx512f"))) inline __m512 load16(const int8_t* w) {
 template <int R, typename W>
 __attribute__((target("avx512f"))) void sums_avx512(const float* x, const W* w, int64_t K, int64_t o0, int64_t o1,
                                                    float* sums, int64_t ld) {
-  constexpr int J = R <= 4 ? 4 : 2;  // weight rows at a time: J x R accumulators fit the 32 registers
+  constexpr int J = R == 1 ? 8 : R <= 4 ? 4 : 2;  // weight rows at a time: J x R sums, 8 to 16 chains of FMAs
   constexpr int64_t line = 64 / sizeof(W);  // weights in a cache line
   int64_t o = o0;
   for (; o + J <= o1; o += J) {
@@ -156,8 +156,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void int4_block(const uin
                                                                             int64_t K, int64_t N, int64_t group,
                                                                             int64_t n0, int h0, float* y) {
   constexpr int V = 2 * H;  // vectors: v = 2 * (half - h0) + parity
+  constexpr int U = V * R <= 8 ? 2 : 1;  // sums kept apart for input pairs in turn: chains of U x V x R
   alignas(64) float total[V][R][16] = {};
-  __m512 acc[V][R];
+  __m512 acc[U][V][R];
   __m512 s[V], zz[V];
   const __m512i pair_words = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
                                               6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -175,26 +176,30 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void int4_block(const uin
                                                      _mm512_loadu_si512(sz + 32 * half + 16));
       s[v] = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
       zz[v] = _mm512_fnmadd_ps(_mm512_set1_ps(136.0f), s[v], _mm512_castsi512_ps(_mm512_and_si512(pair, top)));
-      for (int r = 0; r < R; ++r) acc[v][r] = _mm512_setzero_ps();
+      for (int u = 0; u < U; ++u)
+        for (int r = 0; r < R; ++r) acc[u][v][r] = _mm512_setzero_ps();
     }
-    for (int64_t k = g * group; k < (g + 1) * group; k += 2) {
-      const __m512i words = _mm512_permutexvar_epi16(pair_words, _mm512_loadu_si512(w + k * 32));
-      __m512bh wv[V];
-      for (int v = 0; v < V; ++v) {
-        const unsigned shift = 4 * (h0 + v / 2) + 8 * (v % 2);
-        const __m512i q = _mm512_ternarylogic_epi32(_mm512_srli_epi16(words, shift), nibble, bf16_128, 0xEA);
-        wv[v] = reinterpret_cast<__m512bh>(q);
+    for (int64_t k0 = g * group; k0 < (g + 1) * group; k0 += 2 * U)
+      for (int u = 0; u < U; ++u) {
+        const int64_t k = k0 + 2 * u;
+        const __m512i words = _mm512_permutexvar_epi16(pair_words, _mm512_loadu_si512(w + k * 32));
+        __m512bh wv[V];
+        for (int v = 0; v < V; ++v) {
+          const unsigned shift = 4 * (h0 + v / 2) + 8 * (v % 2);
+          const __m512i q = _mm512_ternarylogic_epi32(_mm512_srli_epi16(words, shift), nibble, bf16_128, 0xEA);
+          wv[v] = reinterpret_cast<__m512bh>(q);
+        }
+        for (int r = 0; r < R; ++r) {
+          int32_t xpair;
+          std::memcpy(&xpair, xb + r * K + k, sizeof xpair);
+          const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(xpair));
+          for (int v = 0; v < V; ++v) acc[u][v][r] = _mm512_dpbf16_ps(acc[u][v][r], wv[v], xv);
+        }
       }
-      for (int r = 0; r < R; ++r) {
-        int32_t xpair;
-        std::memcpy(&xpair, xb + r * K + k, sizeof xpair);
-        const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(xpair));
-        for (int v = 0; v < V; ++v) acc[v][r] = _mm512_dpbf16_ps(acc[v][r], wv[v], xv);
-      }
-    }
     for (int v = 0; v < V; ++v)
       for (int r = 0; r < R; ++r) {
-        const __m512 t = _mm512_fmadd_ps(s[v], acc[v][r], _mm512_load_ps(total[v][r]));
+        const __m512 a = U == 2 ? _mm512_add_ps(acc[0][v][r], acc[U - 1][v][r]) : acc[0][v][r];
+        const __m512 t = _mm512_fmadd_ps(s[v], a, _mm512_load_ps(total[v][r]));
         _mm512_store_ps(total[v][r], _mm512_fmadd_ps(zz[v], _mm512_set1_ps(xsum[r * groups + g]), t));
       }
   }
