@@ -9,7 +9,10 @@ memory) and its 49,152 x 576 vocabulary head, at 1 row and at 8, through
 - `nf4_python_op`: the same operator with its Python kernel (`nf4._nf4_linear`: where the C++
   one cannot be built);
 - `nf4_bnb_op`: the same kernel through bitsandbytes' own `torch.ops.bitsandbytes.gemv_4bit`
-  (what its Linear4bit calls), for the cost of its Python wrapper.
+  (what its Linear4bit calls), for the cost of its Python wrapper;
+- `int8_native`, `int4_native`: the same int8 and int4 weights through the products a native
+  decode step runs up to 8 rows (models/inference/few_rows.cpp, called by
+  `models.inference.native.project`), where they run (int4: AVX-512 with bf16 dot products).
 
 Each figure is a whole projection call as the serving path makes it (casts included), the
 minimum over `--passes` of all the calls of a token, in ms; the kernels take turns within each
@@ -38,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import CpuWindow, environment, log, log_noise, noise_summary  # noqa: E402
 
+from models.inference import native  # noqa: E402
 from models.layers import nf4  # noqa: E402
 from models.layers.quantized import Int4Projection, Int8Projection, Nf4Projection  # noqa: E402
 
@@ -74,13 +78,26 @@ def python_op(p: Nf4Projection) -> Callable[[Tensor], Tensor]:
     return run
 
 
+def native_op(p: Int8Projection) -> Callable[[Tensor], Tensor]:
+    """`p`'s product as a native decode step computes it (our own up to 8 rows)."""
+    return lambda x: native.project(p, x)
+
+
 KERNELS: dict[str, Callable[[Tensor], Callable[[Tensor], Tensor]]] = {
     "int8": lambda w: Int8Projection(w, None),
     "int4": lambda w: Int4Projection(w, None, 64),
     "nf4": lambda w: Nf4Projection(w, None),
     "nf4_python_op": lambda w: python_op(Nf4Projection(w, None)),
     "nf4_bnb_op": lambda w: bnb_op(Nf4Projection(w, None)),
+    "int8_native": lambda w: native_op(Int8Projection(w, None)),
+    "int4_native": lambda w: native_op(Int4Projection(w, None, 64)),
 }
+
+
+def kernels() -> list[str]:
+    """The kernels that run here: ours where the native step builds, int4's where it is ours."""
+    ours = native.available() and torch.ops.stagecraft.native_few_rows()
+    return [k for k in KERNELS if not k.endswith("_native") or (ours and k.split("_")[0] in ours)]
 
 
 def timed(calls: dict[str, list[tuple[Callable[[Tensor], Tensor], Tensor]]], passes: int) -> dict[str, float]:
@@ -114,7 +131,8 @@ def main() -> None:
                            **environment(), "threads": args.threads, "ms": {}}  # fmt: skip
     run_window, windows = CpuWindow(), []
     built = {}
-    for name, make in KERNELS.items():
+    for name in kernels():
+        make = KERNELS[name]
         layers = [make(torch.randn(n, k, generator=g) * 0.05) for _ in range(args.layers) for n, k in SHAPES]
         built[name] = layers, make(torch.randn(*HEAD, generator=g) * 0.05)
     for rows in (1, 8):

@@ -150,13 +150,19 @@ def test_quant_quality_benchmark_tiny(tmp_path: Path) -> None:
 
 def test_nf4_kernels_benchmark_tiny() -> None:
     """The kernels of a token side by side (int8, int4, nf4 through our op with its C++ and its
-    Python kernel and through bitsandbytes' own), one layer of SmolLM2's shapes; where the kernel runs."""
+    Python kernel and through bitsandbytes' own; our own int8 and int4 products), one layer of
+    SmolLM2's shapes; where the kernel runs."""
+    import torch
+
+    from models.inference import native
     from models.layers.nf4 import available
 
     if not available():
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes' NF4 kernel does not run here")
     report = run("nf4_kernels.py", "--layers", "1", "--passes", "1", "--threads", "1")
-    kernels = ("int8", "int4", "nf4", "nf4_python_op", "nf4_bnb_op")
+    ours = torch.ops.stagecraft.native_few_rows() if native.available() else []
+    native_ones = [f"{k}_native" for k in ("int8", "int4") if k in ours]
+    kernels = ["int8", "int4", "nf4", "nf4_python_op", "nf4_bnb_op", *native_ones]
     assert set(report["ms"]) == {f"{k} {r}" for k in kernels for r in ("1 row", "8 rows")}
     assert all(v["layers"] > 0 and v["head"] > 0 for v in report["ms"].values())
 
