@@ -43,16 +43,17 @@ __attribute__((target("avx512f"))) inline __m512 load16(const int8_t* w) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
 }
 
-// few_rows_sums for R rows: four weight rows at a time (two past 4 rows), each of their values
-// loaded (and, int8, widened) once for all R rows, the ones after the next prefetched. At one row
-// a SmolLM2 fp32 step took 10.8 ms against 12.3 through oneDNN's packed product (11.4 without the
-// prefetch); at 8 int8 rows the values are widened once, not once a row (benchmarks/RESULTS.md,
-// "Few-rows products of our own"). Four rows at a time at 8 rows took 36 accumulators and
-// vectors, past the 32 registers: a SmolLM2 int4 step (int8 head) at 8 rows 18.7 -> 16.8 ms.
+// few_rows_sums for R rows: four weight rows at a time (eight at one row: eight chains of FMAs),
+// each of their values loaded (and, int8, widened) once for all R rows, the ones after the next
+// prefetched. At one row a SmolLM2 fp32 step took 10.8 ms against 12.3 through oneDNN's packed
+// product (11.4 without the prefetch); at 8 int8 rows the values are widened once, not once a row
+// (benchmarks/RESULTS.md, "Few-rows products of our own"). Two weight rows at a time past 4 rows
+// (32 accumulators fewer than 36) was slower: each row's x loaded for two weight rows, not four
+// (nf4_kernels.py, SmolLM2's int8 layers at 8 rows: 12.7 ms against 7.0).
 template <int R, typename W>
 __attribute__((target("avx512f"))) void sums_avx512(const float* x, const W* w, int64_t K, int64_t o0, int64_t o1,
                                                    float* sums, int64_t ld) {
-  constexpr int J = R == 1 ? 8 : R <= 4 ? 4 : 2;  // weight rows at a time: J x R sums, 8 to 16 chains of FMAs
+  constexpr int J = R == 1 ? 8 : 4;  // weight rows at a time
   constexpr int64_t line = 64 / sizeof(W);  // weights in a cache line
   int64_t o = o0;
   for (; o + J <= o1; o += J) {
