@@ -30,11 +30,11 @@ std::vector<std::string> few_rows_products();
 bool few_rows_int4();
 
 // sums[r * ld + (o - o0)] = x[r] · w[o] for the outputs [o0, o1): R rows of x (R, K), w (outputs,
-// K) fp32 (few_rows_avx512() only) or int8 (any CPU).
+// K) fp32 (few_rows_avx512() only) or int8 (any CPU; x bf16 values, `xb` as stored, `x` widened).
 void few_rows_sums(int64_t R, const float* x, const float* w, int64_t K, int64_t o0, int64_t o1, float* sums,
                    int64_t ld);
-void few_rows_sums(int64_t R, const float* x, const int8_t* w, int64_t K, int64_t o0, int64_t o1, float* sums,
-                   int64_t ld);
+void few_rows_sums(int64_t R, const uint16_t* xb, const float* x, const int8_t* w, int64_t K, int64_t o0, int64_t o1,
+                   float* sums, int64_t ld);
 
 // The units int4_sums splits N outputs into: each 64-output block's two halves, and a last
 // block of fewer outputs as one.

@@ -18,6 +18,7 @@
 #include <ATen/ops/_weight_int4pack_mm_for_cpu.h>
 #include <ATen/ops/_weight_int8pack_mm.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -128,6 +129,9 @@ struct Projection {
       y = int8_product(a);
     } else if (kind == kInt4 && few && few_rows_int4()) {
       y = int4_product(a);
+    } else if (kind == kInt8 && weight.size(1) % 16 != 0) {  // torch's kernel crashed off its tiles of 16 inputs
+      const int64_t pad = 16 - weight.size(1) % 16;              // (models/layers/quantized.py K_TILE)
+      y = at::_weight_int8pack_mm(at::constant_pad_nd(a, {0, pad}), at::constant_pad_nd(weight, {0, pad}), scales);
     } else if (kind == kInt8) {
       y = at::_weight_int8pack_mm(a, weight, scales);
     } else if (kind == kInt4) {
@@ -146,6 +150,7 @@ struct Projection {
   // ~13 GB/s at one row, this at the memory's pace; benchmarks/RESULTS.md, "Native decode steps").
   at::Tensor int8_product(const at::Tensor& a) const {
     const int64_t rows = a.size(0), in = a.size(1), n = weight.size(0);
+    const auto* xb = reinterpret_cast<const uint16_t*>(a.const_data_ptr());
     const std::vector<float> x = floats(a);
     at::Tensor y = at::empty({rows, n}, a.options());
     const int8_t* w = weight.const_data_ptr<int8_t>();
@@ -154,7 +159,7 @@ struct Projection {
     at::parallel_for(0, (n + 3) / 4, 32, [&](int64_t begin, int64_t end) {
       const int64_t o0 = begin * 4, o1 = std::min(n, end * 4), width = o1 - o0;
       std::vector<float> sums(rows * width);
-      few_rows_sums(rows, x.data(), w, in, o0, o1, sums.data(), width);
+      few_rows_sums(rows, xb, x.data(), w, in, o0, o1, sums.data(), width);
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t o = o0; o < o1; ++o) out[r * n + o] = c10::BFloat16(sums[r * width + o - o0] * bf16_to_float(sc[o]));
     });

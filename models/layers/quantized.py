@@ -9,7 +9,10 @@ weight, so it is held once, as in the model's own file). The norms, the rotary t
 cache stay in the net's dtype (fp32); so do LoRA adapters, whose products the bank adds in fp32
 on top of the quantized base product (models/lora/bank.py).
 
-- int8: symmetric, one scale per output channel; `torch.ops.aten._weight_int8pack_mm`.
+- int8: symmetric, one scale per output channel; `torch.ops.aten._weight_int8pack_mm`. That
+  kernel crashed the process (SIGSEGV, torch 2.13) on two or more rows of a fan-in that is not
+  a multiple of 16 (`K_TILE`): such a weight gets a second copy with zero inputs up to one,
+  which the kernel reads, the activations padded alike (a model of `n_embd` 40, say).
 - int4: asymmetric, a scale and a zero per `group_size` (32, 64 or 128) inputs of each
   output channel, dequantized as `(q - 8) * scale + zero`;
   `aten._convert_weight_to_int4pack_for_cpu` lays the weight out once,
@@ -44,11 +47,14 @@ PRECISIONS = ("fp32", "int8", "int4", "nf4")  # fp32: the model's own weights (i
 GROUP_SIZES = (32, 64, 128)
 ACT = torch.bfloat16  # the activations and scales the kernels run fast with
 N_TILE = 16  # int4: the packed weight's output channels come in tiles of 16
+K_TILE = 16  # int8: torch's kernel reads the inputs in tiles of 16 (and crashed off them)
 HEADS = {"int8": "int8", "int4": "int8", "nf4": "nf4"}  # the vocabulary head's precision for each
 
 
 class Int8Projection(Projection):
     """`x @ weight.T + bias` with the weight in int8, one bf16 scale per output channel."""
+
+    kernel_weight: Tensor | None = None  # the weight with zero inputs up to a multiple of K_TILE, if it needs them
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
         self.bias = None if bias is None else bias.detach().clone()
@@ -56,9 +62,14 @@ class Int8Projection(Projection):
         scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(ACT).tiny).to(ACT)
         self.qweight = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
         self.scales = scale
+        if self.qweight.size(1) % K_TILE:
+            self.kernel_weight = F.pad(self.qweight, (0, -self.qweight.size(1) % K_TILE))
 
     def _product(self, x: Tensor) -> Tensor:
-        y: Tensor = torch.ops.aten._weight_int8pack_mm(x.to(ACT), self.qweight, self.scales)
+        w = self.qweight if self.kernel_weight is None else self.kernel_weight
+        if w.size(1) != x.size(-1):
+            x = F.pad(x, (0, w.size(1) - x.size(-1)))
+        y: Tensor = torch.ops.aten._weight_int8pack_mm(x.to(ACT), w, self.scales)
         return y
 
     def __call__(self, x: Tensor, gelu: bool = False) -> Tensor:
@@ -67,7 +78,7 @@ class Int8Projection(Projection):
         return F.gelu(y, approximate="tanh") if gelu else y
 
     def tensors(self) -> list[Tensor]:
-        return [t for t in (self.qweight, self.scales, self.bias) if t is not None]
+        return [t for t in (self.qweight, self.kernel_weight, self.scales, self.bias) if t is not None]
 
 
 class Int4Projection(Int8Projection):

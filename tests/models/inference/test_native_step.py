@@ -31,7 +31,7 @@ from models.inference.decoder import Decoder, Row
 from models.inference.generate import Sampling
 from models.inference.slot_cache import SlotCache
 from models.layers import nf4
-from models.layers.quantized import Int4Projection
+from models.layers.quantized import Int4Projection, Int8Projection
 from models.layers.serving import ServingNet
 from tests.conftest import run_without_compiler
 from tests.models.formats.test_hf_llama import CASES, reference, transformers
@@ -198,19 +198,31 @@ def test_the_rows_product_takes_any_shape(rows: int) -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9])
-@pytest.mark.parametrize("out, fan_in, group", [(64, 64, 64), (160, 96, 32), (208, 256, 128), (16, 32, 32)])
-def test_the_int4_product_is_torchs(out: int, fan_in: int, group: int, rows: int) -> None:
-    """Our int4 product (few_rows.cpp: up to 8 rows, where the CPU has AVX-512's bf16 dot products)
-    reads torch's packed weight, blocks of 64 outputs and a last one of fewer (160: 32, 208: 16, 16
-    alone), and dequantizes as torch's kernel: it equals `_weight_int4pack_mm_for_cpu` (9 rows: that
-    kernel) to the rounding of their bf16 outputs (each sums the same products in another order),
-    most outputs exactly."""
-    if torch.ops.stagecraft.native_isa() != "avx512bf16":
+@pytest.mark.parametrize(
+    ("precision", "out", "fan_in", "group"),
+    [
+        ("int4", 64, 64, 64),
+        ("int4", 160, 96, 32),
+        ("int4", 208, 256, 128),
+        ("int4", 16, 32, 32),
+        ("int8", 64, 64, 0),
+        ("int8", 301, 40, 0),
+        ("int8", 52, 256, 0),
+    ],
+)
+def test_the_quantized_products_are_torchs(precision: str, out: int, fan_in: int, group: int, rows: int) -> None:
+    """Our int4 and int8 products (few_rows.cpp: up to 8 rows) equal torch's kernels (9 rows: those
+    kernels) to the rounding of their bf16 outputs (each sums the same products in another order),
+    most outputs exactly. int4 (where the CPU has AVX-512's bf16 dot products) reads torch's packed
+    weight, blocks of 64 outputs and a last one of fewer (160: 32, 208: 16, 16 alone), and
+    dequantizes as torch's kernel; int8 (bf16 dot products, AVX-512 or AVX2 FMAs by the CPU) takes
+    inputs past its vectors of 32 (40) and outputs past its blocks of weight rows (301, 52)."""
+    if precision == "int4" and torch.ops.stagecraft.native_isa() != "avx512bf16":
         pytest.skip("torch's int4 kernel serves every row count on this CPU")
-    assert "int4" in torch.ops.stagecraft.native_few_rows()  # torch's layout is the one we read
+    assert precision in torch.ops.stagecraft.native_few_rows()  # int4: torch's layout is the one we read
     g = torch.Generator().manual_seed(rows * 1000 + out)
     weight, bias = torch.randn(out, fan_in, generator=g), torch.randn(out, generator=g)
-    p = Int4Projection(weight, bias, group)
+    p = Int4Projection(weight, bias, group) if precision == "int4" else Int8Projection(weight, bias)
     x = torch.randn(rows, fan_in, generator=g)
     want, got = p(x), native.project(p, x)
     assert got.shape == want.shape == (rows, out)
@@ -219,7 +231,7 @@ def test_the_int4_product_is_torchs(out: int, fan_in: int, group: int, rows: int
 
 
 @pytest.mark.parametrize(
-    ("isa", "checks", "count"), [("avx2", "rows or int8", 12), ("avx512", "int4 or bf16_cache", 8)]
+    ("isa", "checks", "count"), [("avx2", "rows or int8", 30), ("avx512", "int4 or bf16_cache", 8)]
 )
 def test_the_few_rows_products_of_other_cpus(isa: str, checks: str, count: int) -> None:
     """The few-rows products' paths for CPUs with less than this one, taken here with
@@ -237,7 +249,7 @@ def test_the_few_rows_products_of_other_cpus(isa: str, checks: str, count: int) 
     tests = [
         f"{__file__}::test_the_rows_product_takes_any_shape",
         f"{__file__}::test_native_steps_equal_eager_ones_in_every_precision",
-        f"{__file__}::test_the_int4_product_is_torchs",
+        f"{__file__}::test_the_quantized_products_are_torchs",
         f"{__file__}::test_attention_over_a_bf16_cache",
     ]
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", checks, *tests]

@@ -54,6 +54,21 @@ def test_int8_is_its_stored_weight_times_bf16_activations(out: int, fan_in: int)
     assert torch.allclose(p(x, gelu=True), F.gelu(got, approximate="tanh"))
 
 
+@pytest.mark.parametrize("fan_in", [40, 100])
+def test_int8_off_the_kernels_input_tile(fan_in: int) -> None:
+    """torch's int8 kernel crashed the process on 2+ rows of a fan-in off multiples of 16: such a
+    projection pads its weight and activations with zeros for it, and computes the same."""
+    w, b = weights(64, fan_in, seed=2)
+    p = Int8Projection(w, b)
+    assert p.kernel_weight is not None and p.kernel_weight.shape == (64, fan_in + (-fan_in % 16))
+    assert p.qweight.shape == (64, fan_in) and not p.kernel_weight[:, fan_in:].any()
+    for rows in (1, 2, 9, 33):
+        x = torch.randn(rows, fan_in)
+        want = x.to(ACT).float() @ int8_weight(p).t() + b
+        assert torch.allclose(p(x), want, rtol=1e-2, atol=1e-3)
+    assert Int8Projection(*weights(64, 48)).kernel_weight is None
+
+
 @pytest.mark.parametrize(("out", "fan_in", "group"), [(96, 64, 32), (100, 128, 64), (300, 256, 128), (16, 32, 32)])
 def test_int4_is_its_stored_weight_and_pads_outputs_to_the_kernel_tile(out: int, fan_in: int, group: int) -> None:
     w, b = weights(out, fan_in, seed=1)
